@@ -1,0 +1,184 @@
+"""``spark-cleora`` console script (also behind ``jobs/*.py`` for spark-submit)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from . import __version__
+from .config import OUTPUT_FORMATS, ConfigError, EmbedConfig, load_toml
+from .session import JavaNotFoundError, get_spark
+
+log = logging.getLogger("spark_cleora")
+
+EXIT_OK, EXIT_USAGE, EXIT_INPUT, EXIT_RUNTIME, EXIT_ENV = 0, 2, 3, 1, 4
+
+EMBED_EXAMPLES = """\
+examples:
+  # events (user, item) in Parquet -> item embeddings
+  spark-cleora embed events.parquet --hyperedge user_id --entity item_id --output out/emb
+  # split users into sessions at 30-minute gaps, symmetric Markov, 3 iterations
+  spark-cleora embed events/ --hyperedge user_id --entity item_id --timestamp ts --session-gap 1800 \\
+      --markov symmetric --iterations 3 --output out/emb
+  # Cleora text input, as pycleora: one hyperedge per line
+  spark-cleora embed baskets.tsv --input-format cleora-tsv --columns complex::reflexive::product \\
+      --dim 128 --init fx --output out/emb
+  # options from a file, flags override it; on a cluster
+  spark-cleora embed --config conf/embed.example.toml --master yarn --conf spark.executor.memory=8g
+"""
+
+
+def _add_spark_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("Spark")
+    g.add_argument("--master", help="Spark master URL (default: the active session, else embedded local[*])")
+    g.add_argument("--remote", help="Spark Connect URL, e.g. sc://host:15002 (also read from SPARK_REMOTE)")
+    g.add_argument("--conf", action="append", default=[], metavar="KEY=VALUE",
+                   help="Spark configuration, repeatable (e.g. --conf spark.executor.memory=8g)")
+    g.add_argument("--log-level", default=os.environ.get("SPARK_CLEORA_LOG_LEVEL", "INFO"),
+                   choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="spark_cleora log level (default INFO)")
+
+
+def _embed_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    S = argparse.SUPPRESS  # unset flags stay absent, so a --config file can supply them
+    p = sub.add_parser(
+        "embed", help="Cleora embeddings of an event table or Cleora text",
+        description="Embed entities with Cleora (pycleora-exact) on Spark.",
+        epilog=EMBED_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter, argument_default=S,
+    )
+    p.add_argument("inputs", nargs="*", metavar="INPUT", help="input paths (or one table name)")
+    p.add_argument("--config", help="TOML file with an [embed] table of these options (flags override)")
+    p.add_argument("--output", "-o", help="output directory (written atomically)")
+    g = p.add_argument_group("input")
+    g.add_argument("--input-format", choices=["parquet", "csv", "tsv", "table", "cleora-tsv"],
+                   help="parquet (default), csv/tsv with a header, a catalog table, or cleora-tsv")
+    g.add_argument("--input-table", dest="input_table", help="read events from this catalog table")
+    g.add_argument("--hyperedge", help="event column that groups events into hyperedges (user or session)")
+    g.add_argument("--entity", help="event column with the entities to embed (e.g. item)")
+    g.add_argument("--timestamp", help="event time column (epoch seconds or timestamp)")
+    g.add_argument("--session-gap", type=float, help="split a hyperedge where events are > SECONDS apart")
+    g.add_argument("--dedupe", action="store_true", help="drop repeated (hyperedge, entity) events")
+    g.add_argument("--columns", help="cleora-tsv column spec, e.g. 'complex::reflexive::product'")
+    g.add_argument("--csv-delimiter", help="field delimiter for csv input (default ',')")
+    g.add_argument("--on-bad-rows", choices=["fail", "skip"],
+                   help="fail (default): stop with the rule and first bad row; skip: drop and count")
+    g = p.add_argument_group("embedding")
+    g.add_argument("--dim", type=int, help="embedding dimension (default 256)")
+    g.add_argument("--iterations", type=int, help="propagation steps (default 4)")
+    g.add_argument("--markov", choices=["left", "symmetric"], help="left = W/D (default), symmetric = W/sqrt(DD)")
+    g.add_argument("--init", choices=["siphash", "fx"],
+                   help="start-vector hash: siphash (pycleora 2.0.0, default) or fx (pycleora 3.x)")
+    g.add_argument("--seed", type=int, help="init seed (default 0)")
+    g = p.add_argument_group("output and engine")
+    g.add_argument("--output-format", choices=list(OUTPUT_FORMATS), help="parquet (default), npy, cleora-text")
+    g.add_argument("--work-dir", help="where iterations are written (default: beside the output)")
+    g.add_argument("--keep-work", action="store_true", help="keep the work directory after success")
+    g.add_argument("--num-blocks", type=int, help="hyperedge blocks per iteration (default: from data size)")
+    g.add_argument("--block-memberships", type=int, help="target memberships per block (default 400000)")
+    _add_spark_options(p)
+    return p
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="spark-cleora",
+        description="Cleora embeddings and EMDE sketches on Apache Spark.",
+    )
+    parser.add_argument("--version", action="version", version=f"spark_cleora {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    _embed_parser(sub)
+    p = sub.add_parser("demo", help="embed the bundled sample and print nearest neighbours",
+                       description="Run the embed job on the bundled sample with an embedded Spark.")
+    p.add_argument("--output", default=os.path.join("out", "demo-embeddings"), help="output directory")
+    p.add_argument("--dim", type=int, default=64)
+    p.add_argument("--iterations", type=int, default=3)
+    _add_spark_options(p)
+    return parser
+
+
+_SPARK_KEYS = {"master", "remote", "conf", "log_level", "config", "command", "input_table"}
+
+
+def embed_config_from_args(ns: argparse.Namespace) -> EmbedConfig:
+    """Defaults <- TOML file <- command-line flags."""
+    values: dict[str, Any] = {}
+    if getattr(ns, "config", None):
+        values.update(load_toml(ns.config, "embed"))
+    cli = {k: v for k, v in vars(ns).items() if k not in _SPARK_KEYS}
+    if cli.get("inputs") == []:
+        cli.pop("inputs")
+    if getattr(ns, "input_table", None):
+        cli["inputs"] = (ns.input_table,)
+        cli["input_format"] = "table"
+    values.update(cli)
+    if "inputs" in values:
+        values["inputs"] = tuple(values["inputs"])
+    if not values.get("inputs"):
+        raise ConfigError("no INPUT given (pass paths, --input-table, or inputs = [...] in --config)")
+    if not values.get("output"):
+        raise ConfigError("--output DIR is required")
+    return EmbedConfig(**values)
+
+
+def parse_conf(pairs: Sequence[str]) -> dict[str, str]:
+    conf = {}
+    for kv in pairs:
+        if "=" not in kv:
+            raise ConfigError(f"--conf expects KEY=VALUE, got {kv!r}")
+        k, v = kv.split("=", 1)
+        conf[k.strip()] = v.strip()
+    return conf
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level), stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S",
+    )
+    logging.getLogger("py4j").setLevel(logging.WARNING)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    ns = parser.parse_args(argv)
+    setup_logging(ns.log_level)
+    try:
+        if ns.command == "embed":
+            cfg = embed_config_from_args(ns)
+            spark = get_spark(master=ns.master, remote=ns.remote, conf=parse_conf(ns.conf))
+            from .job import run_embed_job
+
+            report = run_embed_job(spark, cfg)
+            print(f"embeddings: {report['output']} ({report['entities_written']} entities, dim {cfg.dim}, "
+                  f"{report['seconds_total']:.1f}s)")
+        elif ns.command == "demo":
+            from .demo import run_demo
+
+            spark = get_spark(master=ns.master, remote=ns.remote, conf=parse_conf(ns.conf))
+            run_demo(spark, output=ns.output, dim=ns.dim, iterations=ns.iterations)
+        return EXIT_OK
+    except JavaNotFoundError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_ENV
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except ValueError as exc:  # bad input (BadInputError) and other value problems
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_INPUT
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def embed_main() -> int:
+    """``jobs/embed.py``: exactly the arguments of ``spark-cleora embed``."""
+    return main(["embed", *sys.argv[1:]])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,269 @@
+"""The Cleora embedding pipeline: input -> hyperedges -> graph -> start vectors -> iterations."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import platform
+import tempfile
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from . import __version__
+from .config import ConfigError, EmbedConfig, field_names
+from .graph import (
+    Graph,
+    build_entities,
+    build_memberships,
+    build_routes,
+    choose_num_blocks,
+    count_entities,
+    count_memberships,
+    degrees,
+)
+from .hyperedges import Rejections, cleora_text_to_memberships, events_to_memberships
+from .init import init_batches
+from .propagate import propagate
+from .session import job_description
+from .store import WorkStore, local_path
+
+log = logging.getLogger(__name__)
+
+OUTPUT_COLUMNS = ["entity", "column", "degree", "occurrences", "embedding"]
+
+
+@dataclass
+class EmbedResult:
+    """The embeddings (lazy, read from the work store) and what the run did."""
+
+    embeddings: DataFrame
+    report: dict[str, Any] = field(default_factory=dict)
+
+
+def _input_fingerprint(cfg: EmbedConfig) -> list[Any]:
+    """Sizes and mtimes of local input files, so a changed input is not resumed from."""
+    out: list[Any] = []
+    for p in cfg.inputs:
+        lp = local_path(p)
+        if lp is None or not os.path.exists(lp):
+            out.append(p)
+            continue
+        files = [lp] if os.path.isfile(lp) else sorted(
+            os.path.join(d, f) for d, _, fs in os.walk(lp) for f in fs if not f.startswith((".", "_"))
+        )
+        out.append([p, [[os.path.relpath(f, lp), os.path.getsize(f), int(os.path.getmtime(f))] for f in files]])
+    return out
+
+
+def fingerprint(cfg: EmbedConfig, input_id: Any = None) -> dict[str, Any]:
+    fp = cfg.fingerprint_fields()
+    fp["input_files"] = _input_fingerprint(cfg) if input_id is None else input_id
+    return fp
+
+
+class _Timer:
+    def __init__(self) -> None:
+        self.t0 = time.perf_counter()
+
+    def lap(self) -> float:
+        t = time.perf_counter()
+        dt, self.t0 = t - self.t0, t
+        return dt
+
+
+def _parallelism(spark: SparkSession) -> int:
+    try:
+        return max(1, int(spark.conf.get("spark.sql.shuffle.partitions")))
+    except Exception:
+        return 8
+
+
+def run_embedding(
+    spark: SparkSession,
+    cfg: EmbedConfig,
+    source: DataFrame,
+    *,
+    store: WorkStore | None,
+    input_id: Any = None,
+) -> EmbedResult:
+    """Embed ``source`` (events, or Cleora text lines in ``value``) as ``cfg`` says.
+
+    With a ``store`` every stage is written to it (and resumed from it); without, lineage is cut with
+    ``localCheckpoint`` (nothing on disk, nothing to resume).
+    """
+    t_all = time.perf_counter()
+    timer = _Timer()
+    report: dict[str, Any] = {
+        "spark_cleora_version": __version__,
+        "spark_version": spark.version,
+        "python": platform.python_version(),
+        "config": cfg.to_dict(),
+    }
+    columns = cfg.column_spec
+    reflexive = len(columns) == 1
+    manifest: dict[str, Any] = {"fingerprint": fingerprint(cfg, input_id), "version": __version__}
+    if store is not None:
+        manifest = store.check_or_write_manifest(manifest)
+
+    def materialise(df: DataFrame, name: str) -> DataFrame:
+        if store is None:
+            return df.localCheckpoint(eager=True)
+        if store.is_complete(name):
+            log.info("reusing %s from %s", name, store.uri)
+            return store.read(name)
+        return store.write(df, name)
+
+    # -- 1. hyperedges and the graph ----------------------------------------------------------
+    graph_done = store is not None and all(
+        store.is_complete(n) for n in ("graph/entities", "graph/memberships", "graph/routes")
+    ) and "graph" in manifest
+    if graph_done:
+        g = manifest["graph"]
+        entities = store.read("graph/entities")
+        memberships = store.read("graph/memberships")
+        routes = store.read("graph/routes")
+        rej = Rejections(counts=g["rejected"], input_rows=g["input_rows"])
+        graph = Graph(entities, memberships, routes, reflexive, g["num_blocks"], g["entities"],
+                      g["memberships"], g["hyperedges"])
+        log.info("resuming with the prepared graph in %s", store.uri)
+    else:
+        with job_description(spark, "spark_cleora: validate input"):
+            if cfg.input_format == "cleora-tsv":
+                raw, rej = cleora_text_to_memberships(source, cfg)
+            else:
+                raw, rej = events_to_memberships(source, cfg)
+        log.info("read %d input rows (%d rejected) in %.1fs", rej.input_rows, rej.total, timer.lap())
+        with job_description(spark, "spark_cleora: build graph"):
+            memberships = materialise(build_memberships(raw), "graph/memberships")
+            n_memberships, n_hyperedges = count_memberships(memberships)
+            if n_memberships == 0:
+                raise ConfigError("no entities left after input validation")
+            entities = build_entities(memberships, columns).join(degrees(memberships, reflexive), "id")
+            entities = materialise(entities, "graph/entities")
+            n_entities = count_entities(entities)
+            num_blocks = cfg.num_blocks or choose_num_blocks(n_memberships, cfg.block_memberships,
+                                                             _parallelism(spark))
+            routes = materialise(build_routes(memberships, entities, num_blocks, cfg.markov), "graph/routes")
+        graph = Graph(entities, memberships, routes, reflexive, num_blocks, n_entities, n_memberships, n_hyperedges)
+        if store is not None:
+            manifest["graph"] = {
+                "entities": n_entities, "memberships": n_memberships, "hyperedges": n_hyperedges,
+                "num_blocks": num_blocks, "rejected": rej.counts, "input_rows": rej.input_rows,
+            }
+            store.save_manifest(manifest)
+        log.info(
+            "graph: %d entities, %d hyperedges, %d memberships, %d blocks (%.1fs)",
+            graph.n_entities, graph.n_hyperedges, graph.n_memberships, graph.num_blocks, timer.lap(),
+        )
+    report.update(
+        input_rows=rej.input_rows, rejected=rej.counts, entities=graph.n_entities,
+        hyperedges=graph.n_hyperedges, memberships=graph.n_memberships, num_blocks=graph.num_blocks,
+    )
+
+    # -- 2. start vectors and iterations -------------------------------------------------------
+    start = store.last_iteration(cfg.iterations) if store is not None else None
+    if start is not None and start > 0:
+        log.info("resuming from iteration %d", start)
+        x = store.read(store.iteration_name(start))
+    else:
+        with job_description(spark, "spark_cleora: start vectors"):
+            init = graph.entities.select("id", "entity").mapInArrow(
+                lambda it: init_batches(it, dim=cfg.dim, seed=cfg.seed, method=cfg.init),
+                "id long, vec array<float>",
+            )
+            x = materialise(init, "iter=0000") if store is None else (
+                store.read("iter=0000") if store.is_complete("iter=0000") else store.write(init, "iter=0000"))
+        start = 0
+        log.info("start vectors (%s, seed %d, dim %d) in %.1fs", cfg.init, cfg.seed, cfg.dim, timer.lap())
+    iteration_seconds: list[float] = []
+    for k in range(start + 1, cfg.iterations + 1):
+        with job_description(spark, f"spark_cleora: iteration {k}/{cfg.iterations}"):
+            nxt = propagate(x, graph.memberships, graph.routes, dim=cfg.dim, num_blocks=graph.num_blocks,
+                            reflexive=reflexive)
+            if store is None:
+                x = nxt.localCheckpoint(eager=True)
+            else:
+                x = store.write(nxt, store.iteration_name(k))
+                if k - 1 > 0:
+                    store.drop_iteration(k - 1)
+        dt = timer.lap()
+        iteration_seconds.append(round(dt, 3))
+        log.info("iteration %d/%d: %d rows in %.1fs (elapsed %.1fs)", k, cfg.iterations, graph.n_entities, dt,
+                 time.perf_counter() - t_all)
+    report["iteration_seconds"] = iteration_seconds
+    report["resumed_from_iteration"] = start if start else None
+
+    emb = (
+        x.join(graph.entities.filter(F.col("output")), "id")
+        .select("entity", "column", F.col("degree").cast("double").alias("degree"),
+                F.col("occurrences").cast("double").alias("occurrences"), F.col("vec").alias("embedding"))
+    )
+    report["seconds_to_embed"] = round(time.perf_counter() - t_all, 3)
+    return EmbedResult(emb, report)
+
+
+def embed(df: DataFrame, *, config: EmbedConfig | None = None, **options: Any) -> DataFrame:
+    """Cleora embeddings of a DataFrame, for notebooks and library use.
+
+    Parameters
+    ----------
+    df
+        An event table (columns named by ``hyperedge`` and ``entity`` options, optionally
+        ``timestamp``), or Cleora text lines in a ``value`` column when ``columns`` is given.
+    config
+        A full :class:`EmbedConfig`; keyword ``options`` (any of its fields) override it.
+
+    Returns
+    -------
+    DataFrame
+        ``entity`` string, ``column`` string, ``degree`` double, ``occurrences`` double,
+        ``embedding`` array<float> (length ``dim``, unit L2 norm).
+
+    Notes
+    -----
+    Each iteration cuts the lineage: with ``work_dir`` it is written there as Parquet (and a later
+    call with the same arguments resumes from it; the returned frame reads from it, so keep it while
+    you use the result); without, ``localCheckpoint`` keeps it in executor storage.
+
+    Examples
+    --------
+    >>> emb = embed(events, hyperedge="user_id", entity="item_id", dim=128, iterations=3)  # doctest: +SKIP
+    """
+    unknown = set(options) - field_names()
+    if unknown:
+        raise ConfigError(f"unknown option(s) {sorted(unknown)}; known: {sorted(field_names())}")
+    base = config or EmbedConfig(input_format="cleora-tsv" if options.get("columns") else "dataframe",
+                                 **({"hyperedge": options.get("hyperedge"), "entity": options.get("entity")}
+                                    if not options.get("columns") else {"columns": options["columns"]}))
+    cfg = base.replace(**options) if options else base
+    spark = df.sparkSession
+    work_dir = cfg.work_dir
+    if work_dir is not None:
+        store: WorkStore | None = WorkStore(spark, work_dir)
+    else:
+        store = None
+    return run_embedding(spark, cfg, df, store=store, input_id=_frame_identity(df)).embeddings
+
+
+def _frame_identity(df: DataFrame) -> str:
+    """A DataFrame has no file identity: fingerprint its schema and canonical plan instead."""
+    try:
+        plan = str(df.semanticHash())
+    except Exception:
+        plan = ""
+    return hashlib.sha256((str(df.schema) + plan).encode()).hexdigest()
+
+
+def default_work_dir(output: str) -> str:
+    """Beside the output, so executors on a cluster can reach it too."""
+    out = output.rstrip("/")
+    lp = local_path(out)
+    if lp is not None:
+        return os.path.join(os.path.dirname(os.path.abspath(lp)) or tempfile.gettempdir(),
+                            f".{os.path.basename(lp)}.spark_cleora_work")
+    return out + ".spark_cleora_work"

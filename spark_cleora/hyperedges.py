@@ -1,0 +1,184 @@
+"""Inputs -> hyperedge memberships, with every rejected row counted by rule.
+
+Both input kinds end in the same *raw memberships* frame, one row per entity occurrence::
+
+    h: long       hyperedge id (a user, a session, or a line of Cleora text)
+    side: int     0 = column A, 1 = column B (a reflexive relation has side 0 only)
+    col: int      index of the input column in the column spec
+    entity: str   the entity name
+    weight: double  1.0 per occurrence (repeats add up: multiplicity counts, as in Cleora)
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from pyspark.sql import Column as SparkColumn
+from pyspark.sql import DataFrame, Window
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from .config import ConfigError, EmbedConfig, parse_columns
+
+log = logging.getLogger(__name__)
+
+RAW_SCHEMA = "h long, side int, col int, entity string, weight double"
+_REJECT = "_reject"
+
+
+class BadInputError(ValueError):
+    """Input rows broke a rule and the policy is ``fail``."""
+
+
+@dataclass
+class Rejections:
+    """Counts of rejected input rows per rule (rows dropped under ``on_bad_rows='skip'``)."""
+
+    counts: dict[str, int] = field(default_factory=dict)
+    input_rows: int = 0
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+
+def _first_failed(rules: list[tuple[str, SparkColumn]]) -> SparkColumn:
+    """Name of the first rule a row breaks, or null."""
+    expr = F.lit(None).cast("string")
+    for name, bad in reversed(rules):
+        expr = F.when(bad, F.lit(name)).otherwise(expr)
+    return expr
+
+
+def apply_policy(df: DataFrame, rules: list[tuple[str, SparkColumn]], policy: str, what: str,
+                 show_cols: list[str]) -> tuple[DataFrame, Rejections]:
+    """Count rule violations in one pass; fail with the first offending row, or drop and report."""
+    flagged = df.withColumn(_REJECT, _first_failed(rules))
+    stats = flagged.groupBy(_REJECT).count().collect()  # one row per rule: bounded by the rule list
+    rej = Rejections(
+        counts={r[_REJECT]: int(r["count"]) for r in stats if r[_REJECT] is not None},
+        input_rows=sum(int(r["count"]) for r in stats),
+    )
+    if rej.input_rows == 0:
+        raise BadInputError(f"{what}: the input is empty (no rows were read)")
+    for rule, n in sorted(rej.counts.items()):
+        log.warning("%s: %d row(s) rejected by rule %s", what, n, rule)
+    if rej.counts and policy == "fail":
+        rule = sorted(rej.counts, key=lambda r: [n for n, _ in rules].index(r))[0]
+        first = flagged.filter(F.col(_REJECT) == rule).select(*show_cols).limit(1).collect()
+        sample = first[0].asDict() if first else {}
+        summary = ", ".join(f"{r}={n}" for r, n in sorted(rej.counts.items()))
+        raise BadInputError(
+            f"{what}: {rej.counts[rule]} row(s) break rule '{rule}' (all rejections: {summary}); "
+            f"first offending row: {sample!r}. Fix the input or rerun with --on-bad-rows skip to drop and "
+            "count them."
+        )
+    if rej.counts:
+        log.warning("%s: dropped %d of %d rows (--on-bad-rows skip)", what, rej.total, rej.input_rows)
+    return flagged.filter(F.col(_REJECT).isNull()).drop(_REJECT), rej
+
+
+# --------------------------------------------------------------------------------------------
+# Event tables
+# --------------------------------------------------------------------------------------------
+
+def _seconds(df: DataFrame, name: str) -> SparkColumn:
+    """A timestamp column as epoch seconds (double): numbers as they are, timestamps, or parseable strings."""
+    dtype = df.schema[name].dataType
+    c = F.col(name)
+    if isinstance(dtype, (T.TimestampType, T.TimestampNTZType)):
+        return F.unix_micros(c.cast("timestamp")) / 1e6
+    if isinstance(dtype, T.DateType):
+        return F.unix_micros(c.cast("timestamp")) / 1e6
+    if isinstance(dtype, T.NumericType):
+        return c.cast("double")
+    s = c.cast("string")
+    return F.coalesce(F.expr(f"try_cast(`{name}` as double)"), F.unix_micros(F.try_to_timestamp(s)) / 1e6)
+
+
+def require_columns(df: DataFrame, names: list[str], what: str) -> None:
+    missing = [n for n in names if n not in df.columns]
+    if missing:
+        raise ConfigError(f"{what}: column(s) {missing} not found; the input has {df.columns}")
+
+
+def events_to_memberships(events: DataFrame, cfg: EmbedConfig) -> tuple[DataFrame, Rejections]:
+    """Group events into hyperedges (optionally split into sessions by a time gap)."""
+    hcol, ecol, tcol = cfg.hyperedge, cfg.entity, cfg.timestamp
+    assert hcol and ecol
+    need = [hcol, ecol] + ([tcol] if tcol else [])
+    require_columns(events, need, "events")
+    df = events.select(
+        F.col(hcol).cast("string").alias("_h"),
+        F.col(ecol).cast("string").alias("entity"),
+        *([_seconds(events, tcol).alias("_t"), F.col(tcol).alias("_t_raw")] if tcol else []),
+    )
+    rules = [
+        ("null_hyperedge", F.col("_h").isNull()),
+        ("null_entity", F.col("entity").isNull()),
+        ("empty_entity", F.col("entity") == ""),
+    ]
+    if tcol:
+        rules.append(("bad_timestamp", F.col("_t").isNull()))
+    clean, rej = apply_policy(df, rules, cfg.on_bad_rows, "events", [c for c in df.columns if c != "_t"])
+    if tcol and cfg.session_gap is not None:
+        w = Window.partitionBy("_h").orderBy("_t", "entity")
+        gap = F.col("_t") - F.lag("_t").over(w)
+        new_session = F.when(gap.isNull() | (gap > F.lit(float(cfg.session_gap))), 1).otherwise(0)
+        session = F.sum(new_session).over(w.rowsBetween(Window.unboundedPreceding, Window.currentRow))
+        clean = clean.withColumn("h", F.xxhash64("_h", session))
+    else:
+        clean = clean.withColumn("h", F.xxhash64("_h"))
+    if cfg.dedupe:
+        clean = clean.dropDuplicates(["h", "entity"])
+    raw = clean.select(
+        "h", F.lit(0).alias("side"), F.lit(0).alias("col"), "entity", F.lit(1.0).alias("weight")
+    )
+    return raw, rej
+
+
+# --------------------------------------------------------------------------------------------
+# Cleora text: one hyperedge per line
+# --------------------------------------------------------------------------------------------
+
+def cleora_text_to_memberships(lines: DataFrame, cfg: EmbedConfig) -> tuple[DataFrame, Rejections]:
+    """Parse Cleora TSV lines (``value`` column): tab between columns, one space between entities.
+
+    Unlike pycleora we never drop or alter data silently: a line with the wrong number of cells, an
+    empty entity (two spaces, an empty cell), several entities in a non-``complex`` column, or an empty
+    line is a bad row under the ``on_bad_rows`` policy.
+    """
+    cols = parse_columns(cfg.columns or "")
+    ncols = len(cols)
+    line = F.regexp_replace(F.col("value"), r"^\s+|\s+$", "")
+    df = lines.select(F.col("value").alias("line"), line.alias("_l"))
+    df = df.withColumn("_cells", F.split("_l", "\t", -1))
+    tokens = [F.split(F.col("_cells").getItem(i), " ", -1) for i in range(ncols)]
+    rules: list[tuple[str, SparkColumn]] = [
+        ("empty_line", F.col("_l") == ""),
+        ("wrong_cell_count", F.size("_cells") != ncols),
+        ("empty_entity", F.exists(F.array(*tokens), lambda toks: F.exists(toks, lambda t: t == ""))),
+    ]
+    simple = [i for i, c in enumerate(cols) if not c.complex]
+    if simple:
+        rules.append(("several_entities_in_simple_column", F.greatest(*[F.size(tokens[i]) for i in simple],
+                                                                      F.lit(1)) > 1))
+    clean, rej = apply_policy(df, rules, cfg.on_bad_rows, "cleora-tsv", ["line"])
+    clean = clean.withColumn("h", F.monotonically_increasing_id())
+    parts = []
+    for i, _ in enumerate(cols):
+        side = 0 if (ncols == 1 or i == 0) else 1
+        parts.append(
+            clean.select(
+                "h",
+                F.lit(side).alias("side"),
+                F.lit(i).alias("col"),
+                F.explode(F.split(F.col("_cells").getItem(i), " ", -1)).alias("entity"),
+                F.lit(1.0).alias("weight"),
+            )
+        )
+    raw = parts[0]
+    for p in parts[1:]:
+        raw = raw.unionByName(p)
+    return raw, rej

@@ -1,0 +1,152 @@
+"""Reading inputs and writing results atomically (parquet, npy, Cleora text)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from .config import ConfigError, EmbedConfig
+from .store import local_path
+
+log = logging.getLogger(__name__)
+
+
+def read_events(spark: SparkSession, cfg: EmbedConfig) -> DataFrame:
+    """An event table from Parquet, CSV/TSV (with a header row) or a catalog table."""
+    if not cfg.inputs:
+        raise ConfigError("no input given")
+    fmt = cfg.input_format
+    _check_local_inputs(cfg.inputs, fmt)
+    if fmt == "table":
+        return spark.read.table(cfg.inputs[0])
+    if fmt == "parquet":
+        return spark.read.parquet(*cfg.inputs)
+    sep = cfg.csv_delimiter or ("\t" if fmt == "tsv" else ",")
+    return spark.read.option("header", "true").option("sep", sep).option("mode", "PERMISSIVE").csv(list(cfg.inputs))
+
+
+def read_cleora_text(spark: SparkSession, cfg: EmbedConfig) -> DataFrame:
+    """Cleora's text input: one line = one hyperedge (``value`` column)."""
+    if not cfg.inputs:
+        raise ConfigError("no input given")
+    _check_local_inputs(cfg.inputs, "cleora-tsv")
+    return spark.read.option("lineSep", "\n").text(list(cfg.inputs))
+
+
+def _check_local_inputs(inputs: tuple[str, ...], fmt: str) -> None:
+    if fmt == "table":
+        return
+    for p in inputs:
+        lp = local_path(p)
+        if lp is not None and not any(c in lp for c in "*?[") and not os.path.exists(lp):
+            raise ConfigError(f"input {p!r} does not exist")
+
+
+# --------------------------------------------------------------------------------------------
+# Atomic output
+# --------------------------------------------------------------------------------------------
+
+def write_atomically(target: str, write: Callable[[str], None]) -> None:
+    """Write into a staging directory beside ``target`` and move it into place only when complete.
+
+    On a local filesystem the final step is a rename, so readers see the old result or the new one,
+    never a partial directory. On object stores (no atomic rename) Spark writes ``target`` directly and
+    its ``_SUCCESS`` marker, written last, is the completion signal.
+    """
+    lp = local_path(target)
+    if lp is None:
+        write(target)
+        return
+    lp = os.path.abspath(lp)
+    parent = os.path.dirname(lp) or "."
+    os.makedirs(parent, exist_ok=True)
+    base = os.path.basename(lp)
+    staging = os.path.join(parent, f".{base}.staging-{uuid.uuid4().hex[:8]}")
+    try:
+        write(staging)
+        old = None
+        if os.path.exists(lp):
+            old = os.path.join(parent, f".{base}.old-{uuid.uuid4().hex[:8]}")
+            os.replace(lp, old)
+        os.replace(staging, lp)
+        if old:
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        if os.path.exists(staging):
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def write_json(path: str, data: dict[str, Any]) -> None:
+    with open(path, "w", encoding="utf-8") as fh:
+        json.dump(data, fh, indent=2, sort_keys=True, default=str)
+        fh.write("\n")
+
+
+# --------------------------------------------------------------------------------------------
+# Exports for Cleora's tools (single files, streamed through the driver without holding the data)
+# --------------------------------------------------------------------------------------------
+
+def _require_local(target: str, fmt: str) -> str:
+    lp = local_path(target)
+    if lp is None:
+        raise ConfigError(f"--output-format {fmt} writes single files through the driver; use a local "
+                          f"--output path (got {target!r}) or parquet")
+    os.makedirs(lp, exist_ok=True)
+    return lp
+
+
+def export_npy(emb: DataFrame, target: str, *, dim: int, n_rows: int) -> None:
+    """``embeddings.npy`` (float32 [n, dim]) + ``entities.json`` (row names) + ``degrees.npy``.
+
+    Rows are streamed with ``toLocalIterator`` into a memory-mapped file, so the driver never holds the
+    matrix.
+    """
+    lp = _require_local(target, "npy")
+    mat = np.lib.format.open_memmap(os.path.join(lp, "embeddings.npy"), mode="w+", dtype=np.float32,
+                                    shape=(n_rows, dim))
+    deg = np.lib.format.open_memmap(os.path.join(lp, "degrees.npy"), mode="w+", dtype=np.float32,
+                                    shape=(n_rows,))
+    with open(os.path.join(lp, "entities.json"), "w", encoding="utf-8") as names, \
+         open(os.path.join(lp, "columns.json"), "w", encoding="utf-8") as cols:
+        names.write("[")
+        cols.write("[")
+        i = 0
+        for row in emb.orderBy("entity").select("entity", "column", "degree", "embedding").toLocalIterator():
+            sep = "," if i else ""
+            names.write(sep + json.dumps(row["entity"], ensure_ascii=False))
+            cols.write(sep + json.dumps(row["column"], ensure_ascii=False))
+            mat[i] = row["embedding"]
+            deg[i] = row["degree"]
+            i += 1
+        names.write("]\n")
+        cols.write("]\n")
+    if i != n_rows:
+        raise RuntimeError(f"npy export wrote {i} rows, expected {n_rows}")
+    mat.flush()
+    deg.flush()
+
+
+def export_cleora_text(emb: DataFrame, target: str, *, dim: int, n_rows: int, file_name: str) -> None:
+    """Cleora 1 text layout: a header ``N D``, then ``name occurrences v_1 … v_D`` per line.
+
+    Lines are formatted on the executors (shortest round-trip float32, like Cleora's ryu) and streamed
+    to one file on the driver.
+    """
+    lp = _require_local(target, "cleora-text")
+    fmt = F.udf(lambda v: " ".join(str(np.float32(x)) for x in v), "string")
+    lines = emb.orderBy("entity").select(
+        F.concat_ws(" ", "entity", F.col("occurrences").cast("long").cast("string"), fmt("embedding")).alias("l")
+    )
+    with open(os.path.join(lp, file_name), "w", encoding="utf-8") as fh:
+        fh.write(f"{n_rows} {dim}\n")
+        for row in lines.toLocalIterator():
+            fh.write(row["l"] + "\n")

@@ -1,0 +1,69 @@
+"""The batch job behind ``spark-cleora embed``: read, embed, write atomically, report."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import Any
+
+from pyspark.sql import SparkSession
+
+from .config import EmbedConfig
+from .embed import default_work_dir, run_embedding
+from .io import export_cleora_text, export_npy, read_cleora_text, read_events, write_atomically, write_json
+from .session import job_description
+from .store import WorkStore, local_path
+
+log = logging.getLogger(__name__)
+
+
+def cleora_text_file_name(cfg: EmbedConfig) -> str:
+    """Cleora 1 naming: ``emb__{colA}__{colB}.out`` (a reflexive column pairs with itself)."""
+    cols = cfg.column_spec
+    a = cols[0].name
+    b = cols[1].name if len(cols) > 1 else a
+    return f"emb__{a}__{b}.out"
+
+
+def run_embed_job(spark: SparkSession, cfg: EmbedConfig) -> dict[str, Any]:
+    """Run the whole job; returns the run report (also written to ``OUTPUT/_run.json``)."""
+    t0 = time.perf_counter()
+    assert cfg.output
+    work_uri = cfg.work_dir or default_work_dir(cfg.output)
+    store = WorkStore(spark, work_uri)
+    log.info("spark_cleora embed: %s -> %s (work dir %s)", ", ".join(cfg.inputs), cfg.output, work_uri)
+    source = read_cleora_text(spark, cfg) if cfg.input_format == "cleora-tsv" else read_events(spark, cfg)
+    result = run_embedding(spark, cfg, source, store=store)
+    report = result.report
+    emb = result.embeddings
+
+    def write(target: str) -> None:
+        with job_description(spark, "spark_cleora: write output"):
+            if cfg.output_format == "parquet":
+                emb.write.mode("overwrite").parquet(target)
+                n = spark.read.parquet(target).count()
+            else:
+                cached = store.write(emb, "output")
+                n = cached.count()
+                if cfg.output_format == "npy":
+                    export_npy(cached, target, dim=cfg.dim, n_rows=n)
+                else:
+                    export_cleora_text(cached, target, dim=cfg.dim, n_rows=n, file_name=cleora_text_file_name(cfg))
+        report["entities_written"] = n
+        report["output"] = cfg.output
+        report["output_format"] = cfg.output_format
+        report["seconds_total"] = round(time.perf_counter() - t0, 3)
+        lp = local_path(target)
+        if lp is not None:  # the report goes in last, beside Spark's _SUCCESS, before the final rename
+            write_json(os.path.join(lp, "_run.json"), report)
+
+    t_write = time.perf_counter()
+    write_atomically(cfg.output, write)
+    log.info("wrote %d entities to %s in %.1fs", report["entities_written"], cfg.output,
+             time.perf_counter() - t_write)
+    if cfg.keep_work:
+        log.info("work directory kept: %s", work_uri)
+    else:
+        store.remove()
+    return report

@@ -1,0 +1,146 @@
+"""Getting a SparkSession: the active one, a given master, a Connect remote, or embedded local[*]."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+
+log = logging.getLogger(__name__)
+
+JAVA_HELP = (
+    "Spark needs a Java runtime (17 or 21) and none was found{detail}.\n"
+    "Install one and try again, e.g.\n"
+    "  Debian/Ubuntu:  sudo apt-get install -y openjdk-17-jre-headless\n"
+    "  macOS:          brew install openjdk@17\n"
+    "  conda:          conda install -c conda-forge openjdk=17\n"
+    "or point JAVA_HOME at an existing JDK/JRE."
+)
+
+
+class JavaNotFoundError(RuntimeError):
+    """No usable Java for an embedded Spark."""
+
+
+def check_java() -> str:
+    """Return the Java version string, or raise :class:`JavaNotFoundError` with the fix."""
+    java_home = os.environ.get("JAVA_HOME")
+    java = os.path.join(java_home, "bin", "java") if java_home else shutil.which("java")
+    if not java or not os.path.exists(java):
+        detail = f" (JAVA_HOME={java_home} has no bin/java)" if java_home else " on PATH"
+        raise JavaNotFoundError(JAVA_HELP.format(detail=detail))
+    try:
+        out = subprocess.run([java, "-version"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise JavaNotFoundError(JAVA_HELP.format(detail=f" ({java} failed: {exc})")) from exc
+    text = out.stderr + out.stdout
+    m = re.search(r'version "(\d+)(?:\.(\d+))?', text)
+    if m:
+        major = int(m.group(1)) if m.group(1) != "1" else int(m.group(2) or 0)
+        if major < 17:
+            raise JavaNotFoundError(JAVA_HELP.format(detail=f" (found Java {major} at {java}; Spark 4 needs 17+)"))
+    return text.splitlines()[0] if text else "java"
+
+
+def _local_defaults(master: str) -> dict[str, str]:
+    """Settings for an embedded local Spark: use the machine, keep shuffles small, stay quiet."""
+    conf = {
+        "spark.sql.session.timeZone": "UTC",
+        "spark.sql.execution.arrow.pyspark.enabled": "true",
+        # Small local jobs drown in 200 shuffle partitions; AQE still coalesces further.
+        "spark.sql.shuffle.partitions": str(max(4, 2 * (os.cpu_count() or 2))),
+        "spark.sql.adaptive.coalescePartitions.parallelismFirst": "false",
+        "spark.ui.showConsoleProgress": "false",
+    }
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        # The driver is the only JVM in local mode: give it about half the RAM (2..32 GiB).
+        gib = max(2, min(32, int(total / 2**30 * 0.5)))
+        conf["spark.driver.memory"] = f"{gib}g"
+    except (ValueError, OSError, AttributeError):
+        pass
+    return conf
+
+
+def get_spark(
+    *,
+    master: str | None = None,
+    remote: str | None = None,
+    conf: Mapping[str, str] | None = None,
+    app_name: str = "spark_cleora",
+):
+    """Return a SparkSession.
+
+    Order: an explicit ``remote`` (Spark Connect URL, or ``SPARK_REMOTE``); else the active session when
+    no ``master`` is given (notebooks, ``spark-submit``); else a new session on ``master`` (default: an
+    embedded ``local[*]``). ``conf`` entries are applied in every case (static ones only at creation).
+    """
+    from pyspark.sql import SparkSession
+
+    conf = dict(conf or {})
+    remote = remote or os.environ.get("SPARK_REMOTE")
+    if not remote and master is None:
+        active = SparkSession.getActiveSession()
+        if active is not None:
+            for k, v in conf.items():
+                active.conf.set(k, v)
+            return active
+    builder = SparkSession.builder.appName(app_name)
+    if remote:
+        if remote.startswith("local"):
+            check_java()
+        builder = builder.remote(remote)
+    else:
+        # spark-submit starts the Python driver with a gateway to its JVM and the master it was given.
+        under_submit = "PYSPARK_GATEWAY_PORT" in os.environ
+        if not under_submit:
+            check_java()
+            master = master or "local[*]"
+            # Workers must run the interpreter that has numpy/pyarrow/spark_cleora installed.
+            os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+        if master:
+            builder = builder.master(master)
+        if (master or "").startswith("local"):
+            for k, v in _local_defaults(master or "").items():
+                if k not in conf:
+                    builder = builder.config(k, v)
+    for k, v in conf.items():
+        builder = builder.config(k, v)
+    spark = builder.getOrCreate()
+    if not remote:
+        _quiet_spark(spark)
+    return spark
+
+
+def _quiet_spark(spark) -> None:
+    try:
+        spark.sparkContext.setLogLevel(os.environ.get("SPARK_CLEORA_SPARK_LOG_LEVEL", "WARN"))
+    except Exception:  # Connect sessions have no SparkContext
+        pass
+
+
+def is_remote(spark) -> bool:
+    """True for a Spark Connect session."""
+    return type(spark).__module__.startswith("pyspark.sql.connect")
+
+
+@contextmanager
+def job_description(spark, text: str) -> Iterator[None]:
+    """Label the Spark jobs started inside the block (Spark UI), where the session supports it."""
+    sc = None
+    if not is_remote(spark):
+        try:
+            sc = spark.sparkContext
+            sc.setJobDescription(text)
+        except Exception:
+            sc = None
+    try:
+        yield
+    finally:
+        if sc is not None:
+            sc.setJobDescription(None)

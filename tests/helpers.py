@@ -1,0 +1,28 @@
+"""Running spark_cleora on small inputs inside tests."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from spark_cleora import embed
+
+
+def spark_lines(spark, rows):
+    return spark.createDataFrame([(r,) for r in rows], "value string")
+
+
+def run_text(spark, rows, columns, **opts):
+    """{entity: (embedding, degree)} from spark_cleora on Cleora text lines."""
+    emb = embed(spark_lines(spark, rows), columns=columns, **opts)
+    return {r["entity"]: (np.asarray(r["embedding"], dtype=np.float32), r["degree"]) for r in emb.collect()}
+
+
+def run_events(spark, events, **opts):
+    emb = embed(events, **opts)
+    return {r["entity"]: (np.asarray(r["embedding"], dtype=np.float32), r["degree"]) for r in emb.collect()}
+
+
+def max_abs_diff(ours, ref, *, keys=None):
+    keys = keys if keys is not None else ref.keys()
+    assert set(keys) <= set(ours), f"missing entities: {sorted(set(keys) - set(ours))[:5]}"
+    return max(float(np.abs(ours[k][0] - ref[k][0]).max()) for k in keys)
