@@ -12,6 +12,7 @@ from typing import Any
 from . import __version__
 from .config import OUTPUT_FORMATS, ConfigError, EmbedConfig, load_toml
 from .session import JavaNotFoundError, get_spark
+from .store import ResumeMismatchError
 
 log = logging.getLogger("spark_cleora")
 
@@ -34,8 +35,8 @@ examples:
 
 def _add_spark_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("Spark")
-    g.add_argument("--master", help="Spark master URL (default: the active session, else embedded local[*])")
-    g.add_argument("--remote", help="Spark Connect URL, e.g. sc://host:15002 (also read from SPARK_REMOTE)")
+    g.add_argument("--master", default=None, help="Spark master URL (default: the active session, else embedded local[*])")
+    g.add_argument("--remote", default=None, help="Spark Connect URL, e.g. sc://host:15002 (also read from SPARK_REMOTE)")
     g.add_argument("--conf", action="append", default=[], metavar="KEY=VALUE",
                    help="Spark configuration, repeatable (e.g. --conf spark.executor.memory=8g)")
     g.add_argument("--log-level", default=os.environ.get("SPARK_CLEORA_LOG_LEVEL", "INFO"),
@@ -76,6 +77,8 @@ def _embed_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     g.add_argument("--output-format", choices=list(OUTPUT_FORMATS), help="parquet (default), npy, cleora-text")
     g.add_argument("--work-dir", help="where iterations are written (default: beside the output)")
     g.add_argument("--keep-work", action="store_true", help="keep the work directory after success")
+    g.add_argument("--checkpoint", choices=["parquet", "local"],
+                   help="parquet: write each iteration to the work dir (resumable, default); local: localCheckpoint")
     g.add_argument("--num-blocks", type=int, help="hyperedge blocks per iteration (default: from data size)")
     g.add_argument("--block-memberships", type=int, help="target memberships per block (default 400000)")
     _add_spark_options(p)
@@ -164,7 +167,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except JavaNotFoundError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_ENV
-    except ConfigError as exc:
+    except (ConfigError, ResumeMismatchError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except ValueError as exc:  # bad input (BadInputError) and other value problems

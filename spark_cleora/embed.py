@@ -265,5 +265,5 @@ def default_work_dir(output: str) -> str:
     lp = local_path(out)
     if lp is not None:
         return os.path.join(os.path.dirname(os.path.abspath(lp)) or tempfile.gettempdir(),
-                            f".{os.path.basename(lp)}.spark_cleora_work")
+                            f"{os.path.basename(lp)}.spark_cleora_work")
     return out + ".spark_cleora_work"

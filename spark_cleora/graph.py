@@ -102,9 +102,17 @@ def degrees(memberships: DataFrame, reflexive: bool) -> DataFrame:
     return contrib.groupBy("id").agg(F.sum("d").alias("degree"))
 
 
+MIN_BLOCK_MEMBERSHIPS = 20_000
+
+
 def choose_num_blocks(n_memberships: int, block_memberships: int, parallelism: int) -> int:
-    """Enough blocks to keep every task busy, and no block above ~block_memberships memberships."""
-    return max(parallelism, math.ceil(n_memberships / block_memberships), 1)
+    """Blocks of at most ~``block_memberships`` memberships, spread over up to ``parallelism`` tasks.
+
+    Small graphs get few blocks (each block costs a copy of its entities' vectors), large graphs get
+    at least one block per task.
+    """
+    by_parallelism = min(parallelism, math.ceil(n_memberships / MIN_BLOCK_MEMBERSHIPS))
+    return max(1, by_parallelism, math.ceil(n_memberships / block_memberships))
 
 
 def build_routes(memberships: DataFrame, entities: DataFrame, num_blocks: int, markov: str) -> DataFrame:

@@ -65,7 +65,8 @@ def apply_policy(df: DataFrame, rules: list[tuple[str, SparkColumn]], policy: st
     for rule, n in sorted(rej.counts.items()):
         log.warning("%s: %d row(s) rejected by rule %s", what, n, rule)
     if rej.counts and policy == "fail":
-        rule = sorted(rej.counts, key=lambda r: [n for n, _ in rules].index(r))[0]
+        order = [n for n, _ in rules]
+        rule = min(rej.counts, key=lambda r: (-rej.counts[r], order.index(r)))  # the most frequent rule
         first = flagged.filter(F.col(_REJECT) == rule).select(*show_cols).limit(1).collect()
         sample = first[0].asDict() if first else {}
         summary = ", ".join(f"{r}={n}" for r, n in sorted(rej.counts.items()))

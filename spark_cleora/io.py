@@ -70,12 +70,12 @@ def write_atomically(target: str, write: Callable[[str], None]) -> None:
     parent = os.path.dirname(lp) or "."
     os.makedirs(parent, exist_ok=True)
     base = os.path.basename(lp)
-    staging = os.path.join(parent, f".{base}.staging-{uuid.uuid4().hex[:8]}")
+    staging = os.path.join(parent, f"{base}.staging-{uuid.uuid4().hex[:8]}")
     try:
         write(staging)
         old = None
         if os.path.exists(lp):
-            old = os.path.join(parent, f".{base}.old-{uuid.uuid4().hex[:8]}")
+            old = os.path.join(parent, f"{base}.old-{uuid.uuid4().hex[:8]}")
             os.replace(lp, old)
         os.replace(staging, lp)
         if old:

@@ -31,10 +31,12 @@ def run_embed_job(spark: SparkSession, cfg: EmbedConfig) -> dict[str, Any]:
     t0 = time.perf_counter()
     assert cfg.output
     work_uri = cfg.work_dir or default_work_dir(cfg.output)
+    # checkpoint=local: lineage cut in executor storage, nothing to resume (the work dir then only
+    # stages exports).
     store = WorkStore(spark, work_uri)
     log.info("spark_cleora embed: %s -> %s (work dir %s)", ", ".join(cfg.inputs), cfg.output, work_uri)
     source = read_cleora_text(spark, cfg) if cfg.input_format == "cleora-tsv" else read_events(spark, cfg)
-    result = run_embedding(spark, cfg, source, store=store)
+    result = run_embedding(spark, cfg, source, store=store if cfg.checkpoint == "parquet" else None)
     report = result.report
     emb = result.embeddings
 

@@ -89,7 +89,10 @@ class WorkStore:
         if os.path.exists(path):
             with open(path, encoding="utf-8") as fh:
                 old = json.load(fh)
-            if old.get("fingerprint") != manifest["fingerprint"]:
+            if old.get("fingerprint") != manifest["fingerprint"] and not self.has_artifacts():
+                log.info("work directory %s holds nothing finished from another run; starting afresh", self.uri)
+                self.remove()
+            elif old.get("fingerprint") != manifest["fingerprint"]:
                 changed = sorted(
                     k for k in set(old.get("fingerprint", {})) | set(manifest["fingerprint"])
                     if old.get("fingerprint", {}).get(k) != manifest["fingerprint"].get(k)
@@ -98,7 +101,8 @@ class WorkStore:
                     f"work directory {self.uri} holds a different run (changed: {', '.join(changed)}); "
                     "refusing to resume from it. Delete it or pass another --work-dir."
                 )
-            return old
+            else:
+                return old
         self.save_manifest(manifest)
         return manifest
 
@@ -111,6 +115,11 @@ class WorkStore:
         with open(tmp, "w", encoding="utf-8") as fh:
             json.dump(manifest, fh, indent=2, sort_keys=True)
         os.replace(tmp, path)
+
+    def has_artifacts(self) -> bool:
+        """True when any stage of a run finished here (so switching runs would discard work)."""
+        return any(self.is_complete(n) for n in ("graph/memberships", "graph/entities", "graph/routes",
+                                                  self.iteration_name(0)))
 
     def remove(self) -> None:
         if self.local is not None:
