@@ -1,0 +1,254 @@
+"""Benchmark spark_cleora against pycleora on the same synthetic event table, in one run.
+
+    python scripts/bench.py --events 1000000 --repeats 3            # generate + time both, alternating
+    python scripts/bench.py --events 100000,1000000 --only spark     # growth curve of spark_cleora only
+    python scripts/bench.py --hub-share 0.3 --events 1000000 --only spark   # a hub item in 30% of users
+
+Each tool runs as a whole process (Spark: `spark-cleora embed` with an embedded `local[N]`; pycleora:
+a Python process that reads the same Parquet, builds the hypergraph, initialises and propagates), runs
+alternate, and the table reports medians over repeats, the spark/pycleora ratio, the peak RSS of each
+process tree (JVM + Python workers) and, for Spark, per-stage/per-iteration times and shuffle bytes
+(from the Spark event log). JSON goes to --json.
+
+Generator: users with log-normal activity, items with Zipf(1.1) popularity, optional hub item present
+in a given share of users, optional timestamps. Seeded, written as Parquet (user, item, ts).
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+import numpy as np
+
+PYCLEORA_SCRIPT = r"""
+import sys, time, json
+import numpy as np, pyarrow.parquet as pq
+t0 = time.perf_counter()
+path, dim, iters = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+trim = int(sys.argv[4])
+tab = pq.read_table(path, columns=["user", "item"])
+import pandas as pd
+df = tab.to_pandas()
+lines = df.groupby("user", sort=False)["item"].agg(" ".join).tolist()
+t1 = time.perf_counter()
+from pycleora import SparseMatrix
+g = SparseMatrix.from_iterator(iter(lines), "complex::reflexive::item", hyperedge_trim_n=trim)
+t2 = time.perf_counter()
+e = g.initialize_deterministically(dim, 0)
+for _ in range(iters):
+    e = g.left_markov_propagate(e)
+    e /= np.maximum(np.linalg.norm(e, ord=2, axis=-1, keepdims=True), 1e-10)
+t3 = time.perf_counter()
+np.save(sys.argv[5], e)
+print(json.dumps({"read": t1 - t0, "graph": t2 - t1, "propagate": t3 - t2, "entities": len(g.entity_ids)}))
+"""
+
+
+def generate(path: str, n_events: int, *, seed: int = 0, hub_share: float = 0.0, users_per_event: float = 0.05,
+             items_per_event: float = 0.05) -> dict:
+    """Seeded power-law event table as Parquet (user, item, ts)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rng = np.random.default_rng(seed)
+    n_users = max(1, int(n_events * users_per_event))
+    n_items = max(1, int(n_events * items_per_event))
+    activity = rng.lognormal(0.0, 1.0, n_users)
+    users = rng.choice(n_users, size=n_events, p=activity / activity.sum())
+    ranks = np.arange(1, n_items + 1, dtype=np.float64)
+    pop = 1.0 / ranks**1.1
+    items = rng.choice(n_items, size=n_events, p=pop / pop.sum())
+    if hub_share > 0:
+        hub_users = np.flatnonzero(rng.random(n_users) < hub_share)
+        users = np.concatenate([users, hub_users])
+        items = np.concatenate([items, np.full(len(hub_users), -1)])
+    ts = 1_700_000_000 + rng.integers(0, 86_400 * 90, size=len(users))
+    table = pa.table({
+        "user": pa.array([f"u{u}" for u in users]),
+        "item": pa.array(["HUB" if i < 0 else f"i{i}" for i in items]),
+        "ts": pa.array(ts, pa.int64()),
+    })
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    pq.write_table(table, path, row_group_size=1 << 20)
+    return {"events": len(users), "users": n_users, "items": n_items, "hub_share": hub_share}
+
+
+class RssSampler:
+    """Peak resident memory of a process tree (sum over the process and its descendants), from /proc."""
+
+    def __init__(self, pid: int, interval: float = 0.2) -> None:
+        self.pid, self.interval, self.peak = pid, interval, 0
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._run, daemon=True)
+        self._t.start()
+
+    def _tree(self) -> list[int]:
+        children: dict[int, list[int]] = {}
+        for stat in glob.glob("/proc/[0-9]*/stat"):
+            try:
+                with open(stat) as fh:
+                    parts = fh.read().rsplit(")", 1)[1].split()
+                children.setdefault(int(parts[1]), []).append(int(stat.split("/")[2]))
+            except (OSError, IndexError, ValueError):
+                continue
+        out, todo = [], [self.pid]
+        while todo:
+            p = todo.pop()
+            out.append(p)
+            todo.extend(children.get(p, []))
+        return out
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            total = 0
+            for p in self._tree():
+                try:
+                    with open(f"/proc/{p}/status") as fh:
+                        for line in fh:
+                            if line.startswith("VmRSS:"):
+                                total += int(line.split()[1]) * 1024
+                except OSError:
+                    pass
+            self.peak = max(self.peak, total)
+            self._stop.wait(self.interval)
+
+    def stop(self) -> int:
+        self._stop.set()
+        self._t.join()
+        return self.peak
+
+
+def run_process(cmd: list[str], env: dict | None = None) -> tuple[float, int, str, str]:
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    sampler = RssSampler(proc.pid)
+    out, err = proc.communicate()
+    elapsed = time.perf_counter() - t0
+    peak = sampler.stop()
+    if proc.returncode != 0:
+        raise RuntimeError(f"{cmd[:3]} failed ({proc.returncode}):\n{err[-3000:]}")
+    return elapsed, peak, out, err
+
+
+def shuffle_bytes(event_dir: str) -> int:
+    total = 0
+    for f in glob.glob(os.path.join(event_dir, "*")):
+        with open(f, encoding="utf-8", errors="replace") as fh:
+            for line in fh:
+                if '"SparkListenerTaskEnd"' not in line:
+                    continue
+                ev = json.loads(line)
+                sw = (ev.get("Task Metrics") or {}).get("Shuffle Write Metrics") or {}
+                total += int(sw.get("Shuffle Bytes Written", 0))
+    return total
+
+
+def run_spark(data: str, work: str, *, dim: int, iters: int, cores: int, extra: list[str]) -> dict:
+    out = os.path.join(work, "spark-out")
+    events = os.path.join(work, "eventlog")
+    os.makedirs(events, exist_ok=True)
+    for f in glob.glob(os.path.join(events, "*")):
+        os.remove(f)
+    cmd = [sys.executable, "-m", "spark_cleora.cli", "embed", data, "--hyperedge", "user", "--entity", "item",
+           "--dim", str(dim), "--iterations", str(iters), "--output", out, "--master", f"local[{cores}]",
+           "--conf", "spark.ui.enabled=false", "--conf", "spark.eventLog.enabled=true",
+           "--conf", f"spark.eventLog.dir=file://{events}", *extra]
+    env = dict(os.environ, PYSPARK_PYTHON=sys.executable)
+    elapsed, peak, _, _ = run_process(cmd, env)
+    with open(os.path.join(out, "_run.json")) as fh:
+        report = json.load(fh)
+    return {"seconds": elapsed, "peak_rss_mb": peak / 2**20, "shuffle_mb": shuffle_bytes(events) / 2**20,
+            "iteration_seconds": report["iteration_seconds"], "seconds_to_embed": report["seconds_to_embed"],
+            "entities": report["entities"], "memberships": report["memberships"], "blocks": report["num_blocks"]}
+
+
+def run_pycleora(data: str, work: str, *, dim: int, iters: int, trim: int) -> dict:
+    elapsed, peak, out, _ = run_process([sys.executable, "-c", PYCLEORA_SCRIPT, data, str(dim), str(iters),
+                                         str(trim), os.path.join(work, "pycleora.npy")])
+    stages = json.loads(out.strip().splitlines()[-1])
+    return {"seconds": elapsed, "peak_rss_mb": peak / 2**20, **stages}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--events", default="1000000", help="comma-separated sizes")
+    ap.add_argument("--dim", type=int, default=256)
+    ap.add_argument("--iterations", type=int, default=4)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--cores", type=int, default=2)
+    ap.add_argument("--hub-share", type=float, default=0.0)
+    ap.add_argument("--only", choices=["spark", "pycleora"], help="run one side only")
+    ap.add_argument("--trim", type=int, default=16, help="pycleora hyperedge_trim_n (16 = its default)")
+    ap.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "spark_cleora_bench"))
+    ap.add_argument("--json", default=None, help="write results here")
+    ap.add_argument("--spark-arg", action="append", default=[], help="extra spark-cleora embed argument")
+    args = ap.parse_args()
+
+    results = []
+    for n in [int(x) for x in args.events.split(",")]:
+        data = os.path.join(args.workdir, f"events_{n}_hub{args.hub_share}.parquet")
+        meta = {"events": n}
+        if not os.path.exists(data):
+            meta = generate(data, n, hub_share=args.hub_share)
+        runs: dict[str, list[dict]] = {"spark": [], "pycleora": []}
+        for r in range(args.repeats):
+            order = ["spark", "pycleora"] if r % 2 == 0 else ["pycleora", "spark"]
+            for tool in order:
+                if args.only and tool != args.only:
+                    continue
+                if tool == "spark":
+                    res = run_spark(data, args.workdir, dim=args.dim, iters=args.iterations, cores=args.cores,
+                                    extra=args.spark_arg)
+                else:
+                    res = run_pycleora(data, args.workdir, dim=args.dim, iters=args.iterations, trim=args.trim)
+                runs[tool].append(res)
+                print(f"  {n:>10,} events  {tool:8s} run {r + 1}: {res['seconds']:7.1f}s  "
+                      f"peak {res['peak_rss_mb']:7.0f} MB", file=sys.stderr)
+        row = {"events": n, **meta}
+        for tool, rs in runs.items():
+            if rs:
+                row[tool] = {
+                    "median_seconds": statistics.median(r["seconds"] for r in rs),
+                    "best_seconds": min(r["seconds"] for r in rs),
+                    "median_peak_rss_mb": statistics.median(r["peak_rss_mb"] for r in rs),
+                    "runs": rs,
+                }
+        if runs["spark"] and runs["pycleora"]:
+            row["ratio_median"] = row["spark"]["median_seconds"] / row["pycleora"]["median_seconds"]
+            row["ratio_best"] = row["spark"]["best_seconds"] / row["pycleora"]["best_seconds"]
+        results.append(row)
+
+    print(f"\nmachine: {platform.machine()}, {os.cpu_count()} cores; dim {args.dim}, {args.iterations} iterations, "
+          f"Spark local[{args.cores}], pycleora hyperedge_trim_n={args.trim}")
+    print(f"{'events':>12} {'spark s (med)':>14} {'pycleora s':>11} {'ratio':>6} {'spark MB':>9} {'pyc MB':>7} "
+          f"{'shuffle MB':>10}  iteration s (median run)")
+    for row in results:
+        s, p = row.get("spark"), row.get("pycleora")
+        it = ""
+        sh = ""
+        if s:
+            med = sorted(s["runs"], key=lambda r: r["seconds"])[len(s["runs"]) // 2]
+            it = " ".join(f"{x:.1f}" for x in med["iteration_seconds"])
+            sh = f"{med['shuffle_mb']:.0f}"
+        print(f"{row['events']:>12,} {s['median_seconds'] if s else float('nan'):>14.1f} "
+              f"{p['median_seconds'] if p else float('nan'):>11.1f} {row.get('ratio_median', float('nan')):>6.1f} "
+              f"{s['median_peak_rss_mb'] if s else float('nan'):>9.0f} {p['median_peak_rss_mb'] if p else float('nan'):>7.0f} "
+              f"{sh:>10}  {it}")
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump({"machine": {"cores": os.cpu_count(), "python": platform.python_version()},
+                       "args": vars(args), "results": results}, fh, indent=2)
+
+
+if __name__ == "__main__":
+    main()
