@@ -21,6 +21,7 @@ import glob
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -142,7 +143,9 @@ def run_process(cmd: list[str], env: dict | None = None) -> tuple[float, int, st
 
 def shuffle_bytes(event_dir: str) -> int:
     total = 0
-    for f in glob.glob(os.path.join(event_dir, "*")):
+    for f in glob.glob(os.path.join(event_dir, "**", "*"), recursive=True):
+        if os.path.isdir(f):
+            continue
         with open(f, encoding="utf-8", errors="replace") as fh:
             for line in fh:
                 if '"SparkListenerTaskEnd"' not in line:
@@ -157,12 +160,13 @@ def run_spark(data: str, work: str, *, dim: int, iters: int, cores: int, extra: 
     out = os.path.join(work, "spark-out")
     events = os.path.join(work, "eventlog")
     os.makedirs(events, exist_ok=True)
-    for f in glob.glob(os.path.join(events, "*")):
-        os.remove(f)
+    shutil.rmtree(events, ignore_errors=True)
+    os.makedirs(events)
     cmd = [sys.executable, "-m", "spark_cleora.cli", "embed", data, "--hyperedge", "user", "--entity", "item",
            "--dim", str(dim), "--iterations", str(iters), "--output", out, "--master", f"local[{cores}]",
            "--conf", "spark.ui.enabled=false", "--conf", "spark.eventLog.enabled=true",
-           "--conf", f"spark.eventLog.dir=file://{events}", *extra]
+           "--conf", f"spark.eventLog.dir=file://{events}",
+           "--conf", "spark.eventLog.compress=false", "--conf", "spark.eventLog.rolling.enabled=false", *extra]
     env = dict(os.environ, PYSPARK_PYTHON=sys.executable)
     elapsed, peak, _, _ = run_process(cmd, env)
     with open(os.path.join(out, "_run.json")) as fh:

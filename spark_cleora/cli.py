@@ -80,7 +80,7 @@ def _embed_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     g.add_argument("--checkpoint", choices=["parquet", "local"],
                    help="parquet: write each iteration to the work dir (resumable, default); local: localCheckpoint")
     g.add_argument("--num-blocks", type=int, help="hyperedge blocks per iteration (default: from data size)")
-    g.add_argument("--block-memberships", type=int, help="target memberships per block (default 400000)")
+    g.add_argument("--block-memberships", type=int, help="target memberships per block (default 2**26 / dim)")
     _add_spark_options(p)
     return p
 

@@ -106,7 +106,7 @@ class EmbedConfig:
         the CLI default) or ``local`` (``localCheckpoint``, nothing on disk), and whether to keep it.
     num_blocks, block_memberships
         Engine: the hyperedges are split into blocks that each Python worker multiplies in one go;
-        by default there are about ``block_memberships`` memberships per block.
+        by default a block holds about 2**26 / dim memberships (its float64 working set ~512 MiB).
     on_bad_rows
         ``fail`` (default) stops with the rule, count and first offending row; ``skip`` drops
         bad rows and reports the counts per rule.
@@ -131,7 +131,7 @@ class EmbedConfig:
     checkpoint: str = "parquet"
     keep_work: bool = False
     num_blocks: int | None = None
-    block_memberships: int = 400_000
+    block_memberships: int | None = None
     on_bad_rows: str = "fail"
     csv_delimiter: str | None = None
     extra: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
@@ -160,7 +160,7 @@ class EmbedConfig:
             raise ConfigError(f"seed must be an integer; got {self.seed!r}")
         if self.num_blocks is not None and self.num_blocks < 1:
             raise ConfigError(f"num-blocks must be >= 1; got {self.num_blocks}")
-        if self.block_memberships < 1:
+        if self.block_memberships is not None and self.block_memberships < 1:
             raise ConfigError(f"block-memberships must be >= 1; got {self.block_memberships}")
         if self.input_format == "cleora-tsv":
             if not self.columns:

@@ -20,15 +20,15 @@ from .graph import (
     Graph,
     build_entities,
     build_memberships,
-    build_routes,
     choose_num_blocks,
     count_entities,
     count_memberships,
-    degrees,
+    default_block_memberships,
+    routes,
 )
-from .hyperedges import Rejections, cleora_text_to_memberships, events_to_memberships
+from .hyperedges import BadInputError, Rejections, cleora_text_to_memberships, events_to_memberships
 from .init import init_batches
-from .propagate import propagate
+from .propagate import VECTOR_SCHEMA, propagate, unpacked
 from .session import job_description
 from .store import WorkStore, local_path
 
@@ -119,17 +119,16 @@ def run_embedding(
         return store.write(df, name)
 
     # -- 1. hyperedges and the graph ----------------------------------------------------------
-    graph_done = store is not None and all(
-        store.is_complete(n) for n in ("graph/entities", "graph/memberships", "graph/routes")
-    ) and "graph" in manifest
+    graph_done = store is not None and "graph" in manifest and all(
+        store.is_complete(n) for n in ("graph/entities", "graph/memberships")
+    )
     if graph_done:
         g = manifest["graph"]
         entities = store.read("graph/entities")
         memberships = store.read("graph/memberships")
-        routes = store.read("graph/routes")
         rej = Rejections(counts=g["rejected"], input_rows=g["input_rows"])
-        graph = Graph(entities, memberships, routes, reflexive, g["num_blocks"], g["entities"],
-                      g["memberships"], g["hyperedges"])
+        graph = Graph(entities, memberships, reflexive, g["num_blocks"], g["entities"], g["memberships"],
+                      g["hyperedges"])
         log.info("resuming with the prepared graph in %s", store.uri)
     else:
         with job_description(spark, "spark_cleora: validate input"):
@@ -138,18 +137,18 @@ def run_embedding(
             else:
                 raw, rej = events_to_memberships(source, cfg)
         log.info("read %d input rows (%d rejected) in %.1fs", rej.input_rows, rej.total, timer.lap())
+        if rej.accepted_units == 0:
+            raise BadInputError("no input rows left after validation")
+        num_blocks = cfg.num_blocks or choose_num_blocks(
+            rej.accepted_units, cfg.block_memberships or default_block_memberships(cfg.dim), _parallelism(spark)
+        )
         with job_description(spark, "spark_cleora: build graph"):
-            memberships = materialise(build_memberships(raw), "graph/memberships")
+            memberships = materialise(build_memberships(raw, reflexive=reflexive, num_blocks=num_blocks),
+                                      "graph/memberships")
             n_memberships, n_hyperedges = count_memberships(memberships)
-            if n_memberships == 0:
-                raise ConfigError("no entities left after input validation")
-            entities = build_entities(memberships, columns).join(degrees(memberships, reflexive), "id")
-            entities = materialise(entities, "graph/entities")
+            entities = materialise(build_entities(memberships, columns), "graph/entities")
             n_entities = count_entities(entities)
-            num_blocks = cfg.num_blocks or choose_num_blocks(n_memberships, cfg.block_memberships,
-                                                             _parallelism(spark))
-            routes = materialise(build_routes(memberships, entities, num_blocks, cfg.markov), "graph/routes")
-        graph = Graph(entities, memberships, routes, reflexive, num_blocks, n_entities, n_memberships, n_hyperedges)
+        graph = Graph(entities, memberships, reflexive, num_blocks, n_entities, n_memberships, n_hyperedges)
         if store is not None:
             manifest["graph"] = {
                 "entities": n_entities, "memberships": n_memberships, "hyperedges": n_hyperedges,
@@ -173,18 +172,18 @@ def run_embedding(
     else:
         with job_description(spark, "spark_cleora: start vectors"):
             init = graph.entities.select("id", "entity").mapInArrow(
-                lambda it: init_batches(it, dim=cfg.dim, seed=cfg.seed, method=cfg.init),
-                "id long, vec array<float>",
+                lambda it: init_batches(it, dim=cfg.dim, seed=cfg.seed, method=cfg.init), VECTOR_SCHEMA
             )
-            x = materialise(init, "iter=0000") if store is None else (
-                store.read("iter=0000") if store.is_complete("iter=0000") else store.write(init, "iter=0000"))
+            x = materialise(init, store.iteration_name(0) if store else "iter=0000")
         start = 0
         log.info("start vectors (%s, seed %d, dim %d) in %.1fs", cfg.init, cfg.seed, cfg.dim, timer.lap())
+    members = graph.memberships.select("block", "h", "side", "id", "weight")
+    route_table = routes(graph.entities, cfg.markov)
     iteration_seconds: list[float] = []
     for k in range(start + 1, cfg.iterations + 1):
         with job_description(spark, f"spark_cleora: iteration {k}/{cfg.iterations}"):
-            nxt = propagate(x, graph.memberships, graph.routes, dim=cfg.dim, num_blocks=graph.num_blocks,
-                            reflexive=reflexive)
+            nxt = propagate(x, members, route_table, dim=cfg.dim, reflexive=reflexive,
+                            num_buckets=graph.num_blocks)
             if store is None:
                 x = nxt.localCheckpoint(eager=True)
             else:
@@ -199,7 +198,7 @@ def run_embedding(
     report["resumed_from_iteration"] = start if start else None
 
     emb = (
-        x.join(graph.entities.filter(F.col("output")), "id")
+        unpacked(x, dim=cfg.dim).join(graph.entities.filter(F.col("output")), "id")
         .select("entity", "column", F.col("degree").cast("double").alias("degree"),
                 F.col("occurrences").cast("double").alias("occurrences"), F.col("vec").alias("embedding"))
     )

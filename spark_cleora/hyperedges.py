@@ -37,6 +37,8 @@ class Rejections:
 
     counts: dict[str, int] = field(default_factory=dict)
     input_rows: int = 0
+    #: entity occurrences in the accepted rows (an upper bound of the memberships; sizes the blocks)
+    accepted_units: int = 0
 
     @property
     def total(self) -> int:
@@ -52,13 +54,20 @@ def _first_failed(rules: list[tuple[str, SparkColumn]]) -> SparkColumn:
 
 
 def apply_policy(df: DataFrame, rules: list[tuple[str, SparkColumn]], policy: str, what: str,
-                 show_cols: list[str]) -> tuple[DataFrame, Rejections]:
-    """Count rule violations in one pass; fail with the first offending row, or drop and report."""
+                 show_cols: list[str], units: SparkColumn | None = None) -> tuple[DataFrame, Rejections]:
+    """Count rule violations in one pass; fail with the first offending row, or drop and report.
+
+    ``units`` (default 1 per row) is summed over accepted rows: entity occurrences, to size the blocks.
+    """
     flagged = df.withColumn(_REJECT, _first_failed(rules))
-    stats = flagged.groupBy(_REJECT).count().collect()  # one row per rule: bounded by the rule list
+    unit = F.lit(1) if units is None else F.when(F.col(_REJECT).isNull(), units).otherwise(0)
+    stats = (  # one row per rule: bounded by the rule list
+        flagged.groupBy(_REJECT).agg(F.count(F.lit(1)).alias("count"), F.sum(unit).alias("units")).collect()
+    )
     rej = Rejections(
         counts={r[_REJECT]: int(r["count"]) for r in stats if r[_REJECT] is not None},
         input_rows=sum(int(r["count"]) for r in stats),
+        accepted_units=sum(int(r["units"] or 0) for r in stats if r[_REJECT] is None),
     )
     if rej.input_rows == 0:
         raise BadInputError(f"{what}: the input is empty (no rows were read)")
@@ -165,7 +174,8 @@ def cleora_text_to_memberships(lines: DataFrame, cfg: EmbedConfig) -> tuple[Data
     if simple:
         rules.append(("several_entities_in_simple_column", F.greatest(*[F.size(tokens[i]) for i in simple],
                                                                       F.lit(1)) > 1))
-    clean, rej = apply_policy(df, rules, cfg.on_bad_rows, "cleora-tsv", ["line"])
+    n_tokens = sum((F.size(t) for t in tokens), F.lit(0))
+    clean, rej = apply_policy(df, rules, cfg.on_bad_rows, "cleora-tsv", ["line"], units=n_tokens)
     clean = clean.withColumn("h", F.monotonically_increasing_id())
     parts = []
     for i, _ in enumerate(cols):

@@ -21,6 +21,8 @@ import numpy as np
 import pyarrow as pa
 import xxhash
 
+from .vectors import pack
+
 INIT_METHODS = ("siphash", "fx")
 
 _MAX_HASH = 1 << 23
@@ -37,47 +39,59 @@ def entity_hashes(names: Sequence[str]) -> np.ndarray:
     return out
 
 
-def _rotl(x: np.ndarray, b: int) -> np.ndarray:
-    return (x << np.uint64(b)) | (x >> np.uint64(64 - b))
+_CHUNK = 1 << 15  # elements per pass: keeps the state and temporaries in cache
 
 
-def _sipround(v0, v1, v2, v3):
+def _rotl_inplace(x: np.ndarray, b: int, tmp: np.ndarray) -> None:
+    np.right_shift(x, np.uint64(64 - b), out=tmp)
+    np.left_shift(x, np.uint64(b), out=x)
+    np.bitwise_or(x, tmp, out=x)
+
+
+def _sipround(v0: np.ndarray, v1: np.ndarray, v2: np.ndarray, v3: np.ndarray, tmp: np.ndarray) -> None:
+    """One SipRound, in place (no temporaries beyond ``tmp``)."""
     v0 += v1
-    v1 = _rotl(v1, 13)
+    _rotl_inplace(v1, 13, tmp)
     v1 ^= v0
-    v0 = _rotl(v0, 32)
+    _rotl_inplace(v0, 32, tmp)
     v2 += v3
-    v3 = _rotl(v3, 16)
+    _rotl_inplace(v3, 16, tmp)
     v3 ^= v2
     v0 += v3
-    v3 = _rotl(v3, 21)
+    _rotl_inplace(v3, 21, tmp)
     v3 ^= v0
     v2 += v1
-    v1 = _rotl(v1, 17)
+    _rotl_inplace(v1, 17, tmp)
     v1 ^= v2
-    v2 = _rotl(v2, 32)
-    return v0, v1, v2, v3
+    _rotl_inplace(v2, 32, tmp)
 
 
 def siphash13_u64(m: np.ndarray) -> np.ndarray:
     """SipHash-1-3 with a zero key of one little-endian u64 word (Rust's ``DefaultHasher.write_i64``)."""
-    m = np.asarray(m, dtype=np.uint64)
-    v0 = np.full_like(m, 0x736F6D6570736575)
-    v1 = np.full_like(m, 0x646F72616E646F6D)
-    v2 = np.full_like(m, 0x6C7967656E657261)
-    v3 = np.full_like(m, 0x7465646279746573)
-    with np.errstate(over="ignore"):
-        v3 ^= m
-        v0, v1, v2, v3 = _sipround(v0, v1, v2, v3)
-        v0 ^= m
-        b = np.uint64(8 << 56)  # message length 8 in the top byte, no tail bytes
+    m = np.ascontiguousarray(m, dtype=np.uint64)
+    flat = m.reshape(-1)
+    out = np.empty_like(flat)
+    b = np.uint64(8 << 56)  # message length 8 in the top byte, no tail bytes
+    for lo in range(0, len(flat), _CHUNK):
+        w = flat[lo:lo + _CHUNK]
+        v0 = np.full_like(w, 0x736F6D6570736575)
+        v1 = np.full_like(w, 0x646F72616E646F6D)
+        v2 = np.full_like(w, 0x6C7967656E657261)
+        v3 = np.full_like(w, 0x7465646279746573)
+        tmp = np.empty_like(w)
+        v3 ^= w
+        _sipround(v0, v1, v2, v3, tmp)
+        v0 ^= w
         v3 ^= b
-        v0, v1, v2, v3 = _sipround(v0, v1, v2, v3)
+        _sipround(v0, v1, v2, v3, tmp)
         v0 ^= b
         v2 ^= np.uint64(0xFF)
         for _ in range(3):
-            v0, v1, v2, v3 = _sipround(v0, v1, v2, v3)
-    return v0 ^ v1 ^ v2 ^ v3
+            _sipround(v0, v1, v2, v3, tmp)
+        v0 ^= v1
+        v2 ^= v3
+        np.bitwise_xor(v0, v2, out=out[lo:lo + _CHUNK])
+    return out.reshape(m.shape)
 
 
 def init_vectors(hashes: np.ndarray, dim: int, *, seed: int = 0, method: str = "siphash") -> np.ndarray:
@@ -101,29 +115,11 @@ def init_for_names(names: Sequence[str], dim: int, *, seed: int = 0, method: str
     return init_vectors(entity_hashes(names), dim, seed=seed, method=method)
 
 
-def vectors_to_arrow(mat: np.ndarray) -> pa.ListArray:
-    """``float32[n, d]`` -> Arrow ``list<float>`` without a per-row Python loop."""
-    mat = np.ascontiguousarray(mat, dtype=np.float32)
-    n, d = mat.shape
-    offsets = pa.array(np.arange(0, (n + 1) * d, d, dtype=np.int32))
-    return pa.ListArray.from_arrays(offsets, pa.array(mat.reshape(-1)))
-
-
-def arrow_to_vectors(col: pa.Array | pa.ChunkedArray, dim: int) -> np.ndarray:
-    """Arrow ``list<float>`` (no nulls, every list of length ``dim``) -> ``float32[n, dim]``."""
-    if isinstance(col, pa.ChunkedArray):
-        col = col.combine_chunks() if col.num_chunks != 1 else col.chunk(0)
-    if len(col) == 0:
-        return np.zeros((0, dim), dtype=np.float32)
-    flat = col.flatten().to_numpy(zero_copy_only=False)
-    return flat.astype(np.float32, copy=False).reshape(len(col), dim)
-
-
 def init_batches(
     batches: Iterable[pa.RecordBatch], *, dim: int, seed: int, method: str
 ) -> Iterator[pa.RecordBatch]:
-    """``mapInArrow`` body: ``(id, entity)`` batches -> ``(id, vec)`` start vectors."""
+    """``mapInArrow`` body: ``(id, entity)`` batches -> ``(id, vec)`` packed start vectors."""
     for batch in batches:
         names = batch.column("entity").to_pylist()
         vecs = init_for_names(names, dim, seed=seed, method=method)
-        yield pa.RecordBatch.from_arrays([batch.column("id"), vectors_to_arrow(vecs)], names=["id", "vec"])
+        yield pa.RecordBatch.from_arrays([batch.column("id"), pack(vecs)], names=["id", "vec"])

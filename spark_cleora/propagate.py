@@ -7,8 +7,9 @@ multiplies a whole block with scipy sparse matrices:
     S_A = A X,  S_B = B X               per-hyperedge sums of member vectors (A, B: h x e counts)
     Y   = Aᵀ (w ⊙ S_B) + Bᵀ (w ⊙ S_A)    each member gets w_h times the other side's sum
 
-and emits one partial vector per (entity, block). The JVM sums the partials per entity with
-Spark 4.3's ``vector_sum`` (partial aggregation, no Python) and L2-normalises each row.
+and emits one partial vector per (entity, block). A second grouped step sums the partials of each
+entity (entities hashed into buckets, one numpy ``reduceat`` per bucket) and L2-normalises the rows.
+Vectors travel packed (see :mod:`spark_cleora.vectors`); all arithmetic is float64, stored float32.
 """
 
 from __future__ import annotations
@@ -19,19 +20,22 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from scipy import sparse
 
-from .graph import block_of
-from .init import arrow_to_vectors, vectors_to_arrow
+from .vectors import PACKED, pack, to_list_array, unpack
 
-PARTIAL_SCHEMA = "id long, vec array<float>"
+VECTOR_SCHEMA = f"id long, vec {PACKED}"
 NORM_EPS = 1e-10  # pycleora 3.x: x / max(||x||, 1e-10); an all-zero row stays zero
+
+
+def _empty(dim: int) -> pa.Table:
+    return pa.table({"id": pa.array([], pa.int64()), "vec": pack(np.zeros((0, dim), dtype=np.float32))})
 
 
 def multiply_block(routed: pa.Table, members: pa.Table, *, dim: int, reflexive: bool) -> pa.Table:
     """Multiply one block: routed vectors ``(id, pre, post, vec)`` x memberships ``(h, side, member, weight)``."""
     if routed.num_rows == 0 or members.num_rows == 0:
-        return pa.table({"id": pa.array([], pa.int64()), "vec": vectors_to_arrow(np.zeros((0, dim)))})
+        return _empty(dim)
     ids = routed.column("id").to_numpy()
-    x = arrow_to_vectors(routed.column("vec"), dim).astype(np.float64)
+    x = unpack(routed.column("vec"), dim).astype(np.float64)
     x *= routed.column("pre").to_numpy()[:, None]
     order = np.argsort(ids, kind="stable")
     m_ids = members.column("member").to_numpy()
@@ -56,28 +60,62 @@ def multiply_block(routed: pa.Table, members: pa.Table, *, dim: int, reflexive: 
         w = 1.0 / (n_a * n_b)
         y = a.T @ (s_b * w[:, None]) + b.T @ (s_a * w[:, None])
     y *= routed.column("post").to_numpy()[:, None]
-    return pa.table({"id": pa.array(ids, pa.int64()), "vec": vectors_to_arrow(y)})
+    return pa.table({"id": pa.array(ids, pa.int64()), "vec": pack(y)})
 
 
-def l2_normalize(vec: str = "vec"):
-    """Row L2 normalisation in the JVM, float32 like pycleora."""
-    norm = F.greatest(F.vector_norm(F.col(vec)), F.lit(NORM_EPS).cast("float"))
-    return F.transform(F.col(vec), lambda v: (v / norm).cast("float"))
+def sum_and_normalize(partials: pa.Table, *, dim: int) -> pa.Table:
+    """Sum the partial vectors of each entity, then divide each row by max(‖row‖, 1e-10)."""
+    if partials.num_rows == 0:
+        return _empty(dim)
+    ids = partials.column("id").to_numpy()
+    vecs = unpack(partials.column("vec"), dim)
+    order = np.argsort(ids, kind="stable")
+    ids = ids[order]
+    starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]])
+    total = np.add.reduceat(vecs[order].astype(np.float64), starts, axis=0)
+    norms = np.sqrt(np.einsum("ij,ij->i", total, total))
+    total /= np.maximum(norms, NORM_EPS)[:, None]
+    return pa.table({"id": pa.array(ids[starts], pa.int64()), "vec": pack(total)})
+
+
+def reduce_key(num_buckets: int):
+    return F.pmod(F.xxhash64(F.col("id")), F.lit(num_buckets)).cast("int")
 
 
 def propagate(
-    x: DataFrame, memberships: DataFrame, routes: DataFrame, *, dim: int, num_blocks: int, reflexive: bool
+    x: DataFrame,
+    memberships: DataFrame,
+    routes: DataFrame,
+    *,
+    dim: int,
+    reflexive: bool,
+    num_buckets: int,
 ) -> DataFrame:
-    """``x``: (id, vec) -> the next iteration's (id, vec), lazily."""
+    """``x``: (id, vec) -> the next iteration's (id, vec), lazily.
+
+    ``memberships``: (block, h, side, id, weight); ``routes``: (id, block, pre, post).
+    """
     routed = routes.join(x, "id").select("block", "id", "pre", "post", "vec")
     # Distinct column names on the two cogroup sides (both descend from the entity table).
-    members = memberships.select(
-        block_of("h", num_blocks).alias("block"), "h", "side", F.col("id").alias("member"), "weight"
-    )
+    members = memberships.select("block", "h", "side", F.col("id").alias("member"), "weight")
 
     def step(left: pa.Table, right: pa.Table) -> pa.Table:
         return multiply_block(left, right, dim=dim, reflexive=reflexive)
 
-    partials = routed.groupBy("block").cogroup(members.groupBy("block")).applyInArrow(step, PARTIAL_SCHEMA)
-    summed = partials.groupBy("id").agg(F.vector_sum("vec").alias("vec"))
-    return summed.select("id", l2_normalize("vec").alias("vec"))
+    def reduce(table: pa.Table) -> pa.Table:
+        return sum_and_normalize(table, dim=dim)
+
+    partials = routed.groupBy("block").cogroup(members.groupBy("block")).applyInArrow(step, VECTOR_SCHEMA)
+    bucketed = partials.withColumn("bucket", reduce_key(num_buckets))
+    return bucketed.groupBy("bucket").applyInArrow(lambda t: reduce(t.drop_columns(["bucket"])), VECTOR_SCHEMA)
+
+
+def unpacked(x: DataFrame, *, dim: int) -> DataFrame:
+    """(id, packed vec) -> (id, vec array<float>) for output."""
+
+    def convert(batches):
+        for b in batches:
+            vec = unpack(b.column("vec"), dim)
+            yield pa.RecordBatch.from_arrays([b.column("id"), to_list_array(vec)], names=["id", "vec"])
+
+    return x.mapInArrow(convert, "id long, vec array<float>")

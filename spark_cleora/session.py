@@ -47,14 +47,20 @@ def check_java() -> str:
     return text.splitlines()[0] if text else "java"
 
 
+def _cores(master: str) -> int:
+    """Cores of a local master: local[4] -> 4, local[*] / local -> all."""
+    m = re.match(r"local\[(\d+)", master or "")
+    return max(2, int(m.group(1))) if m else max(2, os.cpu_count() or 2)
+
+
 def _local_defaults(master: str) -> dict[str, str]:
     """Settings for an embedded local Spark: use the machine, keep shuffles small, stay quiet."""
     conf = {
         "spark.sql.session.timeZone": "UTC",
         "spark.sql.execution.arrow.pyspark.enabled": "true",
-        # Small local jobs drown in 200 shuffle partitions; AQE still coalesces further.
-        "spark.sql.shuffle.partitions": str(max(4, 2 * (os.cpu_count() or 2))),
-        "spark.sql.adaptive.coalescePartitions.parallelismFirst": "false",
+        # Local jobs drown in 200 shuffle partitions; one per core keeps every core busy, and AQE
+        # keeps at least that many (parallelismFirst) when it coalesces.
+        "spark.sql.shuffle.partitions": str(_cores(master)),
         "spark.ui.showConsoleProgress": "false",
     }
     try:

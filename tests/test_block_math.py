@@ -6,8 +6,8 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from spark_cleora.init import vectors_to_arrow
-from spark_cleora.propagate import multiply_block
+from spark_cleora.propagate import multiply_block, sum_and_normalize
+from spark_cleora.vectors import pack, unpack
 
 
 def dense_markov(hyperedges, n, reflexive, markov):
@@ -57,9 +57,9 @@ def test_block_product_equals_dense(reflexive, markov):
     pre = np.ones(len(ids)) if markov == "left" else 1 / np.sqrt(d[ids])
     post = 1 / d[ids] if markov == "left" else 1 / np.sqrt(d[ids])
     routed = pa.table({"id": pa.array(ids), "pre": pa.array(pre), "post": pa.array(post),
-                       "vec": vectors_to_arrow(x[ids])})
+                       "vec": pack(x[ids])})
     out = multiply_block(routed, members, dim=dim, reflexive=reflexive)
-    got = dict(zip(out.column("id").to_pylist(), np.array(out.column("vec").to_pylist())))
+    got = dict(zip(out.column("id").to_pylist(), unpack(out.column("vec"), dim)))
     want = m @ x.astype(np.float64)
     for e in present:
         np.testing.assert_allclose(got[e], want[e], rtol=1e-5, atol=1e-6)
@@ -67,7 +67,21 @@ def test_block_product_equals_dense(reflexive, markov):
 
 def test_empty_block():
     empty = pa.table({"id": pa.array([], pa.int64()), "pre": pa.array([], pa.float64()),
-                      "post": pa.array([], pa.float64()), "vec": vectors_to_arrow(np.zeros((0, 3)))})
+                      "post": pa.array([], pa.float64()), "vec": pack(np.zeros((0, 3)))})
     members = pa.table({"h": pa.array([], pa.int64()), "side": pa.array([], pa.int32()),
                         "member": pa.array([], pa.int64()), "weight": pa.array([], pa.float64())})
     assert multiply_block(empty, members, dim=3, reflexive=True).num_rows == 0
+
+
+def test_sum_and_normalize_groups_partials_by_entity():
+    rng = np.random.default_rng(3)
+    ids = np.array([5, 2, 5, 9, 2, 5], dtype=np.int64)
+    vecs = rng.standard_normal((6, 4)).astype(np.float32)
+    vecs[3] = 0.0  # an all-zero row stays zero (pycleora divides by max(norm, 1e-10))
+    out = sum_and_normalize(pa.table({"id": pa.array(ids), "vec": pack(vecs)}), dim=4)
+    got = dict(zip(out.column("id").to_pylist(), unpack(out.column("vec"), 4)))
+    assert sorted(got) == [2, 5, 9]
+    for e in (2, 5):
+        s = vecs[ids == e].astype(np.float64).sum(axis=0)
+        np.testing.assert_allclose(got[e], s / np.linalg.norm(s), rtol=1e-6)
+    np.testing.assert_array_equal(got[9], np.zeros(4))

@@ -7,7 +7,8 @@ import pycleora
 import pytest
 from oracle import PYCLEORA2_PYTHON
 
-from spark_cleora.init import arrow_to_vectors, init_for_names, siphash13_u64, vectors_to_arrow
+from spark_cleora.init import init_for_names, siphash13_u64
+from spark_cleora.vectors import from_list_array, pack, to_list_array, unpack
 
 NAMES = ["a", "b", "c", "d", "e", "ü", "日本語", "🙂", "", "x" * 300, "tab\tin", "user 1"]
 
@@ -103,7 +104,15 @@ def test_init_values_in_open_interval_and_deterministic():
     assert np.abs(corr[~np.eye(16, dtype=bool)]).mean() < 0.06
 
 
-def test_arrow_round_trip():
+def test_vector_encodings_round_trip():
+    import pyarrow as pa
+
     m = np.arange(12, dtype=np.float32).reshape(4, 3)
-    np.testing.assert_array_equal(arrow_to_vectors(vectors_to_arrow(m), 3), m)
-    np.testing.assert_array_equal(arrow_to_vectors(vectors_to_arrow(m).slice(1, 2), 3), m[1:3])
+    np.testing.assert_array_equal(from_list_array(to_list_array(m), 3), m)
+    np.testing.assert_array_equal(from_list_array(to_list_array(m).slice(1, 2), 3), m[1:3])
+    np.testing.assert_array_equal(unpack(pack(m), 3), m)
+    np.testing.assert_array_equal(unpack(pack(m).slice(1, 2), 3), m[1:3])
+    np.testing.assert_array_equal(unpack(pa.chunked_array([pack(m[:1]), pack(m[1:])]), 3), m)
+    assert pack(m).type == pa.binary() and len(pack(m)[0].as_py()) == 12
+    with pytest.raises(ValueError, match="expected 4"):
+        unpack(pack(m), 4)
