@@ -64,8 +64,11 @@ def _embed_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     g.add_argument("--dedupe", action="store_true", help="drop repeated (hyperedge, entity) events")
     g.add_argument("--columns", help="cleora-tsv column spec, e.g. 'complex::reflexive::product'")
     g.add_argument("--csv-delimiter", help="field delimiter for csv input (default ',')")
-    g.add_argument("--on-bad-rows", choices=["fail", "skip"],
-                   help="fail (default): stop with the rule and first bad row; skip: drop and count")
+    g.add_argument("--on-bad-rows", choices=["fail", "skip", "quarantine"],
+                   help="fail (default): stop with the rule and first bad row; skip: drop and count; "
+                        "quarantine: also write them to --rejects")
+    g.add_argument("--rejects", help="with --on-bad-rows quarantine: Parquet directory for rejected rows")
+    g.add_argument("--max-line-length", type=int, help="cleora-tsv lines longer than this are bad rows (10000000)")
     g = p.add_argument_group("embedding")
     g.add_argument("--dim", type=int, help="embedding dimension (default 256)")
     g.add_argument("--iterations", type=int, help="propagation steps (default 4)")

@@ -13,7 +13,7 @@ from .init import INIT_METHODS
 MARKOV_KINDS = ("left", "symmetric")
 INPUT_FORMATS = ("parquet", "csv", "tsv", "table", "cleora-tsv", "dataframe")  # dataframe: library calls
 OUTPUT_FORMATS = ("parquet", "npy", "cleora-text")
-BAD_ROW_POLICIES = ("fail", "skip")
+BAD_ROW_POLICIES = ("fail", "skip", "quarantine")
 CHECKPOINT_MODES = ("parquet", "local")
 _MODIFIERS = ("complex", "reflexive", "transient")
 
@@ -107,9 +107,12 @@ class EmbedConfig:
     num_blocks, block_memberships
         Engine: the hyperedges are split into blocks that each Python worker multiplies in one go;
         by default a block holds about 2**26 / dim memberships (its float64 working set ~512 MiB).
-    on_bad_rows
+    on_bad_rows, rejects
         ``fail`` (default) stops with the rule, count and first offending row; ``skip`` drops
-        bad rows and reports the counts per rule.
+        bad rows and reports the counts per rule; ``quarantine`` also writes them (with the rule) as
+        Parquet to ``rejects``.
+    max_line_length
+        Cleora text lines longer than this many characters are bad rows (``line_too_long``).
     """
 
     inputs: tuple[str, ...] = ()
@@ -133,6 +136,8 @@ class EmbedConfig:
     num_blocks: int | None = None
     block_memberships: int | None = None
     on_bad_rows: str = "fail"
+    rejects: str | None = None
+    max_line_length: int = 10_000_000
     csv_delimiter: str | None = None
     extra: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
@@ -182,6 +187,10 @@ class EmbedConfig:
             raise ConfigError("--session-gap needs --timestamp COL")
         if self.session_gap is not None and not self.session_gap > 0:
             raise ConfigError(f"session-gap must be > 0 seconds; got {self.session_gap}")
+        if self.on_bad_rows == "quarantine" and not self.rejects:
+            raise ConfigError("--on-bad-rows quarantine needs --rejects DIR (where rejected rows are written)")
+        if self.max_line_length < 1:
+            raise ConfigError(f"max-line-length must be >= 1; got {self.max_line_length}")
         if self.input_format == "table" and len(self.inputs) != 1:
             raise ConfigError("input-format table takes exactly one table name")
 
@@ -204,7 +213,7 @@ class EmbedConfig:
     def fingerprint_fields(self) -> dict[str, Any]:
         """The fields that change the numbers (used to refuse resuming a different run)."""
         keys = ("inputs", "input_format", "hyperedge", "entity", "timestamp", "session_gap", "dedupe",
-                "columns", "dim", "markov", "init", "seed", "on_bad_rows", "csv_delimiter")
+                "columns", "dim", "markov", "init", "seed", "on_bad_rows", "csv_delimiter", "max_line_length")
         d = self.to_dict()
         return {k: d[k] for k in keys}
 

@@ -54,10 +54,12 @@ def _first_failed(rules: list[tuple[str, SparkColumn]]) -> SparkColumn:
 
 
 def apply_policy(df: DataFrame, rules: list[tuple[str, SparkColumn]], policy: str, what: str,
-                 show_cols: list[str], units: SparkColumn | None = None) -> tuple[DataFrame, Rejections]:
+                 show_cols: list[str], units: SparkColumn | None = None,
+                 rejects: str | None = None) -> tuple[DataFrame, Rejections]:
     """Count rule violations in one pass; fail with the first offending row, or drop and report.
 
     ``units`` (default 1 per row) is summed over accepted rows: entity occurrences, to size the blocks.
+    With ``policy='quarantine'`` the rejected rows (``show_cols`` + ``rule``) are written to ``rejects``.
     """
     flagged = df.withColumn(_REJECT, _first_failed(rules))
     unit = F.lit(1) if units is None else F.when(F.col(_REJECT).isNull(), units).otherwise(0)
@@ -84,8 +86,15 @@ def apply_policy(df: DataFrame, rules: list[tuple[str, SparkColumn]], policy: st
             f"first offending row: {sample!r}. Fix the input or rerun with --on-bad-rows skip to drop and "
             "count them."
         )
+    if rej.counts and policy == "quarantine":
+        if not rejects:
+            raise ValueError("--on-bad-rows quarantine needs --rejects DIR")
+        (flagged.filter(F.col(_REJECT).isNotNull())
+         .select(*show_cols, F.col(_REJECT).alias("rule"))
+         .write.mode("overwrite").parquet(rejects))
+        log.warning("%s: wrote %d rejected rows to %s", what, rej.total, rejects)
     if rej.counts:
-        log.warning("%s: dropped %d of %d rows (--on-bad-rows skip)", what, rej.total, rej.input_rows)
+        log.warning("%s: dropped %d of %d rows (--on-bad-rows %s)", what, rej.total, rej.input_rows, policy)
     return flagged.filter(F.col(_REJECT).isNull()).drop(_REJECT), rej
 
 
@@ -128,10 +137,13 @@ def events_to_memberships(events: DataFrame, cfg: EmbedConfig) -> tuple[DataFram
         ("null_hyperedge", F.col("_h").isNull()),
         ("null_entity", F.col("entity").isNull()),
         ("empty_entity", F.col("entity") == ""),
+        # text and CSV readers pass undecodable bytes through as they are
+        ("invalid_utf8", ~F.is_valid_utf8("_h") | ~F.is_valid_utf8("entity")),
     ]
     if tcol:
         rules.append(("bad_timestamp", F.col("_t").isNull()))
-    clean, rej = apply_policy(df, rules, cfg.on_bad_rows, "events", [c for c in df.columns if c != "_t"])
+    clean, rej = apply_policy(df, rules, cfg.on_bad_rows, "events", [c for c in df.columns if c != "_t"],
+                              rejects=cfg.rejects)
     if tcol and cfg.session_gap is not None:
         w = Window.partitionBy("_h").orderBy("_t", "entity")
         gap = F.col("_t") - F.lag("_t").over(w)
@@ -166,6 +178,8 @@ def cleora_text_to_memberships(lines: DataFrame, cfg: EmbedConfig) -> tuple[Data
     df = df.withColumn("_cells", F.split("_l", "\t", -1))
     tokens = [F.split(F.col("_cells").getItem(i), " ", -1) for i in range(ncols)]
     rules: list[tuple[str, SparkColumn]] = [
+        ("line_too_long", F.length("line") > F.lit(cfg.max_line_length)),
+        ("invalid_utf8", ~F.is_valid_utf8("line")),
         ("empty_line", F.col("_l") == ""),
         ("wrong_cell_count", F.size("_cells") != ncols),
         ("empty_entity", F.exists(F.array(*tokens), lambda toks: F.exists(toks, lambda t: t == ""))),
@@ -175,7 +189,8 @@ def cleora_text_to_memberships(lines: DataFrame, cfg: EmbedConfig) -> tuple[Data
         rules.append(("several_entities_in_simple_column", F.greatest(*[F.size(tokens[i]) for i in simple],
                                                                       F.lit(1)) > 1))
     n_tokens = sum((F.size(t) for t in tokens), F.lit(0))
-    clean, rej = apply_policy(df, rules, cfg.on_bad_rows, "cleora-tsv", ["line"], units=n_tokens)
+    clean, rej = apply_policy(df, rules, cfg.on_bad_rows, "cleora-tsv", ["line"], units=n_tokens,
+                              rejects=cfg.rejects)
     clean = clean.withColumn("h", F.monotonically_increasing_id())
     parts = []
     for i, _ in enumerate(cols):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 import json
 import logging
 import os
@@ -70,6 +71,10 @@ def write_atomically(target: str, write: Callable[[str], None]) -> None:
     parent = os.path.dirname(lp) or "."
     os.makedirs(parent, exist_ok=True)
     base = os.path.basename(lp)
+    for stale in glob.glob(os.path.join(parent, glob.escape(base) + ".staging-*")):
+        # left by a killed run (one writer per output is assumed)
+        log.info("removing stale staging directory %s", stale)
+        shutil.rmtree(stale, ignore_errors=True)
     staging = os.path.join(parent, f"{base}.staging-{uuid.uuid4().hex[:8]}")
     try:
         write(staging)

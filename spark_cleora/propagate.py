@@ -14,6 +14,8 @@ Vectors travel packed (see :mod:`spark_cleora.vectors`); all arithmetic is float
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pyarrow as pa
 from pyspark.sql import DataFrame
@@ -24,6 +26,21 @@ from .vectors import PACKED, pack, to_list_array, unpack
 
 VECTOR_SCHEMA = f"id long, vec {PACKED}"
 NORM_EPS = 1e-10  # pycleora 3.x: x / max(||x||, 1e-10); an all-zero row stays zero
+
+
+FAIL_SWITCH = "SPARK_CLEORA_TEST_FAIL_FIRST_ATTEMPT"
+
+
+def _maybe_inject_failure(where: str) -> None:
+    """Test-only switch: with ``SPARK_CLEORA_TEST_FAIL_FIRST_ATTEMPT=1`` in the workers' environment, the
+    first attempt of every even-numbered task fails, so tests can show that retries change nothing."""
+    if os.environ.get(FAIL_SWITCH) != "1":
+        return
+    from pyspark import TaskContext
+
+    ctx = TaskContext.get()
+    if ctx is not None and ctx.attemptNumber() == 0 and ctx.partitionId() % 2 == 0:
+        raise RuntimeError(f"injected failure in {where} (partition {ctx.partitionId()}, {FAIL_SWITCH}=1)")
 
 
 def _empty(dim: int) -> pa.Table:
@@ -100,9 +117,11 @@ def propagate(
     members = memberships.select("block", "h", "side", F.col("id").alias("member"), "weight")
 
     def step(left: pa.Table, right: pa.Table) -> pa.Table:
+        _maybe_inject_failure("multiply")
         return multiply_block(left, right, dim=dim, reflexive=reflexive)
 
     def reduce(table: pa.Table) -> pa.Table:
+        _maybe_inject_failure("reduce")
         return sum_and_normalize(table, dim=dim)
 
     partials = routed.groupBy("block").cogroup(members.groupBy("block")).applyInArrow(step, VECTOR_SCHEMA)
