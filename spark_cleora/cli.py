@@ -83,6 +83,8 @@ def _embed_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     g.add_argument("--checkpoint", choices=["parquet", "local"],
                    help="parquet: write each iteration to the work dir (resumable, default); local: localCheckpoint")
     g.add_argument("--num-blocks", type=int, help="hyperedge blocks per iteration (default: from data size)")
+    g.add_argument("--block-memory-gb", type=float,
+                   help="memory a Python worker may use for one block (default 4); larger hyperedges are refused")
     g.add_argument("--block-memberships", type=int, help="target memberships per block (default 2**26 / dim)")
     _add_spark_options(p)
     return p

@@ -107,6 +107,9 @@ class EmbedConfig:
     num_blocks, block_memberships
         Engine: the hyperedges are split into blocks that each Python worker multiplies in one go;
         by default a block holds about 2**26 / dim memberships (its float64 working set ~512 MiB).
+    block_memory_gb
+        Memory one Python worker may use for one block. A hyperedge always lives in one block, so a
+        hyperedge whose members x dim x 24 bytes exceed it is refused with a clear error up front.
     on_bad_rows, rejects
         ``fail`` (default) stops with the rule, count and first offending row; ``skip`` drops
         bad rows and reports the counts per rule; ``quarantine`` also writes them (with the rule) as
@@ -135,6 +138,7 @@ class EmbedConfig:
     keep_work: bool = False
     num_blocks: int | None = None
     block_memberships: int | None = None
+    block_memory_gb: float = 4.0
     on_bad_rows: str = "fail"
     rejects: str | None = None
     max_line_length: int = 10_000_000
@@ -189,6 +193,8 @@ class EmbedConfig:
             raise ConfigError(f"session-gap must be > 0 seconds; got {self.session_gap}")
         if self.on_bad_rows == "quarantine" and not self.rejects:
             raise ConfigError("--on-bad-rows quarantine needs --rejects DIR (where rejected rows are written)")
+        if not self.block_memory_gb > 0:
+            raise ConfigError(f"block-memory-gb must be > 0; got {self.block_memory_gb}")
         if self.max_line_length < 1:
             raise ConfigError(f"max-line-length must be >= 1; got {self.max_line_length}")
         if self.input_format == "table" and len(self.inputs) != 1:

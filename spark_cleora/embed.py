@@ -23,6 +23,7 @@ from .graph import (
     choose_num_blocks,
     count_entities,
     count_memberships,
+    check_hyperedge_fits,
     default_block_memberships,
     routes,
 )
@@ -145,7 +146,8 @@ def run_embedding(
         with job_description(spark, "spark_cleora: build graph"):
             memberships = materialise(build_memberships(raw, reflexive=reflexive, num_blocks=num_blocks),
                                       "graph/memberships")
-            n_memberships, n_hyperedges = count_memberships(memberships)
+            n_memberships, n_hyperedges, largest = count_memberships(memberships)
+            check_hyperedge_fits(largest, cfg.dim, cfg.block_memory_gb)
             entities = materialise(build_entities(memberships, columns), "graph/entities")
             n_entities = count_entities(entities)
         graph = Graph(entities, memberships, reflexive, num_blocks, n_entities, n_memberships, n_hyperedges)

@@ -88,6 +88,7 @@ def build_memberships(raw: DataFrame, *, reflexive: bool, num_blocks: int) -> Da
     return mem.select(
         "h", "side", "col", "entity", F.xxhash64("entity").alias("id"), "weight", d.alias("d"),
         F.pmod(F.xxhash64("h"), F.lit(num_blocks)).cast("int").alias("block"), first.alias("first"),
+        F.count(F.lit(1)).over(w).alias("h_rows"),
     )
 
 
@@ -136,7 +137,32 @@ def count_entities(entities: DataFrame) -> int:
     return int(row["n"])
 
 
-def count_memberships(memberships: DataFrame) -> tuple[int, int]:
-    """(memberships, hyperedges) in one pass."""
-    row = memberships.agg(F.count(F.lit(1)).alias("m"), F.sum(F.col("first").cast("long")).alias("h")).collect()[0]
-    return int(row["m"]), int(row["h"] or 0)
+class HyperedgeTooLargeError(ValueError):
+    """One hyperedge needs more memory than a Python worker is allowed for one block."""
+
+
+def count_memberships(memberships: DataFrame) -> tuple[int, int, int]:
+    """(memberships, hyperedges, rows of the largest hyperedge) in one pass."""
+    row = memberships.agg(
+        F.count(F.lit(1)).alias("m"), F.sum(F.col("first").cast("long")).alias("h"), F.max("h_rows").alias("big")
+    ).collect()[0]
+    return int(row["m"]), int(row["h"] or 0), int(row["big"] or 0)
+
+
+#: bytes a block needs per (membership row x dimension): packed input, float64 copy, float64 result, output
+BYTES_PER_ROW_DIM = 24
+
+
+def check_hyperedge_fits(largest_rows: int, dim: int, memory_gb: float) -> None:
+    """A hyperedge lives in one block, so its rows x dim must fit one worker's block memory.
+
+    Raises with the numbers and the ways out instead of letting a Python worker die of memory.
+    """
+    need = largest_rows * dim * BYTES_PER_ROW_DIM
+    if need > memory_gb * 2**30:
+        raise HyperedgeTooLargeError(
+            f"the largest hyperedge has {largest_rows:,} distinct members; at dim {dim} its block needs "
+            f"~{need / 2**30:.1f} GiB in one Python worker, above --block-memory-gb {memory_gb:g}. Raise "
+            "--block-memory-gb (and the executors' memory), lower --dim, or split such hyperedges (e.g. "
+            "sessions with --timestamp/--session-gap)."
+        )

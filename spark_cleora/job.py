@@ -57,8 +57,13 @@ def run_embed_job(spark: SparkSession, cfg: EmbedConfig) -> dict[str, Any]:
         report["output_format"] = cfg.output_format
         report["seconds_total"] = round(time.perf_counter() - t0, 3)
         lp = local_path(target)
-        if lp is not None:  # the report goes in last, beside Spark's _SUCCESS, before the final rename
+        if lp is not None:  # the report, then the _SUCCESS marker last, then the final rename
             write_json(os.path.join(lp, "_run.json"), report)
+            marker = os.path.join(lp, "_SUCCESS")
+            if os.path.exists(marker):
+                os.remove(marker)
+            with open(marker, "w", encoding="utf-8"):
+                pass
 
     t_write = time.perf_counter()
     write_atomically(cfg.output, write)

@@ -47,7 +47,8 @@ def test_parquet_output_schema_report_and_no_leftovers(spark, parquet_run):
     assert report["input_rows"] == 6219 and report["rejected"] == {}
     assert report["entities"] == 48 and report["entities_written"] == 48
     assert len(report["iteration_seconds"]) == 2
-    assert os.path.exists(os.path.join(parquet_run, "_SUCCESS"))
+    success, run_json = (os.path.join(parquet_run, f) for f in ("_SUCCESS", "_run.json"))
+    assert os.stat(success).st_mtime_ns >= os.stat(run_json).st_mtime_ns, "_SUCCESS must be written last"
     parent = os.path.dirname(parquet_run)
     assert sorted(os.listdir(parent)) == ["emb"], "staging or work directories were left behind"
 

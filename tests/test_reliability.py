@@ -100,3 +100,17 @@ def test_single_user_with_all_events_and_all_duplicate_input(spark):
     x = init_for_names(["a"], 4)[0]
     np.testing.assert_allclose(ours["a"][0], x / np.linalg.norm(x), atol=1e-6)
     assert ours["a"][1] == pytest.approx(2.0)  # D = 2·50/50
+
+
+def test_a_hyperedge_too_large_for_a_worker_is_refused_up_front(spark):
+    from spark_cleora.graph import HyperedgeTooLargeError
+
+    rows = [" ".join(f"e{i}" for i in range(1000)), "a b"]
+    with pytest.raises(HyperedgeTooLargeError, match="1,000 distinct members.*--block-memory-gb"):
+        run_text(spark, rows, "complex::reflexive::n", dim=16, iterations=1, block_memory_gb=0.0001)
+
+
+def test_commas_are_part_of_entity_names_not_separators(spark):
+    rows = ["a,b c", "c d,e"]  # pycleora 3 splits tab-less lines on commas and drops them here
+    ours = run_text(spark, rows, "complex::reflexive::n", dim=4, iterations=1)
+    assert set(ours) == {"a,b", "c", "d,e"}
