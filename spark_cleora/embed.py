@@ -35,7 +35,6 @@ from .store import WorkStore, local_path
 
 log = logging.getLogger(__name__)
 
-OUTPUT_COLUMNS = ["entity", "column", "degree", "occurrences", "embedding"]
 
 
 @dataclass

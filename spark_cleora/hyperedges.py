@@ -23,7 +23,6 @@ from .config import ConfigError, EmbedConfig, parse_columns
 
 log = logging.getLogger(__name__)
 
-RAW_SCHEMA = "h long, side int, col int, entity string, weight double"
 _REJECT = "_reject"
 
 

@@ -114,3 +114,13 @@ def test_commas_are_part_of_entity_names_not_separators(spark):
     rows = ["a,b c", "c d,e"]  # pycleora 3 splits tab-less lines on commas and drops them here
     ours = run_text(spark, rows, "complex::reflexive::n", dim=4, iterations=1)
     assert set(ours) == {"a,b", "c", "d,e"}
+
+
+def test_unparseable_timestamps_are_counted(spark):
+    df = spark.createDataFrame([("u", "a", "2024-01-01 00:00:00"), ("u", "b", "not a time"), ("u", "c", None),
+                                ("v", "a", "1700000000")], "user string, item string, ts string")
+    cfg = EmbedConfig(input_format="dataframe", hyperedge="user", entity="item", timestamp="ts", session_gap=60,
+                      dim=4, iterations=1, on_bad_rows="skip")
+    res = run_embedding(spark, cfg, df, store=None)
+    assert res.report["rejected"] == {"bad_timestamp": 2}
+    assert res.report["hyperedges"] == 2
