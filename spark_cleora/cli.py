@@ -76,6 +76,8 @@ def _embed_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     g.add_argument("--init", choices=["siphash", "fx"],
                    help="start-vector hash: siphash (pycleora 2.0.0, default) or fx (pycleora 3.x)")
     g.add_argument("--seed", type=int, help="init seed (default 0)")
+    g.add_argument("--whiten", nargs="?", const="every", choices=["every", "final", "none"],
+                   help="PCA whitening as pycleora 3.x: after every iteration (--whiten) or once (--whiten final)")
     g = p.add_argument_group("output and engine")
     g.add_argument("--output-format", choices=list(OUTPUT_FORMATS), help="parquet (default), npy, cleora-text")
     g.add_argument("--work-dir", help="where iterations are written (default: beside the output)")

@@ -15,6 +15,7 @@ INPUT_FORMATS = ("parquet", "csv", "tsv", "table", "cleora-tsv", "dataframe")  #
 OUTPUT_FORMATS = ("parquet", "npy", "cleora-text")
 BAD_ROW_POLICIES = ("fail", "skip", "quarantine")
 CHECKPOINT_MODES = ("parquet", "local")
+WHITEN_MODES = ("none", "every", "final")
 _MODIFIERS = ("complex", "reflexive", "transient")
 
 
@@ -99,6 +100,9 @@ class EmbedConfig:
     dim, iterations, markov, init, seed
         Embedding size, propagation steps, ``left`` (W/D) or ``symmetric`` (W/sqrt(D D)) Markov
         matrix, start-vector hash (``siphash`` = pycleora 2.0.0, ``fx`` = pycleora 3.x) and its seed.
+    whiten
+        PCA whitening as pycleora 3.x: ``every`` iteration (3.2.1 ``embed()``), once at the ``final``
+        one (3.0/3.2.0), or ``none``. Whitened rows are centred and decorrelated, not unit length.
     output, output_format
         Where and how to write: ``parquet`` (default), ``npy`` or ``cleora-text``.
     work_dir, checkpoint, keep_work
@@ -131,6 +135,7 @@ class EmbedConfig:
     markov: str = "left"
     init: str = "siphash"
     seed: int = 0
+    whiten: str = "none"
     output: str | None = None
     output_format: str = "parquet"
     work_dir: str | None = None
@@ -161,6 +166,7 @@ class EmbedConfig:
         choice("init", INIT_METHODS)
         choice("on_bad_rows", BAD_ROW_POLICIES)
         choice("checkpoint", CHECKPOINT_MODES)
+        choice("whiten", WHITEN_MODES)
         if not isinstance(self.dim, int) or self.dim < 1:
             raise ConfigError(f"dim must be a positive integer; got {self.dim!r}")
         if not isinstance(self.iterations, int) or self.iterations < 0:
@@ -219,7 +225,7 @@ class EmbedConfig:
     def fingerprint_fields(self) -> dict[str, Any]:
         """The fields that change the numbers (used to refuse resuming a different run)."""
         keys = ("inputs", "input_format", "hyperedge", "entity", "timestamp", "session_gap", "dedupe",
-                "columns", "dim", "markov", "init", "seed", "on_bad_rows", "csv_delimiter", "max_line_length")
+                "columns", "dim", "markov", "init", "seed", "whiten", "on_bad_rows", "csv_delimiter", "max_line_length")
         d = self.to_dict()
         return {k: d[k] for k in keys}
 

@@ -32,6 +32,7 @@ from .init import init_batches
 from .propagate import VECTOR_SCHEMA, propagate, unpacked
 from .session import job_description
 from .store import WorkStore, local_path
+from .whiten import whiten
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +111,10 @@ def run_embedding(
     if store is not None:
         manifest = store.check_or_write_manifest(manifest)
 
+    def checkpoint(df: DataFrame, name: str) -> DataFrame:
+        """Cut the lineage: write to the store (overwriting), or localCheckpoint without one."""
+        return df.localCheckpoint(eager=True) if store is None else store.write(df, name)
+
     def materialise(df: DataFrame, name: str) -> DataFrame:
         if store is None:
             return df.localCheckpoint(eager=True)
@@ -185,12 +190,12 @@ def run_embedding(
         with job_description(spark, f"spark_cleora: iteration {k}/{cfg.iterations}"):
             nxt = propagate(x, members, route_table, dim=cfg.dim, reflexive=reflexive,
                             num_buckets=graph.num_blocks)
-            if store is None:
-                x = nxt.localCheckpoint(eager=True)
-            else:
-                x = store.write(nxt, store.iteration_name(k))
-                if k - 1 > 0:
-                    store.drop_iteration(k - 1)
+            if cfg.whiten == "every" or (cfg.whiten == "final" and k == cfg.iterations):
+                # pycleora 3.2.1 whitens after every iteration, 3.0/3.2.0 once at the end
+                nxt = whiten(checkpoint(nxt, "whiten-input"), dim=cfg.dim)
+            x = checkpoint(nxt, store.iteration_name(k) if store else "")
+            if store is not None and k - 1 > 0:
+                store.drop_iteration(k - 1)
         dt = timer.lap()
         iteration_seconds.append(round(dt, 3))
         log.info("iteration %d/%d: %d rows in %.1fs (elapsed %.1fs)", k, cfg.iterations, graph.n_entities, dt,
