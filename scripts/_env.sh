@@ -28,7 +28,9 @@ if [ ! -x "$VENV/bin/python" ]; then
   "$PYTHON" -m venv "$VENV"
 fi
 extras="${1:-}"
-"$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -e "$ROOT${extras:+[$extras]}"
+# (the grep drops this machine's pip-config noise about missing local mirrors, nothing else)
+"$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -e "$ROOT${extras:+[$extras]}" \
+  2> >(grep -v "^WARNING: Location .* is ignored" >&2)
 # Spark's Python workers must use this interpreter, not whatever python3 is on PATH.
 export PYSPARK_PYTHON="$VENV/bin/python"
 export PYSPARK_DRIVER_PYTHON="$VENV/bin/python"

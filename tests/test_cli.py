@@ -160,3 +160,13 @@ def test_spark_submit_job(tmp_path):
     assert res.returncode == 0, res.stderr[-3000:]
     assert "iteration 2/2" in res.stdout + res.stderr  # spark-submit merges the driver's stderr into stdout
     assert json.load(open(os.path.join(out, "_run.json")))["entities_written"] == 48
+
+
+def test_demo_prints_output_and_neighbours(spark, tmp_path, capsys):
+    out = str(tmp_path / "demo")
+    assert main(["demo", "--output", out, "--dim", "16", "--iterations", "2"]) == 0
+    text = capsys.readouterr().out
+    assert os.path.abspath(out) in text
+    assert "nearest to coffee:espresso-beans:" in text
+    first = text.split("nearest to coffee:espresso-beans:")[1].splitlines()[1]
+    assert "coffee:" in first  # the bundled sample's aisles come out as neighbourhoods
