@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -148,7 +148,6 @@ class EmbedConfig:
     rejects: str | None = None
     max_line_length: int = 10_000_000
     csv_delimiter: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         def choice(name: str, allowed: tuple[str, ...]) -> None:
@@ -218,7 +217,6 @@ class EmbedConfig:
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
-        d.pop("extra")
         d["inputs"] = list(self.inputs)
         return d
 
@@ -231,7 +229,7 @@ class EmbedConfig:
 
 
 def field_names() -> set[str]:
-    return {f.name for f in dataclasses.fields(EmbedConfig) if f.name != "extra"}
+    return {f.name for f in dataclasses.fields(EmbedConfig)}
 
 
 def load_toml(path: str | Path, section: str = "embed") -> dict[str, Any]:

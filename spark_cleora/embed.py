@@ -180,7 +180,7 @@ def run_embedding(
             init = graph.entities.select("id", "entity").mapInArrow(
                 lambda it: init_batches(it, dim=cfg.dim, seed=cfg.seed, method=cfg.init), VECTOR_SCHEMA
             )
-            x = materialise(init, store.iteration_name(0) if store else "iter=0000")
+            x = materialise(init, "iter=0000")
         start = 0
         log.info("start vectors (%s, seed %d, dim %d) in %.1fs", cfg.init, cfg.seed, cfg.dim, timer.lap())
     members = graph.memberships.select("block", "h", "side", "id", "weight")
