@@ -81,6 +81,8 @@ def _embed_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     g = p.add_argument_group("output and engine")
     g.add_argument("--output-format", choices=list(OUTPUT_FORMATS), help="parquet (default), npy, cleora-text")
     g.add_argument("--work-dir", help="where iterations are written (default: beside the output)")
+    g.add_argument("--checkpoint-dir", dest="checkpoint_dir",
+                   help="like --work-dir, but keep it and every finished iteration after success")
     g.add_argument("--keep-work", action="store_true", help="keep the work directory after success")
     g.add_argument("--checkpoint", choices=["parquet", "local"],
                    help="parquet: write each iteration to the work dir (resumable, default); local: localCheckpoint")
@@ -110,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-_SPARK_KEYS = {"master", "remote", "conf", "log_level", "config", "command", "input_table"}
+_SPARK_KEYS = {"master", "remote", "conf", "log_level", "config", "command", "input_table", "checkpoint_dir"}
 
 
 def embed_config_from_args(ns: argparse.Namespace) -> EmbedConfig:
@@ -121,6 +123,9 @@ def embed_config_from_args(ns: argparse.Namespace) -> EmbedConfig:
     cli = {k: v for k, v in vars(ns).items() if k not in _SPARK_KEYS}
     if cli.get("inputs") == []:
         cli.pop("inputs")
+    if getattr(ns, "checkpoint_dir", None):
+        cli["work_dir"] = ns.checkpoint_dir
+        cli["keep_work"] = True
     if getattr(ns, "input_table", None):
         cli["inputs"] = (ns.input_table,)
         cli["input_format"] = "table"

@@ -107,7 +107,8 @@ class EmbedConfig:
         Where and how to write: ``parquet`` (default), ``npy`` or ``cleora-text``.
     work_dir, checkpoint, keep_work
         Where each finished iteration is written (lineage cut + resume), ``parquet`` (restartable,
-        the CLI default) or ``local`` (``localCheckpoint``, nothing on disk), and whether to keep it.
+        the CLI default) or ``local`` (``localCheckpoint``, nothing on disk), and whether to keep it
+        (with ``keep_work`` every finished iteration stays; otherwise only the last one is kept).
     num_blocks, block_memberships
         Engine: the hyperedges are split into blocks that each Python worker multiplies in one go;
         by default a block holds about 2**26 / dim memberships (its float64 working set ~512 MiB).

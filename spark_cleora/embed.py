@@ -194,8 +194,8 @@ def run_embedding(
                 # pycleora 3.2.1 whitens after every iteration, 3.0/3.2.0 once at the end
                 nxt = whiten(checkpoint(nxt, "whiten-input"), dim=cfg.dim)
             x = checkpoint(nxt, store.iteration_name(k) if store else "")
-            if store is not None and k - 1 > 0:
-                store.drop_iteration(k - 1)
+            if store is not None and k - 1 > 0 and not cfg.keep_work:
+                store.drop_iteration(k - 1)  # only the last finished iteration is needed to resume
         dt = timer.lap()
         iteration_seconds.append(round(dt, 3))
         log.info("iteration %d/%d: %d rows in %.1fs (elapsed %.1fs)", k, cfg.iterations, graph.n_entities, dt,

@@ -109,7 +109,8 @@ def test_failed_run_leaves_no_output_and_keeps_previous(spark, tmp_path, capsys)
 def test_resume_continues_from_the_last_finished_iteration(spark, tmp_path, caplog):
     work = str(tmp_path / "work")
     first = str(tmp_path / "first")
-    assert main(["embed", *SAMPLE_ARGS, "--output", first, "--work-dir", work, "--keep-work"]) == 0
+    assert main(["embed", *SAMPLE_ARGS, "--output", first, "--checkpoint-dir", work]) == 0
+    assert all(os.path.exists(os.path.join(work, f"iter={k:04d}", "_SUCCESS")) for k in range(3))
     caplog.clear()
     caplog.set_level(logging.INFO, logger="spark_cleora")
     longer = [a if a != "2" else "4" for a in SAMPLE_ARGS]

@@ -87,5 +87,12 @@ def test_every_cli_flag_maps_to_a_config_field():
     parser = build_parser()
     sub = next(a for a in parser._actions if a.dest == "command").choices["embed"]
     dests = {a.dest for a in sub._actions} - {"help", "config", "master", "remote", "conf", "log_level",
-                                                "input_table"}
+                                                "input_table", "checkpoint_dir"}
     assert dests <= field_names()
+
+
+def test_checkpoint_dir_keeps_the_work_dir():
+    ns = build_parser().parse_args(["embed", "e.parquet", "--hyperedge", "u", "--entity", "i", "--output", "o",
+                                    "--checkpoint-dir", "ck"])
+    cfg = embed_config_from_args(ns)
+    assert (cfg.work_dir, cfg.keep_work) == ("ck", True)
