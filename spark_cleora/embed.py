@@ -116,12 +116,11 @@ def run_embedding(
         return df.localCheckpoint(eager=True) if store is None else store.write(df, name)
 
     def materialise(df: DataFrame, name: str) -> DataFrame:
-        if store is None:
-            return df.localCheckpoint(eager=True)
-        if store.is_complete(name):
+        """Like ``checkpoint``, but reuse ``name`` when a previous run of this config finished it."""
+        if store is not None and store.is_complete(name):
             log.info("reusing %s from %s", name, store.uri)
             return store.read(name)
-        return store.write(df, name)
+        return checkpoint(df, name)
 
     # -- 1. hyperedges and the graph ----------------------------------------------------------
     graph_done = store is not None and "graph" in manifest and all(

@@ -59,10 +59,7 @@ def run_embed_job(spark: SparkSession, cfg: EmbedConfig) -> dict[str, Any]:
         lp = local_path(target)
         if lp is not None:  # the report, then the _SUCCESS marker last, then the final rename
             write_json(os.path.join(lp, "_run.json"), report)
-            marker = os.path.join(lp, "_SUCCESS")
-            if os.path.exists(marker):
-                os.remove(marker)
-            with open(marker, "w", encoding="utf-8"):
+            with open(os.path.join(lp, "_SUCCESS"), "w", encoding="utf-8"):  # (re)written: newest file
                 pass
 
     t_write = time.perf_counter()

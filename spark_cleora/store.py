@@ -89,10 +89,9 @@ class WorkStore:
         if os.path.exists(path):
             with open(path, encoding="utf-8") as fh:
                 old = json.load(fh)
-            if old.get("fingerprint") != manifest["fingerprint"] and not self.has_artifacts():
-                log.info("work directory %s holds nothing finished from another run; starting afresh", self.uri)
-                self.remove()
-            elif old.get("fingerprint") != manifest["fingerprint"]:
+            if old.get("fingerprint") == manifest["fingerprint"]:
+                return old
+            if self.has_artifacts():
                 changed = sorted(
                     k for k in set(old.get("fingerprint", {})) | set(manifest["fingerprint"])
                     if old.get("fingerprint", {}).get(k) != manifest["fingerprint"].get(k)
@@ -101,8 +100,8 @@ class WorkStore:
                     f"work directory {self.uri} holds a different run (changed: {', '.join(changed)}); "
                     "refusing to resume from it. Delete it or pass another --work-dir."
                 )
-            else:
-                return old
+            log.info("work directory %s holds nothing finished from another run; starting afresh", self.uri)
+            self.remove()
         self.save_manifest(manifest)
         return manifest
 
@@ -118,8 +117,7 @@ class WorkStore:
 
     def has_artifacts(self) -> bool:
         """True when any stage of a run finished here (so switching runs would discard work)."""
-        return any(self.is_complete(n) for n in ("graph/memberships", "graph/entities", "graph/routes",
-                                                  self.iteration_name(0)))
+        return any(self.is_complete(n) for n in ("graph/memberships", "graph/entities", self.iteration_name(0)))
 
     def remove(self) -> None:
         if self.local is not None:
