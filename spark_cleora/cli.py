@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import os
 import sys
@@ -17,6 +18,9 @@ from .store import ResumeMismatchError
 log = logging.getLogger("spark_cleora")
 
 EXIT_OK, EXIT_USAGE, EXIT_INPUT, EXIT_RUNTIME, EXIT_ENV = 0, 2, 3, 1, 4
+
+# Modules that add subcommands (see build_parser).
+_SUBCOMMAND_MODULES: list[str] = []
 
 EMBED_EXAMPLES = """\
 examples:
@@ -33,7 +37,8 @@ examples:
 """
 
 
-def _add_spark_options(p: argparse.ArgumentParser) -> None:
+def add_spark_options(p: argparse.ArgumentParser) -> None:
+    """The common Spark options every subcommand takes (``--master``, ``--remote``, ``--conf``, ...)."""
     g = p.add_argument_group("Spark")
     g.add_argument("--master", default=None, help="Spark master URL (default: the active session, else embedded local[*])")
     g.add_argument("--remote", default=None, help="Spark Connect URL, e.g. sc://host:15002 (also read from SPARK_REMOTE)")
@@ -90,7 +95,7 @@ def _embed_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     g.add_argument("--block-memory-gb", type=float,
                    help="memory a Python worker may use for one block (default 4); larger hyperedges are refused")
     g.add_argument("--block-memberships", type=int, help="target memberships per block (default 2**26 / dim)")
-    _add_spark_options(p)
+    add_spark_options(p)
     return p
 
 
@@ -102,17 +107,22 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"spark_cleora {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    _embed_parser(sub)
+    _embed_parser(sub).set_defaults(handler=_run_embed)
     p = sub.add_parser("demo", help="embed the bundled sample and print nearest neighbours",
                        description="Run the embed job on the bundled sample with an embedded Spark.")
     p.add_argument("--output", default=os.path.join("out", "demo-embeddings"), help="output directory")
     p.add_argument("--dim", type=int, default=64)
     p.add_argument("--iterations", type=int, default=3)
-    _add_spark_options(p)
+    add_spark_options(p)
+    p.set_defaults(handler=_run_demo)
+    # Subcommand groups in their own modules: each has ``register(sub)``, which adds its parsers with
+    # ``set_defaults(handler=fn)``; ``fn(ns) -> int`` runs inside main()'s error handling.
+    for module in _SUBCOMMAND_MODULES:
+        importlib.import_module(module).register(sub)
     return parser
 
 
-_SPARK_KEYS = {"master", "remote", "conf", "log_level", "config", "command", "input_table", "checkpoint_dir"}
+_SPARK_KEYS = {"master", "remote", "conf", "log_level", "config", "command", "handler", "input_table", "checkpoint_dir"}
 
 
 def embed_config_from_args(ns: argparse.Namespace) -> EmbedConfig:
@@ -157,25 +167,35 @@ def setup_logging(level: str) -> None:
     logging.getLogger("py4j").setLevel(logging.WARNING)
 
 
+def spark_from_args(ns: argparse.Namespace):
+    """The SparkSession asked for by the common Spark options (see :func:`add_spark_options`)."""
+    return get_spark(master=ns.master, remote=ns.remote, conf=parse_conf(ns.conf))
+
+
+def _run_embed(ns: argparse.Namespace) -> int:
+    cfg = embed_config_from_args(ns)
+    spark = spark_from_args(ns)
+    from .job import run_embed_job
+
+    report = run_embed_job(spark, cfg)
+    print(f"embeddings: {report['output']} ({report['entities_written']} entities, dim {cfg.dim}, "
+          f"{report['seconds_total']:.1f}s)")
+    return EXIT_OK
+
+
+def _run_demo(ns: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    run_demo(spark_from_args(ns), output=ns.output, dim=ns.dim, iterations=ns.iterations)
+    return EXIT_OK
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     ns = parser.parse_args(argv)
     setup_logging(ns.log_level)
     try:
-        if ns.command == "embed":
-            cfg = embed_config_from_args(ns)
-            spark = get_spark(master=ns.master, remote=ns.remote, conf=parse_conf(ns.conf))
-            from .job import run_embed_job
-
-            report = run_embed_job(spark, cfg)
-            print(f"embeddings: {report['output']} ({report['entities_written']} entities, dim {cfg.dim}, "
-                  f"{report['seconds_total']:.1f}s)")
-        elif ns.command == "demo":
-            from .demo import run_demo
-
-            spark = get_spark(master=ns.master, remote=ns.remote, conf=parse_conf(ns.conf))
-            run_demo(spark, output=ns.output, dim=ns.dim, iterations=ns.iterations)
-        return EXIT_OK
+        return int(ns.handler(ns) or EXIT_OK)
     except JavaNotFoundError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_ENV
@@ -192,7 +212,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def embed_main() -> int:
     """``jobs/embed.py``: exactly the arguments of ``spark-cleora embed``."""
-    return main(["embed", *sys.argv[1:]])
+    return subcommand_main("embed")
+
+
+def subcommand_main(*command: str) -> int:
+    """spark-submit entry points (``jobs/*.py``): ``spark-cleora COMMAND...`` with the script's arguments."""
+    return main([*command, *sys.argv[1:]])
 
 
 if __name__ == "__main__":
