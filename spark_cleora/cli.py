@@ -20,7 +20,7 @@ log = logging.getLogger("spark_cleora")
 EXIT_OK, EXIT_USAGE, EXIT_INPUT, EXIT_RUNTIME, EXIT_ENV = 0, 2, 3, 1, 4
 
 # Modules that add subcommands (see build_parser).
-_SUBCOMMAND_MODULES: list[str] = []
+_SUBCOMMAND_MODULES: list[str] = ["spark_cleora.evaluate.cli"]
 
 EMBED_EXAMPLES = """\
 examples:

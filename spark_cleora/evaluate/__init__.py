@@ -1,0 +1,1 @@
+"""Quality evaluations: link prediction, node classification, recommendation."""
