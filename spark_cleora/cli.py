@@ -20,7 +20,7 @@ log = logging.getLogger("spark_cleora")
 EXIT_OK, EXIT_USAGE, EXIT_INPUT, EXIT_RUNTIME, EXIT_ENV = 0, 2, 3, 1, 4
 
 # Modules that add subcommands (see build_parser).
-_SUBCOMMAND_MODULES: list[str] = ["spark_cleora.evaluate.cli"]
+_SUBCOMMAND_MODULES: list[str] = ["spark_cleora.evaluate.cli", "spark_cleora.tools_cli"]
 
 EMBED_EXAMPLES = """\
 examples:
@@ -83,6 +83,12 @@ def _embed_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, help="init seed (default 0)")
     g.add_argument("--whiten", nargs="?", const="every", choices=["every", "final", "none"],
                    help="PCA whitening as pycleora 3.x: after every iteration (--whiten) or once (--whiten final)")
+    g.add_argument("--residual", type=float, metavar="ALPHA",
+                   help="pycleora residual mixing: X <- rownorm((1-ALPHA) M X + ALPHA X), 0 <= ALPHA < 1 (default 0)")
+    g.add_argument("--multiscale", metavar="K,K,...",
+                   help="concatenate the embeddings of these iterations, e.g. 1,2,4 (the last = --iterations)")
+    g.add_argument("--init-vectors", metavar="PATH",
+                   help="Parquet of entity -> vector (length --dim): start vectors replacing the hash init there")
     g = p.add_argument_group("output and engine")
     g.add_argument("--output-format", choices=list(OUTPUT_FORMATS), help="parquet (default), npy, cleora-text")
     g.add_argument("--work-dir", help="where iterations are written (default: beside the output)")

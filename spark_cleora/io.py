@@ -155,3 +155,45 @@ def export_cleora_text(emb: DataFrame, target: str, *, dim: int, n_rows: int, fi
         fh.write(f"{n_rows} {dim}\n")
         for row in lines.toLocalIterator():
             fh.write(row["l"] + "\n")
+
+
+# --------------------------------------------------------------------------------------------
+# Reading an embeddings output back (similar, inspect, notebooks)
+# --------------------------------------------------------------------------------------------
+
+EMBEDDING_COLUMNS = ("entity", "embedding")
+
+
+def read_embeddings(spark: SparkSession, source: str) -> DataFrame:
+    """The Parquet output of ``spark-cleora embed`` (a directory or a path URI), or a catalog table.
+
+    ``source`` is read as a table when it is not an existing local path and looks like a table name
+    (``db.table`` or ``catalog.db.table``); npy/cleora-text exports are refused with the fix.
+    """
+    from pyspark.errors import AnalysisException
+
+    lp = local_path(source)
+    if lp is not None and not os.path.exists(lp):
+        if not _looks_like_table(source):
+            raise ConfigError(f"embeddings {source!r} do not exist")
+        try:
+            df = spark.read.table(source)
+            df.columns  # Connect resolves lazily: make a missing table fail here
+        except AnalysisException as exc:
+            raise ConfigError(f"embeddings {source!r}: no such directory or table") from exc
+    else:
+        if lp is not None and (os.path.exists(os.path.join(lp, "embeddings.npy"))
+                               or glob.glob(os.path.join(glob.escape(lp), "emb__*.out"))):
+            raise ConfigError(f"{source!r} is an npy/cleora-text export; point at the Parquet output "
+                              "(spark-cleora embed --output-format parquet)")
+        df = spark.read.parquet(source)
+    missing = [c for c in EMBEDDING_COLUMNS if c not in df.columns]
+    if missing:
+        raise ConfigError(f"{source!r} has no column(s) {missing}; expected the embed output "
+                          "(entity, column, degree, occurrences, embedding)")
+    return df
+
+
+def _looks_like_table(name: str) -> bool:
+    parts = name.split(".")
+    return "/" not in name and 1 <= len(parts) <= 3 and all(p.replace("_", "").isalnum() for p in parts if p)
