@@ -11,6 +11,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+import pyarrow as pa
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
@@ -25,13 +27,15 @@ from .graph import (
     count_memberships,
     check_hyperedge_fits,
     default_block_memberships,
+    graph_partitions,
     routes,
 )
 from .hyperedges import BadInputError, Rejections, cleora_text_to_memberships, events_to_memberships
-from .init import init_batches
-from .propagate import VECTOR_SCHEMA, propagate, unpacked
+from .init import given_start_vectors, init_batches, override_start_vectors, read_start_vectors
+from .propagate import VECTOR_SCHEMA, plans_of_blocks, propagate, unpacked
 from .session import job_description
 from .store import WorkStore, local_path
+from .vectors import pack, unpack
 from .whiten import whiten
 
 log = logging.getLogger(__name__)
@@ -122,14 +126,18 @@ def run_embedding(
             return store.read(name)
         return checkpoint(df, name)
 
+    # --init-vectors: checked before anything expensive runs
+    given_table = read_start_vectors(spark.read.parquet(cfg.init_vectors), dim=cfg.dim) if cfg.init_vectors else None
+
     # -- 1. hyperedges and the graph ----------------------------------------------------------
     graph_done = store is not None and "graph" in manifest and all(
-        store.is_complete(n) for n in ("graph/entities", "graph/memberships")
+        store.is_complete(n) for n in ("graph/entities", "graph/memberships", "graph/plans")
     )
     if graph_done:
         g = manifest["graph"]
         entities = store.read("graph/entities")
         memberships = store.read("graph/memberships")
+        plans = store.read("graph/plans")
         rej = Rejections(counts=g["rejected"], input_rows=g["input_rows"])
         graph = Graph(entities, memberships, reflexive, g["num_blocks"], g["entities"], g["memberships"],
                       g["hyperedges"])
@@ -147,12 +155,15 @@ def run_embedding(
             rej.accepted_units, cfg.block_memberships or default_block_memberships(cfg.dim), _parallelism(spark)
         )
         with job_description(spark, "spark_cleora: build graph"):
-            memberships = materialise(build_memberships(raw, reflexive=reflexive, num_blocks=num_blocks),
-                                      "graph/memberships")
+            memberships = materialise(
+                build_memberships(raw, reflexive=reflexive, num_blocks=num_blocks,
+                                  num_partitions=graph_partitions(rej.accepted_units, _parallelism(spark))),
+                "graph/memberships")
             n_memberships, n_hyperedges, largest = count_memberships(memberships)
             check_hyperedge_fits(largest, cfg.dim, cfg.block_memory_gb)
             entities = materialise(build_entities(memberships, columns), "graph/entities")
             n_entities = count_entities(entities)
+            plans = materialise(plans_of_blocks(memberships, reflexive=reflexive), "graph/plans")
         graph = Graph(entities, memberships, reflexive, num_blocks, n_entities, n_memberships, n_hyperedges)
         if store is not None:
             manifest["graph"] = {
@@ -179,21 +190,27 @@ def run_embedding(
             init = graph.entities.select("id", "entity").mapInArrow(
                 lambda it: init_batches(it, dim=cfg.dim, seed=cfg.seed, method=cfg.init), VECTOR_SCHEMA
             )
+            if given_table is not None:  # node features replace the hash init where given
+                given, report["init_vectors"] = given_start_vectors(*given_table, graph.entities, dim=cfg.dim)
+                init = override_start_vectors(init, given)
             x = materialise(init, "iter=0000")
         start = 0
         log.info("start vectors (%s, seed %d, dim %d) in %.1fs", cfg.init, cfg.seed, cfg.dim, timer.lap())
-    members = graph.memberships.select("block", "h", "side", "id", "weight")
     route_table = routes(graph.entities, cfg.markov)
     iteration_seconds: list[float] = []
+    # --multiscale: the iterations to concatenate (kept in the store; earlier ones re-read on resume)
+    parts = {s: store.read(store.iteration_name(s)) for s in cfg.multiscale if s <= start and store is not None}
     for k in range(start + 1, cfg.iterations + 1):
         with job_description(spark, f"spark_cleora: iteration {k}/{cfg.iterations}"):
-            nxt = propagate(x, members, route_table, dim=cfg.dim, reflexive=reflexive,
-                            num_buckets=graph.num_blocks)
+            nxt = propagate(x, plans, route_table, dim=cfg.dim, num_buckets=graph.num_blocks,
+                            extra=_residual_part(x, cfg.residual, dim=cfg.dim))
             if cfg.whiten == "every" or (cfg.whiten == "final" and k == cfg.iterations):
                 # pycleora 3.2.1 whitens after every iteration, 3.0/3.2.0 once at the end
                 nxt = whiten(checkpoint(nxt, "whiten-input"), dim=cfg.dim)
             x = checkpoint(nxt, store.iteration_name(k) if store else "")
-            if store is not None and k - 1 > 0 and not cfg.keep_work:
+            if k in cfg.multiscale:
+                parts[k] = x
+            if store is not None and k - 1 > 0 and not cfg.keep_work and k - 1 not in cfg.multiscale:
                 store.drop_iteration(k - 1)  # only the last finished iteration is needed to resume
         dt = timer.lap()
         iteration_seconds.append(round(dt, 3))
@@ -202,13 +219,39 @@ def run_embedding(
     report["iteration_seconds"] = iteration_seconds
     report["resumed_from_iteration"] = start if start else None
 
+    if cfg.multiscale:
+        x = _concatenate([whiten(parts[s], dim=cfg.dim) if cfg.whiten == "final" and s < cfg.iterations
+                          else parts[s] for s in cfg.multiscale])
     emb = (
-        unpacked(x, dim=cfg.dim).join(graph.entities.filter(F.col("output")), "id")
+        unpacked(x, dim=cfg.output_dim).join(graph.entities.filter(F.col("output")), "id")
         .select("entity", "column", F.col("degree").cast("double").alias("degree"),
                 F.col("occurrences").cast("double").alias("occurrences"), F.col("vec").alias("embedding"))
     )
     report["seconds_to_embed"] = round(time.perf_counter() - t_all, 3)
     return EmbedResult(emb, report)
+
+
+def _residual_part(x: DataFrame, alpha: float, *, dim: int) -> DataFrame | None:
+    """pycleora's residual mixing ``rownorm((1-α)·MX + α·X)`` = ``rownorm(MX + α/(1-α)·X)``: the rows
+    ``α/(1-α)·x`` to add to each entity's sum before the row normalisation (None when α = 0)."""
+    if not alpha:
+        return None
+    factor = alpha / (1.0 - alpha)
+
+    def scale(batches):
+        for b in batches:
+            vec = unpack(b.column("vec"), dim).astype(np.float64) * factor
+            yield pa.RecordBatch.from_arrays([b.column("id"), pack(vec)], names=["id", "vec"])
+
+    return x.mapInArrow(scale, VECTOR_SCHEMA)
+
+
+def _concatenate(parts: list[DataFrame]) -> DataFrame:
+    """(id, vec) frames -> (id, their packed vectors end to end), in the order given."""
+    joined = parts[0].select("id", F.col("vec").alias("v0"))
+    for i, p in enumerate(parts[1:], 1):
+        joined = joined.join(p.select("id", F.col("vec").alias(f"v{i}")), "id")
+    return joined.select("id", F.concat(*[F.col(f"v{i}") for i in range(len(parts))]).alias("vec"))
 
 
 def embed(df: DataFrame, *, config: EmbedConfig | None = None, **options: Any) -> DataFrame:

@@ -1,8 +1,10 @@
 """One Cleora iteration: X <- rownorm(M X), as a join-and-aggregate on Spark.
 
 Block routing (as Spark's ALS does): hyperedges are hashed into blocks; each entity vector is sent
-once to every block that has one of its hyperedges (not once per membership). A Python worker then
-multiplies a whole block with scipy sparse matrices:
+once to every block that has one of its hyperedges (not once per membership). Each block's
+memberships are compiled once into a *plan* (its sparse incidence matrices, one binary row per block),
+so an iteration shuffles the vectors and a handful of plan rows, never the memberships. A Python
+worker then multiplies a whole block with scipy sparse matrices:
 
     S_A = A X,  S_B = B X               per-hyperedge sums of member vectors (A, B: h x e counts)
     Y   = Aᵀ (w ⊙ S_B) + Bᵀ (w ⊙ S_A)    each member gets w_h times the other side's sum
@@ -14,7 +16,9 @@ Vectors travel packed (see :mod:`spark_cleora.vectors`); all arithmetic is float
 
 from __future__ import annotations
 
+import io
 import os
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -47,37 +51,84 @@ def _empty(dim: int) -> pa.Table:
     return pa.table({"id": pa.array([], pa.int64()), "vec": pack(np.zeros((0, dim), dtype=np.float32))})
 
 
-def multiply_block(routed: pa.Table, members: pa.Table, *, dim: int, reflexive: bool) -> pa.Table:
-    """Multiply one block: routed vectors ``(id, pre, post, vec)`` x memberships ``(h, side, member, weight)``."""
-    if routed.num_rows == 0 or members.num_rows == 0:
-        return _empty(dim)
-    ids = routed.column("id").to_numpy()
-    x = unpack(routed.column("vec"), dim).astype(np.float64)
-    x *= routed.column("pre").to_numpy()[:, None]
-    order = np.argsort(ids, kind="stable")
-    m_ids = members.column("member").to_numpy()
-    e_idx = order[np.searchsorted(ids, m_ids, sorter=order)]
-    h_keys, h_idx = np.unique(members.column("h").to_numpy(), return_inverse=True)
-    n_h, n_e = len(h_keys), len(ids)
+PLAN_SCHEMA = "block int, plan binary"
+
+
+def build_plan(members: pa.Table, *, reflexive: bool) -> bytes:
+    """Compile one block's memberships ``(h, side, id, weight)`` into its sparse matrices, once.
+
+    The plan holds the block's entity ids (sorted), the incidence matrices A (and B) as CSR over
+    (hyperedge, entity), and the per-hyperedge factor w_h (2/|A|² reflexive, 1/(|A||B|) otherwise), so
+    an iteration only multiplies. Serialised with ``np.savez`` (uncompressed) into one binary value.
+    """
+    ids_all = members.column("id").to_numpy()
+    ids = np.unique(ids_all)
+    e_idx = np.searchsorted(ids, ids_all)
+    _, h_idx = np.unique(members.column("h").to_numpy(), return_inverse=True)
+    n_h, n_e = int(h_idx.max()) + 1 if len(h_idx) else 0, len(ids)
     weight = members.column("weight").to_numpy().astype(np.float64)
     side = members.column("side").to_numpy()
 
     def incidence(mask: np.ndarray) -> sparse.csr_matrix:
         return sparse.csr_matrix((weight[mask], (h_idx[mask], e_idx[mask])), shape=(n_h, n_e))
 
-    a = incidence(side == 0)
-    s_a = a @ x
-    n_a = np.asarray(a.sum(axis=1)).ravel()
+    mats = {"a": incidence(side == 0)}
+    n_a = np.asarray(mats["a"].sum(axis=1)).ravel()
     if reflexive:
-        y = a.T @ (s_a * (2.0 / (n_a * n_a))[:, None])
+        scale = 2.0 / (n_a * n_a)
     else:
-        b = incidence(side == 1)
-        s_b = b @ x
-        n_b = np.asarray(b.sum(axis=1)).ravel()
-        w = 1.0 / (n_a * n_b)
-        y = a.T @ (s_b * w[:, None]) + b.T @ (s_a * w[:, None])
-    y *= routed.column("post").to_numpy()[:, None]
-    return pa.table({"id": pa.array(ids, pa.int64()), "vec": pack(y)})
+        mats["b"] = incidence(side == 1)
+        scale = 1.0 / (n_a * np.asarray(mats["b"].sum(axis=1)).ravel())
+    arrays = {"ids": ids, "scale": scale}
+    for name, m in mats.items():
+        arrays.update({f"{name}_indptr": m.indptr, f"{name}_indices": m.indices, f"{name}_data": m.data})
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    return buf.getvalue()
+
+
+def _load_plan(blob: bytes) -> dict[str, Any]:
+    with np.load(io.BytesIO(blob)) as z:
+        arrays = {k: z[k] for k in z.files}
+    n_e, n_h = len(arrays["ids"]), len(arrays["scale"])
+    for name in ("a", "b"):
+        if f"{name}_indptr" in arrays:
+            arrays[name] = sparse.csr_matrix(
+                (arrays[f"{name}_data"], arrays[f"{name}_indices"], arrays[f"{name}_indptr"]), shape=(n_h, n_e))
+    return arrays
+
+
+def plans_of_blocks(memberships: DataFrame, *, reflexive: bool) -> DataFrame:
+    """(block, plan) for every block, from memberships ``(block, h, side, id, weight)``."""
+
+    def compile_block(key, table):  # no annotations: pyspark 4.3 fails to infer eval types from them
+        return pa.table({"block": pa.array([key[0].as_py()], pa.int32()),
+                         "plan": pa.array([build_plan(table, reflexive=reflexive)], pa.binary())})
+
+    return memberships.select("block", "h", "side", "id", "weight").groupBy("block").applyInArrow(
+        compile_block, PLAN_SCHEMA)
+
+
+def multiply_block(routed: pa.Table, plan: pa.Table, *, dim: int) -> pa.Table:
+    """Multiply one block: routed vectors ``(id, pre, post, vec)`` x its compiled ``plan`` (one row)."""
+    if routed.num_rows == 0 or plan.num_rows == 0:
+        return _empty(dim)
+    p = _load_plan(plan.column("plan")[0].as_py())
+    ids = routed.column("id").to_numpy()
+    order = np.argsort(ids, kind="stable")
+    if not np.array_equal(ids[order], p["ids"]):  # routes and plans come from the same memberships
+        raise RuntimeError(f"block plan and routed vectors disagree ({len(p['ids'])} vs {len(ids)} entities)")
+    x = unpack(routed.column("vec"), dim)[order].astype(np.float64)
+    x *= routed.column("pre").to_numpy()[order][:, None]
+    a, scale = p["a"], p["scale"][:, None]
+    s_a = a @ x
+    if "b" in p:
+        b = p["b"]
+        y = a.T @ ((b @ x) * scale) + b.T @ (s_a * scale)
+    else:
+        y = a.T @ (s_a * scale)
+    y *= routed.column("post").to_numpy()[order][:, None]
+    return pa.table({"id": pa.array(p["ids"], pa.int64()), "vec": pack(y)})
 
 
 def sum_and_normalize(partials: pa.Table, *, dim: int) -> pa.Table:
@@ -101,30 +152,33 @@ def reduce_key(num_buckets: int):
 
 def propagate(
     x: DataFrame,
-    memberships: DataFrame,
+    plans: DataFrame,
     routes: DataFrame,
     *,
     dim: int,
-    reflexive: bool,
     num_buckets: int,
+    extra: DataFrame | None = None,
 ) -> DataFrame:
     """``x``: (id, vec) -> the next iteration's (id, vec), lazily.
 
-    ``memberships``: (block, h, side, id, weight); ``routes``: (id, block, pre, post).
+    ``extra`` (id, vec) rows, if given, are added to the entities' sums before the row normalisation
+    (the residual mixing of ``--residual``).
+
+    ``plans``: (block, plan) from :func:`plans_of_blocks`; ``routes``: (id, block, pre, post).
     """
     routed = routes.join(x, "id").select("block", "id", "pre", "post", "vec")
-    # Distinct column names on the two cogroup sides (both descend from the entity table).
-    members = memberships.select("block", "h", "side", F.col("id").alias("member"), "weight")
 
     def step(left: pa.Table, right: pa.Table) -> pa.Table:
         _maybe_inject_failure("multiply")
-        return multiply_block(left, right, dim=dim, reflexive=reflexive)
+        return multiply_block(left, right, dim=dim)
 
     def reduce(table: pa.Table) -> pa.Table:
         _maybe_inject_failure("reduce")
         return sum_and_normalize(table, dim=dim)
 
-    partials = routed.groupBy("block").cogroup(members.groupBy("block")).applyInArrow(step, VECTOR_SCHEMA)
+    partials = routed.groupBy("block").cogroup(plans.groupBy("block")).applyInArrow(step, VECTOR_SCHEMA)
+    if extra is not None:
+        partials = partials.unionByName(extra.select("id", "vec"))
     bucketed = partials.withColumn("bucket", reduce_key(num_buckets))
     return bucketed.groupBy("bucket").applyInArrow(lambda t: reduce(t.drop_columns(["bucket"])), VECTOR_SCHEMA)
 

@@ -6,7 +6,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from spark_cleora.propagate import multiply_block, sum_and_normalize
+from spark_cleora.propagate import build_plan, multiply_block, sum_and_normalize
 from spark_cleora.vectors import pack, unpack
 
 
@@ -50,7 +50,7 @@ def test_block_product_equals_dense(reflexive, markov):
                 rows.append((h, side, e, float(members.count(e))))
     members = pa.table({
         "h": pa.array([r[0] for r in rows], pa.int64()), "side": pa.array([r[1] for r in rows], pa.int32()),
-        "member": pa.array([r[2] for r in rows], pa.int64()), "weight": pa.array([r[3] for r in rows]),
+        "id": pa.array([r[2] for r in rows], pa.int64()), "weight": pa.array([r[3] for r in rows]),
     })
     present = sorted({r[2] for r in rows})
     ids = np.array(present[::-1], dtype=np.int64)  # unsorted on purpose
@@ -58,7 +58,7 @@ def test_block_product_equals_dense(reflexive, markov):
     post = 1 / d[ids] if markov == "left" else 1 / np.sqrt(d[ids])
     routed = pa.table({"id": pa.array(ids), "pre": pa.array(pre), "post": pa.array(post),
                        "vec": pack(x[ids])})
-    out = multiply_block(routed, members, dim=dim, reflexive=reflexive)
+    out = multiply_block(routed, plan_table(members, reflexive), dim=dim)
     got = dict(zip(out.column("id").to_pylist(), unpack(out.column("vec"), dim)))
     want = m @ x.astype(np.float64)
     for e in present:
@@ -68,9 +68,23 @@ def test_block_product_equals_dense(reflexive, markov):
 def test_empty_block():
     empty = pa.table({"id": pa.array([], pa.int64()), "pre": pa.array([], pa.float64()),
                       "post": pa.array([], pa.float64()), "vec": pack(np.zeros((0, 3)))})
-    members = pa.table({"h": pa.array([], pa.int64()), "side": pa.array([], pa.int32()),
-                        "member": pa.array([], pa.int64()), "weight": pa.array([], pa.float64())})
-    assert multiply_block(empty, members, dim=3, reflexive=True).num_rows == 0
+    members = pa.table({"h": pa.array([1], pa.int64()), "side": pa.array([0], pa.int32()),
+                        "id": pa.array([7], pa.int64()), "weight": pa.array([1.0])})
+    assert multiply_block(empty, plan_table(members, True), dim=3).num_rows == 0
+
+
+def test_plan_and_routed_vectors_must_agree():
+    members = pa.table({"h": pa.array([1, 1], pa.int64()), "side": pa.array([0, 0], pa.int32()),
+                        "id": pa.array([7, 8], pa.int64()), "weight": pa.array([1.0, 1.0])})
+    routed = pa.table({"id": pa.array([7], pa.int64()), "pre": pa.array([1.0]), "post": pa.array([1.0]),
+                       "vec": pack(np.ones((1, 3)))})
+    with pytest.raises(RuntimeError, match="disagree"):
+        multiply_block(routed, plan_table(members, True), dim=3)
+
+
+def plan_table(members, reflexive):
+    return pa.table({"block": pa.array([0], pa.int32()),
+                     "plan": pa.array([build_plan(members, reflexive=reflexive)], pa.binary())})
 
 
 def test_sum_and_normalize_groups_partials_by_entity():
