@@ -1,0 +1,110 @@
+"""Reading EMDE inputs and writing EMDE outputs with their manifest, atomically.
+
+Every EMDE output directory carries its manifest twice: as a one-row Parquet table ``_emde`` (read
+through Spark, so it works on any filesystem a cluster can reach) and, on local paths, as JSON for
+people (``manifest.json`` in a coder, ``_manifest.json`` beside Parquet data, which Spark skips).
+``_emde`` is written after the data, so on object stores (no atomic rename) it marks completion.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from pyspark.sql import DataFrame, SparkSession
+
+from .. import __version__
+from ..config import ConfigError
+from ..io import write_atomically, write_json
+from ..store import local_path
+
+log = logging.getLogger(__name__)
+
+META = "_emde"
+FORMAT_VERSION = 1
+
+
+def join(base: str, *parts: str) -> str:
+    """Join path parts of a local path or a URI (``s3a://b/x`` + ``codes``)."""
+    return "/".join([base.rstrip("/"), *parts])
+
+
+def read_table(spark: SparkSession, paths: Sequence[str], fmt: str = "parquet") -> DataFrame:
+    """A table from Parquet, CSV/TSV with a header row, or a catalog table name."""
+    if not paths:
+        raise ConfigError("no input path given")
+    for p in paths:
+        lp = local_path(p)
+        if fmt != "table" and lp is not None and not any(c in lp for c in "*?[") and not os.path.exists(lp):
+            raise ConfigError(f"input {p!r} does not exist")
+    if fmt == "table":
+        return spark.read.table(paths[0])
+    if fmt == "parquet":
+        return spark.read.parquet(*paths)
+    sep = "\t" if fmt == "tsv" else ","
+    return spark.read.option("header", "true").option("sep", sep).csv(list(paths))
+
+
+def require_columns(df: DataFrame, columns: Sequence[str | None], what: str) -> None:
+    missing = [c for c in columns if c and c not in df.columns]
+    if missing:
+        raise ConfigError(f"{what} has no column(s) {missing}; it has {df.columns}")
+
+
+def write_meta(spark: SparkSession, directory: str, meta: dict[str, Any], *, json_name: str) -> None:
+    meta = {**meta, "format_version": FORMAT_VERSION, "spark_cleora_version": __version__,
+            "written_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    text = json.dumps(meta, sort_keys=True, default=str)
+    spark.createDataFrame([(text,)], "manifest string").coalesce(1).write.mode("overwrite").parquet(
+        join(directory, META))
+    lp = local_path(directory)
+    if lp is not None:
+        write_json(os.path.join(lp, json_name), meta)
+
+
+def read_meta(spark: SparkSession, directory: str, kind: str) -> dict[str, Any]:
+    """The manifest of an EMDE output of ``kind`` (coder, sketches, ...), or a clear error."""
+    lp = local_path(directory)
+    if lp is not None and not os.path.isdir(os.path.join(lp, META)):
+        raise ConfigError(f"{directory!r} is not a complete EMDE {kind} output (no {META} manifest)")
+    try:
+        rows = spark.read.parquet(join(directory, META)).collect()
+    except Exception as exc:  # AnalysisException: path does not exist
+        raise ConfigError(f"{directory!r} is not a complete EMDE {kind} output ({exc.__class__.__name__})") from exc
+    meta = json.loads(rows[0]["manifest"])
+    if meta.get("kind") != kind:
+        raise ConfigError(f"{directory!r} holds EMDE {meta.get('kind')!r}, expected {kind!r}")
+    if meta.get("format_version", 0) > FORMAT_VERSION:
+        raise ConfigError(f"{directory!r} was written by a newer spark_cleora (format {meta['format_version']})")
+    return meta
+
+
+def write_output(spark: SparkSession, target: str, write_data: Callable[[str], dict[str, Any]], *,
+                 json_name: str = "_manifest.json") -> dict[str, Any]:
+    """Write data with ``write_data(staging) -> manifest``, then the manifest, then ``_SUCCESS``,
+    all into a staging directory renamed into place (see :func:`spark_cleora.io.write_atomically`)."""
+    out: dict[str, Any] = {}
+
+    def write(staging: str) -> None:
+        meta = write_data(staging)
+        write_meta(spark, staging, meta, json_name=json_name)
+        lp = local_path(staging)
+        if lp is not None:
+            with open(os.path.join(lp, "_SUCCESS"), "w", encoding="utf-8"):
+                pass
+        out.update(meta)
+
+    write_atomically(target, write)
+    return out
+
+
+def refuse_existing(target: str, *, overwrite: bool, what: str) -> None:
+    """Refuse to replace an existing local output unless asked to (codes must never change silently)."""
+    lp = local_path(target)
+    if not overwrite and lp is not None and os.path.exists(lp) and os.listdir(lp):
+        raise ConfigError(f"{what} {target!r} already exists; refit into a new directory or pass --overwrite "
+                          "(sketches built with the old coder can then no longer be scored)")
