@@ -20,7 +20,7 @@ log = logging.getLogger("spark_cleora")
 EXIT_OK, EXIT_USAGE, EXIT_INPUT, EXIT_RUNTIME, EXIT_ENV = 0, 2, 3, 1, 4
 
 # Modules that add subcommands (see build_parser).
-_SUBCOMMAND_MODULES: list[str] = ["spark_cleora.evaluate.cli", "spark_cleora.tools_cli"]
+_SUBCOMMAND_MODULES: list[str] = ["spark_cleora.evaluate.cli", "spark_cleora.tools_cli", "spark_cleora.emde.cli"]
 
 EMBED_EXAMPLES = """\
 examples:
@@ -48,6 +48,24 @@ def add_spark_options(p: argparse.ArgumentParser) -> None:
                    choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="spark_cleora log level (default INFO)")
 
 
+def add_embedding_options(g: argparse._ArgumentGroup) -> None:
+    """The embedding flags (``--dim`` ... ``--init-vectors``), shared by ``embed`` and the evaluations."""
+    g.add_argument("--dim", type=int, help="embedding dimension (default 256)")
+    g.add_argument("--iterations", type=int, help="propagation steps (default 4)")
+    g.add_argument("--markov", choices=["left", "symmetric"], help="left = W/D (default), symmetric = W/sqrt(DD)")
+    g.add_argument("--init", choices=["siphash", "fx"],
+                   help="start-vector hash: siphash (pycleora 2.0.0, default) or fx (pycleora 3.x)")
+    g.add_argument("--seed", type=int, help="init seed (default 0)")
+    g.add_argument("--whiten", nargs="?", const="every", choices=["every", "final", "none"],
+                   help="PCA whitening as pycleora 3.x: after every iteration (--whiten) or once (--whiten final)")
+    g.add_argument("--residual", type=float, metavar="ALPHA",
+                   help="pycleora residual mixing: X <- rownorm((1-ALPHA) M X + ALPHA X), 0 <= ALPHA < 1 (default 0)")
+    g.add_argument("--multiscale", metavar="K,K,...",
+                   help="concatenate the embeddings of these iterations, e.g. 1,2,4 (the last = --iterations)")
+    g.add_argument("--init-vectors", metavar="PATH",
+                   help="Parquet of entity -> vector (length --dim): start vectors replacing the hash init there")
+
+
 def _embed_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     S = argparse.SUPPRESS  # unset flags stay absent, so a --config file can supply them
     p = sub.add_parser(
@@ -67,6 +85,7 @@ def _embed_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     g.add_argument("--timestamp", help="event time column (epoch seconds or timestamp)")
     g.add_argument("--session-gap", type=float, help="split a hyperedge where events are > SECONDS apart")
     g.add_argument("--dedupe", action="store_true", help="drop repeated (hyperedge, entity) events")
+    g.add_argument("--weight", help="event column with a positive weight per event (weight 2 = the event twice)")
     g.add_argument("--columns", help="cleora-tsv column spec, e.g. 'complex::reflexive::product'")
     g.add_argument("--csv-delimiter", help="field delimiter for csv input (default ',')")
     g.add_argument("--on-bad-rows", choices=["fail", "skip", "quarantine"],
@@ -74,23 +93,12 @@ def _embed_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                         "quarantine: also write them to --rejects")
     g.add_argument("--rejects", help="with --on-bad-rows quarantine: Parquet directory for rejected rows")
     g.add_argument("--max-line-length", type=int, help="cleora-tsv lines longer than this are bad rows (10000000)")
-    g = p.add_argument_group("embedding")
-    g.add_argument("--dim", type=int, help="embedding dimension (default 256)")
-    g.add_argument("--iterations", type=int, help="propagation steps (default 4)")
-    g.add_argument("--markov", choices=["left", "symmetric"], help="left = W/D (default), symmetric = W/sqrt(DD)")
-    g.add_argument("--init", choices=["siphash", "fx"],
-                   help="start-vector hash: siphash (pycleora 2.0.0, default) or fx (pycleora 3.x)")
-    g.add_argument("--seed", type=int, help="init seed (default 0)")
-    g.add_argument("--whiten", nargs="?", const="every", choices=["every", "final", "none"],
-                   help="PCA whitening as pycleora 3.x: after every iteration (--whiten) or once (--whiten final)")
-    g.add_argument("--residual", type=float, metavar="ALPHA",
-                   help="pycleora residual mixing: X <- rownorm((1-ALPHA) M X + ALPHA X), 0 <= ALPHA < 1 (default 0)")
-    g.add_argument("--multiscale", metavar="K,K,...",
-                   help="concatenate the embeddings of these iterations, e.g. 1,2,4 (the last = --iterations)")
-    g.add_argument("--init-vectors", metavar="PATH",
-                   help="Parquet of entity -> vector (length --dim): start vectors replacing the hash init there")
+    add_embedding_options(p.add_argument_group("embedding"))
     g = p.add_argument_group("output and engine")
-    g.add_argument("--output-format", choices=list(OUTPUT_FORMATS), help="parquet (default), npy, cleora-text")
+    g.add_argument("--output-format", choices=list(OUTPUT_FORMATS),
+                   help="parquet (default), delta (needs Delta on the classpath, e.g. Databricks), npy, cleora-text")
+    g.add_argument("--output-table", help="write this catalog table instead of --output (parquet or delta; replaced atomically)")
+    g.add_argument("--partition-by", nargs="+", choices=["column"], help="partition parquet/delta output by the input column")
     g.add_argument("--work-dir", help="where iterations are written (default: beside the output)")
     g.add_argument("--checkpoint-dir", dest="checkpoint_dir",
                    help="like --work-dir, but keep it and every finished iteration after success")
@@ -146,12 +154,15 @@ def embed_config_from_args(ns: argparse.Namespace) -> EmbedConfig:
         cli["inputs"] = (ns.input_table,)
         cli["input_format"] = "table"
     values.update(cli)
+    for flag, other in (("output_table", "output"), ("output", "output_table")):
+        if flag in cli and other not in cli:  # a flag's destination replaces the file's
+            values.pop(other, None)
     if "inputs" in values:
         values["inputs"] = tuple(values["inputs"])
     if not values.get("inputs"):
         raise ConfigError("no INPUT given (pass paths, --input-table, or inputs = [...] in --config)")
-    if not values.get("output"):
-        raise ConfigError("--output DIR is required")
+    if not values.get("output") and not values.get("output_table"):
+        raise ConfigError("--output DIR (or --output-table NAME) is required")
     return EmbedConfig(**values)
 
 

@@ -12,7 +12,9 @@ from .init import INIT_METHODS
 
 MARKOV_KINDS = ("left", "symmetric")
 INPUT_FORMATS = ("parquet", "csv", "tsv", "table", "cleora-tsv", "dataframe")  # dataframe: library calls
-OUTPUT_FORMATS = ("parquet", "npy", "cleora-text")
+OUTPUT_FORMATS = ("parquet", "delta", "npy", "cleora-text")
+TABLE_FORMATS = ("parquet", "delta")  # formats a catalog table (--output-table) can have
+PARTITION_COLUMNS = ("column",)  # low-cardinality output columns worth partitioning by
 BAD_ROW_POLICIES = ("fail", "skip", "quarantine")
 CHECKPOINT_MODES = ("parquet", "local")
 WHITEN_MODES = ("none", "every", "final")
@@ -95,6 +97,11 @@ class EmbedConfig:
         ``session_gap`` seconds apart.
     dedupe
         Drop repeated (hyperedge, entity) events; by default multiplicity counts, as in Cleora.
+        With ``weight``, the repeat with the largest weight is kept.
+    weight
+        Event column with a real, positive weight per event: an event of weight w counts as w
+        occurrences, i.e. it generalises Cleora's multiplicity (weight 2 is exactly the event given
+        twice). Null, NaN, infinite, zero or negative weights are bad rows (``bad_weight``).
     columns
         Column spec for ``cleora-tsv`` input (see :func:`parse_columns`).
     dim, iterations, markov, init, seed
@@ -103,8 +110,22 @@ class EmbedConfig:
     whiten
         PCA whitening as pycleora 3.x: ``every`` iteration (3.2.1 ``embed()``), once at the ``final``
         one (3.0/3.2.0), or ``none``. Whitened rows are centred and decorrelated, not unit length.
+    residual
+        pycleora 3.x residual mixing: each iteration is ``rownorm((1 - α)·M·X + α·X)``; 0 (default) is
+        plain Cleora. ``0 <= α < 1``.
+    multiscale
+        Iterations whose embeddings are concatenated into the output (e.g. ``(1, 2, 4)``), as pycleora's
+        ``embed_multiscale``: each part as that iteration left it (unit length unless whitened), so the
+        output has ``dim * len(multiscale)`` values. Empty (default): the last iteration only.
+    init_vectors
+        Parquet of ``entity`` -> ``vector`` (or ``embedding``) array of length ``dim``: these start
+        vectors replace the hash init for the entities they name; other entities keep the hash init.
     output, output_format
-        Where and how to write: ``parquet`` (default), ``npy`` or ``cleora-text``.
+        Where and how to write: ``parquet`` (default), ``delta`` (Spark's Delta writer; needs Delta
+        on the classpath, built into Databricks), ``npy`` or ``cleora-text``.
+    output_table, partition_by
+        Write a catalog table instead of ``output`` (``parquet`` or ``delta``; overwritten
+        atomically), and partition the output by these columns (only ``column``, the input column).
     work_dir, checkpoint, keep_work
         Where each finished iteration is written (lineage cut + resume), ``parquet`` (restartable,
         the CLI default) or ``local`` (``localCheckpoint``, nothing on disk), and whether to keep it
@@ -130,6 +151,7 @@ class EmbedConfig:
     timestamp: str | None = None
     session_gap: float | None = None
     dedupe: bool = False
+    weight: str | None = None
     columns: str | None = None
     dim: int = 256
     iterations: int = 4
@@ -137,8 +159,13 @@ class EmbedConfig:
     init: str = "siphash"
     seed: int = 0
     whiten: str = "none"
+    residual: float = 0.0
+    multiscale: tuple[int, ...] = ()
+    init_vectors: str | None = None
     output: str | None = None
     output_format: str = "parquet"
+    output_table: str | None = None
+    partition_by: tuple[str, ...] = ()
     work_dir: str | None = None
     checkpoint: str = "parquet"
     keep_work: bool = False
@@ -167,10 +194,12 @@ class EmbedConfig:
         choice("on_bad_rows", BAD_ROW_POLICIES)
         choice("checkpoint", CHECKPOINT_MODES)
         choice("whiten", WHITEN_MODES)
+        self._check_output()
         if not isinstance(self.dim, int) or self.dim < 1:
             raise ConfigError(f"dim must be a positive integer; got {self.dim!r}")
         if not isinstance(self.iterations, int) or self.iterations < 0:
             raise ConfigError(f"iterations must be a non-negative integer; got {self.iterations!r}")
+        _check_propagation_options(self)
         if not isinstance(self.seed, int):
             raise ConfigError(f"seed must be an integer; got {self.seed!r}")
         if self.num_blocks is not None and self.num_blocks < 1:
@@ -181,8 +210,8 @@ class EmbedConfig:
             if not self.columns:
                 raise ConfigError("cleora-tsv input needs --columns, e.g. 'complex::reflexive::product'")
             parse_columns(self.columns)
-            if self.hyperedge or self.entity or self.timestamp:
-                raise ConfigError("--hyperedge/--entity/--timestamp apply to event tables, not cleora-tsv")
+            if self.hyperedge or self.entity or self.timestamp or self.weight:
+                raise ConfigError("--hyperedge/--entity/--timestamp/--weight apply to event tables, not cleora-tsv")
         else:
             if self.columns:
                 raise ConfigError("--columns applies to --input-format cleora-tsv only")
@@ -193,6 +222,8 @@ class EmbedConfig:
                 )
             if self.hyperedge == self.entity:
                 raise ConfigError("--hyperedge and --entity must be different columns")
+            if self.weight is not None and self.weight in (self.hyperedge, self.entity):
+                raise ConfigError("--weight must name its own column (not the hyperedge or entity column)")
         if (self.session_gap is None) != (self.timestamp is None) and self.session_gap is not None:
             raise ConfigError("--session-gap needs --timestamp COL")
         if self.session_gap is not None and not self.session_gap > 0:
@@ -207,6 +238,31 @@ class EmbedConfig:
             raise ConfigError("input-format table takes exactly one table name")
 
     @property
+    def output_dim(self) -> int:
+        """Length of an output embedding: ``dim``, times the number of parts with ``multiscale``."""
+        return self.dim * max(1, len(self.multiscale))
+
+    def _check_output(self) -> None:
+        if isinstance(self.partition_by, str):
+            object.__setattr__(self, "partition_by", (self.partition_by,))
+        object.__setattr__(self, "partition_by", tuple(self.partition_by))
+        bad = [c for c in self.partition_by if c not in PARTITION_COLUMNS]
+        if bad:
+            raise ConfigError(f"partition-by {bad} is not allowed: only {', '.join(PARTITION_COLUMNS)} "
+                              "(one directory per value; entity or degree would make millions)")
+        if self.output_table is not None:
+            if self.output:
+                raise ConfigError("give --output DIR or --output-table NAME, not both")
+            if self.output_format not in TABLE_FORMATS:
+                raise ConfigError(f"--output-table writes {' or '.join(TABLE_FORMATS)}; "
+                                  f"got --output-format {self.output_format}")
+            parts = self.output_table.split(".")
+            if not 1 <= len(parts) <= 3 or not all(parts):
+                raise ConfigError(f"--output-table expects [catalog.]db.table or table; got {self.output_table!r}")
+        if self.partition_by and self.output_format not in TABLE_FORMATS:
+            raise ConfigError(f"partition-by applies to parquet/delta output, not {self.output_format}")
+
+    @property
     def column_spec(self) -> tuple[Column, ...]:
         """The relation's columns; event tables are ``complex::reflexive::<entity>``."""
         if self.input_format == "cleora-tsv":
@@ -219,14 +275,42 @@ class EmbedConfig:
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["inputs"] = list(self.inputs)
+        d["multiscale"] = list(self.multiscale)
         return d
 
     def fingerprint_fields(self) -> dict[str, Any]:
         """The fields that change the numbers (used to refuse resuming a different run)."""
         keys = ("inputs", "input_format", "hyperedge", "entity", "timestamp", "session_gap", "dedupe",
-                "columns", "dim", "markov", "init", "seed", "whiten", "on_bad_rows", "csv_delimiter", "max_line_length")
+                "columns", "dim", "markov", "init", "seed", "whiten", "residual", "multiscale",
+                "init_vectors", "on_bad_rows", "csv_delimiter", "max_line_length")
         d = self.to_dict()
         return {k: d[k] for k in keys}
+
+
+def _check_propagation_options(cfg: EmbedConfig) -> None:
+    """Validate (and normalise) ``residual``, ``multiscale`` and ``init_vectors``."""
+    alpha = cfg.residual
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 <= alpha < 1:
+        raise ConfigError(f"residual must be a number with 0 <= residual < 1 (pycleora's residual_weight); "
+                          f"got {alpha!r}")
+    object.__setattr__(cfg, "residual", float(alpha))
+    scales = cfg.multiscale
+    if isinstance(scales, str):  # the CLI's "1,2,4"
+        try:
+            scales = tuple(int(s) for s in scales.replace(" ", "").split(",") if s)
+        except ValueError:
+            raise ConfigError(f"multiscale must be comma-separated iterations like 1,2,4; got {cfg.multiscale!r}")
+    scales = tuple(scales or ())
+    if any(isinstance(s, bool) or not isinstance(s, int) for s in scales):
+        raise ConfigError(f"multiscale must list whole iteration numbers; got {cfg.multiscale!r}")
+    if scales and (list(scales) != sorted(set(scales)) or scales[0] < 1 or scales[-1] != cfg.iterations):
+        raise ConfigError(
+            f"multiscale {','.join(map(str, scales))}: iterations must be increasing, >= 1, and the last must "
+            f"equal --iterations ({cfg.iterations}), e.g. --iterations 4 --multiscale 1,2,4"
+        )
+    object.__setattr__(cfg, "multiscale", scales)
+    if cfg.init_vectors is not None and not str(cfg.init_vectors):
+        raise ConfigError("init-vectors must be a path to a Parquet of entity -> vector")
 
 
 def field_names() -> set[str]:

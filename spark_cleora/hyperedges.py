@@ -123,14 +123,15 @@ def require_columns(df: DataFrame, names: list[str], what: str) -> None:
 
 def events_to_memberships(events: DataFrame, cfg: EmbedConfig) -> tuple[DataFrame, Rejections]:
     """Group events into hyperedges (optionally split into sessions by a time gap)."""
-    hcol, ecol, tcol = cfg.hyperedge, cfg.entity, cfg.timestamp
+    hcol, ecol, tcol, wcol = cfg.hyperedge, cfg.entity, cfg.timestamp, cfg.weight
     assert hcol and ecol
-    need = [hcol, ecol] + ([tcol] if tcol else [])
+    need = [hcol, ecol] + ([tcol] if tcol else []) + ([wcol] if wcol else [])
     require_columns(events, need, "events")
     df = events.select(
         F.col(hcol).cast("string").alias("_h"),
         F.col(ecol).cast("string").alias("entity"),
         *([_seconds(events, tcol).alias("_t"), F.col(tcol).alias("_t_raw")] if tcol else []),
+        *([F.col(wcol).alias("_w_raw"), F.expr(f"try_cast(`{wcol}` as double)").alias("weight")] if wcol else []),
     )
     rules = [
         ("null_hyperedge", F.col("_h").isNull()),
@@ -141,8 +142,11 @@ def events_to_memberships(events: DataFrame, cfg: EmbedConfig) -> tuple[DataFram
     ]
     if tcol:
         rules.append(("bad_timestamp", F.col("_t").isNull()))
-    clean, rej = apply_policy(df, rules, cfg.on_bad_rows, "events", [c for c in df.columns if c != "_t"],
-                              rejects=cfg.rejects)
+    if wcol:
+        w = F.col("weight")
+        rules.append(("bad_weight", w.isNull() | F.isnan(w) | (w <= 0) | (w == float("inf"))))
+    shown = [c for c in df.columns if c not in ("_t", "weight")]
+    clean, rej = apply_policy(df, rules, cfg.on_bad_rows, "events", shown, rejects=cfg.rejects)
     if tcol and cfg.session_gap is not None:
         w = Window.partitionBy("_h").orderBy("_t", "entity")
         gap = F.col("_t") - F.lag("_t").over(w)
@@ -151,10 +155,13 @@ def events_to_memberships(events: DataFrame, cfg: EmbedConfig) -> tuple[DataFram
         clean = clean.withColumn("h", F.xxhash64("_h", session))
     else:
         clean = clean.withColumn("h", F.xxhash64("_h"))
-    if cfg.dedupe:
-        clean = clean.dropDuplicates(["h", "entity"])
+    weight = F.col("weight") if wcol else F.lit(1.0)
+    if cfg.dedupe:  # one event per (hyperedge, entity); with weights, the heaviest (deterministic)
+        clean = clean.groupBy("h", "entity").agg(F.max(weight).alias("weight")) if wcol else \
+            clean.dropDuplicates(["h", "entity"])
     raw = clean.select(
-        "h", F.lit(0).alias("side"), F.lit(0).alias("col"), "entity", F.lit(1.0).alias("weight")
+        "h", F.lit(0).alias("side"), F.lit(0).alias("col"), "entity",
+        (F.col("weight") if wcol else F.lit(1.0)).alias("weight"),
     )
     return raw, rej
 
