@@ -156,6 +156,36 @@ def shuffle_bytes(event_dir: str) -> int:
     return total
 
 
+def task_skew(event_dir: str, min_tasks: int = 4) -> dict:
+    """Straggler check from the event log: per stage with >= ``min_tasks`` tasks, max / median task time.
+
+    Returns the worst stage (name, tasks, median and max seconds, ratio) and the ratio for every stage.
+    """
+    tasks: dict[int, list[float]] = {}
+    names: dict[int, str] = {}
+    for f in glob.glob(os.path.join(event_dir, "**", "*"), recursive=True):
+        if os.path.isdir(f):
+            continue
+        with open(f, encoding="utf-8", errors="replace") as fh:
+            for line in fh:
+                if '"SparkListenerTaskEnd"' in line:
+                    ev = json.loads(line)
+                    info = ev["Task Info"]
+                    if not info.get("Failed") and not info.get("Killed"):
+                        tasks.setdefault(ev["Stage ID"], []).append((info["Finish Time"] - info["Launch Time"]) / 1e3)
+                elif '"SparkListenerStageCompleted"' in line:
+                    si = json.loads(line)["Stage Info"]
+                    names[si["Stage ID"]] = si["Stage Name"][:50]
+    stages = []
+    for sid, ts in tasks.items():
+        if len(ts) >= min_tasks:
+            med = statistics.median(ts)
+            stages.append({"stage": sid, "name": names.get(sid, ""), "tasks": len(ts), "median_s": round(med, 3),
+                           "max_s": round(max(ts), 3), "ratio": round(max(ts) / max(med, 1e-3), 2)})
+    worst = max(stages, key=lambda s: s["ratio"], default=None)
+    return {"worst": worst, "stages": sorted(stages, key=lambda s: s["stage"])}
+
+
 def run_spark(data: str, work: str, *, dim: int, iters: int, cores: int, extra: list[str]) -> dict:
     out = os.path.join(work, "spark-out")
     events = os.path.join(work, "eventlog")
@@ -173,7 +203,8 @@ def run_spark(data: str, work: str, *, dim: int, iters: int, cores: int, extra: 
         report = json.load(fh)
     return {"seconds": elapsed, "peak_rss_mb": peak / 2**20, "shuffle_mb": shuffle_bytes(events) / 2**20,
             "iteration_seconds": report["iteration_seconds"], "seconds_to_embed": report["seconds_to_embed"],
-            "entities": report["entities"], "memberships": report["memberships"], "blocks": report["num_blocks"]}
+            "entities": report["entities"], "memberships": report["memberships"], "blocks": report["num_blocks"],
+            "task_skew": task_skew(events)}
 
 
 def run_pycleora(data: str, work: str, *, dim: int, iters: int, trim: int) -> dict:
@@ -248,6 +279,14 @@ def main() -> None:
               f"{p['median_seconds'] if p else float('nan'):>11.1f} {row.get('ratio_median', float('nan')):>6.1f} "
               f"{s['median_peak_rss_mb'] if s else float('nan'):>9.0f} {p['median_peak_rss_mb'] if p else float('nan'):>7.0f} "
               f"{sh:>10}  {it}")
+    for row in results:
+        s = row.get("spark")
+        if s:
+            w = sorted(s["runs"], key=lambda r: r["seconds"])[len(s["runs"]) // 2]["task_skew"]["worst"]
+            if w:
+                print(f"{row['events']:>12,} events: worst max/median task time {w['ratio']:.2f} "
+                      f"(stage {w['stage']} {w['name']!r}, {w['tasks']} tasks, median {w['median_s']:.2f}s, "
+                      f"max {w['max_s']:.2f}s)")
     if args.json:
         with open(args.json, "w") as fh:
             json.dump({"machine": {"cores": os.cpu_count(), "python": platform.python_version()},
