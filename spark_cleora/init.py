@@ -20,6 +20,7 @@ from collections.abc import Iterable, Iterator, Sequence
 import numpy as np
 import pyarrow as pa
 import xxhash
+from pyspark.sql import DataFrame
 
 from .vectors import pack
 
@@ -123,3 +124,73 @@ def init_batches(
         names = batch.column("entity").to_pylist()
         vecs = init_for_names(names, dim, seed=seed, method=method)
         yield pa.RecordBatch.from_arrays([batch.column("id"), pack(vecs)], names=["id", "vec"])
+
+
+# --------------------------------------------------------------------------------------------
+# Given start vectors (--init-vectors): node features that replace the hash init where present
+# --------------------------------------------------------------------------------------------
+
+_VECTOR_COLUMNS = ("vector", "embedding")  # "embedding": a previous spark-cleora output works as is
+
+
+class InitVectorsError(ValueError):
+    """The ``--init-vectors`` table is unusable (missing columns, wrong lengths, duplicates, nulls)."""
+
+
+def read_start_vectors(vectors: DataFrame, *, dim: int) -> tuple[DataFrame, int]:
+    """Validate ``vectors`` (``entity``, ``vector`` or ``embedding``): ``(entity, given array<double>)`` and rows.
+
+    Every row must have a non-null entity and a vector of exactly ``dim`` finite numbers, and no entity
+    may appear twice: anything else raises with the count and an example (one aggregation, so a bad
+    table fails before the graph is built).
+    """
+    from pyspark.sql import functions as F
+
+    vcol = next((c for c in _VECTOR_COLUMNS if c in vectors.columns), None)
+    if "entity" not in vectors.columns or vcol is None:
+        raise InitVectorsError(f"init-vectors needs columns 'entity' and one of {list(_VECTOR_COLUMNS)}; "
+                               f"it has {vectors.columns}")
+    v = vectors.select(F.col("entity").cast("string").alias("entity"),
+                       F.col(vcol).cast("array<double>").alias("given"))
+    bad = (F.col("entity").isNull() | F.col("given").isNull() | (F.size("given") != dim)
+           | F.exists("given", lambda x: x.isNull() | F.isnan(x) | (F.abs(x) == float("inf"))))
+    stats = v.agg(F.count(F.lit(1)).alias("rows"), F.count_distinct("entity").alias("distinct"),
+                  F.sum(bad.cast("long")).alias("bad")).collect()[0]
+    rows, bad_rows = int(stats["rows"]), int(stats["bad"] or 0)
+    if bad_rows:
+        ex = v.filter(bad).select("entity", F.size("given").alias("length")).limit(1).collect()[0]
+        raise InitVectorsError(
+            f"init-vectors: {bad_rows} of {rows} row(s) lack an entity or a vector of exactly {dim} finite "
+            f"numbers (--dim {dim}); first: entity {ex['entity']!r} with length {ex['length']}")
+    if int(stats["distinct"]) != rows:
+        dup = v.groupBy("entity").count().filter("count > 1").limit(1).collect()[0]
+        raise InitVectorsError(f"init-vectors: {rows - int(stats['distinct'])} duplicate row(s); e.g. entity "
+                               f"{dup['entity']!r} appears {dup['count']} times")
+    return v, rows
+
+
+def given_start_vectors(vectors: DataFrame, rows: int, entities: DataFrame, *,
+                        dim: int) -> tuple[DataFrame, dict[str, int]]:
+    """Validated ``vectors`` (from :func:`read_start_vectors`) keyed by the graph's entity ids.
+
+    Returns ``(id, given)`` packed float32 rows, and counts: ``rows`` in the table, ``used`` (entities
+    of the graph that get a given vector) and ``unknown`` (rows naming no entity of the graph; ignored).
+    """
+    keyed = entities.select("id", "entity").join(vectors, "entity").select("id", "given")
+    used = keyed.count()
+
+    def packed(batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        from .vectors import from_list_array
+
+        for b in batches:
+            yield pa.RecordBatch.from_arrays([b.column("id"), pack(from_list_array(b.column("given"), dim))],
+                                             names=["id", "given"])
+
+    return keyed.mapInArrow(packed, "id long, given binary"), {"rows": rows, "used": used, "unknown": rows - used}
+
+
+def override_start_vectors(hashed: DataFrame, given: DataFrame) -> DataFrame:
+    """(id, vec) hash start vectors with each entity's given vector (id, given) in its place."""
+    from pyspark.sql import functions as F
+
+    return hashed.join(given, "id", "left").select("id", F.coalesce("given", "vec").alias("vec"))

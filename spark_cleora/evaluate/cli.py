@@ -6,7 +6,7 @@ import argparse
 import importlib
 
 # Modules with ``register(evaluate_sub)`` adding one evaluation each (``p.set_defaults(handler=fn)``).
-_EVALUATIONS: list[str] = []
+_EVALUATIONS: list[str] = ["spark_cleora.evaluate.linkpred", "spark_cleora.evaluate.classify"]
 
 
 def register(sub: argparse._SubParsersAction) -> None:

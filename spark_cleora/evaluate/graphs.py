@@ -1,0 +1,161 @@
+"""Edge lists for the quality evaluations: reading, cleaning, and Cleora's clique/star expansions.
+
+An edge list is a table of ``(src, dst)`` node ids, read as strings. The evaluations treat a graph as
+undirected: self-loops are dropped and so is the second copy of a pair seen in both orientations (the
+orientation of the first row in file order is kept, so a file listing each pair once is used as is);
+both are counted in the report, never dropped silently. Null or empty ids are bad rows: an error.
+
+Expansions (the Cleora paper's notebooks group the edges by ``src``):
+
+* ``clique``: one hyperedge per source node ``a``: ``{a} ∪ {b : (a, b)}``, i.e. the line
+  ``a b1 b2 ...`` with ``complex::reflexive::node``.
+* ``star``: per source node ``a`` a transient hub ``h_a`` linked to ``a`` and to every ``b``, one line
+  ``h_a<TAB>member`` per link, with ``transient::hub node`` (Cleora 1's star expansion).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from pyspark.sql import DataFrame, SparkSession, Window
+from pyspark.sql import functions as F
+
+from ..config import ConfigError, EmbedConfig
+from ..embed import run_embedding
+
+EXPANSIONS = ("clique", "star")
+HUB_PREFIX = "\u22c6hub:"  # star hubs are entities of the graph too; node ids must not start with it
+EDGE_FORMATS = ("csv", "space", "tsv")
+
+
+@dataclass(frozen=True)
+class EdgeSource:
+    """Where the edges are and how to read them."""
+
+    paths: tuple[str, ...]
+    src: str | None = None
+    dst: str | None = None
+    format: str = "csv"
+    header: bool | None = None  # default: csv has a header, space/tsv do not
+
+    def __post_init__(self) -> None:
+        if self.format not in EDGE_FORMATS:
+            raise ConfigError(f"edges format must be one of {', '.join(EDGE_FORMATS)}; got {self.format!r}")
+        if not self.paths:
+            raise ConfigError("no --edges given")
+
+
+def read_edges(spark: SparkSession, source: EdgeSource) -> tuple[DataFrame, dict[str, int]]:
+    """Undirected, de-duplicated, loop-free edges ``(src, dst)`` as strings, and what was dropped."""
+    for p in source.paths:
+        if "://" not in p and not os.path.exists(p):
+            raise ConfigError(f"edges {p!r} do not exist")
+    header = source.header if source.header is not None else source.format == "csv"
+    sep = {"csv": ",", "tsv": "\t", "space": " "}[source.format]
+    raw = spark.read.option("header", str(header).lower()).option("sep", sep).csv(list(source.paths))
+    if len(raw.columns) < 2:
+        raise ConfigError(f"edges {source.paths[0]!r}: expected two columns, found {raw.columns} "
+                          f"(wrong --edges-format {source.format}?)")
+    src, dst = source.src or raw.columns[0], source.dst or raw.columns[1]
+    for c in (src, dst):
+        if c not in raw.columns:
+            raise ConfigError(f"edges: column {c!r} not found; the file has {raw.columns}")
+    e = raw.select(F.trim(F.col(src).cast("string")).alias("src"), F.trim(F.col(dst).cast("string")).alias("dst"))
+    e = e.withColumn("_row", F.monotonically_increasing_id())
+    stats = e.agg(
+        F.count(F.lit(1)).alias("rows"),
+        F.sum((F.coalesce(F.col("src"), F.lit("")) == "").cast("long")
+              + (F.coalesce(F.col("dst"), F.lit("")) == "").cast("long")).alias("bad"),
+        F.sum((F.col("src") == F.col("dst")).cast("long")).alias("loops"),
+        F.sum((F.col("src").startswith(HUB_PREFIX) | F.col("dst").startswith(HUB_PREFIX)).cast("long")).alias("hub"),
+    ).collect()[0]
+    if stats["rows"] == 0:
+        raise ValueError(f"edges {source.paths[0]!r}: no rows")
+    if stats["bad"] or stats["hub"]:
+        raise ValueError(f"edges: {stats['bad'] or 0} null/empty node id(s), {stats['hub'] or 0} id(s) starting "
+                         f"with the reserved {HUB_PREFIX!r}; fix the input")
+    e = e.filter(F.col("src") != F.col("dst"))
+    pair = Window.partitionBy(F.least("src", "dst"), F.greatest("src", "dst")).orderBy("_row")
+    e = e.withColumn("_n", F.row_number().over(pair)).filter(F.col("_n") == 1).select("src", "dst")
+    kept = e.count()
+    loops = int(stats["loops"] or 0)
+    return e, {"rows": int(stats["rows"]), "self_loops_dropped": loops,
+               "duplicates_dropped": int(stats["rows"]) - loops - kept, "edges": kept}
+
+
+def expansion_input(edges: DataFrame, expansion: str) -> tuple[DataFrame, dict[str, Any]]:
+    """Cleora text lines (``value``) of ``edges`` in the given expansion, and the matching config fields."""
+    if expansion == "clique":
+        lines = edges.groupBy("src").agg(F.collect_list("dst").alias("d")).select(
+            F.concat_ws(" ", F.array_prepend("d", F.col("src"))).alias("value"))
+        return lines, {"columns": "complex::reflexive::node"}
+    if expansion == "star":
+        hub = F.concat(F.lit(HUB_PREFIX), F.col("src"))
+        members = edges.select(hub.alias("h"), F.col("dst").alias("m")).unionByName(
+            edges.select(hub.alias("h"), F.col("src").alias("m")).distinct())
+        return members.select(F.concat_ws("\t", "h", "m").alias("value")), {"columns": "transient::hub node"}
+    raise ConfigError(f"expansion must be one of {', '.join(EXPANSIONS)}; got {expansion!r}")
+
+
+def check_ids_for_text(edges: DataFrame) -> None:
+    """Cleora text separates entities by spaces and columns by tabs: ids must contain neither."""
+    bad = edges.filter(F.col("src").rlike(r"\s") | F.col("dst").rlike(r"\s")).limit(1).collect()
+    if bad:
+        raise ValueError(f"edges: node ids must not contain whitespace (e.g. {bad[0]['src']!r} - {bad[0]['dst']!r})")
+
+
+def embed_edges(spark: SparkSession, edges: DataFrame, *, expansion: str,
+                options: dict[str, Any]) -> tuple[DataFrame, dict[str, Any]]:
+    """(entity, embedding) of the nodes of ``edges`` and the embed report; ``options``: EmbedConfig fields."""
+    check_ids_for_text(edges)
+    lines, fields = expansion_input(edges, expansion)
+    cfg = EmbedConfig(input_format="cleora-tsv", checkpoint="local", **fields, **options)
+    result = run_embedding(spark, cfg, lines, store=None)
+    return result.embeddings.select("entity", "embedding"), result.report
+
+
+# --------------------------------------------------------------------------------------------
+# CLI pieces shared by the evaluations
+# --------------------------------------------------------------------------------------------
+
+EMBED_OPTION_FIELDS = ("dim", "iterations", "markov", "init", "seed", "whiten", "residual", "multiscale",
+                       "init_vectors")
+
+
+def add_edge_options(p: argparse.ArgumentParser, *, required: bool) -> None:
+    g = p.add_argument_group("graph")
+    g.add_argument("--edges", nargs="+", required=required, metavar="PATH", help="edge list file(s)")
+    g.add_argument("--src", help="source column (default: the first)")
+    g.add_argument("--dst", help="destination column (default: the second)")
+    g.add_argument("--edges-format", choices=EDGE_FORMATS, default="csv",
+                   help="csv with a header (default), or space/tsv separated without one")
+    g.add_argument("--header", action=argparse.BooleanOptionalAction, default=None,
+                   help="whether the edge file has a header row (default: csv yes, space/tsv no)")
+    g.add_argument("--expansion", choices=EXPANSIONS, default="clique",
+                   help="clique (default): one hyperedge per source node and its neighbours; star: a hub per "
+                        "source node")
+
+
+def edge_source(ns: argparse.Namespace) -> EdgeSource:
+    return EdgeSource(paths=tuple(ns.edges), src=ns.src, dst=ns.dst, format=ns.edges_format, header=ns.header)
+
+
+def embed_options(ns: argparse.Namespace) -> dict[str, Any]:
+    """The embedding flags given on the command line (unset ones keep EmbedConfig's defaults)."""
+    return {k: getattr(ns, k) for k in EMBED_OPTION_FIELDS if getattr(ns, k, None) is not None}
+
+
+def write_report(path: str | None, report: dict[str, Any]) -> None:
+    """Write ``report`` as JSON atomically (temporary file + rename)."""
+    if not path:
+        return
+    from ..io import write_json
+
+    parent = os.path.dirname(os.path.abspath(path))
+    os.makedirs(parent, exist_ok=True)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    write_json(tmp, report)
+    os.replace(tmp, path)
