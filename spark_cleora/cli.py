@@ -232,6 +232,14 @@ def embed_main() -> int:
     return subcommand_main("embed")
 
 
+def job_main() -> None:
+    """Databricks ``python_wheel_task`` entry point (``spark_cleora_job``): ``spark-cleora`` with the task's
+    parameters, failing the task on a non-zero exit code (Databricks ignores a returned value)."""
+    rc = main()
+    if rc:
+        raise SystemExit(rc)
+
+
 def subcommand_main(*command: str) -> int:
     """spark-submit entry points (``jobs/*.py``): ``spark-cleora COMMAND...`` with the script's arguments."""
     return main([*command, *sys.argv[1:]])
