@@ -1,0 +1,194 @@
+"""``spark-cleora emde fit|sketch|recommend|similar-customers``.
+
+Options come from defaults <- the ``[emde.<step>]`` table of ``--config FILE`` <- command-line flags.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from .config import (
+    BIAS_MODES,
+    DECAY_ANCHORS,
+    SCORINGS,
+    TABLE_FORMATS,
+    FitConfig,
+    RecommendConfig,
+    SimilarCustomersConfig,
+    SketchConfig,
+    load_emde_toml,
+)
+
+EXAMPLES = """\
+examples:
+  spark-cleora embed events/ --hyperedge user_id --entity item_id --dim 256 --iterations 3 --output out/emb
+  spark-cleora emde fit --embeddings out/emb --depth 10 --bits 7 --seed 0 --output out/coder
+  spark-cleora emde sketch --coder out/coder --events events/ --customer user_id --item item_id \\
+      --timestamp ts --half-life 86400 --output out/sketches
+  # next day: decay yesterday's sketches and add only the new events
+  spark-cleora emde sketch --coder out/coder --events events/ --customer user_id --item item_id \\
+      --timestamp ts --half-life 86400 --previous out/sketches --output out/sketches-2
+  spark-cleora emde recommend --coder out/coder --sketches out/sketches --k 10 \\
+      --exclude-seen --events events/ --customer user_id --item item_id --output out/recs
+  spark-cleora emde similar-customers --sketches out/sketches --k 10 --output out/lookalikes
+"""
+
+_NOT_CONFIG = {"master", "remote", "conf", "log_level", "config", "command", "handler", "emde_step", "json"}
+
+
+def _config(ns: argparse.Namespace, step: str, cls: type) -> Any:
+    values: dict[str, Any] = {}
+    if getattr(ns, "config", None):
+        values.update(load_emde_toml(ns.config, step, cls))
+    values.update({k: v for k, v in vars(ns).items() if k not in _NOT_CONFIG})
+    for key in ("embeddings", "events", "customers"):
+        if key in values and values[key] is not None:
+            values[key] = tuple(values[key])
+    return cls(**values)
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    from ..cli import add_spark_options
+
+    p.add_argument("--config", help="TOML file; its [emde.<step>] table supplies options (flags override)")
+    p.add_argument("--json", action="store_true", default=False, help="print the manifest as JSON")
+    add_spark_options(p)
+
+
+def _events_options(p: argparse.ArgumentParser, *, required_text: str) -> None:
+    g = p.add_argument_group("events")
+    g.add_argument("--events", nargs="+", metavar="PATH", help=f"event table(s) {required_text}")
+    g.add_argument("--events-format", choices=list(TABLE_FORMATS), help="parquet (default), csv/tsv with a header, table")
+    g.add_argument("--customer", help="customer (or session) column")
+    g.add_argument("--item", help="item column")
+
+
+def _scoring_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--k", type=int, help="results per customer (default 10)")
+    p.add_argument("--batch-size", type=int, help="customers scored together in one task (default 1024)")
+    p.add_argument("--chunk-size", type=int, help="candidates per chunk (default 20000)")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add ``emde`` and its steps to the ``spark-cleora`` subcommands."""
+    S = argparse.SUPPRESS
+    p = sub.add_parser("emde", help="EMDE: coder, customer sketches, recommendations, look-alikes",
+                       description="EMDE (Efficient Manifold Density Estimator) on Spark.",
+                       epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    esub = p.add_subparsers(dest="emde_step", metavar="STEP")
+    esub.required = True
+
+    f = esub.add_parser("fit", argument_default=S, help="fit the DLSH coder on item embeddings and code every item",
+                        description="Fit density-dependent LSH (N partitionings x K bits per source); writes "
+                                    "CODER/params, CODER/codes (item, codes) and CODER/manifest.json.")
+    f.add_argument("--embeddings", nargs="+", metavar="DIR", help="embedding sources (entity, embedding Parquet)")
+    f.add_argument("--output", "-o", metavar="CODER", help="coder directory (written atomically)")
+    f.add_argument("--depth", type=int, help="N: partitionings per source (default 10)")
+    f.add_argument("--bits", type=int, help="K: hyperplanes per partitioning, 2**K buckets (default 7)")
+    f.add_argument("--seed", type=int, help="seed of the random directions (default 0)")
+    f.add_argument("--bias", choices=list(BIAS_MODES), help="median (default) or random-quantile (the paper's variant)")
+    f.add_argument("--no-standardize", dest="standardize", action="store_false", help="project raw embeddings")
+    f.add_argument("--fit-sample", type=int, metavar="N", help="fit on a seeded sample of about N items per source")
+    f.add_argument("--column", help="only embedding rows of this input column")
+    f.add_argument("--quantile-accuracy", type=int, help="percentile_approx accuracy (default 10000; exact up to it)")
+    f.add_argument("--overwrite", action="store_true", help="replace an existing coder")
+    _common(f)
+    f.set_defaults(handler=_run_fit)
+
+    s = esub.add_parser("sketch", argument_default=S, help="decayed customer sketches from events",
+                        description="Sum each customer's events' one-hot item codes, weighted and decayed; "
+                                    "writes customer, idx, val, as_of, n_events (sparse) as Parquet.")
+    s.add_argument("--coder", help="coder directory (emde fit)")
+    s.add_argument("--output", "-o", help="sketch directory (written atomically)")
+    _events_options(s, required_text="(required)")
+    s.add_argument("--timestamp", help="event time column: epoch seconds or a timestamp")
+    s.add_argument("--weight", help="non-negative event weight column (default 1)")
+    s.add_argument("--half-life", type=float, metavar="SECONDS", help="decay 0.5 ** (age / half-life); none without it")
+    s.add_argument("--as-of", metavar="TIME", help="epoch seconds or timestamp; later events are excluded "
+                                                   "(default: the newest event)")
+    s.add_argument("--decay-anchor", choices=list(DECAY_ANCHORS),
+                   help="decay to --as-of (default) or to each customer's newest event (last-event)")
+    s.add_argument("--previous", metavar="DIR", help="earlier sketches to decay and extend with newer events")
+    _common(s)
+    s.set_defaults(handler=_run_sketch)
+
+    r = esub.add_parser("recommend", argument_default=S, help="top-k items per customer from its sketch",
+                        description="Score every candidate item from each customer's sketch; writes "
+                                    "customer, items, scores as Parquet.")
+    r.add_argument("--coder", help="coder directory (the one the sketches were built with)")
+    r.add_argument("--sketches", help="sketch directory (emde sketch)")
+    r.add_argument("--output", "-o", help="output directory (written atomically)")
+    _scoring_options(r)
+    r.add_argument("--scoring", choices=list(SCORINGS), help="popularity (default) or geometric decoder")
+    r.add_argument("--sketch-weight", type=float, help="popularity decoder: weight of the sketch evidence (0.5)")
+    r.add_argument("--eps", type=float, help="added to normalised bucket mass before the log (1e-6)")
+    r.add_argument("--popularity-smoothing", type=float, help="pseudo-count added to every item's popularity (0)")
+    r.add_argument("--exclude-seen", action="store_true", help="never recommend items in the customer's --events")
+    _events_options(r, required_text="(for --exclude-seen)")
+    r.add_argument("--candidates", metavar="PATH", help="Parquet/CSV with an item column: score only these")
+    _common(r)
+    r.set_defaults(handler=_run_recommend)
+
+    c = esub.add_parser("similar-customers", argument_default=S, help="'people like you': top-k similar customers",
+                        description="The k customers with the most similar sketches (per-partitioning cosine).")
+    c.add_argument("--sketches", help="sketch directory (emde sketch)")
+    c.add_argument("--output", "-o", help="output directory (written atomically)")
+    c.add_argument("--coder", help="optional: check the sketches were built with this coder")
+    _scoring_options(c)
+    c.add_argument("--customer", dest="customers", action="append", help="only for this customer (repeatable)")
+    c.add_argument("--queries", metavar="PATH", help="Parquet with a customer column: only for these")
+    _common(c)
+    c.set_defaults(handler=_run_similar)
+
+
+def _finish(ns: argparse.Namespace, manifest: dict[str, Any], summary: str) -> int:
+    if ns.json:
+        print(json.dumps(manifest, sort_keys=True, default=str))
+    else:
+        print(summary)
+    return 0
+
+
+def _run_fit(ns: argparse.Namespace) -> int:
+    from ..cli import spark_from_args
+    from .coder import run_fit
+
+    cfg = _config(ns, "fit", FitConfig)
+    m = run_fit(spark_from_args(ns), cfg)
+    extra = f", {m['items_missing_from_some_source']} items missing from some source" \
+        if m.get("items_missing_from_some_source") else ""
+    return _finish(ns, m, f"coder {m['coder_id']}: {cfg.output} ({m['items_coded']} items x {m['n_codes']} codes, "
+                          f"ids < {m['length']}{extra}; {m['seconds_total']:.1f}s)")
+
+
+def _run_sketch(ns: argparse.Namespace) -> int:
+    from ..cli import spark_from_args
+    from .sketch import run_sketch
+
+    cfg = _config(ns, "sketch", SketchConfig)
+    m = run_sketch(spark_from_args(ns), cfg)
+    rej = ", ".join(f"{k} {v}" for k, v in m["rejected"].items()) or "none"
+    return _finish(ns, m, f"sketches: {cfg.output} ({m['customers']} customers from {m['accepted']} of "
+                          f"{m['input_rows']} events; rejected: {rej}; as-of {m['cutoff']}; {m['seconds_total']:.1f}s)")
+
+
+def _run_recommend(ns: argparse.Namespace) -> int:
+    from ..cli import spark_from_args
+    from .recommend import run_recommend
+
+    cfg = _config(ns, "recommend", RecommendConfig)
+    m = run_recommend(spark_from_args(ns), cfg)
+    return _finish(ns, m, f"recommendations: {cfg.output} ({m['customers']} customers x top {cfg.k} of "
+                          f"{m['candidates']} candidates, {cfg.scoring} decoder; {m['seconds_total']:.1f}s)")
+
+
+def _run_similar(ns: argparse.Namespace) -> int:
+    from ..cli import spark_from_args
+    from .similar import run_similar_customers
+
+    cfg = _config(ns, "similar-customers", SimilarCustomersConfig)
+    m = run_similar_customers(spark_from_args(ns), cfg)
+    return _finish(ns, m, f"similar customers: {cfg.output} ({m['customers']} customers x top {cfg.k}; "
+                          f"{m['seconds_total']:.1f}s)")
