@@ -1,0 +1,98 @@
+#!/usr/bin/env bash
+# Package spark_cleora for spark-submit on a cluster, the way the PySpark packaging guide recommends:
+#
+#   OUT/spark_cleora-<version>-py3-none-any.whl   the package (pip wheel of this checkout)
+#   OUT/spark_cleora-env.tar.gz                   a packed venv (venv-pack): the wheel + its dependencies
+#
+# Ship the environment with the job; executors unpack it as ./env and run its Python:
+#
+#   spark-submit --master spark://HOST:7077 --archives OUT/spark_cleora-env.tar.gz#env \
+#     --conf spark.pyspark.python=./env/bin/python jobs/embed.py INPUT ... --output OUT_DIR
+#
+# (the driver of a client-mode job needs the same packages: point spark.pyspark.driver.python at a
+# local install or an unpacked copy of the archive.)
+#
+# pyspark itself is left out by default: every Spark installation puts its own pyspark on the
+# executors' PYTHONPATH ($SPARK_HOME/python/lib/pyspark.zip), and the package would add ~450 MB.
+# --with-pyspark includes it (for images without Spark's Python files).
+#
+# venv-pack keeps bin/python as a link to the interpreter the venv was made from, so the cluster
+# nodes need that same Python (version and path); build with --python pointing at the interpreter
+# your nodes have. Where they differ, use conda-pack or bake the wheel into the node image instead.
+#
+# usage: scripts/package.sh [--python PY] [--out DIR] [--with-pyspark] [--compress-level 0-9]
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+PY="${PYTHON:-python3}"
+OUT="$ROOT/dist"
+WITH_PYSPARK=0
+LEVEL=4
+
+while [[ $# -gt 0 ]]; do
+  case "$1" in
+    --python) PY="$2"; shift 2 ;;
+    --out) OUT="$2"; shift 2 ;;
+    --with-pyspark) WITH_PYSPARK=1; shift ;;
+    --compress-level) LEVEL="$2"; shift 2 ;;
+    -h|--help) sed -n '2,24p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) echo "package.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
+  esac
+done
+
+"$PY" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else 1)' \
+  || { echo "package.sh: $PY is Python < 3.11; PySpark 4.3 needs 3.11+ (use --python)" >&2; exit 2; }
+mkdir -p "$OUT"
+OUT="$(cd "$OUT" && pwd)"
+WORK="$(mktemp -d "${TMPDIR:-/tmp}/spark_cleora_package.XXXXXX")"
+trap 'rm -rf "$WORK"' EXIT
+
+say() { echo "package.sh: $*" >&2; }
+
+# 1. The wheel, built from a clean copy of the sources (no build/ or *.egg-info left in the checkout).
+say "building the wheel with $("$PY" --version 2>&1)"
+mkdir -p "$WORK/src"
+cp -R "$ROOT/pyproject.toml" "$ROOT/README.md" "$ROOT/spark_cleora" "$WORK/src/"
+find "$WORK/src" -name __pycache__ -prune -exec rm -rf {} +
+rm -f "$OUT"/spark_cleora-*.whl
+"$PY" -m pip wheel --quiet --disable-pip-version-check --no-deps --wheel-dir "$OUT" "$WORK/src"
+WHEEL="$(ls "$OUT"/spark_cleora-*.whl)"
+say "wheel: $WHEEL"
+
+# 2. A fresh venv with the wheel and its runtime dependencies (read from the wheel's metadata).
+DEPS="$("$PY" - "$WHEEL" "$WITH_PYSPARK" <<'EOF'
+import re, sys, zipfile
+wheel, with_pyspark = sys.argv[1], sys.argv[2] == "1"
+with zipfile.ZipFile(wheel) as z:
+    meta = next(n for n in z.namelist() if n.endswith(".dist-info/METADATA"))
+    lines = z.read(meta).decode().splitlines()
+for line in lines:
+    if not line.startswith("Requires-Dist:"):
+        continue
+    req = line.split(":", 1)[1].strip()
+    if "extra ==" in req:
+        continue  # optional extras (test, ...) are not runtime dependencies
+    name = re.split(r"[ ;<>=!~\[(]", req, maxsplit=1)[0].lower()
+    if name == "pyspark" and not with_pyspark:
+        continue
+    print(req.split(";")[0].strip())
+EOF
+)"
+say "creating the environment: $(echo "$DEPS" | tr '\n' ' ')"
+"$PY" -m venv "$WORK/env"
+PIP=("$WORK/env/bin/python" -m pip --quiet --disable-pip-version-check)
+mapfile -t DEP_ARRAY <<< "$DEPS"
+"${PIP[@]}" install "${DEP_ARRAY[@]}"
+"${PIP[@]}" install --no-deps "$WHEEL"
+"$WORK/env/bin/python" -c 'import numpy, scipy, pandas, pyarrow, xxhash, importlib.util as u; assert u.find_spec("spark_cleora")'
+
+# 3. Pack it. venv-pack runs from a throwaway tools venv, so it is not inside the archive.
+"$PY" -m venv "$WORK/tools"
+"$WORK/tools/bin/python" -m pip --quiet --disable-pip-version-check install "venv-pack>=0.2"
+ARCHIVE="$OUT/spark_cleora-env.tar.gz"
+"$WORK/tools/bin/venv-pack" --prefix "$WORK/env" --output "$ARCHIVE" --force --quiet \
+  --compress-level "$LEVEL" --exclude 'bin/pip*' --exclude 'lib/*/site-packages/pip/*' \
+  --exclude 'lib/*/site-packages/pip-*' --exclude 'lib/*/site-packages/setuptools*' --exclude 'lib/*/site-packages/_distutils_hack*'
+say "environment: $ARCHIVE ($(du -h "$ARCHIVE" | cut -f1))"
+echo "$WHEEL"
+echo "$ARCHIVE"

@@ -1,0 +1,139 @@
+"""spark-submit on a real Spark standalone cluster (master + two worker JVMs on 127.0.0.1), shipping the
+package the way users do: ``scripts/package.sh`` builds a wheel and a packed venv, spark-submit ships
+the venv with ``--archives env.tar.gz#env`` and the executors run ``./env/bin/python``. Nothing is
+installed on the workers; their results must equal a classic local run.
+
+The packed environment is cached under ``$SPARK_CLEORA_PACKAGE_CACHE`` (default
+``~/.cache/spark_cleora/package``), keyed by a hash of the sources and package.sh, so only the first
+run after a change pays for building it.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from pyspark.testing import assertDataFrameEqual
+
+from spark_cleora.cli import main
+from spark_cleora.session import JavaNotFoundError, check_java
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), os.pardir))
+SAMPLE = os.path.join(ROOT, "spark_cleora", "data", "sample_events.csv")
+EMBED_ARGS = [SAMPLE, "--input-format", "csv", "--hyperedge", "user_id", "--entity", "item", "--timestamp", "ts",
+              "--session-gap", "1800", "--dim", "16", "--iterations", "2"]
+
+pytestmark = pytest.mark.slow
+
+
+def _source_hash() -> str:
+    h = hashlib.sha256(sys.version.encode())
+    files = [os.path.join(ROOT, "pyproject.toml"), os.path.join(ROOT, "scripts", "package.sh")]
+    files += sorted(glob.glob(os.path.join(ROOT, "spark_cleora", "**", "*"), recursive=True))
+    for f in files:
+        if os.path.isfile(f) and "__pycache__" not in f:
+            h.update(os.path.relpath(f, ROOT).encode())
+            h.update(open(f, "rb").read())
+    return h.hexdigest()[:16]
+
+
+@pytest.fixture(scope="module")
+def package(tmp_path_factory):
+    """(archive, driver python): package.sh's output, and the archive unpacked for the client-mode driver."""
+    cache = os.environ.get("SPARK_CLEORA_PACKAGE_CACHE") or os.path.join(
+        os.path.expanduser("~"), ".cache", "spark_cleora", "package")
+    out = os.path.join(cache, _source_hash())
+    archive = os.path.join(out, "spark_cleora-env.tar.gz")
+    driver_env = os.path.join(out, "driver-env")
+    if not os.path.exists(os.path.join(driver_env, ".complete")):
+        shutil.rmtree(out, ignore_errors=True)
+        t0 = time.perf_counter()
+        res = subprocess.run(["bash", os.path.join(ROOT, "scripts", "package.sh"), "--python", sys.executable,
+                              "--out", out, "--compress-level", "1"], capture_output=True, text=True, timeout=900)
+        assert res.returncode == 0, res.stderr[-3000:]
+        os.makedirs(driver_env)
+        subprocess.run(["tar", "-xzf", archive, "-C", driver_env], check=True)  # as Spark unpacks --archives
+        open(os.path.join(driver_env, ".complete"), "w").close()
+        print(f"package.sh: {time.perf_counter() - t0:.1f}s")
+        for old in glob.glob(os.path.join(cache, "*")):  # keep only the current build
+            if old != out:
+                shutil.rmtree(old, ignore_errors=True)
+    assert glob.glob(os.path.join(out, "spark_cleora-*-py3-none-any.whl"))
+    return archive, os.path.join(driver_env, "bin", "python")
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    """A standalone master and two 1-core/1 GiB workers; stopped in the finalizer even on failure."""
+    try:
+        check_java()
+    except JavaNotFoundError as exc:
+        pytest.skip(f"no Java for a Spark cluster: {exc}")
+    d = str(tmp_path_factory.mktemp("cluster"))
+    script = os.path.join(ROOT, "scripts", "local_cluster.sh")
+    env = dict(os.environ, PYTHON=sys.executable)
+    try:
+        res = subprocess.run(["bash", script, "start", "--dir", d, "--workers", "2", "--cores", "1", "--memory", "1g"],
+                             capture_output=True, text=True, env=env, timeout=300)
+        if res.returncode != 0:
+            pytest.skip(f"the local standalone cluster did not start: {res.stderr.strip()[-1500:]}")
+        yield res.stdout.strip().splitlines()[-1]
+    finally:
+        subprocess.run(["bash", script, "stop", "--dir", d], capture_output=True, text=True, env=env, timeout=120)
+
+
+def _submit(master: str, package, job: str, args: list[str], cwd: str) -> str:
+    archive, driver_python = package
+    spark_home = os.path.dirname(__import__("pyspark").__file__)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYSPARK_", "SPARK_")) and k != "PYTHONPATH"}
+    env.update(SPARK_HOME=spark_home, SPARK_LOCAL_IP="127.0.0.1")
+    cmd = [
+        os.path.join(spark_home, "bin", "spark-submit"), "--master", master, "--deploy-mode", "client",
+        "--archives", f"{archive}#env",
+        "--conf", "spark.pyspark.python=./env/bin/python",  # executors: the shipped environment
+        "--conf", f"spark.pyspark.driver.python={driver_python}",  # driver: the same archive, unpacked
+        "--conf", "spark.executor.memory=512m", "--conf", "spark.executor.cores=1", "--conf", "spark.cores.max=2",
+        "--conf", "spark.driver.host=127.0.0.1", "--conf", "spark.driver.bindAddress=127.0.0.1",
+        "--conf", "spark.ui.enabled=false", "--conf", "spark.sql.shuffle.partitions=4",
+        os.path.join(ROOT, "jobs", job), *args,
+    ]
+    res = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=cwd, timeout=900)
+    log = res.stdout + res.stderr
+    assert res.returncode == 0, log[-5000:]
+    return log
+
+
+def test_packaged_environment_carries_the_package_without_the_checkout(package, tmp_path):
+    _, driver_python = package
+    res = subprocess.run([driver_python, "-c", "import importlib.util as u; print(u.find_spec('spark_cleora').origin)"],
+                         capture_output=True, text=True, cwd=str(tmp_path), env={"PATH": os.environ.get("PATH", "")})
+    assert res.returncode == 0, res.stderr
+    origin = res.stdout.strip()
+    assert "site-packages" in origin and not origin.startswith(ROOT), origin
+
+
+def test_embed_on_a_standalone_cluster_equals_local_mode(spark, cluster, package, tmp_path):
+    cluster_out = str(tmp_path / "cluster_emb")
+    t0 = time.perf_counter()
+    log = _submit(cluster, package, "embed.py", [*EMBED_ARGS, "--output", cluster_out], cwd=str(tmp_path))
+    print(f"spark-submit embed on the cluster: {time.perf_counter() - t0:.1f}s")
+    assert "Granted executor ID" in log  # executors ran in the worker JVMs
+    assert "iteration 2/2" in log and os.path.exists(os.path.join(cluster_out, "_SUCCESS"))
+
+    local_out = str(tmp_path / "local_emb")
+    assert main(["embed", *EMBED_ARGS, "--output", local_out]) == 0  # classic local[2] session
+    got, ref = spark.read.parquet(cluster_out), spark.read.parquet(local_out)
+    assertDataFrameEqual(got.drop("embedding"), ref.drop("embedding"))
+    a = {r["entity"]: np.asarray(r["embedding"]) for r in got.collect()}
+    b = {r["entity"]: np.asarray(r["embedding"]) for r in ref.collect()}
+    assert set(a) == set(b) and len(a) == 48
+    diff = max(float(np.abs(a[k] - b[k]).max()) for k in b)
+    print(f"cluster vs local max abs difference: {diff:.3g}")
+    assert diff <= 1e-6
