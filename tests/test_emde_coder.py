@@ -109,3 +109,12 @@ def test_biases_never_touch_a_fitted_projection():
     above = np.array([3.0, np.nan, 5.0])
     b = dlsh.biases_between(at, above)
     assert b[0] == 2.0 and b[1] > 2.0 and b[2] > 5.0
+
+
+def test_partial_moments_merge_to_the_exact_moments():
+    x = np.random.default_rng(0).normal(3.0, 2.0, size=(101, 5))
+    parts = [dlsh.batch_moments(x[a:b]) for a, b in ((0, 10), (10, 10), (10, 64), (64, 101))]
+    n, mean, m2 = dlsh.merge_moments(parts)
+    assert n == 101
+    np.testing.assert_allclose(mean, x.mean(0), rtol=1e-12)
+    np.testing.assert_allclose(np.sqrt(m2 / n), x.std(0), rtol=1e-12)

@@ -132,13 +132,20 @@ def _check_source(df: DataFrame, name: str) -> tuple[int, int]:
 
 
 def _moments(df: DataFrame, dim: int) -> tuple[int, np.ndarray, np.ndarray]:
-    """Mean and population std per dimension (Spark's numerically stable central moments)."""
-    r = df.agg(F.count(F.lit(1)).alias("n"),
-               *[F.avg(F.col("embedding")[j]).alias(f"m{j}") for j in range(dim)],
-               *[F.var_pop(F.col("embedding")[j]).alias(f"v{j}") for j in range(dim)]).collect()[0]
-    mean = np.array([r[f"m{j}"] for j in range(dim)], dtype=np.float64)
-    var = np.array([r[f"v{j}"] for j in range(dim)], dtype=np.float64)
-    return int(r["n"]), mean, np.sqrt(np.maximum(var, 0.0))
+    """Exact mean and population std per dimension, merged from per-batch moments.
+
+    (numpy per Arrow batch: one SQL aggregate per dimension is ~10x slower for a 256-d table.)
+    """
+
+    def partial(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        for b in batches:
+            cnt, mu, m2 = dlsh.batch_moments(from_list_array(b.column("embedding"), dim))
+            yield pa.RecordBatch.from_pydict({"n": [cnt], "mean": [mu.tobytes()], "m2": [m2.tobytes()]})
+
+    rows = df.select("embedding").mapInArrow(partial, "n long, mean binary, m2 binary").collect()
+    parts = [(int(r["n"]), np.frombuffer(r["mean"]), np.frombuffer(r["m2"])) for r in rows]
+    n, mean, m2 = dlsh.merge_moments(parts)
+    return n, mean, np.sqrt(m2 / n)
 
 
 def _projections(df: DataFrame, *, mean: np.ndarray, scale: np.ndarray, directions: np.ndarray) -> DataFrame:

@@ -82,6 +82,34 @@ def codes_from_projections(proj: np.ndarray, biases: np.ndarray, *, depth: int, 
     return (offset + np.arange(depth, dtype=np.int64) * (1 << bits) + rel).astype(np.int32)
 
 
+def batch_moments(emb: np.ndarray) -> tuple[int, np.ndarray, np.ndarray]:
+    """``(count, mean, sum of squared deviations)`` of one batch, in float64."""
+    x = np.asarray(emb, dtype=np.float64)
+    if len(x) == 0:
+        return 0, np.zeros(x.shape[1]), np.zeros(x.shape[1])
+    mu = x.mean(0)
+    return len(x), mu, ((x - mu) ** 2).sum(0)
+
+
+def merge_moments(parts: list[tuple[int, np.ndarray, np.ndarray]]) -> tuple[int, np.ndarray, np.ndarray]:
+    """Combine per-batch ``(count, mean, M2)`` into the whole table's (Chan et al.'s pairwise update)."""
+    n, mean, m2 = 0, None, None
+    for cnt, mu, sq in parts:
+        if cnt == 0:
+            continue
+        if mean is None:
+            n, mean, m2 = cnt, mu.astype(np.float64), sq.astype(np.float64)
+            continue
+        tot = n + cnt
+        delta = mu - mean
+        mean = mean + delta * (cnt / tot)
+        m2 = m2 + sq + delta * delta * (n * cnt / tot)
+        n = tot
+    if mean is None:
+        raise ValueError("no rows to fit on")
+    return n, mean, m2
+
+
 def params_digest(sources: list[SourceParams], header: str) -> str:
     """A content hash of a coder: equal digests <=> identical codes for every input."""
     h = hashlib.sha256(header.encode())

@@ -93,7 +93,8 @@ def _finite(c: Column) -> Column:
     return c.isNotNull() & ~F.isnan(c) & (F.abs(c) != float("inf"))
 
 
-def _decay(anchor: Column, t: Column, half_life: float | None) -> Column:
+def decay_factor(anchor: Column, t: Column, half_life: float | None) -> Column:
+    """``0.5 ** ((anchor - t) / half_life)``, or 1 without a half-life."""
     return F.lit(1.0) if half_life is None else F.pow(F.lit(0.5), (anchor - t) / F.lit(half_life))
 
 
@@ -200,7 +201,7 @@ def build_sketches(
         anchor = F.lit(as_of).cast("double")
 
     per_pair = accepted.groupBy("c", "i").agg(
-        F.count(F.lit(1)).alias("n"), F.sum(F.col("w") * _decay(anchor, F.col("t"), half_life)).alias("s"))
+        F.count(F.lit(1)).alias("n"), F.sum(F.col("w") * decay_factor(anchor, F.col("t"), half_life)).alias("s"))
     new_parts = per_pair.join(codes.select(F.col("item").alias("i"), "codes"), "i") \
         .select("c", F.posexplode("codes").alias("pos", "idx"), F.col("s").alias("v"),
                 F.when(F.col("pos") == 0, F.col("n")).otherwise(F.lit(0)).alias("n"))
@@ -214,7 +215,7 @@ def build_sketches(
         prev_anchor = F.col("anchor") if anchors is not None else F.lit(as_of).cast("double")
         prev_parts = prev.select(
             "c", F.col("e.idx").alias("idx"),
-            (F.col("e.val").cast("double") * _decay(prev_anchor, F.col("as_of"), half_life)).alias("v"),
+            (F.col("e.val").cast("double") * decay_factor(prev_anchor, F.col("as_of"), half_life)).alias("v"),
             F.when(F.col("pos") == 0, F.col("n_events")).otherwise(F.lit(0)).alias("n"))
         parts = parts.unionByName(prev_parts)
         items = items.unionByName(previous.items.select("item", "n_events", "weight")) \

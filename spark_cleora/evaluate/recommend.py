@@ -1,0 +1,379 @@
+"""``spark-cleora evaluate recommend``: leave-last-out top-k recommendation, EMDE vs baselines.
+
+Protocol (one run, all methods on the same split):
+
+1. Each customer's events are ordered by time (newest first; ties by ``xxhash64(split_seed, customer,
+   item)``, so ratings given in the same second do not favour low item ids). ``--holdout last``: the
+   newest event is the test item and the rest is training; ``second-to-last`` (validation): the
+   newest event is dropped and the one before is held out. Customers with too few events only train.
+   Without timestamps the order is the hash alone (a random leave-one-out).
+2. Item embeddings: Cleora on the *training* events only (hyperedge = customer, entity = item).
+3. EMDE: fit the coder on those embeddings, sketch every customer's training events (``--half-life``,
+   ``--decay-anchor``), recommend ``k`` items per test customer with each decoder.
+4. Baselines on the same split: ``popularity`` (most frequent training items) and ``knn``, Cleora
+   item-kNN: ``score(i) = sum_j w_j cos(e_i, e_j)`` over the customer's training items with the same
+   decay weights ``w_j`` as the sketches.
+5. Items the customer has in training are never recommended (``--no-exclude-seen`` to allow them).
+   Metrics over all test customers (a test item unseen in training is a miss for every method):
+   Recall@k (= HitRate@k, one held-out item), NDCG@k, MRR@k.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+from pyspark.sql import DataFrame, SparkSession, Window
+from pyspark.sql import functions as F
+
+from ..config import ConfigError
+from ..embed import embed
+from ..emde.coder import fit_coder, item_codes
+from ..emde.recommend import recommend
+from ..emde.score import Kernel, top_k
+from ..emde.sketch import build_sketches, decay_factor, epoch_seconds
+from ..session import job_description
+from ..vectors import from_list_array
+from .graphs import embed_options, write_report
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """Where a public dataset lives under the shared data directory and how to read it."""
+
+    files: tuple[str, ...]
+    sep: str
+    header: bool
+    columns: tuple[str, ...]  # names given to the columns (or chosen from the header)
+    customer: str
+    item: str
+    timestamp: str | None  # "_row" = the row order of the file
+    half_life: float | None  # default decay for the preset (seconds, or events for "_row")
+    exclude_seen: bool = True
+
+
+DATASETS = {
+    "ml-100k": Dataset(("ml-100k/u.data",), "\t", False, ("user", "item", "rating", "ts"), "user", "item", "ts", 120.0),
+    "lastfm": Dataset(("lastfm-hetrec2011-2k/user_artists.dat",), "\t", True, ("userID", "artistID", "weight"),
+                      "userID", "artistID", None, None),
+    "amazon-games": Dataset(("amazon-games-sasrec/Video.txt",), " ", False, ("user", "item"), "user", "item", "_row", 2.0),
+    "rsc15": Dataset(("yoochoose-rsc15-100k/yoochoose-clicks-100k_train_full.txt",
+                      "yoochoose-rsc15-100k/yoochoose-clicks-100k_test.txt"),
+                     "\t", True, ("SessionId", "ItemId", "Time"), "SessionId", "ItemId", "Time", 600.0,
+                     exclude_seen=False),
+}
+
+
+def shared_data_dir() -> Path:
+    """``../shared/data`` beside the repository, or ``$SPARK_CLEORA_SHARED_DATA``."""
+    env = os.environ.get("SPARK_CLEORA_SHARED_DATA")
+    return Path(env) if env else Path(__file__).resolve().parents[3] / "shared" / "data"
+
+
+def read_dataset(spark: SparkSession, name: str, data_dir: Path | None = None) -> tuple[DataFrame, Dataset]:
+    """Events ``c``, ``i``, ``t`` (double or null), ``w`` of a preset dataset."""
+    ds = DATASETS[name]
+    root = data_dir or shared_data_dir()
+    paths = [str((root / f).resolve()) for f in ds.files]
+    for p in paths:
+        if not os.path.exists(p):
+            raise ConfigError(f"dataset {name}: {p} not found (set --data-dir or SPARK_CLEORA_SHARED_DATA)")
+    df = spark.read.option("sep", ds.sep).option("header", ds.header).csv(paths)
+    if not ds.header:
+        df = df.toDF(*ds.columns[: len(df.columns)])
+    # every value is a string here: trim (lastfm has CRLF line ends)
+    df = df.select(*[F.trim(F.col(c)).alias(c) for c in df.columns])
+    if ds.timestamp == "_row":
+        # one file read in order: ids increase with the file position, i.e. with each user's time order
+        t = F.monotonically_increasing_id().cast("double")
+    elif ds.timestamp:
+        t = F.col(ds.timestamp).cast("double")
+    else:
+        t = F.lit(None).cast("double")
+    return df.select(F.col(ds.customer).alias("c"), F.col(ds.item).alias("i"), t.alias("t"), F.lit(1.0).alias("w")), ds
+
+
+def split_last(events: DataFrame, *, holdout: str, seed: int) -> tuple[DataFrame, DataFrame]:
+    """(train, test) by leave-last-out: test = one event per customer with enough events."""
+    skip = {"last": 0, "second-to-last": 1}[holdout]
+    order = Window.partitionBy("c").orderBy(F.col("t").desc_nulls_last(), F.xxhash64(F.lit(seed), "c", "i"), "i")
+    ranked = events.withColumn("_r", F.row_number().over(order)) \
+        .withColumn("_n", F.count(F.lit(1)).over(Window.partitionBy("c")))
+    eligible = F.col("_n") >= skip + 2  # at least one training event remains
+    test = ranked.filter(eligible & (F.col("_r") == skip + 1))
+    train = ranked.filter(~eligible | (F.col("_r") > skip + 1))
+    return train.drop("_r", "_n"), test.select("c", "i")
+
+
+def metrics(recs: DataFrame, test: DataFrame, *, k: int) -> dict[str, float]:
+    """Recall@k, NDCG@k and MRR@k over every test customer (no recommendations = a miss)."""
+    joined = test.join(recs.select(F.col("customer").alias("c"), "items"), "c", "left")
+    pos = F.coalesce(F.array_position(F.slice(F.coalesce("items", F.array().cast("array<string>")), 1, k), F.col("i")),
+                     F.lit(0))
+    r = joined.select(pos.alias("p")).agg(
+        F.count(F.lit(1)).alias("n"),
+        F.avg((F.col("p") > 0).cast("double")).alias("recall"),
+        F.avg(F.when(F.col("p") > 0, 1.0 / F.log2(F.col("p") + 1.0)).otherwise(0.0)).alias("ndcg"),
+        F.avg(F.when(F.col("p") > 0, 1.0 / F.col("p")).otherwise(0.0)).alias("mrr"),
+    ).collect()[0]
+    return {f"recall@{k}": float(r["recall"]), f"ndcg@{k}": float(r["ndcg"]), f"mrr@{k}": float(r["mrr"]),
+            "customers": int(r["n"])}
+
+
+def popularity_baseline(train: DataFrame, queries: DataFrame, *, k: int, exclude: bool, n_queries: int) -> DataFrame:
+    """The ``k`` most frequent training items (ties by id) the customer has not seen."""
+    counts = train.groupBy(F.col("i").alias("id")).agg(F.count(F.lit(1)).alias("n"))
+    cands = counts.select("id", F.array().cast("array<int>").alias("idx"), F.array().cast("array<float>").alias("val"),
+                          F.log("n").alias("prior"))
+    q = _with_exclusions(queries.select(F.col("c").alias("id"), F.array().cast("array<int>").alias("idx"),
+                                        F.array().cast("array<float>").alias("val")), train, exclude)
+    out = top_k(q, cands, kernel=Kernel(length=1), k=k, n_queries=n_queries)
+    return out.withColumnRenamed("id", "customer")
+
+
+def knn_baseline(train_w: DataFrame, emb: DataFrame, queries: DataFrame, *, dim: int, k: int, exclude: bool,
+                 n_queries: int) -> DataFrame:
+    """Cleora item-kNN: ``sum_j w_j cos(e_i, e_j)`` = ``<e_i, sum_j w_j e_j>`` (unit-norm embeddings)."""
+    vecs = train_w.join(queries.select("c"), "c", "left_semi") \
+        .join(emb.select(F.col("entity").alias("i"), "embedding"), "i").select("c", "wt", "embedding")
+
+    def user_vector(tbl: pa.Table) -> pa.Table:
+        e = from_list_array(tbl.column("embedding"), dim).astype(np.float64)
+        v = (tbl.column("wt").to_numpy() @ e).astype(np.float32)
+        return pa.table({"id": [tbl.column("c")[0].as_py()], "idx": [list(range(dim))], "val": [v.tolist()]},
+                        schema=pa.schema([("id", pa.string()), ("idx", pa.list_(pa.int32())),
+                                          ("val", pa.list_(pa.float32()))]))
+
+    q = vecs.groupBy("c").applyInArrow(user_vector, "id string, idx array<int>, val array<float>")
+    q = _with_exclusions(q, train_w, exclude)
+    cands = emb.select(F.col("entity").alias("id"), F.sequence(F.lit(0), F.lit(dim - 1)).alias("idx"),
+                       F.col("embedding").alias("val"), F.lit(0.0).alias("prior"))
+    out = top_k(q, cands, kernel=Kernel(length=dim), k=k, n_queries=n_queries)
+    return out.withColumnRenamed("id", "customer")
+
+
+def _with_exclusions(queries: DataFrame, train: DataFrame, exclude: bool) -> DataFrame:
+    if not exclude:
+        return queries
+    seen = train.groupBy(F.col("c").alias("id")).agg(F.collect_set("i").alias("exclude"))
+    return queries.join(seen, "id", "left")
+
+
+def evaluate_recommend(
+    spark: SparkSession,
+    events: DataFrame,
+    *,
+    work_dir: str,
+    k: int = 10,
+    holdout: str = "last",
+    split_seed: int = 0,
+    embed_opts: dict[str, Any] | None = None,
+    depth: int = 10,
+    bits: int = 7,
+    coder_seeds: tuple[int, ...] = (0,),
+    half_life: float | None = None,
+    decay_anchor: str = "last-event",
+    scorings: tuple[str, ...] = ("popularity", "geometric"),
+    sketch_weights: tuple[float, ...] = (0.5,),
+    exclude_seen: bool = True,
+    baselines: tuple[str, ...] = ("popularity", "knn"),
+) -> dict[str, Any]:
+    """Run the protocol of the module docstring on ``events`` (``c``, ``i``, ``t``, ``w`` columns)."""
+    t_all = time.perf_counter()
+    times: dict[str, float] = {}
+    clock = [time.perf_counter()]
+
+    def lap(name: str) -> None:
+        now = time.perf_counter()
+        times[name] = round(times.get(name, 0.0) + now - clock[0], 2)
+        clock[0] = now
+
+    has_time = events.filter(F.col("t").isNotNull()).limit(1).count() > 0
+    if half_life is not None and not has_time:
+        raise ConfigError("--half-life needs timestamps; this dataset has none")
+    if decay_anchor == "last-event" and half_life is None:
+        decay_anchor = "as-of"
+    clean = events.filter(F.col("c").isNotNull() & F.col("i").isNotNull()) \
+        .select(F.col("c").cast("string").alias("c"), F.col("i").cast("string").alias("i"), "t", "w")
+    train, test = split_last(clean, holdout=holdout, seed=split_seed)
+    wd = work_dir.rstrip("/")
+    with job_description(spark, "spark_cleora evaluate recommend: split"):
+        train.write.mode("overwrite").parquet(f"{wd}/train")
+        test.write.mode("overwrite").parquet(f"{wd}/test")
+    train, test = spark.read.parquet(f"{wd}/train"), spark.read.parquet(f"{wd}/test")
+    n_test = test.count()
+    sizes = train.agg(F.count(F.lit(1)).alias("events"), F.count_distinct("c").alias("customers"),
+                      F.count_distinct("i").alias("items")).collect()[0]
+    cold = test.join(train.select("i").distinct(), "i", "left_anti").count()
+    lap("split")
+
+    opts = {"dim": 256, "iterations": 3, **(embed_opts or {})}
+    with job_description(spark, "spark_cleora evaluate recommend: embed training events"):
+        emb = embed(train, hyperedge="c", entity="i", **opts).select("entity", "embedding")
+        emb.write.mode("overwrite").parquet(f"{wd}/emb")
+    emb = spark.read.parquet(f"{wd}/emb")
+    dim = len(emb.select("embedding").first()["embedding"])
+    lap("embed")
+
+    test_customers = test.select("c")
+    results: dict[str, Any] = {}
+    for seed in coder_seeds:
+        coder = fit_coder([emb], names=["train_embeddings"], depth=depth, bits=bits, seed=seed)
+        item_codes(coder, [emb]).write.mode("overwrite").parquet(f"{wd}/codes")
+        codes = spark.read.parquet(f"{wd}/codes")
+        lap("emde_fit")
+        sk = build_sketches(train, codes, customer="c", item="i", timestamp="t" if has_time else None,
+                            weight="w", half_life=half_life, decay_anchor=decay_anchor)
+        sk.sketches.join(test_customers.withColumnRenamed("c", "customer"), "customer", "left_semi") \
+            .write.mode("overwrite").parquet(f"{wd}/sketches")
+        sk.items.write.mode("overwrite").parquet(f"{wd}/items")
+        sketches, items = spark.read.parquet(f"{wd}/sketches"), spark.read.parquet(f"{wd}/items")
+        n_sk = sketches.count()
+        lap("emde_sketch")
+        for scoring in scorings:
+            for weight in (sketch_weights if scoring == "popularity" else (None,)):
+                name = f"emde_{scoring}" + (f"_w{weight:g}" if weight is not None else "")
+                recs, _ = recommend(sketches, codes, width=coder.width, n_codes=coder.n_codes, k=k, scoring=scoring,
+                                    sketch_weight=weight if weight is not None else 0.5, popularity=items,
+                                    seen=train.select(F.col("c").alias("customer"), F.col("i").alias("item"))
+                                    if exclude_seen else None, n_customers=n_sk)
+                with job_description(spark, f"spark_cleora evaluate recommend: {name}"):
+                    results.setdefault(name, []).append(metrics(recs, test, k=k))
+                lap("emde_recommend")
+
+    if "popularity" in baselines:
+        recs = popularity_baseline(train, test_customers, k=k, exclude=exclude_seen, n_queries=n_test)
+        results["popularity"] = [metrics(recs, test, k=k)]
+        lap("popularity")
+    if "knn" in baselines:
+        if decay_anchor == "last-event":
+            w = train.join(train.groupBy("c").agg(F.max("t").alias("anchor")), "c")
+            wt = F.col("w") * decay_factor(F.col("anchor"), F.col("t"), half_life)
+        else:
+            as_of = train.agg(F.max("t")).collect()[0][0] if has_time else None
+            w = train
+            wt = F.col("w") * decay_factor(F.lit(as_of).cast("double"), F.col("t"), half_life)
+        recs = knn_baseline(w.withColumn("wt", wt), emb, test_customers, dim=dim, k=k, exclude=exclude_seen,
+                            n_queries=n_test)
+        results["knn"] = [metrics(recs, test, k=k)]
+        lap("knn")
+
+    summary = {}
+    for name, runs in results.items():
+        keys = [key for key in runs[0] if key != "customers"]
+        summary[name] = {key: float(np.mean([r[key] for r in runs])) for key in keys}
+        if len(runs) > 1:
+            summary[name].update({f"{key}_min": min(r[key] for r in runs) for key in keys})
+            summary[name].update({f"{key}_max": max(r[key] for r in runs) for key in keys})
+    return {
+        "protocol": {"holdout": holdout, "split_seed": split_seed, "k": k, "exclude_seen": exclude_seen},
+        "data": {"train_events": int(sizes["events"]), "train_customers": int(sizes["customers"]),
+                 "train_items": int(sizes["items"]), "test_customers": n_test, "test_items_not_in_train": cold,
+                 "has_timestamps": has_time},
+        "embedding": opts, "emde": {"depth": depth, "bits": bits, "coder_seeds": list(coder_seeds),
+                                     "half_life": half_life, "decay_anchor": decay_anchor,
+                                     "sketch_weights": list(sketch_weights)},
+        "results": summary, "runs": results, "seconds": times,
+        "seconds_total": round(time.perf_counter() - t_all, 1),
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# CLI
+# --------------------------------------------------------------------------------------------
+
+def register(esub: argparse._SubParsersAction) -> None:
+    from ..cli import add_embedding_options, add_spark_options
+
+    p = esub.add_parser(
+        "recommend", help="leave-last-out recommendation: EMDE vs popularity and Cleora item-kNN",
+        description=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
+    g = p.add_argument_group("data (a preset, or an event table)")
+    g.add_argument("--dataset", choices=sorted(DATASETS), help="a dataset in ../shared/data")
+    g.add_argument("--data-dir", help="the shared data directory (default ../shared/data or $SPARK_CLEORA_SHARED_DATA)")
+    g.add_argument("--events", nargs="+", metavar="PATH", help="event table(s) instead of --dataset")
+    g.add_argument("--events-format", choices=["parquet", "csv", "tsv"], default="parquet")
+    g.add_argument("--customer", help="customer column")
+    g.add_argument("--item", help="item column")
+    g.add_argument("--timestamp", help="event time column (epoch seconds or timestamp)")
+    g = p.add_argument_group("protocol")
+    g.add_argument("--holdout", choices=["last", "second-to-last"], default="last",
+                   help="test on the newest event (default) or validate on the one before")
+    g.add_argument("--split-seed", type=int, default=0, help="seed of the tie-break hash (default 0)")
+    g.add_argument("--k", type=int, default=10, help="list length (default 10)")
+    g.add_argument("--exclude-seen", action=argparse.BooleanOptionalAction, default=None,
+                   help="never recommend training items (default: yes; the rsc15 preset: no)")
+    g.add_argument("--baselines", nargs="*", choices=["popularity", "knn"], default=["popularity", "knn"])
+    g = p.add_argument_group("EMDE")
+    g.add_argument("--depth", type=int, default=10, help="N partitionings (default 10)")
+    g.add_argument("--bits", type=int, default=7, help="K bits, 2**K buckets (default 7)")
+    g.add_argument("--coder-seeds", type=int, nargs="+", default=[0], help="one EMDE run per coder seed (default 0)")
+    g.add_argument("--half-life", type=float, help="decay half-life in seconds (default: the preset's; none)")
+    g.add_argument("--no-decay", action="store_true", help="no decay, even for a preset")
+    g.add_argument("--decay-anchor", choices=["last-event", "as-of"], default="last-event",
+                   help="decay to each customer's newest event (default) or to the newest event overall")
+    g.add_argument("--scoring", nargs="+", choices=["popularity", "geometric"], default=["popularity", "geometric"])
+    g.add_argument("--sketch-weight", type=float, nargs="+", default=[0.5],
+                   help="popularity decoder weights to evaluate (default 0.5)")
+    g = p.add_argument_group("output")
+    g.add_argument("--report", help="write the JSON report here (atomically)")
+    g.add_argument("--work-dir", help="scratch directory (default: a temporary one, removed afterwards)")
+    add_embedding_options(p.add_argument_group("embedding (as `spark-cleora embed`; default --dim 256 --iterations 3)"))
+    add_spark_options(p)
+    p.set_defaults(handler=_run)
+
+
+def _events(spark: SparkSession, ns: argparse.Namespace) -> tuple[DataFrame, float | None, bool]:
+    if ns.dataset:
+        df, ds = read_dataset(spark, ns.dataset, Path(ns.data_dir) if ns.data_dir else None)
+        return df, ds.half_life, ds.exclude_seen
+    if not ns.events or not ns.customer or not ns.item:
+        raise ConfigError("give --dataset NAME, or --events PATH with --customer COL and --item COL")
+    from ..emde.store import read_table
+
+    df = read_table(spark, ns.events, ns.events_format)
+    t = epoch_seconds(df, ns.timestamp) if ns.timestamp else F.lit(None).cast("double")
+    return df.select(F.col(ns.customer).alias("c"), F.col(ns.item).alias("i"), t.alias("t"), F.lit(1.0).alias("w")), None, True
+
+
+def _run(ns: argparse.Namespace) -> int:
+    from ..cli import spark_from_args
+
+    spark = spark_from_args(ns)
+    events, preset_half_life, preset_exclude = _events(spark, ns)
+    half_life = None if ns.no_decay else (ns.half_life if ns.half_life is not None else preset_half_life)
+    exclude = preset_exclude if ns.exclude_seen is None else ns.exclude_seen
+    work = ns.work_dir or tempfile.mkdtemp(prefix="spark_cleora_evalrec_")
+    try:
+        report = evaluate_recommend(
+            spark, events, work_dir=work, k=ns.k, holdout=ns.holdout, split_seed=ns.split_seed,
+            embed_opts=embed_options(ns), depth=ns.depth, bits=ns.bits, coder_seeds=tuple(ns.coder_seeds),
+            half_life=half_life, decay_anchor=ns.decay_anchor, scorings=tuple(ns.scoring),
+            sketch_weights=tuple(ns.sketch_weight), exclude_seen=exclude, baselines=tuple(ns.baselines))
+    finally:
+        if not ns.work_dir:
+            shutil.rmtree(work, ignore_errors=True)
+    report["dataset"] = ns.dataset or list(ns.events)
+    write_report(ns.report, report)
+    k = ns.k
+    print(f"{'method':<28} {'Recall@' + str(k):>10} {'NDCG@' + str(k):>10} {'MRR@' + str(k):>10}")
+    for name, m in report["results"].items():
+        print(f"{name:<28} {m[f'recall@{k}']:>10.4f} {m[f'ndcg@{k}']:>10.4f} {m[f'mrr@{k}']:>10.4f}")
+    d = report["data"]
+    print(f"{d['test_customers']} test customers ({d['test_items_not_in_train']} with an item unseen in training), "
+          f"{d['train_events']} training events; {report['seconds_total']:.0f}s")
+    return 0
+
+
