@@ -52,17 +52,24 @@ def reference_ranks(emb, train, test, k):
     return np.array(ranks)
 
 
-def test_linkpred_matches_a_numpy_reference(spark, edge_file):
-    path, edges = edge_file
-    df, counts = read_edges(spark, EdgeSource(paths=(path,)))
-    assert counts == {"rows": len(edges) + 2, "self_loops_dropped": 1, "duplicates_dropped": 1, "edges": len(edges)}
+@pytest.fixture(scope="module")
+def split_and_embedding(spark, edge_file):
+    """The seed-3 split of the test graph and the embedding of its training edges (shared by two tests)."""
+    df, counts = read_edges(spark, EdgeSource(paths=(edge_file[0],)))
     train, test = split_edges(df, seed=3)
+    emb, _ = embed_edges(spark, train, expansion="clique", options={"dim": 16, "iterations": 2})
+    return df, counts, train, test, emb.localCheckpoint(eager=True)
+
+
+def test_linkpred_matches_a_numpy_reference(spark, edge_file, split_and_embedding):
+    _, edges = edge_file
+    df, counts, train, test, emb = split_and_embedding
+    assert counts == {"rows": len(edges) + 2, "self_loops_dropped": 1, "duplicates_dropped": 1, "edges": len(edges)}
     train_l = [tuple(r) for r in train.collect()]
     test_l = [tuple(r) for r in test.collect()]
     assert sorted(train_l + test_l) == sorted(edges)
     assert 0.14 < len(test_l) / len(edges) < 0.26
     assert sorted(tuple(r) for r in split_edges(df, seed=3)[1].collect()) == sorted(test_l)  # reproducible
-    emb, _ = embed_edges(spark, train, expansion="clique", options={"dim": 16, "iterations": 2})
     emb_d = {r["entity"]: np.asarray(r["embedding"], dtype=np.float64) for r in emb.collect()}
     m = rank_test_edges(emb, train, test, seed=3, sample=0, candidates=60)
     want = reference_ranks(emb_d, train_l, test_l, 60)
@@ -97,12 +104,10 @@ def test_macro_f1_of_a_known_confusion_matrix():
     assert macro_f1(c) == pytest.approx(np.mean(f1))
 
 
-def test_classify_cli_on_saved_embeddings(spark, edge_file, tmp_path, capsys):
+def test_classify_cli_on_saved_embeddings(spark, split_and_embedding, tmp_path, capsys):
     from spark_cleora.evaluate.classify import read_labels, split_nodes
 
-    path, edges = edge_file
-    df, _ = read_edges(spark, EdgeSource(paths=(path,)))
-    emb, _ = embed_edges(spark, df, expansion="clique", options={"dim": 16, "iterations": 2})
+    emb = split_and_embedding[-1]  # training-graph embedding: every node of this graph is in it
     emb_dir = str(tmp_path / "emb")
     emb.write.parquet(emb_dir)
     _, community = planted_partition()
