@@ -20,9 +20,12 @@ def spark():
         yield active
         return
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    # SPARK_CLEORA_TEST_MODE=connect: the whole suite on a local Spark Connect server (as Databricks
+    # serverless runs it); the default suite runs its key end-to-end cases on Connect in test_connect.py.
+    connect = os.environ.get("SPARK_CLEORA_TEST_MODE", "classic") == "connect"
     with tempfile.TemporaryDirectory(prefix="spark_cleora_tests_") as tmp:
         session = (
-            SparkSession.builder.master("local[2]")
+            (SparkSession.builder.remote("local[2]") if connect else SparkSession.builder.master("local[2]"))
             .appName("spark_cleora tests")
             .config("spark.sql.shuffle.partitions", "4")
             .config("spark.default.parallelism", "4")
@@ -34,7 +37,8 @@ def spark():
             .config("spark.driver.memory", "4g")
             .getOrCreate()
         )
-        session.sparkContext.setLogLevel("ERROR")
+        if not connect:
+            session.sparkContext.setLogLevel("ERROR")
         yield session
         session.stop()
 
@@ -49,3 +53,36 @@ def shuffle_partitions(spark):
 
     yield set_
     spark.conf.set("spark.sql.shuffle.partitions", old)
+
+
+class SampleRun:
+    """The bundled sample embedded by ``spark-cleora embed`` in this session: the reference run that the
+    Connect and cluster tests compare with."""
+
+    ARGS = ("--input-format", "csv", "--hyperedge", "user_id", "--entity", "item", "--timestamp", "ts",
+            "--session-gap", "1800", "--dim", "16", "--iterations", "2")
+
+    def __init__(self, spark, output: str) -> None:
+        self.spark, self.output = spark, output
+
+    def vectors(self, path: str | None = None) -> dict:
+        import numpy as np
+
+        rows = self.spark.read.parquet(path or self.output).collect()
+        return {r["entity"]: np.asarray(r["embedding"], dtype=np.float64) for r in rows}
+
+    def max_abs_diff(self, path: str) -> float:
+        """Largest |difference| between this run's vectors and the Parquet output at ``path``."""
+        ours, theirs = self.vectors(), self.vectors(path)
+        assert set(ours) == set(theirs), sorted(set(ours) ^ set(theirs))[:5]
+        return max(float(abs(ours[k] - theirs[k]).max()) for k in ours)
+
+
+@pytest.fixture(scope="session")
+def sample_run(spark, tmp_path_factory):
+    from spark_cleora.cli import main
+    from spark_cleora.demo import sample_path
+
+    out = str(tmp_path_factory.mktemp("sample_run") / "emb")
+    assert main(["embed", sample_path(), *SampleRun.ARGS, "--output", out]) == 0
+    return SampleRun(spark, out)

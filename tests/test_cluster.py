@@ -18,17 +18,13 @@ import subprocess
 import sys
 import time
 
-import numpy as np
 import pytest
 from pyspark.testing import assertDataFrameEqual
 
-from spark_cleora.cli import main
 from spark_cleora.session import JavaNotFoundError, check_java
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), os.pardir))
 SAMPLE = os.path.join(ROOT, "spark_cleora", "data", "sample_events.csv")
-EMBED_ARGS = [SAMPLE, "--input-format", "csv", "--hyperedge", "user_id", "--entity", "item", "--timestamp", "ts",
-              "--session-gap", "1800", "--dim", "16", "--iterations", "2"]
 
 pytestmark = pytest.mark.slow
 
@@ -119,21 +115,15 @@ def test_packaged_environment_carries_the_package_without_the_checkout(package, 
     assert "site-packages" in origin and not origin.startswith(ROOT), origin
 
 
-def test_embed_on_a_standalone_cluster_equals_local_mode(spark, cluster, package, tmp_path):
+def test_embed_on_a_standalone_cluster_equals_local_mode(spark, sample_run, cluster, package, tmp_path):
     cluster_out = str(tmp_path / "cluster_emb")
     t0 = time.perf_counter()
-    log = _submit(cluster, package, "embed.py", [*EMBED_ARGS, "--output", cluster_out], cwd=str(tmp_path))
+    log = _submit(cluster, package, "embed.py", [SAMPLE, *sample_run.ARGS, "--output", cluster_out], cwd=str(tmp_path))
     print(f"spark-submit embed on the cluster: {time.perf_counter() - t0:.1f}s")
     assert "Granted executor ID" in log  # executors ran in the worker JVMs
     assert "iteration 2/2" in log and os.path.exists(os.path.join(cluster_out, "_SUCCESS"))
-
-    local_out = str(tmp_path / "local_emb")
-    assert main(["embed", *EMBED_ARGS, "--output", local_out]) == 0  # classic local[2] session
-    got, ref = spark.read.parquet(cluster_out), spark.read.parquet(local_out)
+    got, ref = spark.read.parquet(cluster_out), spark.read.parquet(sample_run.output)  # vs classic local[2]
     assertDataFrameEqual(got.drop("embedding"), ref.drop("embedding"))
-    a = {r["entity"]: np.asarray(r["embedding"]) for r in got.collect()}
-    b = {r["entity"]: np.asarray(r["embedding"]) for r in ref.collect()}
-    assert set(a) == set(b) and len(a) == 48
-    diff = max(float(np.abs(a[k] - b[k]).max()) for k in b)
+    diff = sample_run.max_abs_diff(cluster_out)
     print(f"cluster vs local max abs difference: {diff:.3g}")
-    assert diff <= 1e-6
+    assert len(sample_run.vectors()) == 48 and diff <= 1e-6
