@@ -1,9 +1,10 @@
 # Databricks notebook source
 # MAGIC %md
-# MAGIC # Cleora embeddings of an event table with spark_cleora
+# MAGIC # Cleora embeddings and EMDE sketches of an event table with spark_cleora
 # MAGIC
 # MAGIC Embeds the entities of an event table (`hyperedge` = user or session, `entity` = item) with
-# MAGIC Cleora, writes them to a table, shows a health summary and a few nearest neighbours.
+# MAGIC Cleora, writes them to a table, shows a health summary and a few nearest neighbours, then fits an
+# MAGIC EMDE coder on the embeddings and builds one decayed sketch per customer.
 # MAGIC Everything is a library call on the notebook's `spark` session, so it runs on classic clusters,
 # MAGIC on Spark Connect (serverless, standard access mode) and, outside Databricks, as a plain script
 # MAGIC (`python notebooks/embed_table.py`, parameters from `SPARK_CLEORA_<WIDGET>` environment
@@ -58,6 +59,11 @@ widgets.text("work_dir", "", "Work dir for resumable iterations (empty: localChe
 widgets.text("output_table", "", "Output table (empty: do not write)")
 widgets.dropdown("output_format", "auto", ["auto", "delta", "parquet"], "Table format (auto: delta if available)")
 widgets.text("query", "", "Entity to show neighbours of (empty: the highest-degree one)")
+widgets.text("sketch_table", "", "EMDE sketches table (empty: do not write)")
+widgets.text("customer", "", "Customer column for sketches (empty: the hyperedge column)")
+widgets.text("emde_depth", "10", "EMDE partitionings per coder (N)")
+widgets.text("emde_bits", "7", "EMDE hyperplanes per partitioning (K)")
+widgets.text("half_life", "604800", "Sketch decay half-life in seconds (empty: no decay)")
 
 
 def _param(name: str, cast=str):
@@ -85,6 +91,8 @@ print("parameters:", params)
 
 from spark_cleora import EmbedConfig, embed  # noqa: E402
 from spark_cleora.demo import sample_path  # noqa: E402
+from spark_cleora.emde.coder import fit_coder, item_codes  # noqa: E402
+from spark_cleora.emde.sketch import build_sketches  # noqa: E402
 from spark_cleora.inspect import problems, summarize  # noqa: E402
 from spark_cleora.similar import similar  # noqa: E402
 from spark_cleora.tables import delta_available, write_table  # noqa: E402
@@ -92,6 +100,9 @@ from spark_cleora.tables import delta_available, write_table  # noqa: E402
 # Databricks provides `spark`; elsewhere the active session, or a new local one.
 spark = globals().get("spark") or SparkSession.getActiveSession() or SparkSession.builder.getOrCreate()
 EmbedConfig(input_format="dataframe", **params)  # validate the widgets before any Spark work
+fmt = _param("output_format")
+if fmt == "auto":  # tables: Delta where the session has it (Databricks), else Parquet
+    fmt = "delta" if delta_available(spark) else "parquet"
 
 input_table = _param("input_table")
 if input_table:
@@ -105,9 +116,6 @@ emb = embed(events, **params)
 
 output_table = _param("output_table")
 if output_table:
-    fmt = _param("output_format")
-    if fmt == "auto":
-        fmt = "delta" if delta_available(spark) else "parquet"
     write_table(emb, output_table, fmt=fmt)  # replaced atomically
     emb = spark.read.table(output_table)
     print(f"wrote {output_table} ({fmt})")
@@ -126,3 +134,29 @@ if "display" in globals():
     display(neighbours)  # noqa: F821 (Databricks)
 else:
     neighbours.show(truncate=False)
+
+# COMMAND ----------
+
+# MAGIC %md
+# MAGIC ## EMDE sketches
+# MAGIC A density-dependent LSH coder fitted on the item embeddings, then one sparse, time-decayed sketch
+# MAGIC per customer (`customer`, `idx`, `val`, `as_of`, `n_events`).
+
+# COMMAND ----------
+
+coder = fit_coder([emb], depth=_param("emde_depth", int), bits=_param("emde_bits", int), seed=0)
+codes = item_codes(coder, [emb])
+sketched = build_sketches(events, codes, customer=_param("customer") or params["hyperedge"],
+                          item=params["entity"], timestamp=params["timestamp"],
+                          half_life=_param("half_life", float) if params["timestamp"] else None)
+sketches = sketched.sketches
+sketch_table = _param("sketch_table")
+if sketch_table:
+    write_table(sketches, sketch_table, fmt=fmt)
+    sketches = spark.read.table(sketch_table)
+    print(f"wrote {sketch_table} ({fmt})")
+print(f"coder {coder.coder_id}: {sketched.report}")
+if "display" in globals():
+    display(sketches.limit(10))  # noqa: F821 (Databricks)
+else:
+    sketches.show(5, truncate=80)

@@ -56,9 +56,11 @@ def test_notebook_is_databricks_source_and_reads_widgets_from_dbutils():
 
 def test_notebook_runs_on_a_plain_session_without_dbutils(spark, monkeypatch, capsys):
     spark.read.option("header", "true").csv(sample_path()).createOrReplaceTempView("nb_events")
-    spark.sql("DROP TABLE IF EXISTS nb_item_emb")
+    for t in ("nb_item_emb", "nb_sketches"):
+        spark.sql(f"DROP TABLE IF EXISTS {t}")
     for name, value in {"input_table": "nb_events", "dim": "8", "iterations": "2", "output_table": "nb_item_emb",
-                        "query": "coffee:espresso-beans"}.items():
+                        "query": "coffee:espresso-beans", "sketch_table": "nb_sketches", "emde_depth": "4",
+                        "emde_bits": "3"}.items():
         monkeypatch.setenv(f"SPARK_CLEORA_{name.upper()}", value)
     ns = runpy.run_path(NOTEBOOK, run_name="__main__")
     out = capsys.readouterr().out
@@ -71,7 +73,18 @@ def test_notebook_runs_on_a_plain_session_without_dbutils(spark, monkeypatch, ca
     hits = ns["neighbours"].collect()
     assert [r["rank"] for r in hits] == list(range(1, 11)) and hits[0]["query"] == "coffee:espresso-beans"
     assert hits[0]["entity"].startswith("coffee:")  # the sample's shops cluster by category
-    spark.sql("DROP TABLE nb_item_emb")
+
+    # EMDE: one sketch per user of the sample, every event counted, 4 partitionings x 2**3 buckets
+    events = spark.read.table("nb_events")
+    sk = spark.read.table("nb_sketches").collect()
+    assert "wrote nb_sketches (parquet)" in out
+    assert sorted(r["customer"] for r in sk) == sorted(r["user_id"] for r in events.select("user_id").distinct().collect())
+    assert sum(r["n_events"] for r in sk) == events.count()
+    for r in sk[:50]:
+        assert list(r["idx"]) == sorted(set(r["idx"])) and 0 <= min(r["idx"]) and max(r["idx"]) < 4 * 8
+        assert min(r["val"]) > 0
+    for t in ("nb_item_emb", "nb_sketches"):
+        spark.sql(f"DROP TABLE {t}")
 
 
 def test_notebook_rejects_a_bad_widget_value_before_spark_work(monkeypatch):
