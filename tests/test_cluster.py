@@ -127,3 +127,41 @@ def test_embed_on_a_standalone_cluster_equals_local_mode(spark, sample_run, clus
     diff = sample_run.max_abs_diff(cluster_out)
     print(f"cluster vs local max abs difference: {diff:.3g}")
     assert len(sample_run.vectors()) == 48 and diff <= 1e-6
+
+
+def _emde_steps(out: str, embeddings: str) -> list[list[str]]:
+    """``emde fit`` then ``emde sketch`` of the sample (4 partitionings x 2**3 buckets, 1-day half-life)."""
+    return [
+        ["fit", "--embeddings", embeddings, "--output", f"{out}/coder", "--depth", "4", "--bits", "3", "--seed", "1"],
+        ["sketch", "--coder", f"{out}/coder", "--events", SAMPLE, "--events-format", "csv", "--customer", "user_id",
+         "--item", "item", "--timestamp", "ts", "--half-life", "86400", "--output", f"{out}/sketches"],
+    ]
+
+
+def test_emde_jobs_on_a_standalone_cluster_equal_local_mode(spark, sample_run, cluster, package, tmp_path):
+    from spark_cleora.cli import main
+
+    cluster_out, local_out = str(tmp_path / "cluster"), str(tmp_path / "local")
+    t0 = time.perf_counter()
+    for step in _emde_steps(cluster_out, sample_run.output):
+        _submit(cluster, package, "emde.py", step, cwd=str(tmp_path))
+    print(f"spark-submit emde fit + sketch on the cluster: {time.perf_counter() - t0:.1f}s")
+    for step in _emde_steps(local_out, sample_run.output):
+        assert main(["emde", *step]) == 0
+
+    def codes(out):
+        return {r["item"]: list(r["codes"]) for r in spark.read.parquet(f"{out}/coder/codes").collect()}
+
+    def sketches(out):
+        return {r["customer"]: (list(r["idx"]), list(r["val"]), r["n_events"])
+                for r in spark.read.parquet(f"{out}/sketches").collect()}
+
+    assert codes(cluster_out) == codes(local_out) and len(codes(local_out)) == 48
+    got, ref = sketches(cluster_out), sketches(local_out)
+    assert set(got) == set(ref) and sum(n for _, _, n in ref.values()) == 6219
+    diff = 0.0
+    for c, (idx, val, n) in ref.items():
+        assert got[c][0] == idx and got[c][2] == n
+        diff = max(diff, max(abs(a - b) for a, b in zip(got[c][1], val)))
+    print(f"EMDE sketches cluster vs local max abs difference: {diff:.3g}")
+    assert diff <= 1e-6
