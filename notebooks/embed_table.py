@@ -15,7 +15,7 @@
 
 # COMMAND ----------
 
-# MAGIC %pip install /Volumes/main/default/libs/spark_cleora-0.1.0-py3-none-any.whl
+# MAGIC %pip install --no-deps /Volumes/main/default/libs/spark_cleora-0.1.0-py3-none-any.whl xxhash
 
 # COMMAND ----------
 

@@ -106,3 +106,23 @@ def test_wheel_task_entry_point_fails_the_task_on_errors(monkeypatch, capsys):
     with pytest.raises(SystemExit) as exc:
         job_main()
     assert exc.value.code == 2 and "no INPUT given" in capsys.readouterr().err
+
+
+def test_readme_job_example_matches_the_entry_point_and_the_widgets():
+    import json
+    import re
+    import tomllib
+
+    root = os.path.join(os.path.dirname(NOTEBOOK), os.pardir)
+    readme = open(os.path.join(root, "README.md"), encoding="utf-8").read()
+    job = json.loads(re.search(r"## Where it runs.*?```json\n(.*?)```", readme, re.S).group(1))
+    project = tomllib.load(open(os.path.join(root, "pyproject.toml"), "rb"))["project"]
+    wheel = job["tasks"][0]["python_wheel_task"]
+    assert wheel["package_name"] == project["name"].replace("-", "_")
+    assert wheel["entry_point"] in project["scripts"] and wheel["parameters"][0] == "embed"
+    from spark_cleora.cli import build_parser
+
+    build_parser().parse_args(wheel["parameters"])  # the parameters are valid spark-cleora arguments
+    g = {"dbutils": _FakeDbutils({})}
+    exec(compile(_cells()[2], NOTEBOOK, "exec"), g)
+    assert set(job["tasks"][1]["notebook_task"]["base_parameters"]) <= set(g["dbutils"].widgets.defined)
