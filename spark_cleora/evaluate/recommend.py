@@ -183,7 +183,7 @@ def evaluate_recommend(
     depth: int = 10,
     bits: int = 7,
     coder_seeds: tuple[int, ...] = (0,),
-    half_life: float | None = None,
+    half_lives: tuple[float | None, ...] = (None,),
     decay_anchor: str = "last-event",
     scorings: tuple[str, ...] = ("popularity", "geometric"),
     sketch_weights: tuple[float, ...] = (0.5,),
@@ -201,10 +201,9 @@ def evaluate_recommend(
         clock[0] = now
 
     has_time = events.filter(F.col("t").isNotNull()).limit(1).count() > 0
-    if half_life is not None and not has_time:
+    if any(h is not None for h in half_lives) and not has_time:
         raise ConfigError("--half-life needs timestamps; this dataset has none")
-    if decay_anchor == "last-event" and half_life is None:
-        decay_anchor = "as-of"
+    tag = (lambda h: f"_hl{'none' if h is None else f'{h:g}'}") if len(half_lives) > 1 else (lambda h: "")
     clean = events.filter(F.col("c").isNotNull() & F.col("i").isNotNull()) \
         .select(F.col("c").cast("string").alias("c"), F.col("i").cast("string").alias("i"), "t", "w")
     train, test = split_last(clean, holdout=holdout, seed=split_seed)
@@ -228,47 +227,50 @@ def evaluate_recommend(
     lap("embed")
 
     test_customers = test.select("c")
+    seen = train.select(F.col("c").alias("customer"), F.col("i").alias("item")) if exclude_seen else None
     results: dict[str, Any] = {}
     for seed in coder_seeds:
         coder = fit_coder([emb], names=["train_embeddings"], depth=depth, bits=bits, seed=seed)
         item_codes(coder, [emb]).write.mode("overwrite").parquet(f"{wd}/codes")
         codes = spark.read.parquet(f"{wd}/codes")
         lap("emde_fit")
-        sk = build_sketches(train, codes, customer="c", item="i", timestamp="t" if has_time else None,
-                            weight="w", half_life=half_life, decay_anchor=decay_anchor)
-        sk.sketches.join(test_customers.withColumnRenamed("c", "customer"), "customer", "left_semi") \
-            .write.mode("overwrite").parquet(f"{wd}/sketches")
-        sk.items.write.mode("overwrite").parquet(f"{wd}/items")
-        sketches, items = spark.read.parquet(f"{wd}/sketches"), spark.read.parquet(f"{wd}/items")
-        n_sk = sketches.count()
-        lap("emde_sketch")
-        for scoring in scorings:
-            for weight in (sketch_weights if scoring == "popularity" else (None,)):
-                name = f"emde_{scoring}" + (f"_w{weight:g}" if weight is not None else "")
-                recs, _ = recommend(sketches, codes, width=coder.width, n_codes=coder.n_codes, k=k, scoring=scoring,
-                                    sketch_weight=weight if weight is not None else 0.5, popularity=items,
-                                    seen=train.select(F.col("c").alias("customer"), F.col("i").alias("item"))
-                                    if exclude_seen else None, n_customers=n_sk)
-                with job_description(spark, f"spark_cleora evaluate recommend: {name}"):
-                    results.setdefault(name, []).append(metrics(recs, test, k=k))
-                lap("emde_recommend")
+        for half_life in half_lives:
+            anchor = decay_anchor if half_life is not None else "as-of"
+            sk = build_sketches(train, codes, customer="c", item="i", timestamp="t" if has_time else None,
+                                weight="w", half_life=half_life, decay_anchor=anchor)
+            sk.sketches.join(test_customers.withColumnRenamed("c", "customer"), "customer", "left_semi") \
+                .write.mode("overwrite").parquet(f"{wd}/sketches")
+            sk.items.write.mode("overwrite").parquet(f"{wd}/items")
+            sketches, items = spark.read.parquet(f"{wd}/sketches"), spark.read.parquet(f"{wd}/items")
+            n_sk = sketches.count()
+            lap("emde_sketch")
+            for scoring in scorings:
+                for weight in (sketch_weights if scoring == "popularity" else (None,)):
+                    name = f"emde_{scoring}" + (f"_w{weight:g}" if weight is not None else "") + tag(half_life)
+                    recs, _ = recommend(sketches, codes, width=coder.width, n_codes=coder.n_codes, k=k,
+                                        scoring=scoring, sketch_weight=weight if weight is not None else 0.5,
+                                        popularity=items, seen=seen, n_customers=n_sk)
+                    with job_description(spark, f"spark_cleora evaluate recommend: {name}"):
+                        results.setdefault(name, []).append(metrics(recs, test, k=k))
+                    lap("emde_recommend")
 
     if "popularity" in baselines:
         recs = popularity_baseline(train, test_customers, k=k, exclude=exclude_seen, n_queries=n_test)
         results["popularity"] = [metrics(recs, test, k=k)]
         lap("popularity")
     if "knn" in baselines:
-        if decay_anchor == "last-event":
-            w = train.join(train.groupBy("c").agg(F.max("t").alias("anchor")), "c")
-            wt = F.col("w") * decay_factor(F.col("anchor"), F.col("t"), half_life)
-        else:
-            as_of = train.agg(F.max("t")).collect()[0][0] if has_time else None
-            w = train
-            wt = F.col("w") * decay_factor(F.lit(as_of).cast("double"), F.col("t"), half_life)
-        recs = knn_baseline(w.withColumn("wt", wt), emb, test_customers, dim=dim, k=k, exclude=exclude_seen,
-                            n_queries=n_test)
-        results["knn"] = [metrics(recs, test, k=k)]
-        lap("knn")
+        for half_life in half_lives:
+            if half_life is not None and decay_anchor == "last-event":
+                w = train.join(train.groupBy("c").agg(F.max("t").alias("anchor")), "c")
+                wt = F.col("w") * decay_factor(F.col("anchor"), F.col("t"), half_life)
+            else:
+                as_of = train.agg(F.max("t")).collect()[0][0] if half_life is not None else None
+                w = train
+                wt = F.col("w") * decay_factor(F.lit(as_of).cast("double"), F.col("t"), half_life)
+            recs = knn_baseline(w.withColumn("wt", wt), emb, test_customers, dim=dim, k=k, exclude=exclude_seen,
+                                n_queries=n_test)
+            results["knn" + tag(half_life)] = [metrics(recs, test, k=k)]
+            lap("knn")
 
     summary = {}
     for name, runs in results.items():
@@ -283,7 +285,7 @@ def evaluate_recommend(
                  "train_items": int(sizes["items"]), "test_customers": n_test, "test_items_not_in_train": cold,
                  "has_timestamps": has_time},
         "embedding": opts, "emde": {"depth": depth, "bits": bits, "coder_seeds": list(coder_seeds),
-                                     "half_life": half_life, "decay_anchor": decay_anchor,
+                                     "half_lives": list(half_lives), "decay_anchor": decay_anchor,
                                      "sketch_weights": list(sketch_weights)},
         "results": summary, "runs": results, "seconds": times,
         "seconds_total": round(time.perf_counter() - t_all, 1),
@@ -320,8 +322,9 @@ def register(esub: argparse._SubParsersAction) -> None:
     g.add_argument("--depth", type=int, default=10, help="N partitionings (default 10)")
     g.add_argument("--bits", type=int, default=7, help="K bits, 2**K buckets (default 7)")
     g.add_argument("--coder-seeds", type=int, nargs="+", default=[0], help="one EMDE run per coder seed (default 0)")
-    g.add_argument("--half-life", type=float, help="decay half-life in seconds (default: the preset's; none)")
-    g.add_argument("--no-decay", action="store_true", help="no decay, even for a preset")
+    g.add_argument("--half-life", type=_half_life, nargs="+",
+                   help="decay half-life(s) in seconds, or 'none' (default: the preset's; none); several: one "
+                        "EMDE and kNN run each")
     g.add_argument("--decay-anchor", choices=["last-event", "as-of"], default="last-event",
                    help="decay to each customer's newest event (default) or to the newest event overall")
     g.add_argument("--scoring", nargs="+", choices=["popularity", "geometric"], default=["popularity", "geometric"])
@@ -333,6 +336,15 @@ def register(esub: argparse._SubParsersAction) -> None:
     add_embedding_options(p.add_argument_group("embedding (as `spark-cleora embed`; default --dim 256 --iterations 3)"))
     add_spark_options(p)
     p.set_defaults(handler=_run)
+
+
+def _half_life(text: str) -> float | None:
+    if text.lower() == "none":
+        return None
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"half-life must be > 0 seconds or 'none'; got {text}")
+    return value
 
 
 def _events(spark: SparkSession, ns: argparse.Namespace) -> tuple[DataFrame, float | None, bool]:
@@ -353,14 +365,14 @@ def _run(ns: argparse.Namespace) -> int:
 
     spark = spark_from_args(ns)
     events, preset_half_life, preset_exclude = _events(spark, ns)
-    half_life = None if ns.no_decay else (ns.half_life if ns.half_life is not None else preset_half_life)
+    half_lives = tuple(ns.half_life) if ns.half_life else (preset_half_life,)
     exclude = preset_exclude if ns.exclude_seen is None else ns.exclude_seen
     work = ns.work_dir or tempfile.mkdtemp(prefix="spark_cleora_evalrec_")
     try:
         report = evaluate_recommend(
             spark, events, work_dir=work, k=ns.k, holdout=ns.holdout, split_seed=ns.split_seed,
             embed_opts=embed_options(ns), depth=ns.depth, bits=ns.bits, coder_seeds=tuple(ns.coder_seeds),
-            half_life=half_life, decay_anchor=ns.decay_anchor, scorings=tuple(ns.scoring),
+            half_lives=half_lives, decay_anchor=ns.decay_anchor, scorings=tuple(ns.scoring),
             sketch_weights=tuple(ns.sketch_weight), exclude_seen=exclude, baselines=tuple(ns.baselines))
     finally:
         if not ns.work_dir:
