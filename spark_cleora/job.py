@@ -53,9 +53,9 @@ def run_embed_job(spark: SparkSession, cfg: EmbedConfig) -> dict[str, Any]:
                 cached = store.write(emb, "output")
                 n = cached.count()
                 if cfg.output_format == "npy":
-                    export_npy(cached, target, dim=cfg.dim, n_rows=n)
+                    export_npy(cached, target, dim=cfg.output_dim, n_rows=n)
                 else:
-                    export_cleora_text(cached, target, dim=cfg.dim, n_rows=n, file_name=cleora_text_file_name(cfg))
+                    export_cleora_text(cached, target, dim=cfg.output_dim, n_rows=n, file_name=cleora_text_file_name(cfg))
         report["entities_written"] = n
         report["output"] = destination
         report["output_format"] = cfg.output_format
