@@ -65,7 +65,7 @@ class Dataset:
 
 
 DATASETS = {
-    "ml-100k": Dataset(("ml-100k/u.data",), "\t", False, ("user", "item", "rating", "ts"), "user", "item", "ts", 120.0),
+    "ml-100k": Dataset(("ml-100k/u.data",), "\t", False, ("user", "item", "rating", "ts"), "user", "item", "ts", 60.0),
     "lastfm": Dataset(("lastfm-hetrec2011-2k/user_artists.dat",), "\t", True, ("userID", "artistID", "weight"),
                       "userID", "artistID", None, None),
     "amazon-games": Dataset(("amazon-games-sasrec/Video.txt",), " ", False, ("user", "item"), "user", "item", "_row", 2.0),
