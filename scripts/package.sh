@@ -93,6 +93,7 @@ ARCHIVE="$OUT/spark_cleora-env.tar.gz"
 "$WORK/tools/bin/venv-pack" --prefix "$WORK/env" --output "$ARCHIVE" --force --quiet \
   --compress-level "$LEVEL" --exclude 'bin/pip*' --exclude 'lib/*/site-packages/pip/*' \
   --exclude 'lib/*/site-packages/pip-*' --exclude 'lib/*/site-packages/setuptools*' --exclude 'lib/*/site-packages/_distutils_hack*' \
+  --exclude 'lib/*/site-packages/distutils-precedence.pth' --exclude 'lib/*/site-packages/pkg_resources/*' \
   --exclude 'lib/*/site-packages/*/tests/*' --exclude 'lib/*/site-packages/pyarrow/include/*'  # test suites, C++ headers: ~100 MB
 say "environment: $ARCHIVE ($(du -h "$ARCHIVE" | cut -f1))"
 echo "$WHEEL"

@@ -17,7 +17,6 @@ import numpy as np
 import pytest
 from pyspark.sql import functions as F
 
-from spark_cleora import embed
 from spark_cleora.cli import build_parser, embed_config_from_args, main
 from spark_cleora.config import ConfigError, EmbedConfig
 from spark_cleora.demo import sample_path
@@ -190,21 +189,19 @@ def _run(script: str, *args: str, cwd) -> dict:
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
-def test_hive_catalog_round_trip_from_a_new_session(spark, tmp_path):
+def test_hive_catalog_round_trip_from_a_new_session(sample_run, tmp_path):
     root = str(tmp_path)
-    wrote = _run(WRITE, root, sample_path(), json.dumps(EMBED_ARGS), cwd=root)
+    assert sample_run.ARGS[:2] == ("--input-format", "csv")  # the table replaces the CSV file as input
+    wrote = _run(WRITE, root, sample_path(), json.dumps(sample_run.ARGS[2:]), cwd=root)
     assert wrote["tables"] == ["events", "item_emb"], "staging/old tables must not be left behind"
     read = _run(READ, root, cwd=root)  # a new application on the same metastore and warehouse
     assert read["rows"] == wrote["first"], "read back from a new session: exactly what was written"
     assert read["partitions"] == ["column"] and read["tables"] == ["events", "item_emb"]
     cfg = json.loads(read["props"]["spark_cleora.config"])
-    assert cfg["output_table"] == "shop.item_emb" and cfg["dim"] == 8
+    assert cfg["output_table"] == "shop.item_emb" and cfg["dim"] == 16
     assert os.path.isdir(os.path.join(root, "warehouse", "shop.db", "item_emb"))
 
-    # the same numbers as the library on the same events in the classic session
-    events = spark.read.option("header", "true").csv(sample_path())
-    ref = {r["entity"]: np.asarray(r["embedding"]) for r in embed(
-        events, hyperedge="user_id", entity="item", timestamp="ts", session_gap=1800, dim=8, iterations=2
-    ).collect()}
+    # the same numbers as the classic CLI run on the same events (read from the CSV file there)
+    ref = sample_run.vectors()
     assert set(read["rows"]) == set(ref) and len(ref) == 48
     assert max(float(np.abs(np.asarray(read["rows"][k][2]) - ref[k]).max()) for k in ref) <= 1e-6
