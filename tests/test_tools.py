@@ -85,6 +85,12 @@ def test_similar_cli_json_text_and_exit_codes(spark, emb_dir, capsys):
     assert main(["similar", "--embeddings", emb_dir, "--entity", "missing"]) == 3  # bad input
     assert "'missing'" in capsys.readouterr().err
     assert main(["similar", "--embeddings", emb_dir + "-nope", "--entity", "e003"]) == 2  # no such output
+    assert main(["similar", "--embeddings", "no_such_db.no_table", "--entity", "e003"]) == 2
+    assert "no such directory or table" in capsys.readouterr().err
+    spark.read.parquet(emb_dir).write.mode("overwrite").saveAsTable("tools_emb")  # a catalog table works too
+    assert main(["similar", "--embeddings", "tools_emb", "--entity", "e003", "--k", "3", "--json"]) == 0
+    assert [json.loads(s)["entity"] for s in capsys.readouterr().out.splitlines()] == [d["entity"] for d in lines]
+    spark.sql("DROP TABLE tools_emb")
     assert main(["similar", "--embeddings", emb_dir, "--entity", "e003", "--k", "0"]) == 2
 
 
