@@ -20,7 +20,10 @@
 # nodes need that same Python (version and path); build with --python pointing at the interpreter
 # your nodes have. Where they differ, use conda-pack or bake the wheel into the node image instead.
 #
-# usage: scripts/package.sh [--python PY] [--out DIR] [--with-pyspark] [--compress-level 0-9]
+# --cache-dir DIR keeps the dependency venv there (keyed by the dependency list and the Python), so a
+# rebuild after a source change only reinstalls the wheel and repacks.
+#
+# usage: scripts/package.sh [--python PY] [--out DIR] [--with-pyspark] [--compress-level 0-9] [--cache-dir DIR]
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -28,6 +31,7 @@ PY="${PYTHON:-python3}"
 OUT="$ROOT/dist"
 WITH_PYSPARK=0
 LEVEL=4
+CACHE=""
 
 while [[ $# -gt 0 ]]; do
   case "$1" in
@@ -35,7 +39,8 @@ while [[ $# -gt 0 ]]; do
     --out) OUT="$2"; shift 2 ;;
     --with-pyspark) WITH_PYSPARK=1; shift ;;
     --compress-level) LEVEL="$2"; shift 2 ;;
-    -h|--help) sed -n '2,24p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --cache-dir) CACHE="$2"; shift 2 ;;
+    -h|--help) sed -n '2,27p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "package.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -59,7 +64,8 @@ rm -f "$OUT"/spark_cleora-*.whl
 WHEEL="$(ls "$OUT"/spark_cleora-*.whl)"
 say "wheel: $WHEEL"
 
-# 2. A fresh venv with the wheel and its runtime dependencies (read from the wheel's metadata).
+# 2. A venv with the wheel and its runtime dependencies (read from the wheel's metadata): a fresh one,
+#    or with --cache-dir the one kept for this dependency list, with the new wheel put in.
 DEPS="$("$PY" - "$WHEEL" "$WITH_PYSPARK" <<'EOF'
 import re, sys, zipfile
 wheel, with_pyspark = sys.argv[1], sys.argv[2] == "1"
@@ -78,23 +84,40 @@ for line in lines:
     print(req.split(";")[0].strip())
 EOF
 )"
-say "creating the environment: $(echo "$DEPS" | tr '\n' ' ')"
-"$PY" -m venv "$WORK/env"
-PIP=("$WORK/env/bin/python" -m pip --quiet --disable-pip-version-check)
-mapfile -t DEP_ARRAY <<< "$DEPS"
-"${PIP[@]}" install "${DEP_ARRAY[@]}"
-"${PIP[@]}" install --no-deps "$WHEEL"
-"$WORK/env/bin/python" -c 'import numpy, scipy, pandas, pyarrow, xxhash, importlib.util as u; assert u.find_spec("spark_cleora")'
+ENV="$WORK/env"
+if [[ -n "$CACHE" ]]; then
+  KEY="$( { "$PY" -c 'import sys; print(sys.version)'; echo "$DEPS"; } | "$PY" -c 'import hashlib, sys; print(hashlib.sha256(sys.stdin.buffer.read()).hexdigest()[:16])')"
+  mkdir -p "$CACHE"
+  ENV="$(cd "$CACHE" && pwd)/env-$KEY"
+fi
+PIP=("$ENV/bin/python" -m pip --quiet --disable-pip-version-check)
+if [[ ! -f "$ENV/.spark_cleora_deps_complete" ]]; then
+  say "creating the environment: $(echo "$DEPS" | tr '\n' ' ')"
+  rm -rf "$ENV"
+  "$PY" -m venv "$ENV"
+  mapfile -t DEP_ARRAY <<< "$DEPS"
+  "${PIP[@]}" install "${DEP_ARRAY[@]}"
+  touch "$ENV/.spark_cleora_deps_complete"
+else
+  say "reusing the dependencies in $ENV"
+fi
+"${PIP[@]}" install --no-deps --force-reinstall "$WHEEL"
+"$ENV/bin/python" -c 'import numpy, scipy, pandas, pyarrow, xxhash, importlib.util as u; assert u.find_spec("spark_cleora")'
 
-# 3. Pack it. venv-pack runs from a throwaway tools venv, so it is not inside the archive.
-"$PY" -m venv "$WORK/tools"
-"$WORK/tools/bin/python" -m pip --quiet --disable-pip-version-check install "venv-pack>=0.2"
+# 3. Pack it. venv-pack runs from a tools venv of its own, so it is not inside the archive.
+TOOLS="${CACHE:+$(cd "$CACHE" && pwd)/tools}"
+TOOLS="${TOOLS:-$WORK/tools}"
+if [[ ! -x "$TOOLS/bin/venv-pack" ]]; then
+  "$PY" -m venv "$TOOLS"
+  "$TOOLS/bin/python" -m pip --quiet --disable-pip-version-check install "venv-pack>=0.2"
+fi
 ARCHIVE="$OUT/spark_cleora-env.tar.gz"
-"$WORK/tools/bin/venv-pack" --prefix "$WORK/env" --output "$ARCHIVE" --force --quiet \
+"$TOOLS/bin/venv-pack" --prefix "$ENV" --output "$ARCHIVE" --force --quiet \
   --compress-level "$LEVEL" --exclude 'bin/pip*' --exclude 'lib/*/site-packages/pip/*' \
   --exclude 'lib/*/site-packages/pip-*' --exclude 'lib/*/site-packages/setuptools*' --exclude 'lib/*/site-packages/_distutils_hack*' \
   --exclude 'lib/*/site-packages/distutils-precedence.pth' --exclude 'lib/*/site-packages/pkg_resources/*' \
-  --exclude 'lib/*/site-packages/*/tests/*' --exclude 'lib/*/site-packages/pyarrow/include/*'  # test suites, C++ headers: ~100 MB
+  --exclude 'lib/*/site-packages/*/tests/*' --exclude 'lib/*/site-packages/pyarrow/include/*' \
+  --exclude '.spark_cleora_deps_complete'  # test suites and C++ headers: ~100 MB
 say "environment: $ARCHIVE ($(du -h "$ARCHIVE" | cut -f1))"
 echo "$WHEEL"
 echo "$ARCHIVE"
