@@ -91,8 +91,7 @@ print("parameters:", params)
 
 from spark_cleora import EmbedConfig, embed  # noqa: E402
 from spark_cleora.demo import sample_path  # noqa: E402
-from spark_cleora.emde.coder import fit_coder, item_codes  # noqa: E402
-from spark_cleora.emde.sketch import build_sketches  # noqa: E402
+from spark_cleora.emde import build_sketches, fit_coder, item_codes  # noqa: E402
 from spark_cleora.inspect import problems, summarize  # noqa: E402
 from spark_cleora.similar import similar  # noqa: E402
 from spark_cleora.tables import delta_available, write_table  # noqa: E402
