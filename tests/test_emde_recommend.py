@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from spark_cleora.emde.recommend import recommend
-from spark_cleora.emde.score import top_indices
+from spark_cleora.emde.score import Kernel, top_indices, top_k
 from spark_cleora.emde.sketch import build_sketches
 from spark_cleora.emde.similar import similar_customers
 
@@ -112,3 +112,12 @@ def test_top_indices_breaks_ties_by_position_and_skips_excluded():
     s = np.array([0.5, 0.9, 0.5, -np.inf, 0.5, 0.9], dtype=np.float32)
     assert top_indices(s, 4).tolist() == [1, 5, 0, 2]
     assert top_indices(s, 10).tolist() == [1, 5, 0, 2, 4]
+
+
+def test_a_query_with_every_candidate_excluded_keeps_an_empty_row(spark):
+    q = spark.createDataFrame([("a", [], [], ["x1", "x2", "x3"]), ("b", [], [], None)],
+                              "id string, idx array<int>, val array<float>, exclude array<string>")
+    c = spark.createDataFrame([(f"x{i}", [], [], float(i)) for i in range(1, 4)],
+                              "id string, idx array<int>, val array<float>, prior double")
+    got = sorted(map(tuple, top_k(q, c, kernel=Kernel(length=1), k=2, chunk_size=1).collect()))  # 3 chunks
+    assert got == [("a", [], []), ("b", ["x3", "x2"], [3.0, 2.0])]

@@ -151,11 +151,8 @@ def _score_pair(qs: pa.StructArray, cs: pa.StructArray, kernel: Kernel, k: int):
         block = block.astype(np.float32)
         for r in range(hi - lo):
             s = block[r]
-            if pos is not None and excl[lo + r]:
-                hit = [pos[x] for x in excl[lo + r] if x in pos]
-                if hit:
-                    s = s.copy()
-                    s[hit] = -np.inf
+            if pos is not None and excl[lo + r]:  # excluded candidates: -inf, in place
+                s[[pos[x] for x in excl[lo + r] if x in pos]] = -np.inf
             top = top_indices(s, k)
             vals = s[top]
             if kernel.exp:
@@ -230,12 +227,11 @@ def top_k(queries: DataFrame, candidates: DataFrame, *, kernel: Kernel, k: int, 
     scored = pairs.mapInArrow(score, "id string, c long, items array<string>, scores array<float>")
     if n_chunks == 1:
         return scored.select("id", "items", "scores")
-    merged = (scored.select("id", F.explode(F.arrays_zip("items", "scores")).alias("e"))
+    # explode_outer keeps queries whose every chunk came back empty (collect_list skips the nulls);
+    # `scored` is used once, so the scoring runs once
+    entry = F.when(F.col("e").isNotNull(), F.struct((-F.col("e.scores")).alias("neg"), F.col("e.items").alias("item")))
+    merged = (scored.select("id", F.explode_outer(F.arrays_zip("items", "scores")).alias("e"))
               .groupBy("id")
-              .agg(F.slice(F.sort_array(F.collect_list(F.struct((-F.col("e.scores")).alias("neg"), F.col("e.items").alias("item")))), 1, k).alias("top")))
-    # queries whose every chunk was empty (all excluded) lost their row in the explode
-    empty = scored.groupBy("id").agg(F.max(F.size("items")).alias("m")).filter("m = 0") \
-        .select("id", F.lit(None).cast("array<struct<neg:float,item:string>>").alias("top"))
-    return merged.unionByName(empty).select(
-        "id", F.coalesce(F.transform("top", lambda x: x["item"]), F.array().cast("array<string>")).alias("items"),
-        F.coalesce(F.transform("top", lambda x: -x["neg"]), F.array().cast("array<float>")).alias("scores"))
+              .agg(F.slice(F.sort_array(F.collect_list(entry)), 1, k).alias("top")))
+    return merged.select("id", F.transform("top", lambda x: x["item"]).alias("items"),
+                         F.transform("top", lambda x: -x["neg"]).alias("scores"))
