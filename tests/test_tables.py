@@ -189,6 +189,7 @@ def _run(script: str, *args: str, cwd) -> dict:
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 def test_hive_catalog_round_trip_from_a_new_session(sample_run, tmp_path):
     root = str(tmp_path)
     assert sample_run.ARGS[:2] == ("--input-format", "csv")  # the table replaces the CSV file as input
