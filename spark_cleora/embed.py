@@ -20,19 +20,18 @@ from . import __version__
 from .config import ConfigError, EmbedConfig, field_names
 from .graph import (
     Graph,
+    blocks_for,
+    build_blocks,
     build_entities,
-    build_memberships,
-    choose_num_blocks,
-    count_entities,
-    count_memberships,
     check_hyperedge_fits,
-    default_block_memberships,
-    graph_partitions,
+    count_entities,
+    graph_counts,
+    plans_of,
     routes,
 )
 from .hyperedges import BadInputError, Rejections, cleora_text_to_memberships, events_to_memberships
 from .init import given_start_vectors, init_batches, override_start_vectors, read_start_vectors
-from .propagate import VECTOR_SCHEMA, plans_of_blocks, propagate, unpacked
+from .propagate import VECTOR_SCHEMA, propagate, unpacked
 from .session import job_description
 from .store import WorkStore, local_path
 from .vectors import pack, unpack
@@ -131,15 +130,14 @@ def run_embedding(
 
     # -- 1. hyperedges and the graph ----------------------------------------------------------
     graph_done = store is not None and "graph" in manifest and all(
-        store.is_complete(n) for n in ("graph/entities", "graph/memberships", "graph/plans")
+        store.is_complete(n) for n in ("graph/blocks", "graph/entities")
     )
     if graph_done:
         g = manifest["graph"]
         entities = store.read("graph/entities")
-        memberships = store.read("graph/memberships")
-        plans = store.read("graph/plans")
+        plans = plans_of(store.read("graph/blocks"))
         rej = Rejections(counts=g["rejected"], input_rows=g["input_rows"])
-        graph = Graph(entities, memberships, reflexive, g["num_blocks"], g["entities"], g["memberships"],
+        graph = Graph(entities, plans, reflexive, g["num_blocks"], g["entities"], g["memberships"],
                       g["hyperedges"])
         log.info("resuming with the prepared graph in %s", store.uri)
     else:
@@ -151,20 +149,16 @@ def run_embedding(
         log.info("read %d input rows (%d rejected) in %.1fs", rej.input_rows, rej.total, timer.lap())
         if rej.accepted_units == 0:
             raise BadInputError("no input rows left after validation")
-        num_blocks = cfg.num_blocks or choose_num_blocks(
-            rej.accepted_units, cfg.block_memberships or default_block_memberships(cfg.dim), _parallelism(spark)
-        )
+        num_blocks = cfg.num_blocks or blocks_for(rej.accepted_units, dim=cfg.dim,
+                                                  block_memberships=cfg.block_memberships,
+                                                  parallelism=_parallelism(spark))
         with job_description(spark, "spark_cleora: build graph"):
-            memberships = materialise(
-                build_memberships(raw, reflexive=reflexive, num_blocks=num_blocks,
-                                  num_partitions=graph_partitions(rej.accepted_units, _parallelism(spark))),
-                "graph/memberships")
-            n_memberships, n_hyperedges, largest = count_memberships(memberships)
+            blocks = materialise(build_blocks(raw, reflexive=reflexive, num_blocks=num_blocks), "graph/blocks")
+            n_memberships, n_hyperedges, largest = graph_counts(blocks)
             check_hyperedge_fits(largest, cfg.dim, cfg.block_memory_gb)
-            entities = materialise(build_entities(memberships, columns), "graph/entities")
+            entities = materialise(build_entities(blocks, columns), "graph/entities")
             n_entities = count_entities(entities)
-            plans = materialise(plans_of_blocks(memberships, reflexive=reflexive), "graph/plans")
-        graph = Graph(entities, memberships, reflexive, num_blocks, n_entities, n_memberships, n_hyperedges)
+        graph = Graph(entities, plans_of(blocks), reflexive, num_blocks, n_entities, n_memberships, n_hyperedges)
         if store is not None:
             manifest["graph"] = {
                 "entities": n_entities, "memberships": n_memberships, "hyperedges": n_hyperedges,
@@ -202,7 +196,7 @@ def run_embedding(
     parts = {s: store.read(store.iteration_name(s)) for s in cfg.multiscale if s <= start and store is not None}
     for k in range(start + 1, cfg.iterations + 1):
         with job_description(spark, f"spark_cleora: iteration {k}/{cfg.iterations}"):
-            nxt = propagate(x, plans, route_table, dim=cfg.dim, num_buckets=graph.num_blocks,
+            nxt = propagate(x, graph.plans, route_table, dim=cfg.dim, num_buckets=graph.num_blocks,
                             extra=_residual_part(x, cfg.residual, dim=cfg.dim))
             if cfg.whiten == "every" or (cfg.whiten == "final" and k == cfg.iterations):
                 # pycleora 3.2.1 whitens after every iteration, 3.0/3.2.0 once at the end

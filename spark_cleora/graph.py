@@ -12,14 +12,14 @@ vectors, so an iteration costs O(memberships) whatever the hyperedge sizes.
 
 Tables (keyed by ``id`` = Spark ``xxhash64(entity)``, a 64-bit key; collisions are detected):
 
-* ``memberships``: h, side, col, entity, id, weight (multiplicity), d (its share of D[id]),
-  block (the hyperedge's block), first (one row per hyperedge is flagged, for counting)
+* ``blocks``: hyperedges are hashed into blocks; per block one *plan* row (its sparse incidence
+  matrices and per-hyperedge factors, see :mod:`spark_cleora.propagate`, plus its counts) and one
+  *share* row per entity (occurrences and degree share within the block)
 * ``entities``: id, entity, column, output, occurrences, degree, blocks (the blocks that need its vector)
 
-Both come out of two shuffles: memberships are partitioned by hyperedge once (sizes, degree shares
-and the block all follow inside that partitioning), entities are one aggregate over memberships.
-The iterations use neither directly: each block's memberships are compiled once into a sparse
-"plan" (see :mod:`spark_cleora.propagate`).
+Both come out of two shuffles: the raw rows are partitioned by hyperedge once (a partition is a
+block; sizes, degree shares and the plan all follow inside it), entities are one aggregate over the
+shares. No per-membership table is ever written.
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ class EntityHashCollisionError(RuntimeError):
 @dataclass
 class Graph:
     entities: DataFrame
-    memberships: DataFrame
+    plans: DataFrame
     reflexive: bool
     num_blocks: int
     n_entities: int
@@ -71,52 +71,67 @@ def choose_num_blocks(n_memberships: int, block_memberships: int, parallelism: i
     return max(1, by_parallelism, math.ceil(n_memberships / block_memberships))
 
 
-MEMBERSHIP_SCHEMA = (
-    "h long, side int, col int, entity string, id long, weight double, d double, block int, first boolean, "
-    "h_rows long"
+#: ``graph/blocks``: kind 0 = one entity's share of a block (per distinct name key and column), kind 1 =
+#: the block's compiled plan with its counts
+BLOCK_SCHEMA = (
+    "kind int, block int, id long, entity string, col int, occurrences double, degree double, "
+    "plan binary, memberships long, hyperedges long, largest long"
 )
-#: rows of one Arrow batch leaving the membership builder
+ENTITY_PART, PLAN = 0, 1
+#: rows of one Arrow batch leaving the block builder
 _OUT_BATCH = 1 << 16
 
 
-#: raw rows one graph-building task holds in memory (a partition is sorted in numpy as a whole)
+#: raw rows one graph-building task holds in memory (a block is sorted in numpy as a whole)
 PARTITION_ROWS = 4_000_000
 
 
-def graph_partitions(n_rows: int, parallelism: int) -> int:
-    """Partitions for the membership build: every core busy, no partition above ``PARTITION_ROWS``."""
-    return max(1, parallelism, math.ceil(n_rows / PARTITION_ROWS))
+def blocks_for(n_rows: int, *, dim: int, block_memberships: int | None, parallelism: int) -> int:
+    """Blocks for ``n_rows`` raw rows: sized by memory (``block_memberships``), at least one per core, and
+    no block above ``PARTITION_ROWS`` raw rows (each is sorted in one task)."""
+    by_memory = choose_num_blocks(n_rows, block_memberships or default_block_memberships(dim), parallelism)
+    return max(by_memory, math.ceil(n_rows / PARTITION_ROWS))
 
 
-def build_memberships(raw: DataFrame, *, reflexive: bool, num_blocks: int, num_partitions: int) -> DataFrame:
-    """One row per (hyperedge, side, column, entity) with its multiplicity, degree share and block.
+def build_blocks(raw: DataFrame, *, reflexive: bool, num_blocks: int) -> DataFrame:
+    """The whole graph in one pass: ``graph/blocks`` rows (see ``BLOCK_SCHEMA``).
 
-    One shuffle puts every hyperedge in one partition; numpy then sorts each partition once and derives
-    the multiplicities, the hyperedge sizes and the degree shares from it (a sort-based aggregate plus
-    a window in Spark SQL took 2-3x longer for the same work).
+    One shuffle puts every hyperedge in one partition, and that partition *is* its block: numpy sorts it
+    once, derives multiplicities, hyperedge sizes and degree shares, compiles the block's plan (see
+    :func:`spark_cleora.propagate.build_plan`) and emits each entity's share of the block. Nothing
+    per-membership is written: the entities come from the shares, the iterations from the plans.
     """
     # the keys are computed after the shuffle (same stage as the numpy pass): fewer bytes to shuffle
-    keyed = raw.select("h", "side", "col", "entity", "weight").repartition(num_partitions, "h").select(
+    keyed = raw.select("h", "side", "col", "entity", "weight").repartition(num_blocks, "h").select(
         "h", "side", "col", "entity", "weight",
         F.xxhash64("entity").alias("id"),
         # a second, independent hash keeps two names apart even if their 64-bit ids collide, so the
         # collision check in count_entities sees both names
         F.hash("entity").alias("_id2"),
-        F.pmod(F.xxhash64("h"), F.lit(num_blocks)).cast("int").alias("block"),
+        F.spark_partition_id().alias("block"),
     )
 
     def build(batches):
-        return memberships_of_partition(batches, reflexive=reflexive)
+        return blocks_of_partition(batches, reflexive=reflexive)
 
-    return keyed.mapInArrow(build, MEMBERSHIP_SCHEMA)
+    return keyed.mapInArrow(build, BLOCK_SCHEMA)
 
 
-def memberships_of_partition(batches, *, reflexive: bool):
-    """``mapInArrow`` body: all raw rows of some hyperedges -> their membership rows (see module doc)."""
+def blocks_of_partition(batches, *, reflexive: bool):
+    """``mapInArrow`` body: all raw rows of some hyperedges -> entity shares and plans, per block."""
     batches = [b for b in batches if b.num_rows]
     if not batches:
         return
     t = pa.Table.from_batches(batches)
+    block = t.column("block").to_numpy()
+    for b in np.unique(block):  # one block per partition (the block is the partition id)
+        part = t if len(block) == t.num_rows and (block == b).all() else t.filter(pa.array(block == b))
+        yield from _one_block(part, int(b), reflexive=reflexive)
+
+
+def _one_block(t: pa.Table, block: int, *, reflexive: bool):
+    from .propagate import build_plan
+
     h = t.column("h").to_numpy()
     side = t.column("side").to_numpy()
     col = t.column("col").to_numpy()
@@ -128,9 +143,9 @@ def memberships_of_partition(batches, *, reflexive: bool):
     new[1:] = (h[1:] != h[:-1]) | (side[1:] != side[:-1]) | (col[1:] != col[:-1]) | (ids[1:] != ids[:-1]) | (
         id2[1:] != id2[:-1])
     starts = np.flatnonzero(new)
-    weight = np.add.reduceat(t.column("weight").to_numpy()[order], starts)
+    weight = np.add.reduceat(t.column("weight").to_numpy()[order], starts)  # multiplicity (or summed weight)
     rows = order[starts]
-    h, side, col, ids = h[starts], side[starts], col[starts], ids[starts]
+    h, side, col, ids, id2 = h[starts], side[starts], col[starts], ids[starts], id2[starts]
     new_h = np.ones(len(h), dtype=bool)
     new_h[1:] = h[1:] != h[:-1]
     h_starts = np.flatnonzero(new_h)
@@ -141,28 +156,59 @@ def memberships_of_partition(batches, *, reflexive: bool):
     else:
         n_b = np.bincount(h_of, weights=np.where(side == 1, weight, 0.0))[h_of]
         d = np.where(side == 0, weight / n_b, weight / n_a)
-    h_rows = np.diff(np.r_[h_starts, len(h)])[h_of]
-    out = pa.table({
-        "h": h, "side": side.astype(np.int32), "col": col.astype(np.int32),
-        "entity": t.column("entity").take(pa.array(rows)), "id": ids, "weight": weight, "d": d,
-        "block": t.column("block").take(pa.array(rows)), "first": new_h, "h_rows": h_rows.astype(np.int64),
+    h_rows = np.diff(np.r_[h_starts, len(h)])
+    plan = build_plan(pa.table({"h": h, "side": side, "id": ids, "weight": weight}), reflexive=reflexive)
+    # each entity's share of this block: one row per (name key, column), summed over its hyperedges
+    e_order = np.lexsort((col, id2, ids))
+    e_new = np.ones(len(e_order), dtype=bool)
+    e_new[1:] = (ids[e_order][1:] != ids[e_order][:-1]) | (id2[e_order][1:] != id2[e_order][:-1]) | (
+        col[e_order][1:] != col[e_order][:-1])
+    e_starts = np.flatnonzero(e_new)
+    first = e_order[e_starts]
+    n = len(first)
+    shares = pa.table({
+        "kind": pa.array(np.full(n, ENTITY_PART, dtype=np.int32)),
+        "block": pa.array(np.full(n, block, dtype=np.int32)),
+        "id": pa.array(ids[first]),
+        "entity": t.column("entity").take(pa.array(rows[first])),
+        "col": pa.array(col[first].astype(np.int32)),
+        "occurrences": pa.array(np.add.reduceat(weight[e_order], e_starts)),
+        "degree": pa.array(np.add.reduceat(d[e_order], e_starts)),
+        "plan": pa.nulls(n, pa.binary()),
+        "memberships": pa.nulls(n, pa.int64()),
+        "hyperedges": pa.nulls(n, pa.int64()),
+        "largest": pa.nulls(n, pa.int64()),
     })
-    yield from out.to_batches(max_chunksize=_OUT_BATCH)
+    yield from shares.to_batches(max_chunksize=_OUT_BATCH)
+    yield pa.RecordBatch.from_pydict({
+        "kind": pa.array([PLAN], pa.int32()), "block": pa.array([block], pa.int32()),
+        "id": pa.nulls(1, pa.int64()), "entity": pa.nulls(1, pa.string()), "col": pa.nulls(1, pa.int32()),
+        "occurrences": pa.nulls(1, pa.float64()), "degree": pa.nulls(1, pa.float64()),
+        "plan": pa.array([plan], pa.binary()), "memberships": pa.array([len(h)], pa.int64()),
+        "hyperedges": pa.array([len(h_starts)], pa.int64()), "largest": pa.array([int(h_rows.max())], pa.int64()),
+    })
 
 
-def build_entities(memberships: DataFrame, columns: tuple[Column, ...]) -> DataFrame:
-    """Entities with their first column (in spec order), output flag, degree and blocks."""
+def plans_of(blocks: DataFrame) -> DataFrame:
+    """(block, plan) of every block."""
+    return blocks.filter(F.col("kind") == PLAN).select("block", "plan")
+
+
+def build_entities(blocks: DataFrame, columns: tuple[Column, ...]) -> DataFrame:
+    """Entities with their first column (in spec order), output flag, degree and blocks, from the
+    entities' per-block shares."""
     col_names = F.array(*[F.lit(c.name) for c in columns])
     outputs = F.array(*[F.lit(not c.transient) for c in columns])
     return (
-        memberships.groupBy("id")
+        blocks.filter(F.col("kind") == ENTITY_PART)
+        .groupBy("id")
         .agg(
             F.min("entity").alias("entity"),
             F.max("entity").alias("_entity_max"),
             F.min("col").alias("_col"),
             F.max(F.element_at(outputs, F.col("col") + 1)).alias("output"),
-            F.sum("weight").alias("occurrences"),
-            F.sum("d").alias("degree"),
+            F.sum("occurrences").alias("occurrences"),
+            F.sum("degree").alias("degree"),
             F.array_sort(F.collect_set("block")).alias("blocks"),
         )
         .withColumn("column", F.element_at(col_names, F.col("_col") + 1))
@@ -199,12 +245,12 @@ class HyperedgeTooLargeError(ValueError):
     """One hyperedge needs more memory than a Python worker is allowed for one block."""
 
 
-def count_memberships(memberships: DataFrame) -> tuple[int, int, int]:
-    """(memberships, hyperedges, rows of the largest hyperedge) in one pass."""
-    row = memberships.agg(
-        F.count(F.lit(1)).alias("m"), F.sum(F.col("first").cast("long")).alias("h"), F.max("h_rows").alias("big")
+def graph_counts(blocks: DataFrame) -> tuple[int, int, int]:
+    """(memberships, hyperedges, rows of the largest hyperedge), from the plan rows' counts."""
+    row = blocks.filter(F.col("kind") == PLAN).agg(
+        F.sum("memberships").alias("m"), F.sum("hyperedges").alias("h"), F.max("largest").alias("big")
     ).collect()[0]
-    return int(row["m"]), int(row["h"] or 0), int(row["big"] or 0)
+    return int(row["m"] or 0), int(row["h"] or 0), int(row["big"] or 0)
 
 
 #: bytes a block needs per (membership row x dimension): packed input, float64 copy, float64 result, output

@@ -3,7 +3,7 @@
 Layout::
 
     WORK/manifest.json          fingerprint of the config and inputs, engine settings
-    WORK/graph/{entities,memberships,routes}/   Parquet, each complete when its _SUCCESS exists
+    WORK/graph/{blocks,entities}/     Parquet, each complete when its _SUCCESS exists
     WORK/iter=0000/ ...         start vectors, then one directory per finished iteration
 
 A directory counts as finished only when Spark's ``_SUCCESS`` marker is there, so a run killed in the
@@ -117,7 +117,7 @@ class WorkStore:
 
     def has_artifacts(self) -> bool:
         """True when any stage of a run finished here (so switching runs would discard work)."""
-        return any(self.is_complete(n) for n in ("graph/memberships", "graph/entities", self.iteration_name(0)))
+        return any(self.is_complete(n) for n in ("graph/blocks", "graph/entities", self.iteration_name(0)))
 
     def remove(self) -> None:
         if self.local is not None:
