@@ -1,5 +1,8 @@
 """``spark-cleora evaluate classify``: node classification from embeddings (accuracy and macro-F1).
 
+Multi-label data (``--labels-format space-multi``: lines ``node l1 [l2 ...]``) is evaluated by
+one-vs-rest logistic regression with Micro/Macro-F1 instead (``spark_cleora.evaluate.multilabel``).
+
 Protocol: the labelled nodes that have an embedding are split 80/20 with a seed (a node is a test node
 when ``xxhash64(seed, node) mod 10⁶ < 0.2·10⁶``); a multinomial logistic regression is fitted on the
 training nodes' embeddings and scored on the test nodes. Embeddings come from ``--embeddings`` (the
@@ -42,6 +45,11 @@ def read_labels(spark: SparkSession, path: str, *, node: str | None, label: str 
     else:
         raw = spark.read.option("header", "false").option("sep", " ").csv(path)
         node_c, label_c = node or raw.columns[0], label or raw.columns[1]
+        # the CSV reader keeps the first line's column count: extra labels on a line would vanish
+        multi = spark.read.text(path).filter(F.size(F.split(F.trim("value"), " +")) > 2).count()
+        if multi and label is None:
+            raise ValueError(f"labels: {multi} line(s) with more than one label; multi-label data needs "
+                             "--labels-format space-multi")
     for c in (node_c, label_c):
         if c not in raw.columns:
             raise ConfigError(f"labels: column {c!r} not found; the file has {raw.columns}")
@@ -108,7 +116,14 @@ def _run(ns: argparse.Namespace) -> int:
         raise ConfigError("give either --embeddings DIR (a spark-cleora embed output) or --edges PATH")
     spark = spark_from_args(ns)
     t0 = time.perf_counter()
-    labels, lab_counts = read_labels(spark, ns.labels, node=ns.node_col, label=ns.label_col, fmt=ns.labels_format)
+    multi = ns.labels_format == "space-multi"
+    if multi:
+        from .multilabel import read_multilabels
+
+        labels, lab_counts = read_multilabels(spark, ns.labels)
+    else:
+        labels, lab_counts = read_labels(spark, ns.labels, node=ns.node_col, label=ns.label_col,
+                                         fmt=ns.labels_format)
     report: dict[str, Any] = {"evaluation": "classify", "labels": {"path": ns.labels, **lab_counts}}
     if ns.embeddings:
         emb = spark.read.parquet(ns.embeddings).select("entity", "embedding")
@@ -120,14 +135,31 @@ def _run(ns: argparse.Namespace) -> int:
         report["edges"] = {"paths": list(ns.edges), **counts}
         report["embedding"] = {k: embed_report["config"][k] for k in (
             "dim", "iterations", "markov", "init", "seed", "whiten", "residual", "multiscale", "columns")}
-    report["protocol"] = {"name": "logistic-regression", "test_fraction": ns.test_fraction,
-                          "split_seed": ns.split_seed, "reg": ns.reg, "classifier": "Spark ML LogisticRegression"}
-    report["metrics"] = classify(emb, labels, seed=ns.split_seed, test_fraction=ns.test_fraction, reg=ns.reg)
+    if multi:
+        from .multilabel import PREDICTION_RULE, classify_multilabel
+
+        report["protocol"] = {"name": "one-vs-rest-logistic-regression", "test_fraction": ns.test_fraction,
+                              "split_seed": ns.split_seed, "reg": ns.reg, "prediction_rule": PREDICTION_RULE,
+                              "classifier": "L2 logistic regression per label, joint L-BFGS (scipy) over "
+                                            "distributed gradients"}
+        report["protocol"]["max_iter"] = ns.max_iter
+        report["metrics"] = classify_multilabel(emb, labels, seed=ns.split_seed, test_fraction=ns.test_fraction,
+                                                reg=ns.reg, max_iter=ns.max_iter)
+    else:
+        report["protocol"] = {"name": "logistic-regression", "test_fraction": ns.test_fraction,
+                              "split_seed": ns.split_seed, "reg": ns.reg,
+                              "classifier": "Spark ML LogisticRegression"}
+        report["metrics"] = classify(emb, labels, seed=ns.split_seed, test_fraction=ns.test_fraction, reg=ns.reg)
     report["seconds"] = round(time.perf_counter() - t0, 2)
     write_report(ns.report, report)
     m = report["metrics"]
-    print(f"classify: accuracy {m['accuracy']:.4f}  macro-F1 {m['macro_f1']:.4f}  "
-          f"({m['test_nodes']} test nodes, {m['classes']} classes)" + (f"; report: {ns.report}" if ns.report else ""))
+    suffix = f"; report: {ns.report}" if ns.report else ""
+    if multi:
+        print(f"classify: Micro-F1 {m['micro_f1']:.4f}  Macro-F1 {m['macro_f1']:.4f}  "
+              f"({m['test_nodes']} test nodes, {m['labels']} labels, multi-label)" + suffix)
+    else:
+        print(f"classify: accuracy {m['accuracy']:.4f}  macro-F1 {m['macro_f1']:.4f}  "
+              f"({m['test_nodes']} test nodes, {m['classes']} classes)" + suffix)
     return 0
 
 
@@ -137,8 +169,11 @@ def register(esub: argparse._SubParsersAction) -> None:
     p = esub.add_parser("classify", help="node classification: accuracy and macro-F1 (logistic regression)",
                         description=__doc__.split("\n\n", 1)[1].split("Why Spark ML")[0],
                         formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--labels", required=True, help="node labels: CSV with a header, or 'node label' lines")
-    p.add_argument("--labels-format", choices=["csv", "space"], default="csv")
+    p.add_argument("--labels", required=True, help="node labels: CSV with a header, 'node label' lines, or "
+                                                   "'node l1 [l2 ...]' lines (space-multi)")
+    p.add_argument("--labels-format", choices=["csv", "space", "space-multi"], default="csv",
+                   help="space-multi: multi-label lines; one-vs-rest logistic regression, Micro/Macro-F1, each "
+                        "test node predicted its top-k labels, k = its true label count")
     p.add_argument("--node-col", help="labels column with the node id (default: the first)")
     p.add_argument("--label-col", help="labels column with the class (default: csv the last, space the second)")
     p.add_argument("--embeddings", help="Parquet output of `spark-cleora embed` (instead of --edges)")
@@ -147,6 +182,8 @@ def register(esub: argparse._SubParsersAction) -> None:
     g.add_argument("--split-seed", type=int, default=0, help="seed of the 80/20 node split (default 0)")
     g.add_argument("--test-fraction", type=float, default=TEST_FRACTION)
     g.add_argument("--reg", type=float, default=1e-4, help="L2 regularisation of the logistic regression")
+    g.add_argument("--max-iter", type=int, default=100,
+                   help="L-BFGS iterations of the multi-label fit (default 100, as Spark ML; space-multi only)")
     g.add_argument("--report", help="write the JSON report here (atomically)")
     add_embedding_options(p.add_argument_group("embedding (with --edges; as `spark-cleora embed`)"))
     add_spark_options(p)

@@ -1,6 +1,9 @@
 """Edge lists for the quality evaluations: reading, cleaning, and Cleora's clique/star expansions.
 
-An edge list is a table of ``(src, dst)`` node ids, read as strings. The evaluations treat a graph as
+An edge list is a table of ``(src, dst)`` node ids, read as strings (``csv``/``space``/``tsv``), or an
+adjacency list (``adjlist``: lines ``node nbr1 nbr2 ...``, whitespace-separated, one edge per
+``(node, nbr)``; a line with fewer than two tokens - blank, or a node without neighbours - gives no edge
+and is counted as ``malformed_lines``). The evaluations treat a graph as
 undirected: self-loops are dropped and so is the second copy of a pair seen in both orientations (the
 orientation of the first row in file order is kept, so a file listing each pair once is used as is);
 both are counted in the report, never dropped silently. Null or empty ids are bad rows: an error.
@@ -16,6 +19,7 @@ Expansions (the Cleora paper's notebooks group the edges by ``src``):
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -26,9 +30,11 @@ from pyspark.sql import functions as F
 from ..config import ConfigError, EmbedConfig
 from ..embed import run_embedding
 
+log = logging.getLogger(__name__)
+
 EXPANSIONS = ("clique", "star")
 HUB_PREFIX = "\u22c6hub:"  # star hubs are entities of the graph too; node ids must not start with it
-EDGE_FORMATS = ("csv", "space", "tsv")
+EDGE_FORMATS = ("csv", "space", "tsv", "adjlist")
 
 
 @dataclass(frozen=True)
@@ -39,7 +45,7 @@ class EdgeSource:
     src: str | None = None
     dst: str | None = None
     format: str = "csv"
-    header: bool | None = None  # default: csv has a header, space/tsv do not
+    header: bool | None = None  # default: csv has a header, space/tsv do not (adjlist: never)
 
     def __post_init__(self) -> None:
         if self.format not in EDGE_FORMATS:
@@ -48,11 +54,27 @@ class EdgeSource:
             raise ConfigError("no --edges given")
 
 
-def read_edges(spark: SparkSession, source: EdgeSource) -> tuple[DataFrame, dict[str, int]]:
-    """Undirected, de-duplicated, loop-free edges ``(src, dst)`` as strings, and what was dropped."""
-    for p in source.paths:
-        if "://" not in p and not os.path.exists(p):
-            raise ConfigError(f"edges {p!r} do not exist")
+def _adjlist_pairs(spark: SparkSession, source: EdgeSource) -> tuple[DataFrame, dict[str, int]]:
+    """``(src, dst, _row, _pos)`` of every ``node nbr`` pair of adjacency-list lines (``_row``, ``_pos``:
+    line and position, i.e. file order), and the count of lines with fewer than two tokens (no edge:
+    reported, not dropped silently)."""
+    stripped = F.regexp_replace(F.col("value"), r"^\s+|\s+$", "")  # also tabs and \r, which trim() keeps
+    lines = spark.read.text(list(source.paths)).select(
+        F.monotonically_increasing_id().alias("_row"), F.split(stripped, r"\s+").alias("t"))
+    # split("") gives [""]: a blank line has no token at all
+    lines = lines.withColumn("n", F.when(F.col("t")[0] == "", 0).otherwise(F.size("t")))
+    counts = lines.agg(F.count(F.lit(1)).alias("lines"),
+                       F.sum((F.col("n") < 2).cast("long")).alias("malformed")).collect()[0]
+    if counts["lines"] == 0:
+        raise ValueError(f"edges {source.paths[0]!r}: no lines")
+    pairs = lines.filter(F.col("n") >= 2).select(
+        F.col("t")[0].alias("src"), "_row", F.posexplode(F.slice("t", 2, F.col("n") - 1)).alias("_pos", "dst"))
+    counts = {"lines": int(counts["lines"]), "malformed_lines": int(counts["malformed"] or 0)}
+    return pairs.select("src", "dst", "_row", "_pos"), counts
+
+
+def _table_pairs(spark: SparkSession, source: EdgeSource) -> DataFrame:
+    """``(src, dst, _row, _pos)`` of a csv/space/tsv edge table (``_row`` keeps file order, ``_pos`` 0)."""
     header = source.header if source.header is not None else source.format == "csv"
     sep = {"csv": ",", "tsv": "\t", "space": " "}[source.format]
     raw = spark.read.option("header", str(header).lower()).option("sep", sep).csv(list(source.paths))
@@ -64,7 +86,26 @@ def read_edges(spark: SparkSession, source: EdgeSource) -> tuple[DataFrame, dict
         if c not in raw.columns:
             raise ConfigError(f"edges: column {c!r} not found; the file has {raw.columns}")
     e = raw.select(F.trim(F.col(src).cast("string")).alias("src"), F.trim(F.col(dst).cast("string")).alias("dst"))
-    e = e.withColumn("_row", F.monotonically_increasing_id())
+    return e.withColumn("_row", F.monotonically_increasing_id()).withColumn("_pos", F.lit(0))
+
+
+def read_edges(spark: SparkSession, source: EdgeSource) -> tuple[DataFrame, dict[str, int]]:
+    """Undirected, de-duplicated, loop-free edges ``(src, dst)`` as strings, and what was dropped.
+
+    ``rows`` counts the input pairs (for ``adjlist``: the ``(node, nbr)`` pairs; ``lines`` and
+    ``malformed_lines`` are added), so ``rows = self_loops_dropped + duplicates_dropped + edges``.
+    """
+    for p in source.paths:
+        if "://" not in p and not os.path.exists(p):
+            raise ConfigError(f"edges {p!r} do not exist")
+    extra: dict[str, int] = {}
+    if source.format == "adjlist":
+        e, extra = _adjlist_pairs(spark, source)
+        if extra["malformed_lines"]:
+            log.warning("edges %s: %d line(s) with fewer than two tokens give no edge", source.paths[0],
+                        extra["malformed_lines"])
+    else:
+        e = _table_pairs(spark, source)
     stats = e.agg(
         F.count(F.lit(1)).alias("rows"),
         F.sum((F.coalesce(F.col("src"), F.lit("")) == "").cast("long")
@@ -78,11 +119,11 @@ def read_edges(spark: SparkSession, source: EdgeSource) -> tuple[DataFrame, dict
         raise ValueError(f"edges: {stats['bad'] or 0} null/empty node id(s), {stats['hub'] or 0} id(s) starting "
                          f"with the reserved {HUB_PREFIX!r}; fix the input")
     e = e.filter(F.col("src") != F.col("dst"))
-    pair = Window.partitionBy(F.least("src", "dst"), F.greatest("src", "dst")).orderBy("_row")
+    pair = Window.partitionBy(F.least("src", "dst"), F.greatest("src", "dst")).orderBy("_row", "_pos")
     e = e.withColumn("_n", F.row_number().over(pair)).filter(F.col("_n") == 1).select("src", "dst")
     kept = e.count()
     loops = int(stats["loops"] or 0)
-    return e, {"rows": int(stats["rows"]), "self_loops_dropped": loops,
+    return e, {**extra, "rows": int(stats["rows"]), "self_loops_dropped": loops,
                "duplicates_dropped": int(stats["rows"]) - loops - kept, "edges": kept}
 
 
@@ -131,7 +172,8 @@ def add_edge_options(p: argparse.ArgumentParser, *, required: bool) -> None:
     g.add_argument("--src", help="source column (default: the first)")
     g.add_argument("--dst", help="destination column (default: the second)")
     g.add_argument("--edges-format", choices=EDGE_FORMATS, default="csv",
-                   help="csv with a header (default), or space/tsv separated without one")
+                   help="csv with a header (default), space/tsv separated without one, or adjlist: lines "
+                        "'node nbr1 nbr2 ...' (whitespace-separated; one undirected edge per pair)")
     g.add_argument("--header", action=argparse.BooleanOptionalAction, default=None,
                    help="whether the edge file has a header row (default: csv yes, space/tsv no)")
     g.add_argument("--expansion", choices=EXPANSIONS, default="clique",
