@@ -11,8 +11,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-import pyarrow as pa
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
@@ -27,14 +25,12 @@ from .graph import (
     count_entities,
     graph_counts,
     plans_of,
-    routes,
 )
 from .hyperedges import BadInputError, Rejections, cleora_text_to_memberships, events_to_memberships
 from .init import given_start_vectors, init_batches, override_start_vectors, read_start_vectors
-from .propagate import VECTOR_SCHEMA, propagate, unpacked
+from .propagate import X_SCHEMA, propagate, unpacked, with_routes
 from .session import job_description
 from .store import WorkStore, local_path
-from .vectors import pack, unpack
 from .whiten import whiten
 
 log = logging.getLogger(__name__)
@@ -181,8 +177,8 @@ def run_embedding(
         x = store.read(store.iteration_name(start))
     else:
         with job_description(spark, "spark_cleora: start vectors"):
-            init = graph.entities.select("id", "entity").mapInArrow(
-                lambda it: init_batches(it, dim=cfg.dim, seed=cfg.seed, method=cfg.init), VECTOR_SCHEMA
+            init = with_routes(graph.entities, cfg.markov).mapInArrow(
+                lambda it: init_batches(it, dim=cfg.dim, seed=cfg.seed, method=cfg.init), X_SCHEMA
             )
             if given_table is not None:  # node features replace the hash init where given
                 given, report["init_vectors"] = given_start_vectors(*given_table, graph.entities, dim=cfg.dim)
@@ -190,14 +186,12 @@ def run_embedding(
             x = materialise(init, "iter=0000")
         start = 0
         log.info("start vectors (%s, seed %d, dim %d) in %.1fs", cfg.init, cfg.seed, cfg.dim, timer.lap())
-    route_table = routes(graph.entities, cfg.markov)
     iteration_seconds: list[float] = []
     # --multiscale: the iterations to concatenate (kept in the store; earlier ones re-read on resume)
     parts = {s: store.read(store.iteration_name(s)) for s in cfg.multiscale if s <= start and store is not None}
     for k in range(start + 1, cfg.iterations + 1):
         with job_description(spark, f"spark_cleora: iteration {k}/{cfg.iterations}"):
-            nxt = propagate(x, graph.plans, route_table, dim=cfg.dim, num_buckets=graph.num_blocks,
-                            extra=_residual_part(x, cfg.residual, dim=cfg.dim))
+            nxt = propagate(x, graph.plans, dim=cfg.dim, num_buckets=graph.num_blocks, residual=cfg.residual)
             if cfg.whiten == "every" or (cfg.whiten == "final" and k == cfg.iterations):
                 # pycleora 3.2.1 whitens after every iteration, 3.0/3.2.0 once at the end
                 nxt = whiten(checkpoint(nxt, "whiten-input"), dim=cfg.dim)
@@ -223,21 +217,6 @@ def run_embedding(
     )
     report["seconds_to_embed"] = round(time.perf_counter() - t_all, 3)
     return EmbedResult(emb, report)
-
-
-def _residual_part(x: DataFrame, alpha: float, *, dim: int) -> DataFrame | None:
-    """pycleora's residual mixing ``rownorm((1-α)·MX + α·X)`` = ``rownorm(MX + α/(1-α)·X)``: the rows
-    ``α/(1-α)·x`` to add to each entity's sum before the row normalisation (None when α = 0)."""
-    if not alpha:
-        return None
-    factor = alpha / (1.0 - alpha)
-
-    def scale(batches):
-        for b in batches:
-            vec = unpack(b.column("vec"), dim).astype(np.float64) * factor
-            yield pa.RecordBatch.from_arrays([b.column("id"), pack(vec)], names=["id", "vec"])
-
-    return x.mapInArrow(scale, VECTOR_SCHEMA)
 
 
 def _concatenate(parts: list[DataFrame]) -> DataFrame:

@@ -216,19 +216,6 @@ def build_entities(blocks: DataFrame, columns: tuple[Column, ...]) -> DataFrame:
     )
 
 
-def routes(entities: DataFrame, markov: str) -> DataFrame:
-    """Which blocks need each entity's vector, with the Markov scalings.
-
-    left:      (W/D) X       -> pre = 1,     post = 1/D
-    symmetric: D^-½ W D^-½ X -> pre = D^-½,  post = D^-½
-    """
-    if markov == "left":
-        pre, post = F.lit(1.0), 1.0 / F.col("degree")
-    else:
-        pre = post = 1.0 / F.sqrt(F.col("degree"))
-    return entities.select("id", F.explode("blocks").alias("block"), pre.alias("pre"), post.alias("post"))
-
-
 def count_entities(entities: DataFrame) -> int:
     """Number of entities; raises if two names share a key (checked in the same pass)."""
     row = entities.agg(

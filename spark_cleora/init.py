@@ -119,11 +119,13 @@ def init_for_names(names: Sequence[str], dim: int, *, seed: int = 0, method: str
 def init_batches(
     batches: Iterable[pa.RecordBatch], *, dim: int, seed: int, method: str
 ) -> Iterator[pa.RecordBatch]:
-    """``mapInArrow`` body: ``(id, entity)`` batches -> ``(id, vec)`` packed start vectors."""
+    """``mapInArrow`` body: ``(id, entity, ...)`` batches -> ``(id, ..., vec)`` packed start vectors (the
+    other columns pass through; ``entity`` is dropped)."""
     for batch in batches:
         names = batch.column("entity").to_pylist()
         vecs = init_for_names(names, dim, seed=seed, method=method)
-        yield pa.RecordBatch.from_arrays([batch.column("id"), pack(vecs)], names=["id", "vec"])
+        keep = [n for n in batch.schema.names if n != "entity"]
+        yield pa.RecordBatch.from_arrays([batch.column(n) for n in keep] + [pack(vecs)], names=[*keep, "vec"])
 
 
 # --------------------------------------------------------------------------------------------
@@ -190,7 +192,8 @@ def given_start_vectors(vectors: DataFrame, rows: int, entities: DataFrame, *,
 
 
 def override_start_vectors(hashed: DataFrame, given: DataFrame) -> DataFrame:
-    """(id, vec) hash start vectors with each entity's given vector (id, given) in its place."""
+    """(id, ..., vec) hash start vectors with each entity's given vector (id, given) in its place."""
     from pyspark.sql import functions as F
 
-    return hashed.join(given, "id", "left").select("id", F.coalesce("given", "vec").alias("vec"))
+    others = [c for c in hashed.columns if c != "vec"]
+    return hashed.join(given, "id", "left").select(*others, F.coalesce("given", "vec").alias("vec"))

@@ -12,6 +12,11 @@ worker then multiplies a whole block with scipy sparse matrices:
 and emits one partial vector per (entity, block). A second grouped step sums the partials of each
 entity (entities hashed into buckets, one numpy ``reduceat`` per bucket) and L2-normalises the rows.
 Vectors travel packed (see :mod:`spark_cleora.vectors`); all arithmetic is float64, stored float32.
+
+The embedding table carries each entity's *route* next to its vector (``X_SCHEMA``: the blocks that
+need it and its Markov scalings), and both steps pass the route through, so an iteration is
+``explode(blocks)`` -> shuffle by block -> multiply -> shuffle by entity -> sum: no join with a routing
+table, and the table an iteration writes is the next one's input as it is.
 """
 
 from __future__ import annotations
@@ -29,6 +34,9 @@ from scipy import sparse
 from .vectors import PACKED, pack, to_list_array, unpack
 
 VECTOR_SCHEMA = f"id long, vec {PACKED}"
+#: the embedding table during the iterations: vector plus route (see the module docstring)
+X_SCHEMA = f"id long, pre double, post double, blocks array<int>, vec {PACKED}"
+_NOT_ROUTE = ("block", "vec")
 NORM_EPS = 1e-10  # pycleora 3.x: x / max(||x||, 1e-10); an all-zero row stays zero
 
 
@@ -47,8 +55,12 @@ def _maybe_inject_failure(where: str) -> None:
         raise RuntimeError(f"injected failure in {where} (partition {ctx.partitionId()}, {FAIL_SWITCH}=1)")
 
 
-def _empty(dim: int) -> pa.Table:
-    return pa.table({"id": pa.array([], pa.int64()), "vec": pack(np.zeros((0, dim), dtype=np.float32))})
+def _empty(dim: int, like: pa.Table | None = None) -> pa.Table:
+    """No rows, with the pass-through columns of ``like`` (if given)."""
+    if like is None:
+        return pa.table({"id": pa.array([], pa.int64()), "vec": pack(np.zeros((0, dim), dtype=np.float32))})
+    keep = [n for n in like.column_names if n not in _NOT_ROUTE]
+    return like.select(keep).slice(0, 0).append_column("vec", pack(np.zeros((0, dim), dtype=np.float32)))
 
 
 PLAN_SCHEMA = "block int, plan binary"
@@ -110,9 +122,10 @@ def plans_of_blocks(memberships: DataFrame, *, reflexive: bool) -> DataFrame:
 
 
 def multiply_block(routed: pa.Table, plan: pa.Table, *, dim: int) -> pa.Table:
-    """Multiply one block: routed vectors ``(id, pre, post, vec)`` x its compiled ``plan`` (one row)."""
+    """Multiply one block: routed vectors ``(id, pre, post, [route...], vec)`` x its compiled ``plan`` (one
+    row) -> one partial ``(id, ..., vec)`` per entity of the block (other columns pass through)."""
     if routed.num_rows == 0 or plan.num_rows == 0:
-        return _empty(dim)
+        return _empty(dim, routed)
     p = _load_plan(plan.column("plan")[0].as_py())
     ids = routed.column("id").to_numpy()
     order = np.argsort(ids, kind="stable")
@@ -128,13 +141,15 @@ def multiply_block(routed: pa.Table, plan: pa.Table, *, dim: int) -> pa.Table:
     else:
         y = a.T @ (s_a * scale)
     y *= routed.column("post").to_numpy()[order][:, None]
-    return pa.table({"id": pa.array(p["ids"], pa.int64()), "vec": pack(y)})
+    keep = [n for n in routed.column_names if n not in _NOT_ROUTE]
+    return routed.select(keep).take(pa.array(order)).append_column("vec", pack(y))
 
 
 def sum_and_normalize(partials: pa.Table, *, dim: int) -> pa.Table:
-    """Sum the partial vectors of each entity, then divide each row by max(‖row‖, 1e-10)."""
+    """Sum the partial vectors of each entity, then divide each row by max(‖row‖, 1e-10); other columns
+    (the route) are taken from the entity's first partial."""
     if partials.num_rows == 0:
-        return _empty(dim)
+        return _empty(dim, partials)
     ids = partials.column("id").to_numpy()
     vecs = unpack(partials.column("vec"), dim)
     order = np.argsort(ids, kind="stable")
@@ -143,30 +158,35 @@ def sum_and_normalize(partials: pa.Table, *, dim: int) -> pa.Table:
     total = np.add.reduceat(vecs[order].astype(np.float64), starts, axis=0)
     norms = np.sqrt(np.einsum("ij,ij->i", total, total))
     total /= np.maximum(norms, NORM_EPS)[:, None]
-    return pa.table({"id": pa.array(ids[starts], pa.int64()), "vec": pack(total)})
+    keep = [n for n in partials.column_names if n not in _NOT_ROUTE]
+    return partials.select(keep).take(pa.array(order[starts])).append_column("vec", pack(total))
 
 
 def reduce_key(num_buckets: int):
     return F.pmod(F.xxhash64(F.col("id")), F.lit(num_buckets)).cast("int")
 
 
-def propagate(
-    x: DataFrame,
-    plans: DataFrame,
-    routes: DataFrame,
-    *,
-    dim: int,
-    num_buckets: int,
-    extra: DataFrame | None = None,
-) -> DataFrame:
-    """``x``: (id, vec) -> the next iteration's (id, vec), lazily.
+def with_routes(entities: DataFrame, markov: str) -> DataFrame:
+    """(id, entity, pre, post, blocks): the route columns of ``X_SCHEMA`` for every entity.
 
-    ``extra`` (id, vec) rows, if given, are added to the entities' sums before the row normalisation
-    (the residual mixing of ``--residual``).
-
-    ``plans``: (block, plan) from :func:`plans_of_blocks`; ``routes``: (id, block, pre, post).
+    left:      (W/D) X       -> pre = 1,     post = 1/D
+    symmetric: D^-½ W D^-½ X -> pre = D^-½,  post = D^-½
     """
-    routed = routes.join(x, "id").select("block", "id", "pre", "post", "vec")
+    if markov == "left":
+        pre, post = F.lit(1.0), 1.0 / F.col("degree")
+    else:
+        pre = post = 1.0 / F.sqrt(F.col("degree"))
+    return entities.select("id", "entity", pre.alias("pre"), post.alias("post"), "blocks")
+
+
+def propagate(x: DataFrame, plans: DataFrame, *, dim: int, num_buckets: int, residual: float = 0.0) -> DataFrame:
+    """``x`` (``X_SCHEMA``) -> the next iteration's ``x``, lazily.
+
+    ``plans``: (block, plan) from :func:`spark_cleora.graph.plans_of`. ``residual`` is pycleora's residual
+    mixing ``rownorm((1-α)·MX + α·X)`` = ``rownorm(MX + α/(1-α)·X)``: the rows ``α/(1-α)·x`` join the
+    partial sums before the row normalisation.
+    """
+    routed = x.select(F.explode("blocks").alias("block"), *[c for c in x.columns])
 
     def step(left: pa.Table, right: pa.Table) -> pa.Table:
         _maybe_inject_failure("multiply")
@@ -176,11 +196,18 @@ def propagate(
         _maybe_inject_failure("reduce")
         return sum_and_normalize(table, dim=dim)
 
-    partials = routed.groupBy("block").cogroup(plans.groupBy("block")).applyInArrow(step, VECTOR_SCHEMA)
-    if extra is not None:
-        partials = partials.unionByName(extra.select("id", "vec"))
+    partials = routed.groupBy("block").cogroup(plans.groupBy("block")).applyInArrow(step, X_SCHEMA)
+    if residual:
+        factor = residual / (1.0 - residual)
+
+        def scale(batches):
+            for b in batches:
+                vec = unpack(b.column("vec"), dim).astype(np.float64) * factor
+                yield b.set_column(b.schema.get_field_index("vec"), "vec", pack(vec))
+
+        partials = partials.unionByName(x.mapInArrow(scale, X_SCHEMA))
     bucketed = partials.withColumn("bucket", reduce_key(num_buckets))
-    return bucketed.groupBy("bucket").applyInArrow(lambda t: reduce(t.drop_columns(["bucket"])), VECTOR_SCHEMA)
+    return bucketed.groupBy("bucket").applyInArrow(lambda t: reduce(t.drop_columns(["bucket"])), X_SCHEMA)
 
 
 def unpacked(x: DataFrame, *, dim: int) -> DataFrame:

@@ -64,14 +64,15 @@ def whitening_transform(x: DataFrame, *, dim: int) -> tuple[np.ndarray, np.ndarr
 
 
 def apply_whitening(x: DataFrame, mean: np.ndarray, transform: np.ndarray, *, dim: int) -> DataFrame:
-    """(id, vec) -> (id, (vec - mean) @ transform), lazily, in float32 like pycleora."""
+    """(id, ..., vec) -> (id, ..., (vec - mean) @ transform), lazily, in float32 like pycleora (other
+    columns pass through)."""
 
     def apply(batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         for b in batches:
             out = (unpack(b.column("vec"), dim) - mean) @ transform
-            yield pa.RecordBatch.from_arrays([b.column("id"), pack(out)], names=["id", "vec"])
+            yield b.set_column(b.schema.get_field_index("vec"), "vec", pack(out))
 
-    return x.mapInArrow(apply, "id long, vec binary")
+    return x.mapInArrow(apply, x.schema)
 
 
 def whiten(x: DataFrame, *, dim: int) -> DataFrame:
