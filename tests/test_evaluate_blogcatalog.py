@@ -77,7 +77,7 @@ def test_classify_cli_multilabel_on_a_generated_adjlist_graph(spark, tmp_path, c
     report = tmp_path / "r" / "ml.json"
     rc = main(["evaluate", "classify", "--labels", str(labels), "--labels-format", "space-multi",
                "--edges", str(adj), "--edges-format", "adjlist", "--dim", "16", "--iterations", "2",
-               "--split-seed", "2", "--max-iter", "12", "--report", str(report)])
+               "--split-seed", "2", "--max-iter", "6", "--report", str(report)])
     assert rc == 0
     r = json.loads(report.read_text())
     n_edges = sum(len(js) for js in nbrs.values()) // 2

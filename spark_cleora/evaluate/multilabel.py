@@ -191,14 +191,17 @@ def classify_multilabel(emb: DataFrame, labels: DataFrame, *, seed: int = 0, tes
     index = spark.createDataFrame(list(enumerate(names)), "i int, label string")
     per_node = (labels.join(index, "label").groupBy("node")
                 .agg(F.array_sort(F.collect_set("i")).alias("y")))
-    data = split_nodes(per_node.join(emb.withColumnRenamed("entity", "node"), "node"), seed=seed,
+    # left join: labelled nodes without an embedding are counted in the report, then left out
+    data = split_nodes(per_node.join(emb.withColumnRenamed("entity", "node"), "node", "left"), seed=seed,
                        test_fraction=test_fraction)
     data = data.select("node", "y", "embedding", "is_test").repartition(2).localCheckpoint(eager=True)
-    c = data.agg(F.sum((~F.col("is_test")).cast("long")).alias("train"),
-                 F.sum(F.col("is_test").cast("long")).alias("test"), F.max(F.size("embedding")).alias("dim")).collect()[0]
+    known = F.col("embedding").isNotNull()
+    c = data.agg(F.sum((known & ~F.col("is_test")).cast("long")).alias("train"),
+                 F.sum((known & F.col("is_test")).cast("long")).alias("test"),
+                 F.sum((~known).cast("long")).alias("unknown"), F.max(F.size("embedding")).alias("dim")).collect()[0]
     n_train, n_test, dim = int(c["train"] or 0), int(c["test"] or 0), int(c["dim"] or 0)
-    train, test = data.filter(~F.col("is_test")), data.filter(F.col("is_test"))
-    without_embedding = per_node.count() - n_train - n_test
+    without_embedding = int(c["unknown"] or 0)
+    train, test = data.filter(known & ~F.col("is_test")), data.filter(known & F.col("is_test"))
     if not n_train or not n_test:
         raise ValueError(f"classify: {n_train} training and {n_test} test nodes; need both")
     model = fit_one_vs_rest(train, n_labels=len(names), dim=dim, reg=reg, max_iter=max_iter)
