@@ -137,21 +137,34 @@ def run_embedding(
                       g["hyperedges"])
         log.info("resuming with the prepared graph in %s", store.uri)
     else:
-        with job_description(spark, "spark_cleora: validate input"):
-            if cfg.input_format == "cleora-tsv":
-                raw, rej = cleora_text_to_memberships(source, cfg)
-            else:
-                raw, rej = events_to_memberships(source, cfg)
-        log.info("read %d input rows (%d rejected) in %.1fs", rej.input_rows, rej.total, timer.lap())
-        if rej.accepted_units == 0:
-            raise BadInputError("no input rows left after validation")
-        num_blocks = cfg.num_blocks or blocks_for(rej.accepted_units, dim=cfg.dim,
-                                                  block_memberships=cfg.block_memberships,
+        validation = None
+        if cfg.input_format == "cleora-tsv":
+            with job_description(spark, "spark_cleora: validate input"):
+                raw, rej = cleora_text_to_memberships(source, cfg)  # counted up front (sizes the blocks)
+            units = rej.accepted_units
+            log.info("read %d input rows (%d rejected) in %.1fs", rej.input_rows, rej.total, timer.lap())
+            if units == 0:
+                raise BadInputError("no input rows left after validation")
+        else:  # events: the rules are counted inside the graph build (no pass of their own)
+            raw, validation = events_to_memberships(source, cfg)
+            with job_description(spark, "spark_cleora: count input rows"):
+                units = source.count()  # Parquet/Delta: from the file footers
+            if units == 0:
+                raise BadInputError("events: the input is empty (no rows were read)")
+        num_blocks = cfg.num_blocks or blocks_for(units, dim=cfg.dim, block_memberships=cfg.block_memberships,
                                                   parallelism=_parallelism(spark))
         with job_description(spark, "spark_cleora: build graph"):
             blocks = materialise(build_blocks(raw, reflexive=reflexive, num_blocks=num_blocks), "graph/blocks")
-            n_memberships, n_hyperedges, largest = graph_counts(blocks)
-            check_hyperedge_fits(largest, cfg.dim, cfg.block_memory_gb)
+            counts = graph_counts(blocks)
+            if validation is not None:
+                rej = validation.settle(counts.input_rows, units=counts.input_rows.get(None, 0))
+                if rej.input_rows != units:  # every input row is either in the graph or counted as rejected
+                    raise RuntimeError(f"the graph build saw {rej.input_rows} input rows, the input has {units}")
+                log.info("read %d input rows (%d rejected)", rej.input_rows, rej.total)
+                if rej.accepted_units == 0:
+                    raise BadInputError("no input rows left after validation")
+            n_memberships, n_hyperedges = counts.memberships, counts.hyperedges
+            check_hyperedge_fits(counts.largest, cfg.dim, cfg.block_memory_gb)
             entities = materialise(build_entities(blocks, columns), "graph/entities")
             n_entities = count_entities(entities)
         graph = Graph(entities, plans_of(blocks), reflexive, num_blocks, n_entities, n_memberships, n_hyperedges)

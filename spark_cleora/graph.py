@@ -72,12 +72,19 @@ def choose_num_blocks(n_memberships: int, block_memberships: int, parallelism: i
 
 
 #: ``graph/blocks``: kind 0 = one entity's share of a block (per distinct name key and column), kind 1 =
-#: the block's compiled plan with its counts
+#: the block's compiled plan with its counts, kind 2 = input rows the block's task saw (``rows``) per
+#: rule they broke (``entity`` = the rule; null = accepted)
 BLOCK_SCHEMA = (
     "kind int, block int, id long, entity string, col int, occurrences double, degree double, "
-    "plan binary, memberships long, hyperedges long, largest long"
+    "plan binary, memberships long, hyperedges long, largest long, rows long"
 )
-ENTITY_PART, PLAN = 0, 1
+ENTITY_PART, PLAN, INPUT_ROWS = 0, 1, 2
+_BLOCK_ARROW = pa.schema([
+    ("kind", pa.int32()), ("block", pa.int32()), ("id", pa.int64()), ("entity", pa.string()), ("col", pa.int32()),
+    ("occurrences", pa.float64()), ("degree", pa.float64()), ("plan", pa.binary()), ("memberships", pa.int64()),
+    ("hyperedges", pa.int64()), ("largest", pa.int64()), ("rows", pa.int64()),
+])
+_REJECT, _ROWS = "_reject", "_rows"  # see spark_cleora.hyperedges
 #: rows of one Arrow batch leaving the block builder
 _OUT_BATCH = 1 << 16
 
@@ -102,8 +109,9 @@ def build_blocks(raw: DataFrame, *, reflexive: bool, num_blocks: int) -> DataFra
     per-membership is written: the entities come from the shares, the iterations from the plans.
     """
     # the keys are computed after the shuffle (same stage as the numpy pass): fewer bytes to shuffle
-    keyed = raw.select("h", "side", "col", "entity", "weight").repartition(num_blocks, "h").select(
-        "h", "side", "col", "entity", "weight",
+    flags = [c for c in (_REJECT, _ROWS) if c in raw.columns]  # deferred validation: counted here
+    keyed = raw.select("h", "side", "col", "entity", "weight", *flags).repartition(num_blocks, "h").select(
+        "h", "side", "col", "entity", "weight", *flags,
         F.xxhash64("entity").alias("id"),
         # a second, independent hash keeps two names apart even if their 64-bit ids collide, so the
         # collision check in count_entities sees both names
@@ -123,10 +131,39 @@ def blocks_of_partition(batches, *, reflexive: bool):
     if not batches:
         return
     t = pa.Table.from_batches(batches)
+    if _REJECT in t.column_names:
+        t, counts = _count_input_rows(t)
+        yield pa.RecordBatch.from_pydict({
+            **_nulls(len(counts)), "kind": pa.array([INPUT_ROWS] * len(counts), pa.int32()),
+            "entity": pa.array(list(counts), pa.string()), "rows": pa.array(list(counts.values()), pa.int64()),
+        }, schema=_BLOCK_ARROW)
+        if t.num_rows == 0:
+            return
     block = t.column("block").to_numpy()
     for b in np.unique(block):  # one block per partition (the block is the partition id)
         part = t if len(block) == t.num_rows and (block == b).all() else t.filter(pa.array(block == b))
         yield from _one_block(part, int(b), reflexive=reflexive)
+
+
+def _count_input_rows(t: pa.Table) -> tuple[pa.Table, dict[str | None, int]]:
+    """Input rows per rule broken (None = accepted), and the accepted raw rows only."""
+    import pyarrow.compute as pc
+
+    rule = t.column(_REJECT)
+    rows = t.column(_ROWS).to_numpy() if _ROWS in t.column_names else np.ones(t.num_rows, dtype=np.int64)
+    ok = pc.is_null(rule).to_numpy(zero_copy_only=False)
+    counts: dict[str | None, int] = {None: int(rows[ok].sum())}
+    if not ok.all():
+        names = np.asarray(rule.filter(pa.array(~ok)).to_pylist(), dtype=object)
+        bad_rows = rows[~ok]
+        for name in np.unique(names):  # a handful of rules
+            counts[str(name)] = int(bad_rows[names == name].sum())
+        t = t.filter(pa.array(ok))
+    return t, counts
+
+
+def _nulls(n: int) -> dict[str, pa.Array]:
+    return {f.name: pa.nulls(n, f.type) for f in _BLOCK_ARROW}
 
 
 def _one_block(t: pa.Table, block: int, *, reflexive: bool):
@@ -170,23 +207,18 @@ def _one_block(t: pa.Table, block: int, *, reflexive: bool):
         "kind": pa.array(np.full(n, ENTITY_PART, dtype=np.int32)),
         "block": pa.array(np.full(n, block, dtype=np.int32)),
         "id": pa.array(ids[first]),
-        "entity": t.column("entity").take(pa.array(rows[first])),
+        "entity": t.column("entity").take(pa.array(rows[first])).cast(pa.string()),
         "col": pa.array(col[first].astype(np.int32)),
         "occurrences": pa.array(np.add.reduceat(weight[e_order], e_starts)),
         "degree": pa.array(np.add.reduceat(d[e_order], e_starts)),
-        "plan": pa.nulls(n, pa.binary()),
-        "memberships": pa.nulls(n, pa.int64()),
-        "hyperedges": pa.nulls(n, pa.int64()),
-        "largest": pa.nulls(n, pa.int64()),
-    })
+        **{k: v for k, v in _nulls(n).items() if k in ("plan", "memberships", "hyperedges", "largest", "rows")},
+    }, schema=_BLOCK_ARROW)
     yield from shares.to_batches(max_chunksize=_OUT_BATCH)
     yield pa.RecordBatch.from_pydict({
-        "kind": pa.array([PLAN], pa.int32()), "block": pa.array([block], pa.int32()),
-        "id": pa.nulls(1, pa.int64()), "entity": pa.nulls(1, pa.string()), "col": pa.nulls(1, pa.int32()),
-        "occurrences": pa.nulls(1, pa.float64()), "degree": pa.nulls(1, pa.float64()),
+        **_nulls(1), "kind": pa.array([PLAN], pa.int32()), "block": pa.array([block], pa.int32()),
         "plan": pa.array([plan], pa.binary()), "memberships": pa.array([len(h)], pa.int64()),
         "hyperedges": pa.array([len(h_starts)], pa.int64()), "largest": pa.array([int(h_rows.max())], pa.int64()),
-    })
+    }, schema=_BLOCK_ARROW)
 
 
 def plans_of(blocks: DataFrame) -> DataFrame:
@@ -232,12 +264,23 @@ class HyperedgeTooLargeError(ValueError):
     """One hyperedge needs more memory than a Python worker is allowed for one block."""
 
 
-def graph_counts(blocks: DataFrame) -> tuple[int, int, int]:
-    """(memberships, hyperedges, rows of the largest hyperedge), from the plan rows' counts."""
-    row = blocks.filter(F.col("kind") == PLAN).agg(
-        F.sum("memberships").alias("m"), F.sum("hyperedges").alias("h"), F.max("largest").alias("big")
-    ).collect()[0]
-    return int(row["m"] or 0), int(row["h"] or 0), int(row["big"] or 0)
+@dataclass
+class GraphCounts:
+    memberships: int
+    hyperedges: int
+    largest: int  # raw rows of the largest hyperedge
+    input_rows: dict[str | None, int]  # per rule broken, None = accepted (deferred validation only)
+
+
+def graph_counts(blocks: DataFrame) -> GraphCounts:
+    """The plan rows' counts and the input-row counts, in one small aggregate (one row per kind/rule)."""
+    rows = blocks.filter(F.col("kind") != ENTITY_PART).groupBy("kind", "entity").agg(
+        F.sum("memberships").alias("m"), F.sum("hyperedges").alias("h"), F.max("largest").alias("big"),
+        F.sum("rows").alias("rows"),
+    ).collect()
+    plan = [r for r in rows if r["kind"] == PLAN]
+    m, h, big = (int(plan[0]["m"] or 0), int(plan[0]["h"] or 0), int(plan[0]["big"] or 0)) if plan else (0, 0, 0)
+    return GraphCounts(m, h, big, {r["entity"]: int(r["rows"] or 0) for r in rows if r["kind"] == INPUT_ROWS})
 
 
 #: bytes a block needs per (membership row x dimension): packed input, float64 copy, float64 result, output

@@ -24,6 +24,8 @@ from .config import ConfigError, EmbedConfig, parse_columns
 log = logging.getLogger(__name__)
 
 _REJECT = "_reject"
+#: input rows a raw row stands for (1, or the duplicates merged by ``dedupe``)
+ROWS = "_rows"
 
 
 class BadInputError(ValueError):
@@ -52,48 +54,71 @@ def _first_failed(rules: list[tuple[str, SparkColumn]]) -> SparkColumn:
     return expr
 
 
+@dataclass
+class Validation:
+    """Rules flagged on the input rows (``_reject`` = the first rule a row breaks), to be counted where the
+    rows are consumed and then settled by the policy: the events path counts them inside the graph
+    build, so checking the input costs no pass of its own."""
+
+    flagged: DataFrame
+    rules: list[str]
+    policy: str
+    what: str
+    show_cols: list[str]
+    rejects: str | None = None
+
+    def settle(self, counts: dict[str | None, int], units: int = 0) -> Rejections:
+        """Apply the policy to ``counts`` (rows per rule; ``None`` = accepted rows).
+
+        Fails with the first offending row, or writes the rejected rows (quarantine), or logs and drops.
+        """
+        rej = Rejections(
+            counts={r: int(n) for r, n in counts.items() if r is not None and n},
+            input_rows=sum(int(n) for n in counts.values()),
+            accepted_units=units,
+        )
+        if rej.input_rows == 0:
+            raise BadInputError(f"{self.what}: the input is empty (no rows were read)")
+        for rule, n in sorted(rej.counts.items()):
+            log.warning("%s: %d row(s) rejected by rule %s", self.what, n, rule)
+        if rej.counts and self.policy == "fail":
+            rule = min(rej.counts, key=lambda r: (-rej.counts[r], self.rules.index(r)))  # the most frequent rule
+            first = self.flagged.filter(F.col(_REJECT) == rule).select(*self.show_cols).limit(1).collect()
+            sample = first[0].asDict() if first else {}
+            summary = ", ".join(f"{r}={n}" for r, n in sorted(rej.counts.items()))
+            raise BadInputError(
+                f"{self.what}: {rej.counts[rule]} row(s) break rule '{rule}' (all rejections: {summary}); "
+                f"first offending row: {sample!r}. Fix the input or rerun with --on-bad-rows skip to drop and "
+                "count them."
+            )
+        if rej.counts and self.policy == "quarantine":
+            if not self.rejects:
+                raise ValueError("--on-bad-rows quarantine needs --rejects DIR")
+            (self.flagged.filter(F.col(_REJECT).isNotNull())
+             .select(*self.show_cols, F.col(_REJECT).alias("rule"))
+             .write.mode("overwrite").parquet(self.rejects))
+            log.warning("%s: wrote %d rejected rows to %s", self.what, rej.total, self.rejects)
+        if rej.counts:
+            log.warning("%s: dropped %d of %d rows (--on-bad-rows %s)", self.what, rej.total, rej.input_rows,
+                        self.policy)
+        return rej
+
+
 def apply_policy(df: DataFrame, rules: list[tuple[str, SparkColumn]], policy: str, what: str,
                  show_cols: list[str], units: SparkColumn | None = None,
                  rejects: str | None = None) -> tuple[DataFrame, Rejections]:
-    """Count rule violations in one pass; fail with the first offending row, or drop and report.
+    """Count rule violations in one pass now, then settle them (see :meth:`Validation.settle`).
 
     ``units`` (default 1 per row) is summed over accepted rows: entity occurrences, to size the blocks.
-    With ``policy='quarantine'`` the rejected rows (``show_cols`` + ``rule``) are written to ``rejects``.
     """
     flagged = df.withColumn(_REJECT, _first_failed(rules))
     unit = F.lit(1) if units is None else F.when(F.col(_REJECT).isNull(), units).otherwise(0)
     stats = (  # one row per rule: bounded by the rule list
         flagged.groupBy(_REJECT).agg(F.count(F.lit(1)).alias("count"), F.sum(unit).alias("units")).collect()
     )
-    rej = Rejections(
-        counts={r[_REJECT]: int(r["count"]) for r in stats if r[_REJECT] is not None},
-        input_rows=sum(int(r["count"]) for r in stats),
-        accepted_units=sum(int(r["units"] or 0) for r in stats if r[_REJECT] is None),
-    )
-    if rej.input_rows == 0:
-        raise BadInputError(f"{what}: the input is empty (no rows were read)")
-    for rule, n in sorted(rej.counts.items()):
-        log.warning("%s: %d row(s) rejected by rule %s", what, n, rule)
-    if rej.counts and policy == "fail":
-        order = [n for n, _ in rules]
-        rule = min(rej.counts, key=lambda r: (-rej.counts[r], order.index(r)))  # the most frequent rule
-        first = flagged.filter(F.col(_REJECT) == rule).select(*show_cols).limit(1).collect()
-        sample = first[0].asDict() if first else {}
-        summary = ", ".join(f"{r}={n}" for r, n in sorted(rej.counts.items()))
-        raise BadInputError(
-            f"{what}: {rej.counts[rule]} row(s) break rule '{rule}' (all rejections: {summary}); "
-            f"first offending row: {sample!r}. Fix the input or rerun with --on-bad-rows skip to drop and "
-            "count them."
-        )
-    if rej.counts and policy == "quarantine":
-        if not rejects:
-            raise ValueError("--on-bad-rows quarantine needs --rejects DIR")
-        (flagged.filter(F.col(_REJECT).isNotNull())
-         .select(*show_cols, F.col(_REJECT).alias("rule"))
-         .write.mode("overwrite").parquet(rejects))
-        log.warning("%s: wrote %d rejected rows to %s", what, rej.total, rejects)
-    if rej.counts:
-        log.warning("%s: dropped %d of %d rows (--on-bad-rows %s)", what, rej.total, rej.input_rows, policy)
+    validation = Validation(flagged, [n for n, _ in rules], policy, what, show_cols, rejects)
+    rej = validation.settle({r[_REJECT]: int(r["count"]) for r in stats},
+                            units=sum(int(r["units"] or 0) for r in stats if r[_REJECT] is None))
     return flagged.filter(F.col(_REJECT).isNull()).drop(_REJECT), rej
 
 
@@ -121,8 +146,13 @@ def require_columns(df: DataFrame, names: list[str], what: str) -> None:
         raise ConfigError(f"{what}: column(s) {missing} not found; the input has {df.columns}")
 
 
-def events_to_memberships(events: DataFrame, cfg: EmbedConfig) -> tuple[DataFrame, Rejections]:
-    """Group events into hyperedges (optionally split into sessions by a time gap)."""
+def events_to_memberships(events: DataFrame, cfg: EmbedConfig) -> tuple[DataFrame, Validation]:
+    """Group events into hyperedges (optionally split into sessions by a time gap), lazily.
+
+    The raw rows keep the rejected ones, flagged (``_reject``, with ``_rows`` input rows per raw row,
+    >1 after ``dedupe``): the graph build counts them (:func:`spark_cleora.graph.build_blocks`) and
+    the caller settles the policy with the counts (:meth:`Validation.settle`).
+    """
     hcol, ecol, tcol, wcol = cfg.hyperedge, cfg.entity, cfg.timestamp, cfg.weight
     assert hcol and ecol
     need = [hcol, ecol] + ([tcol] if tcol else []) + ([wcol] if wcol else [])
@@ -146,24 +176,33 @@ def events_to_memberships(events: DataFrame, cfg: EmbedConfig) -> tuple[DataFram
         w = F.col("weight")
         rules.append(("bad_weight", w.isNull() | F.isnan(w) | (w <= 0) | (w == float("inf"))))
     shown = [c for c in df.columns if c not in ("_t", "weight")]
-    clean, rej = apply_policy(df, rules, cfg.on_bad_rows, "events", shown, rejects=cfg.rejects)
+    flagged = df.withColumn(_REJECT, _first_failed(rules))
+    validation = Validation(flagged, [n for n, _ in rules], cfg.on_bad_rows, "events", shown, cfg.rejects)
+    ok = F.col(_REJECT).isNull()
+    # a rejected row travels on as its rule only (its values may be null, invalid UTF-8, unparseable), with
+    # a key of its own so that rejected rows spread over the partitions
+    rows = flagged.select(
+        F.when(ok, F.col("_h")).alias("_h"), F.when(ok, F.col("entity")).alias("entity"),
+        *([F.when(ok, F.col("_t")).alias("_t")] if tcol else []),
+        (F.when(ok, F.col("weight")).otherwise(F.lit(0.0)) if wcol else F.lit(1.0)).alias("weight"),
+        F.col(_REJECT),
+    )
     if tcol and cfg.session_gap is not None:
-        w = Window.partitionBy("_h").orderBy("_t", "entity")
+        w = Window.partitionBy("_h", _REJECT).orderBy("_t", "entity")  # rejected rows stay out of sessions
         gap = F.col("_t") - F.lag("_t").over(w)
         new_session = F.when(gap.isNull() | (gap > F.lit(float(cfg.session_gap))), 1).otherwise(0)
         session = F.sum(new_session).over(w.rowsBetween(Window.unboundedPreceding, Window.currentRow))
-        clean = clean.withColumn("h", F.xxhash64("_h", session))
+        h = F.xxhash64("_h", session)
     else:
-        clean = clean.withColumn("h", F.xxhash64("_h"))
-    weight = F.col("weight") if wcol else F.lit(1.0)
+        h = F.xxhash64("_h")
+    rows = rows.withColumn("h", F.when(ok, h).otherwise(F.xxhash64(F.col(_REJECT), F.monotonically_increasing_id())))
     if cfg.dedupe:  # one event per (hyperedge, entity); with weights, the heaviest (deterministic)
-        clean = clean.groupBy("h", "entity").agg(F.max(weight).alias("weight")) if wcol else \
-            clean.dropDuplicates(["h", "entity"])
-    raw = clean.select(
-        "h", F.lit(0).alias("side"), F.lit(0).alias("col"), "entity",
-        (F.col("weight") if wcol else F.lit(1.0)).alias("weight"),
-    )
-    return raw, rej
+        rows = rows.groupBy("h", "entity", _REJECT).agg(F.max("weight").alias("weight"),
+                                                        F.count(F.lit(1)).alias(ROWS))
+    else:
+        rows = rows.withColumn(ROWS, F.lit(1).cast("long"))
+    raw = rows.select("h", F.lit(0).alias("side"), F.lit(0).alias("col"), "entity", "weight", _REJECT, ROWS)
+    return raw, validation
 
 
 # --------------------------------------------------------------------------------------------
