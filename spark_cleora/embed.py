@@ -11,8 +11,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import pyarrow as pa
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
+from pyspark.sql.types import BinaryType, StructField, StructType
 
 from . import __version__
 from .config import ConfigError, EmbedConfig, field_names
@@ -27,9 +29,10 @@ from .graph import (
     plans_of,
 )
 from .hyperedges import BadInputError, Rejections, cleora_text_to_memberships, events_to_memberships
-from .init import given_start_vectors, init_batches, override_start_vectors, read_start_vectors
-from .propagate import X_SCHEMA, propagate, unpacked, with_routes
+from .init import given_start_vectors, init_batches, init_for_names, override_start_vectors, read_start_vectors
+from .propagate import X_SCHEMA, X_SCHEMA_COLUMNS, propagate, route_scalings, unpacked, with_routes
 from .session import job_description
+from .vectors import pack
 from .store import WorkStore, local_path
 from .whiten import whiten
 
@@ -165,7 +168,10 @@ def run_embedding(
                     raise BadInputError("no input rows left after validation")
             n_memberships, n_hyperedges = counts.memberships, counts.hyperedges
             check_hyperedge_fits(counts.largest, cfg.dim, cfg.block_memory_gb)
-            entities = materialise(build_entities(blocks, columns), "graph/entities")
+            ent = build_entities(blocks, columns)
+            if given_table is None:  # the start vectors are a function of the name: made in the same pass
+                ent = with_start_vectors(ent, cfg)
+            entities = materialise(ent, "graph/entities")
             n_entities = count_entities(entities)
         graph = Graph(entities, plans_of(blocks), reflexive, num_blocks, n_entities, n_memberships, n_hyperedges)
         if store is not None:
@@ -188,6 +194,8 @@ def run_embedding(
     if start is not None and start > 0:
         log.info("resuming from iteration %d", start)
         x = store.read(store.iteration_name(start))
+    elif "vec" in graph.entities.columns:  # made with the entities (see with_start_vectors)
+        x, start = graph.entities.select(*X_SCHEMA_COLUMNS), 0
     else:
         with job_description(spark, "spark_cleora: start vectors"):
             init = with_routes(graph.entities, cfg.markov).mapInArrow(
@@ -224,12 +232,27 @@ def run_embedding(
         x = _concatenate([whiten(parts[s], dim=cfg.dim) if cfg.whiten == "final" and s < cfg.iterations
                           else parts[s] for s in cfg.multiscale])
     emb = (
-        unpacked(x, dim=cfg.output_dim).join(graph.entities.filter(F.col("output")), "id")
+        unpacked(x, dim=cfg.output_dim)
+        .join(graph.entities.filter(F.col("output")).select("id", "entity", "column", "degree", "occurrences"), "id")
         .select("entity", "column", F.col("degree").cast("double").alias("degree"),
                 F.col("occurrences").cast("double").alias("occurrences"), F.col("vec").alias("embedding"))
     )
     report["seconds_to_embed"] = round(time.perf_counter() - t_all, 3)
     return EmbedResult(emb, report)
+
+
+def with_start_vectors(entities: DataFrame, cfg: EmbedConfig) -> DataFrame:
+    """``entities`` plus the route scalings (``pre``, ``post``) and the hash start vector ``vec``: the
+    entities table then doubles as iteration 0 (one job and one write fewer)."""
+    ent = entities.select("*", *route_scalings(cfg.markov))
+    schema = StructType([*ent.schema.fields, StructField("vec", BinaryType())])  # (schema.add mutates)
+
+    def add_vectors(batches):
+        for b in batches:
+            vecs = init_for_names(b.column("entity").to_pylist(), cfg.dim, seed=cfg.seed, method=cfg.init)
+            yield pa.RecordBatch.from_arrays([*b.columns, pack(vecs)], names=[*b.schema.names, "vec"])
+
+    return ent.mapInArrow(add_vectors, schema)
 
 
 def _concatenate(parts: list[DataFrame]) -> DataFrame:

@@ -241,7 +241,8 @@ def build_entities(blocks: DataFrame, columns: tuple[Column, ...]) -> DataFrame:
             F.max(F.element_at(outputs, F.col("col") + 1)).alias("output"),
             F.sum("occurrences").alias("occurrences"),
             F.sum("degree").alias("degree"),
-            F.array_sort(F.collect_set("block")).alias("blocks"),
+            # (cast: the iterations' schema declares nullable elements)
+            F.array_sort(F.collect_set("block")).cast("array<int>").alias("blocks"),
         )
         .withColumn("column", F.element_at(col_names, F.col("_col") + 1))
         .drop("_col")

@@ -36,6 +36,7 @@ from .vectors import PACKED, pack, to_list_array, unpack
 VECTOR_SCHEMA = f"id long, vec {PACKED}"
 #: the embedding table during the iterations: vector plus route (see the module docstring)
 X_SCHEMA = f"id long, pre double, post double, blocks array<int>, vec {PACKED}"
+X_SCHEMA_COLUMNS = ("id", "pre", "post", "blocks", "vec")
 _NOT_ROUTE = ("block", "vec")
 NORM_EPS = 1e-10  # pycleora 3.x: x / max(||x||, 1e-10); an all-zero row stays zero
 
@@ -172,11 +173,17 @@ def with_routes(entities: DataFrame, markov: str) -> DataFrame:
     left:      (W/D) X       -> pre = 1,     post = 1/D
     symmetric: D^-½ W D^-½ X -> pre = D^-½,  post = D^-½
     """
+    pre, post = route_scalings(markov)
+    return entities.select("id", "entity", pre, post, "blocks")
+
+
+def route_scalings(markov: str) -> tuple[Any, Any]:
+    """The ``pre`` and ``post`` columns of an entity (from its ``degree``), see :func:`with_routes`."""
     if markov == "left":
         pre, post = F.lit(1.0), 1.0 / F.col("degree")
     else:
         pre = post = 1.0 / F.sqrt(F.col("degree"))
-    return entities.select("id", "entity", pre.alias("pre"), post.alias("post"), "blocks")
+    return pre.alias("pre"), post.alias("post")
 
 
 def propagate(x: DataFrame, plans: DataFrame, *, dim: int, num_buckets: int, residual: float = 0.0) -> DataFrame:

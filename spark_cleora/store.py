@@ -4,7 +4,8 @@ Layout::
 
     WORK/manifest.json          fingerprint of the config and inputs, engine settings
     WORK/graph/{blocks,entities}/     Parquet, each complete when its _SUCCESS exists
-    WORK/iter=0000/ ...         start vectors, then one directory per finished iteration
+    WORK/iter=0001/ ...         one directory per finished iteration (the start vectors are columns of
+                                graph/entities, or iter=0000 with --init-vectors)
 
 A directory counts as finished only when Spark's ``_SUCCESS`` marker is there, so a run killed in the
 middle of writing iteration k resumes from k-1.
