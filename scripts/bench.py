@@ -159,9 +159,12 @@ def shuffle_bytes(event_dir: str) -> int:
 def task_skew(event_dir: str, min_tasks: int = 4) -> dict:
     """Straggler check from the event log: per stage with >= ``min_tasks`` tasks, max / median task time.
 
-    Returns the worst stage (name, tasks, median and max seconds, ratio) and the ratio for every stage.
+    Also per stage: the same ratio without the stage's first wave (tasks launched within 0.2 s of its
+    first task: in the first Python stage they include the workers' start and imports, which is not
+    skew) and max / median shuffle bytes read (data skew). Returns the worst stage by ``steady_ratio``
+    and every stage.
     """
-    tasks: dict[int, list[float]] = {}
+    tasks: dict[int, list[tuple[float, float, int]]] = {}
     names: dict[int, str] = {}
     for f in glob.glob(os.path.join(event_dir, "**", "*"), recursive=True):
         if os.path.isdir(f):
@@ -172,17 +175,29 @@ def task_skew(event_dir: str, min_tasks: int = 4) -> dict:
                     ev = json.loads(line)
                     info = ev["Task Info"]
                     if not info.get("Failed") and not info.get("Killed"):
-                        tasks.setdefault(ev["Stage ID"], []).append((info["Finish Time"] - info["Launch Time"]) / 1e3)
+                        sr = ((ev.get("Task Metrics") or {}).get("Shuffle Read Metrics") or {})
+                        read = int(sr.get("Remote Bytes Read", 0)) + int(sr.get("Local Bytes Read", 0))
+                        tasks.setdefault(ev["Stage ID"], []).append(
+                            (info["Launch Time"] / 1e3, (info["Finish Time"] - info["Launch Time"]) / 1e3, read))
                 elif '"SparkListenerStageCompleted"' in line:
                     si = json.loads(line)["Stage Info"]
                     names[si["Stage ID"]] = si["Stage Name"][:50]
+
+    def ratio(values: list[float]) -> float | None:
+        return round(max(values) / max(statistics.median(values), 1e-3), 2) if len(values) >= 3 else None
+
     stages = []
     for sid, ts in tasks.items():
         if len(ts) >= min_tasks:
-            med = statistics.median(ts)
-            stages.append({"stage": sid, "name": names.get(sid, ""), "tasks": len(ts), "median_s": round(med, 3),
-                           "max_s": round(max(ts), 3), "ratio": round(max(ts) / max(med, 1e-3), 2)})
-    worst = max(stages, key=lambda s: s["ratio"], default=None)
+            times = [t for _, t, _ in ts]
+            start = min(launch for launch, _, _ in ts)
+            steady = [t for launch, t, _ in ts if launch > start + 0.2]
+            reads = [r for _, _, r in ts]
+            stages.append({"stage": sid, "name": names.get(sid, ""), "tasks": len(ts),
+                           "median_s": round(statistics.median(times), 3), "max_s": round(max(times), 3),
+                           "ratio": ratio(times), "steady_ratio": ratio(steady),
+                           "read_ratio": ratio([float(r) for r in reads]) if max(reads) else None})
+    worst = max(stages, key=lambda s: s["steady_ratio"] or s["ratio"] or 0, default=None)
     return {"worst": worst, "stages": sorted(stages, key=lambda s: s["stage"])}
 
 
@@ -284,9 +299,10 @@ def main() -> None:
         if s:
             w = sorted(s["runs"], key=lambda r: r["seconds"])[len(s["runs"]) // 2]["task_skew"]["worst"]
             if w:
-                print(f"{row['events']:>12,} events: worst max/median task time {w['ratio']:.2f} "
-                      f"(stage {w['stage']} {w['name']!r}, {w['tasks']} tasks, median {w['median_s']:.2f}s, "
-                      f"max {w['max_s']:.2f}s)")
+                print(f"{row['events']:>12,} events: stragglers, worst stage {w['stage']} ({w['tasks']} tasks): "
+                      f"max/median task time {w['ratio']} (median {w['median_s']:.2f}s, max {w['max_s']:.2f}s), "
+                      f"without the first wave {w['steady_ratio']}, shuffle bytes read max/median "
+                      f"{w['read_ratio']}")
     if args.json:
         with open(args.json, "w") as fh:
             json.dump({"machine": {"cores": os.cpu_count(), "python": platform.python_version()},
