@@ -48,10 +48,10 @@ class EmbedResult:
     report: dict[str, Any] = field(default_factory=dict)
 
 
-def _input_fingerprint(cfg: EmbedConfig) -> list[Any]:
+def _input_fingerprint(paths: tuple[str, ...] | list[str]) -> list[Any]:
     """Sizes and mtimes of local input files, so a changed input is not resumed from."""
     out: list[Any] = []
-    for p in cfg.inputs:
+    for p in paths:
         lp = local_path(p)
         if lp is None or not os.path.exists(lp):
             out.append(p)
@@ -65,7 +65,9 @@ def _input_fingerprint(cfg: EmbedConfig) -> list[Any]:
 
 def fingerprint(cfg: EmbedConfig, input_id: Any = None) -> dict[str, Any]:
     fp = cfg.fingerprint_fields()
-    fp["input_files"] = _input_fingerprint(cfg) if input_id is None else input_id
+    fp["input_files"] = _input_fingerprint(cfg.inputs) if input_id is None else input_id
+    if cfg.init_vectors:  # a rewritten --init-vectors table changes iteration 0: not resumable
+        fp["init_vectors_files"] = _input_fingerprint([cfg.init_vectors])
     return fp
 
 

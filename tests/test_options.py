@@ -113,3 +113,24 @@ def test_cli_flags_reach_the_config():
     cfg = embed_config_from_args(ns)
     assert (cfg.residual, cfg.multiscale, cfg.init_vectors) == (0.25, (1, 2, 4), "f.parquet")
     assert cfg.output_dim == 3 * 256
+
+
+def test_rewritten_init_vectors_change_the_resume_fingerprint(tmp_path):
+    """Resuming must not reuse iteration 0 made from an older --init-vectors table."""
+    import time
+
+    from spark_cleora.embed import fingerprint
+
+    table = tmp_path / "vectors.parquet"
+    table.mkdir()
+    (table / "part-0.parquet").write_bytes(b"v1")
+    events = tmp_path / "events.csv"
+    events.write_text("u,i\n")
+    cfg = EmbedConfig(inputs=(str(events),), hyperedge="u", entity="i", input_format="csv",
+                      init_vectors=str(table), output=str(tmp_path / "out"))
+    before = fingerprint(cfg)
+    assert before == fingerprint(cfg)
+    time.sleep(1.1)  # mtimes have one-second resolution in the fingerprint
+    (table / "part-0.parquet").write_bytes(b"v2 longer")
+    assert fingerprint(cfg)["init_vectors_files"] != before["init_vectors_files"]
+    assert "init_vectors_files" not in fingerprint(cfg.replace(init_vectors=None))
