@@ -204,6 +204,7 @@ def _one_block(t: pa.Table, block: int, *, reflexive: bool):
     first = e_order[e_starts]
     n = len(first)
     shares = pa.table({
+        **_nulls(n),  # the plan columns stay null on share rows
         "kind": pa.array(np.full(n, ENTITY_PART, dtype=np.int32)),
         "block": pa.array(np.full(n, block, dtype=np.int32)),
         "id": pa.array(ids[first]),
@@ -211,7 +212,6 @@ def _one_block(t: pa.Table, block: int, *, reflexive: bool):
         "col": pa.array(col[first].astype(np.int32)),
         "occurrences": pa.array(np.add.reduceat(weight[e_order], e_starts)),
         "degree": pa.array(np.add.reduceat(d[e_order], e_starts)),
-        **{k: v for k, v in _nulls(n).items() if k in ("plan", "memberships", "hyperedges", "largest", "rows")},
     }, schema=_BLOCK_ARROW)
     yield from shares.to_batches(max_chunksize=_OUT_BATCH)
     yield pa.RecordBatch.from_pydict({

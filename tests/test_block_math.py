@@ -99,3 +99,31 @@ def test_sum_and_normalize_groups_partials_by_entity():
         s = vecs[ids == e].astype(np.float64).sum(axis=0)
         np.testing.assert_allclose(got[e], s / np.linalg.norm(s), rtol=1e-6)
     np.testing.assert_array_equal(got[9], np.zeros(4))
+
+
+def test_block_builder_counts_input_rows_per_rule_and_builds_from_accepted_rows_only():
+    """Deferred validation: rejected rows are counted by rule (with their dedupe multiplicity) and dropped."""
+    from spark_cleora.graph import ENTITY_PART, INPUT_ROWS, PLAN, blocks_of_partition
+
+    rows = pa.table({
+        "h": pa.array([1, 1, 2, 2, 9, 9, 9], pa.int64()),
+        "side": pa.array([0] * 7, pa.int32()), "col": pa.array([0] * 7, pa.int32()),
+        "entity": pa.array(["a", "b", "a", "c", None, None, None]),
+        "weight": pa.array([1.0, 1.0, 1.0, 2.0, 0.0, 0.0, 0.0]),
+        "_reject": pa.array([None, None, None, None, "null_entity", "null_entity", "bad_weight"]),
+        "_rows": pa.array([1, 1, 1, 3, 1, 2, 1], pa.int64()),  # 3 = three duplicate events merged by dedupe
+        "id": pa.array([10, 11, 10, 12, 0, 0, 0], pa.int64()), "_id2": pa.array([0] * 7, pa.int32()),
+        "block": pa.array([5] * 7, pa.int32()),
+    })
+    out = pa.Table.from_batches(list(blocks_of_partition(rows.to_batches(max_chunksize=3), reflexive=True)))
+    kind = out.column("kind").to_pylist()
+    counts = {r["entity"]: r["rows"] for r in out.filter(pa.array([k == INPUT_ROWS for k in kind])).to_pylist()}
+    assert counts == {None: 6, "null_entity": 3, "bad_weight": 1}
+    shares = {r["entity"]: (r["occurrences"], r["degree"]) for r in
+              out.filter(pa.array([k == ENTITY_PART for k in kind])).to_pylist()}
+    # reflexive degree share 2·w/|A|: h1 = {a, b} (|A| = 2), h2 = {a, c×2} (|A| = 3)
+    want = {"a": (2.0, 1.0 + 2 / 3), "b": (1.0, 1.0), "c": (2.0, 4 / 3)}
+    assert sorted(shares) == sorted(want)
+    assert all(shares[e] == pytest.approx(want[e]) for e in want)
+    plan = out.filter(pa.array([k == PLAN for k in kind])).to_pylist()
+    assert [(p["block"], p["memberships"], p["hyperedges"], p["largest"]) for p in plan] == [(5, 4, 2, 2)]
