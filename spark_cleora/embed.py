@@ -29,8 +29,8 @@ from .graph import (
     plans_of,
 )
 from .hyperedges import BadInputError, Rejections, cleora_text_to_memberships, events_to_memberships
-from .init import given_start_vectors, init_batches, init_for_names, override_start_vectors, read_start_vectors
-from .propagate import X_SCHEMA, X_SCHEMA_COLUMNS, propagate, route_scalings, unpacked, with_routes
+from .init import given_start_vectors, init_for_names, override_start_vectors, read_start_vectors
+from .propagate import X_SCHEMA_COLUMNS, propagate, route_scalings, unpacked
 from .session import job_description
 from .vectors import pack
 from .store import WorkStore, local_path
@@ -200,9 +200,7 @@ def run_embedding(
         x, start = graph.entities.select(*X_SCHEMA_COLUMNS), 0
     else:
         with job_description(spark, "spark_cleora: start vectors"):
-            init = with_routes(graph.entities, cfg.markov).mapInArrow(
-                lambda it: init_batches(it, dim=cfg.dim, seed=cfg.seed, method=cfg.init), X_SCHEMA
-            )
+            init = with_start_vectors(graph.entities, cfg).select(*X_SCHEMA_COLUMNS)
             if given_table is not None:  # node features replace the hash init where given
                 given, report["init_vectors"] = given_start_vectors(*given_table, graph.entities, dim=cfg.dim)
                 init = override_start_vectors(init, given)

@@ -34,6 +34,8 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from .config import Column
+from .hyperedges import REJECT as _REJECT
+from .hyperedges import ROWS as _ROWS
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +86,6 @@ _BLOCK_ARROW = pa.schema([
     ("occurrences", pa.float64()), ("degree", pa.float64()), ("plan", pa.binary()), ("memberships", pa.int64()),
     ("hyperedges", pa.int64()), ("largest", pa.int64()), ("rows", pa.int64()),
 ])
-_REJECT, _ROWS = "_reject", "_rows"  # see spark_cleora.hyperedges
 #: rows of one Arrow batch leaving the block builder
 _OUT_BATCH = 1 << 16
 
@@ -141,7 +142,7 @@ def blocks_of_partition(batches, *, reflexive: bool):
             return
     block = t.column("block").to_numpy()
     for b in np.unique(block):  # one block per partition (the block is the partition id)
-        part = t if len(block) == t.num_rows and (block == b).all() else t.filter(pa.array(block == b))
+        part = t if (block == b).all() else t.filter(pa.array(block == b))
         yield from _one_block(part, int(b), reflexive=reflexive)
 
 

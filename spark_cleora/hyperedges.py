@@ -23,7 +23,8 @@ from .config import ConfigError, EmbedConfig, parse_columns
 
 log = logging.getLogger(__name__)
 
-_REJECT = "_reject"
+#: the first rule a row breaks (null: a good row)
+REJECT = _REJECT = "_reject"
 #: input rows a raw row stands for (1, or the duplicates merged by ``dedupe``)
 ROWS = "_rows"
 
@@ -66,6 +67,13 @@ class Validation:
     what: str
     show_cols: list[str]
     rejects: str | None = None
+
+    @classmethod
+    def flag(cls, df: DataFrame, rules: list[tuple[str, SparkColumn]], policy: str, what: str,
+             show_cols: list[str], rejects: str | None = None) -> Validation:
+        """``df`` with the first rule each row breaks in ``_reject`` (null for a good row)."""
+        return cls(df.withColumn(_REJECT, _first_failed(rules)), [n for n, _ in rules], policy, what, show_cols,
+                   rejects)
 
     def settle(self, counts: dict[str | None, int], units: int = 0) -> Rejections:
         """Apply the policy to ``counts`` (rows per rule; ``None`` = accepted rows).
@@ -111,12 +119,12 @@ def apply_policy(df: DataFrame, rules: list[tuple[str, SparkColumn]], policy: st
 
     ``units`` (default 1 per row) is summed over accepted rows: entity occurrences, to size the blocks.
     """
-    flagged = df.withColumn(_REJECT, _first_failed(rules))
+    validation = Validation.flag(df, rules, policy, what, show_cols, rejects)
+    flagged = validation.flagged
     unit = F.lit(1) if units is None else F.when(F.col(_REJECT).isNull(), units).otherwise(0)
     stats = (  # one row per rule: bounded by the rule list
         flagged.groupBy(_REJECT).agg(F.count(F.lit(1)).alias("count"), F.sum(unit).alias("units")).collect()
     )
-    validation = Validation(flagged, [n for n, _ in rules], policy, what, show_cols, rejects)
     rej = validation.settle({r[_REJECT]: int(r["count"]) for r in stats},
                             units=sum(int(r["units"] or 0) for r in stats if r[_REJECT] is None))
     return flagged.filter(F.col(_REJECT).isNull()).drop(_REJECT), rej
@@ -176,8 +184,8 @@ def events_to_memberships(events: DataFrame, cfg: EmbedConfig) -> tuple[DataFram
         w = F.col("weight")
         rules.append(("bad_weight", w.isNull() | F.isnan(w) | (w <= 0) | (w == float("inf"))))
     shown = [c for c in df.columns if c not in ("_t", "weight")]
-    flagged = df.withColumn(_REJECT, _first_failed(rules))
-    validation = Validation(flagged, [n for n, _ in rules], cfg.on_bad_rows, "events", shown, cfg.rejects)
+    validation = Validation.flag(df, rules, cfg.on_bad_rows, "events", shown, cfg.rejects)
+    flagged = validation.flagged
     ok = F.col(_REJECT).isNull()
     # a rejected row travels on as its rule only (its values may be null, invalid UTF-8, unparseable), with
     # a key of its own so that rejected rows spread over the partitions

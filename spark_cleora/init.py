@@ -116,18 +116,6 @@ def init_for_names(names: Sequence[str], dim: int, *, seed: int = 0, method: str
     return init_vectors(entity_hashes(names), dim, seed=seed, method=method)
 
 
-def init_batches(
-    batches: Iterable[pa.RecordBatch], *, dim: int, seed: int, method: str
-) -> Iterator[pa.RecordBatch]:
-    """``mapInArrow`` body: ``(id, entity, ...)`` batches -> ``(id, ..., vec)`` packed start vectors (the
-    other columns pass through; ``entity`` is dropped)."""
-    for batch in batches:
-        names = batch.column("entity").to_pylist()
-        vecs = init_for_names(names, dim, seed=seed, method=method)
-        keep = [n for n in batch.schema.names if n != "entity"]
-        yield pa.RecordBatch.from_arrays([batch.column(n) for n in keep] + [pack(vecs)], names=[*keep, "vec"])
-
-
 # --------------------------------------------------------------------------------------------
 # Given start vectors (--init-vectors): node features that replace the hash init where present
 # --------------------------------------------------------------------------------------------

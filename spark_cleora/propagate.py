@@ -33,10 +33,9 @@ from scipy import sparse
 
 from .vectors import PACKED, pack, to_list_array, unpack
 
-VECTOR_SCHEMA = f"id long, vec {PACKED}"
 #: the embedding table during the iterations: vector plus route (see the module docstring)
 X_SCHEMA = f"id long, pre double, post double, blocks array<int>, vec {PACKED}"
-X_SCHEMA_COLUMNS = ("id", "pre", "post", "blocks", "vec")
+X_SCHEMA_COLUMNS = tuple(field.split()[0] for field in X_SCHEMA.split(", "))
 _NOT_ROUTE = ("block", "vec")
 NORM_EPS = 1e-10  # pycleora 3.x: x / max(||x||, 1e-10); an all-zero row stays zero
 
@@ -56,15 +55,10 @@ def _maybe_inject_failure(where: str) -> None:
         raise RuntimeError(f"injected failure in {where} (partition {ctx.partitionId()}, {FAIL_SWITCH}=1)")
 
 
-def _empty(dim: int, like: pa.Table | None = None) -> pa.Table:
-    """No rows, with the pass-through columns of ``like`` (if given)."""
-    if like is None:
-        return pa.table({"id": pa.array([], pa.int64()), "vec": pack(np.zeros((0, dim), dtype=np.float32))})
+def _empty(dim: int, like: pa.Table) -> pa.Table:
+    """No rows, with the pass-through columns of ``like``."""
     keep = [n for n in like.column_names if n not in _NOT_ROUTE]
     return like.select(keep).slice(0, 0).append_column("vec", pack(np.zeros((0, dim), dtype=np.float32)))
-
-
-PLAN_SCHEMA = "block int, plan binary"
 
 
 def build_plan(members: pa.Table, *, reflexive: bool) -> bytes:
@@ -109,17 +103,6 @@ def _load_plan(blob: bytes) -> dict[str, Any]:
             arrays[name] = sparse.csr_matrix(
                 (arrays[f"{name}_data"], arrays[f"{name}_indices"], arrays[f"{name}_indptr"]), shape=(n_h, n_e))
     return arrays
-
-
-def plans_of_blocks(memberships: DataFrame, *, reflexive: bool) -> DataFrame:
-    """(block, plan) for every block, from memberships ``(block, h, side, id, weight)``."""
-
-    def compile_block(key, table):  # no annotations: pyspark 4.3 fails to infer eval types from them
-        return pa.table({"block": pa.array([key[0].as_py()], pa.int32()),
-                         "plan": pa.array([build_plan(table, reflexive=reflexive)], pa.binary())})
-
-    return memberships.select("block", "h", "side", "id", "weight").groupBy("block").applyInArrow(
-        compile_block, PLAN_SCHEMA)
 
 
 def multiply_block(routed: pa.Table, plan: pa.Table, *, dim: int) -> pa.Table:
@@ -167,18 +150,12 @@ def reduce_key(num_buckets: int):
     return F.pmod(F.xxhash64(F.col("id")), F.lit(num_buckets)).cast("int")
 
 
-def with_routes(entities: DataFrame, markov: str) -> DataFrame:
-    """(id, entity, pre, post, blocks): the route columns of ``X_SCHEMA`` for every entity.
+def route_scalings(markov: str) -> tuple[Any, Any]:
+    """The ``pre`` and ``post`` route columns of an entity (``X_SCHEMA``), from its ``degree``.
 
     left:      (W/D) X       -> pre = 1,     post = 1/D
     symmetric: D^-½ W D^-½ X -> pre = D^-½,  post = D^-½
     """
-    pre, post = route_scalings(markov)
-    return entities.select("id", "entity", pre, post, "blocks")
-
-
-def route_scalings(markov: str) -> tuple[Any, Any]:
-    """The ``pre`` and ``post`` columns of an entity (from its ``degree``), see :func:`with_routes`."""
     if markov == "left":
         pre, post = F.lit(1.0), 1.0 / F.col("degree")
     else:
