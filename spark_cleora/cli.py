@@ -109,6 +109,9 @@ def _embed_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     g.add_argument("--block-memory-gb", type=float,
                    help="memory a Python worker may use for one block (default 4); larger hyperedges are refused")
     g.add_argument("--block-memberships", type=int, help="target memberships per block (default 2**26 / dim)")
+    g.add_argument("--engine", choices=["auto", "one-task", "shuffle"],
+                   help="iterations in one Python task (one-task), or distributed per iteration (shuffle); "
+                        "auto (default): one-task when the graph fits --block-memory-gb")
     add_spark_options(p)
     return p
 

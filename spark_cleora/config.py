@@ -18,6 +18,7 @@ PARTITION_COLUMNS = ("column",)  # low-cardinality output columns worth partitio
 BAD_ROW_POLICIES = ("fail", "skip", "quarantine")
 CHECKPOINT_MODES = ("parquet", "local")
 WHITEN_MODES = ("none", "every", "final")
+ENGINES = ("auto", "one-task", "shuffle")
 _MODIFIERS = ("complex", "reflexive", "transient")
 
 
@@ -136,6 +137,12 @@ class EmbedConfig:
     block_memory_gb
         Memory one Python worker may use for one block. A hyperedge always lives in one block, so a
         hyperedge whose members x dim x 24 bytes exceed it is refused with a clear error up front.
+    engine
+        How the iterations run. ``shuffle``: each iteration is a distributed multiply (by block) and sum
+        (by entity), memory bounded per block, no limit on the graph. ``one-task``: all iterations in one
+        Python task (threads over the blocks), no per-iteration shuffles or writes; the whole iteration
+        state must fit ``block_memory_gb``. ``auto`` (default): ``one-task`` when its estimated memory
+        fits ``block_memory_gb``, else ``shuffle``. Both give the same numbers.
     on_bad_rows, rejects
         ``fail`` (default) stops with the rule, count and first offending row; ``skip`` drops
         bad rows and reports the counts per rule; ``quarantine`` also writes them (with the rule) as
@@ -172,6 +179,7 @@ class EmbedConfig:
     num_blocks: int | None = None
     block_memberships: int | None = None
     block_memory_gb: float = 4.0
+    engine: str = "auto"
     on_bad_rows: str = "fail"
     rejects: str | None = None
     max_line_length: int = 10_000_000
@@ -194,6 +202,7 @@ class EmbedConfig:
         choice("on_bad_rows", BAD_ROW_POLICIES)
         choice("checkpoint", CHECKPOINT_MODES)
         choice("whiten", WHITEN_MODES)
+        choice("engine", ENGINES)
         self._check_output()
         if not isinstance(self.dim, int) or self.dim < 1:
             raise ConfigError(f"dim must be a positive integer; got {self.dim!r}")

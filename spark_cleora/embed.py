@@ -3,23 +3,25 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import platform
 import tempfile
 import time
 from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import Any
 
 import pyarrow as pa
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import DataFrame, Observation, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import BinaryType, StructField, StructType
 
 from . import __version__
 from .config import ConfigError, EmbedConfig, field_names
 from .graph import (
-    Graph,
+    GraphCounts,
     blocks_for,
     build_blocks,
     build_entities,
@@ -30,6 +32,7 @@ from .graph import (
 )
 from .hyperedges import BadInputError, Rejections, cleora_text_to_memberships, events_to_memberships
 from .init import given_start_vectors, init_for_names, override_start_vectors, read_start_vectors
+from .one_task import embed_in_one_task, one_task_bytes, unpacked_output, worker_threads
 from .propagate import X_SCHEMA_COLUMNS, propagate, route_scalings, unpacked
 from .session import job_description
 from .vectors import pack
@@ -42,10 +45,16 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class EmbedResult:
-    """The embeddings (lazy, read from the work store) and what the run did."""
+    """The embeddings (lazy, read from the work store) and what the run did.
+
+    With ``run_embedding(..., single_pass=True)`` and the one-task engine, ``embeddings`` is the
+    computation itself: run it with exactly one action (the output write), then call ``finish()`` to add
+    what the task reported (entities, per-iteration seconds) to ``report``.
+    """
 
     embeddings: DataFrame
     report: dict[str, Any] = field(default_factory=dict)
+    finish: Callable[[], None] = lambda: None
 
 
 def _input_fingerprint(paths: tuple[str, ...] | list[str]) -> list[Any]:
@@ -95,11 +104,14 @@ def run_embedding(
     *,
     store: WorkStore | None,
     input_id: Any = None,
+    single_pass: bool = False,
 ) -> EmbedResult:
     """Embed ``source`` (events, or Cleora text lines in ``value``) as ``cfg`` says.
 
     With a ``store`` every stage is written to it (and resumed from it); without, lineage is cut with
-    ``localCheckpoint`` (nothing on disk, nothing to resume).
+    ``localCheckpoint`` (nothing on disk, nothing to resume). ``single_pass``: the caller runs one action
+    on the embeddings (the batch job's write), so the one-task engine's result is not checkpointed
+    first; see :class:`EmbedResult`.
     """
     t_all = time.perf_counter()
     timer = _Timer()
@@ -129,17 +141,13 @@ def run_embedding(
     # --init-vectors: checked before anything expensive runs
     given_table = read_start_vectors(spark.read.parquet(cfg.init_vectors), dim=cfg.dim) if cfg.init_vectors else None
 
-    # -- 1. hyperedges and the graph ----------------------------------------------------------
-    graph_done = store is not None and "graph" in manifest and all(
-        store.is_complete(n) for n in ("graph/blocks", "graph/entities")
-    )
-    if graph_done:
-        g = manifest["graph"]
-        entities = store.read("graph/entities")
-        plans = plans_of(store.read("graph/blocks"))
+    # -- 1. hyperedges and the graph's blocks -------------------------------------------------
+    g = manifest.get("graph", {})
+    if store is not None and "shares" in g and store.is_complete("graph/blocks"):
+        blocks = store.read("graph/blocks")
+        counts = GraphCounts(g["memberships"], g["hyperedges"], g["largest"], g["shares"], {})
         rej = Rejections(counts=g["rejected"], input_rows=g["input_rows"])
-        graph = Graph(entities, plans, reflexive, g["num_blocks"], g["entities"], g["memberships"],
-                      g["hyperedges"])
+        num_blocks = g["num_blocks"]
         log.info("resuming with the prepared graph in %s", store.uri)
     else:
         validation = None
@@ -161,58 +169,103 @@ def run_embedding(
         with job_description(spark, "spark_cleora: build graph"):
             blocks = materialise(build_blocks(raw, reflexive=reflexive, num_blocks=num_blocks), "graph/blocks")
             counts = graph_counts(blocks)
-            if validation is not None:
-                rej = validation.settle(counts.input_rows, units=counts.input_rows.get(None, 0))
-                if rej.input_rows != units:  # every input row is either in the graph or counted as rejected
-                    raise RuntimeError(f"the graph build saw {rej.input_rows} input rows, the input has {units}")
-                log.info("read %d input rows (%d rejected)", rej.input_rows, rej.total)
-                if rej.accepted_units == 0:
-                    raise BadInputError("no input rows left after validation")
-            n_memberships, n_hyperedges = counts.memberships, counts.hyperedges
-            check_hyperedge_fits(counts.largest, cfg.dim, cfg.block_memory_gb)
-            ent = build_entities(blocks, columns)
-            if given_table is None:  # the start vectors are a function of the name: made in the same pass
-                ent = with_start_vectors(ent, cfg)
-            entities = materialise(ent, "graph/entities")
-            n_entities = count_entities(entities)
-        graph = Graph(entities, plans_of(blocks), reflexive, num_blocks, n_entities, n_memberships, n_hyperedges)
+        if validation is not None:
+            rej = validation.settle(counts.input_rows, units=counts.input_rows.get(None, 0))
+            if rej.input_rows != units:  # every input row is either in the graph or counted as rejected
+                raise RuntimeError(f"the graph build saw {rej.input_rows} input rows, the input has {units}")
+            log.info("read %d input rows (%d rejected)", rej.input_rows, rej.total)
+            if rej.accepted_units == 0:
+                raise BadInputError("no input rows left after validation")
         if store is not None:
-            manifest["graph"] = {
-                "entities": n_entities, "memberships": n_memberships, "hyperedges": n_hyperedges,
-                "num_blocks": num_blocks, "rejected": rej.counts, "input_rows": rej.input_rows,
+            manifest["graph"] = g = {
+                "memberships": counts.memberships, "hyperedges": counts.hyperedges, "largest": counts.largest,
+                "shares": counts.shares, "num_blocks": num_blocks,
+                "rejected": rej.counts, "input_rows": rej.input_rows,
             }
             store.save_manifest(manifest)
-        log.info(
-            "graph: %d entities, %d hyperedges, %d memberships, %d blocks (%.1fs)",
-            graph.n_entities, graph.n_hyperedges, graph.n_memberships, graph.num_blocks, timer.lap(),
-        )
-    report.update(
-        input_rows=rej.input_rows, rejected=rej.counts, entities=graph.n_entities,
-        hyperedges=graph.n_hyperedges, memberships=graph.n_memberships, num_blocks=graph.num_blocks,
-    )
+        log.info("graph: %d hyperedges, %d memberships, %d blocks (%.1fs)", counts.hyperedges, counts.memberships,
+                 num_blocks, timer.lap())
+    check_hyperedge_fits(counts.largest, cfg.dim, cfg.block_memory_gb)
+    report.update(input_rows=rej.input_rows, rejected=rej.counts, hyperedges=counts.hyperedges,
+                  memberships=counts.memberships, num_blocks=num_blocks)
+    plans = plans_of(blocks)
+
+    entities: DataFrame | None = None
+
+    def entity_table(with_vectors: bool) -> DataFrame:
+        """``graph/entities`` (made once, on demand: the one-task engine sums the entities itself)."""
+        nonlocal entities
+        if entities is None:
+            with job_description(spark, "spark_cleora: entities"):
+                ent = build_entities(blocks, columns)
+                if with_vectors:  # the start vectors are a function of the name: made in the same pass
+                    ent = with_start_vectors(ent, cfg)
+                entities = materialise(ent, "graph/entities")
+                n = count_entities(entities)
+            if store is not None:
+                g["entities"] = n
+                store.save_manifest(manifest)
+            report["entities"] = n
+            log.info("%d entities (%.1fs)", n, timer.lap())
+        return entities
 
     # -- 2. start vectors and iterations -------------------------------------------------------
     start = store.last_iteration(cfg.iterations) if store is not None else None
-    if start is not None and start > 0:
+    start = start or 0
+    engine = choose_engine(spark, cfg, counts, num_blocks, g.get("entities"), report)
+    if engine == "one-task" and any(s <= start for s in cfg.multiscale):
+        engine = "shuffle"  # the resumed run's earlier --multiscale parts are in the store, not in the task
+    report["engine"] = engine
+    report["resumed_from_iteration"] = start or None
+    if engine == "one-task":
+        start_vectors = None
+        if start > 0:
+            log.info("resuming from iteration %d", start)
+            start_vectors = store.read(store.iteration_name(start)).select("id", "vec")
+        elif given_table is not None:  # node features replace the hash init where given
+            given, report["init_vectors"] = given_start_vectors(*given_table, entity_table(False), dim=cfg.dim)
+            start_vectors = given.select("id", F.col("given").alias("vec"))
+        done = embed_in_one_task(
+            blocks, columns=columns, dim=cfg.dim, markov=cfg.markov, init=cfg.init, seed=cfg.seed,
+            first=start + 1, last=cfg.iterations, multiscale=cfg.multiscale, whiten=cfg.whiten,
+            residual=cfg.residual, start_vectors=start_vectors, threads=report["one_task"]["threads"],
+        )
+
+        def task_report(task: dict[str, Any]) -> None:
+            report.update(entities=task["entities"], iteration_seconds=task["iteration_seconds"],
+                          seconds_to_embed=round(time.perf_counter() - t_all, 3))
+            log.info("%d entities, iterations %d-%d in one task: %s s (%.1fs with reading and writing)",
+                     task["entities"], start + 1, cfg.iterations, task["iteration_seconds"], timer.lap())
+
+        if single_pass:  # the task's report is observed during the caller's one action
+            observed = Observation("spark_cleora_one_task")
+            emb = unpacked_output(done.observe(observed, F.max("_report").alias("report")), dim=cfg.output_dim)
+            return EmbedResult(emb, report, finish=lambda: task_report(json.loads(observed.get["report"])))
+        with job_description(spark, f"spark_cleora: iterations {start + 1}-{cfg.iterations} in one task"):
+            done = materialise(done, "one-task")
+            task_report(json.loads(done.filter(F.col("_report").isNotNull()).select("_report").first()["_report"]))
+        return EmbedResult(unpacked_output(done, dim=cfg.output_dim), report)
+
+    if start > 0:
         log.info("resuming from iteration %d", start)
-        x = store.read(store.iteration_name(start))
-    elif "vec" in graph.entities.columns:  # made with the entities (see with_start_vectors)
-        x, start = graph.entities.select(*X_SCHEMA_COLUMNS), 0
+        entity_table(given_table is None)
+        x = store.read(store.iteration_name(start)).select(*X_SCHEMA_COLUMNS)
+    elif given_table is None:  # made with the entities (see with_start_vectors)
+        x = entity_table(True).select(*X_SCHEMA_COLUMNS)
     else:
+        ent = entity_table(False)
         with job_description(spark, "spark_cleora: start vectors"):
-            init = with_start_vectors(graph.entities, cfg).select(*X_SCHEMA_COLUMNS)
-            if given_table is not None:  # node features replace the hash init where given
-                given, report["init_vectors"] = given_start_vectors(*given_table, graph.entities, dim=cfg.dim)
-                init = override_start_vectors(init, given)
-            x = materialise(init, "iter=0000")
-        start = 0
+            init = with_start_vectors(ent, cfg).select(*X_SCHEMA_COLUMNS)
+            given, report["init_vectors"] = given_start_vectors(*given_table, ent, dim=cfg.dim)
+            x = materialise(override_start_vectors(init, given), "iter=0000")
         log.info("start vectors (%s, seed %d, dim %d) in %.1fs", cfg.init, cfg.seed, cfg.dim, timer.lap())
     iteration_seconds: list[float] = []
     # --multiscale: the iterations to concatenate (kept in the store; earlier ones re-read on resume)
-    parts = {s: store.read(store.iteration_name(s)) for s in cfg.multiscale if s <= start and store is not None}
+    parts = {s: store.read(store.iteration_name(s)).select(*X_SCHEMA_COLUMNS)
+             for s in cfg.multiscale if s <= start and store is not None}
     for k in range(start + 1, cfg.iterations + 1):
         with job_description(spark, f"spark_cleora: iteration {k}/{cfg.iterations}"):
-            nxt = propagate(x, graph.plans, dim=cfg.dim, num_buckets=graph.num_blocks, residual=cfg.residual)
+            nxt = propagate(x, plans, dim=cfg.dim, num_buckets=num_blocks, residual=cfg.residual)
             if cfg.whiten == "every" or (cfg.whiten == "final" and k == cfg.iterations):
                 # pycleora 3.2.1 whitens after every iteration, 3.0/3.2.0 once at the end
                 nxt = whiten(checkpoint(nxt, "whiten-input"), dim=cfg.dim)
@@ -223,22 +276,40 @@ def run_embedding(
                 store.drop_iteration(k - 1)  # only the last finished iteration is needed to resume
         dt = timer.lap()
         iteration_seconds.append(round(dt, 3))
-        log.info("iteration %d/%d: %d rows in %.1fs (elapsed %.1fs)", k, cfg.iterations, graph.n_entities, dt,
+        log.info("iteration %d/%d: %d rows in %.1fs (elapsed %.1fs)", k, cfg.iterations, report["entities"], dt,
                  time.perf_counter() - t_all)
     report["iteration_seconds"] = iteration_seconds
-    report["resumed_from_iteration"] = start if start else None
 
     if cfg.multiscale:
         x = _concatenate([whiten(parts[s], dim=cfg.dim) if cfg.whiten == "final" and s < cfg.iterations
                           else parts[s] for s in cfg.multiscale])
     emb = (
         unpacked(x, dim=cfg.output_dim)
-        .join(graph.entities.filter(F.col("output")).select("id", "entity", "column", "degree", "occurrences"), "id")
+        .join(entities.filter(F.col("output")).select("id", "entity", "column", "degree", "occurrences"), "id")
         .select("entity", "column", F.col("degree").cast("double").alias("degree"),
                 F.col("occurrences").cast("double").alias("occurrences"), F.col("vec").alias("embedding"))
     )
     report["seconds_to_embed"] = round(time.perf_counter() - t_all, 3)
     return EmbedResult(emb, report)
+
+
+def choose_engine(spark: SparkSession, cfg: EmbedConfig, counts: GraphCounts, num_blocks: int,
+                  n_entities: int | None, report: dict[str, Any]) -> str:
+    """``cfg.engine``, with ``auto`` resolved: ``one-task`` when its estimated memory fits
+    ``block_memory_gb`` (the estimate goes into ``report``). Before the entities are summed, their count
+    is bounded by the blocks' entity counts (``counts.shares``)."""
+    threads = worker_threads(spark)
+    need = one_task_bytes(
+        entities=n_entities or counts.shares, dim=cfg.dim, kept=max(1, len(cfg.multiscale)),
+        memberships=counts.memberships, shares=counts.shares,
+    )
+    engine = cfg.engine
+    if engine == "auto":
+        engine = "one-task" if need <= cfg.block_memory_gb * 2**30 else "shuffle"
+    report["one_task"] = {"estimated_bytes": int(need), "threads": threads}
+    log.info("engine %s (one-task would need ~%.2f GiB of --block-memory-gb %g)", engine, need / 2**30,
+             cfg.block_memory_gb)
+    return engine
 
 
 def with_start_vectors(entities: DataFrame, cfg: EmbedConfig) -> DataFrame:

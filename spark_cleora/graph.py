@@ -48,17 +48,6 @@ class EntityHashCollisionError(RuntimeError):
     """Two different entity names have the same 64-bit key."""
 
 
-@dataclass
-class Graph:
-    entities: DataFrame
-    plans: DataFrame
-    reflexive: bool
-    num_blocks: int
-    n_entities: int
-    n_memberships: int
-    n_hyperedges: int
-
-
 def default_block_memberships(dim: int) -> int:
     return max(MIN_BLOCK_MEMBERSHIPS, BLOCK_FLOATS // max(dim, 1))
 
@@ -74,17 +63,17 @@ def choose_num_blocks(n_memberships: int, block_memberships: int, parallelism: i
 
 
 #: ``graph/blocks``: kind 0 = one entity's share of a block (per distinct name key and column), kind 1 =
-#: the block's compiled plan with its counts, kind 2 = input rows the block's task saw (``rows``) per
+#: the block's compiled plan with its counts (``entities``: distinct entities in the block), kind 2 = input rows the block's task saw (``rows``) per
 #: rule they broke (``entity`` = the rule; null = accepted)
 BLOCK_SCHEMA = (
     "kind int, block int, id long, entity string, col int, occurrences double, degree double, "
-    "plan binary, memberships long, hyperedges long, largest long, rows long"
+    "plan binary, memberships long, hyperedges long, largest long, rows long, entities long"
 )
 ENTITY_PART, PLAN, INPUT_ROWS = 0, 1, 2
 _BLOCK_ARROW = pa.schema([
     ("kind", pa.int32()), ("block", pa.int32()), ("id", pa.int64()), ("entity", pa.string()), ("col", pa.int32()),
     ("occurrences", pa.float64()), ("degree", pa.float64()), ("plan", pa.binary()), ("memberships", pa.int64()),
-    ("hyperedges", pa.int64()), ("largest", pa.int64()), ("rows", pa.int64()),
+    ("hyperedges", pa.int64()), ("largest", pa.int64()), ("rows", pa.int64()), ("entities", pa.int64()),
 ])
 #: rows of one Arrow batch leaving the block builder
 _OUT_BATCH = 1 << 16
@@ -219,6 +208,7 @@ def _one_block(t: pa.Table, block: int, *, reflexive: bool):
         **_nulls(1), "kind": pa.array([PLAN], pa.int32()), "block": pa.array([block], pa.int32()),
         "plan": pa.array([plan], pa.binary()), "memberships": pa.array([len(h)], pa.int64()),
         "hyperedges": pa.array([len(h_starts)], pa.int64()), "largest": pa.array([int(h_rows.max())], pa.int64()),
+        "entities": pa.array([n], pa.int64()),
     }, schema=_BLOCK_ARROW)
 
 
@@ -271,6 +261,7 @@ class GraphCounts:
     memberships: int
     hyperedges: int
     largest: int  # raw rows of the largest hyperedge
+    shares: int  # entity share rows, i.e. the blocks' entity counts summed (>= the number of entities)
     input_rows: dict[str | None, int]  # per rule broken, None = accepted (deferred validation only)
 
 
@@ -278,11 +269,12 @@ def graph_counts(blocks: DataFrame) -> GraphCounts:
     """The plan rows' counts and the input-row counts, in one small aggregate (one row per kind/rule)."""
     rows = blocks.filter(F.col("kind") != ENTITY_PART).groupBy("kind", "entity").agg(
         F.sum("memberships").alias("m"), F.sum("hyperedges").alias("h"), F.max("largest").alias("big"),
-        F.sum("rows").alias("rows"),
+        F.sum("rows").alias("rows"), F.sum("entities").alias("shares"),
     ).collect()
     plan = [r for r in rows if r["kind"] == PLAN]
-    m, h, big = (int(plan[0]["m"] or 0), int(plan[0]["h"] or 0), int(plan[0]["big"] or 0)) if plan else (0, 0, 0)
-    return GraphCounts(m, h, big, {r["entity"]: int(r["rows"] or 0) for r in rows if r["kind"] == INPUT_ROWS})
+    m, h, big, shares = (int(plan[0][c] or 0) for c in ("m", "h", "big", "shares")) if plan else (0, 0, 0, 0)
+    return GraphCounts(m, h, big, shares,
+                       {r["entity"]: int(r["rows"] or 0) for r in rows if r["kind"] == INPUT_ROWS})
 
 
 #: bytes a block needs per (membership row x dimension): packed input, float64 copy, float64 result, output

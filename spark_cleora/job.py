@@ -41,7 +41,8 @@ def run_embed_job(spark: SparkSession, cfg: EmbedConfig) -> dict[str, Any]:
     store = WorkStore(spark, work_uri)
     log.info("spark_cleora embed: %s -> %s (work dir %s)", ", ".join(cfg.inputs), destination, work_uri)
     source = read_cleora_text(spark, cfg) if cfg.input_format == "cleora-tsv" else read_events(spark, cfg)
-    result = run_embedding(spark, cfg, source, store=store if cfg.checkpoint == "parquet" else None)
+    result = run_embedding(spark, cfg, source, store=store if cfg.checkpoint == "parquet" else None,
+                           single_pass=True)
     report = result.report
     emb = result.embeddings
 
@@ -56,6 +57,7 @@ def run_embed_job(spark: SparkSession, cfg: EmbedConfig) -> dict[str, Any]:
                     export_npy(cached, target, dim=cfg.output_dim, n_rows=n)
                 else:
                     export_cleora_text(cached, target, dim=cfg.output_dim, n_rows=n, file_name=cleora_text_file_name(cfg))
+        result.finish()  # the one-task engine ran inside this write: its report is in now
         report["entities_written"] = n
         report["output"] = destination
         report["output_format"] = cfg.output_format

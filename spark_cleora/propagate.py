@@ -94,7 +94,7 @@ def build_plan(members: pa.Table, *, reflexive: bool) -> bytes:
     return buf.getvalue()
 
 
-def _load_plan(blob: bytes) -> dict[str, Any]:
+def load_plan(blob: bytes) -> dict[str, Any]:
     with np.load(io.BytesIO(blob)) as z:
         arrays = {k: z[k] for k in z.files}
     n_e, n_h = len(arrays["ids"]), len(arrays["scale"])
@@ -110,23 +110,38 @@ def multiply_block(routed: pa.Table, plan: pa.Table, *, dim: int) -> pa.Table:
     row) -> one partial ``(id, ..., vec)`` per entity of the block (other columns pass through)."""
     if routed.num_rows == 0 or plan.num_rows == 0:
         return _empty(dim, routed)
-    p = _load_plan(plan.column("plan")[0].as_py())
+    p = load_plan(plan.column("plan")[0].as_py())
     ids = routed.column("id").to_numpy()
     order = np.argsort(ids, kind="stable")
     if not np.array_equal(ids[order], p["ids"]):  # routes and plans come from the same memberships
         raise RuntimeError(f"block plan and routed vectors disagree ({len(p['ids'])} vs {len(ids)} entities)")
-    x = unpack(routed.column("vec"), dim)[order].astype(np.float64)
-    x *= routed.column("pre").to_numpy()[order][:, None]
-    a, scale = p["a"], p["scale"][:, None]
+    x = unpack(routed.column("vec"), dim)[order]
+    y = block_product(p, x, routed.column("pre").to_numpy()[order], routed.column("post").to_numpy()[order])
+    keep = [n for n in routed.column_names if n not in _NOT_ROUTE]
+    return routed.select(keep).take(pa.array(order)).append_column("vec", pack(y))
+
+
+def block_product(plan: dict[str, Any], x: np.ndarray, pre: np.ndarray, post: np.ndarray) -> np.ndarray:
+    """One block's contribution ``post ⊙ (W_block · (pre ⊙ x))`` in float64, rows in the plan's id order
+    (``x``: the block's entity vectors in that order). Shared by both engines."""
+    x = x.astype(np.float64)
+    x *= pre[:, None]
+    a, scale = plan["a"], plan["scale"][:, None]
     s_a = a @ x
-    if "b" in p:
-        b = p["b"]
+    if "b" in plan:
+        b = plan["b"]
         y = a.T @ ((b @ x) * scale) + b.T @ (s_a * scale)
     else:
         y = a.T @ (s_a * scale)
-    y *= routed.column("post").to_numpy()[order][:, None]
-    keep = [n for n in routed.column_names if n not in _NOT_ROUTE]
-    return routed.select(keep).take(pa.array(order)).append_column("vec", pack(y))
+    y *= post[:, None]
+    return y
+
+
+def normalize_rows(total: np.ndarray) -> np.ndarray:
+    """Divide each float64 row by max(‖row‖, 1e-10), in place (pycleora 3.x)."""
+    norms = np.sqrt(np.einsum("ij,ij->i", total, total))
+    total /= np.maximum(norms, NORM_EPS)[:, None]
+    return total
 
 
 def sum_and_normalize(partials: pa.Table, *, dim: int) -> pa.Table:
@@ -140,8 +155,7 @@ def sum_and_normalize(partials: pa.Table, *, dim: int) -> pa.Table:
     ids = ids[order]
     starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]])
     total = np.add.reduceat(vecs[order].astype(np.float64), starts, axis=0)
-    norms = np.sqrt(np.einsum("ij,ij->i", total, total))
-    total /= np.maximum(norms, NORM_EPS)[:, None]
+    normalize_rows(total)
     keep = [n for n in partials.column_names if n not in _NOT_ROUTE]
     return partials.select(keep).take(pa.array(order[starts])).append_column("vec", pack(total))
 

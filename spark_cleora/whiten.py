@@ -46,21 +46,34 @@ def _sum_moments(batches: Iterable[pa.RecordBatch], dim: int) -> Iterator[pa.Rec
     )
 
 
-def whitening_transform(x: DataFrame, *, dim: int) -> tuple[np.ndarray, np.ndarray] | None:
-    """(mean float32[d], transform float32[d, d]) of ``x`` (id, packed vec); None for n <= 1."""
-    partials = x.mapInArrow(lambda it: _moments(it, dim), _MOMENTS)
-    row = partials.repartition(1).mapInArrow(lambda it: _sum_moments(it, dim), _MOMENTS).collect()[0]
-    n = int(row["n"])
+def transform_from_moments(n: int, s1: np.ndarray, s2: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """(mean float32[d], transform float32[d, d]) from the row count, column sums and Gram matrix (float64);
+    None for n <= 1."""
     if n <= 1:
         return None
-    s1 = np.frombuffer(row["s1"], dtype=np.float64)
-    s2 = np.frombuffer(row["s2"], dtype=np.float64).reshape(dim, dim)
     mean = s1 / n
     cov = (s2 - n * np.outer(mean, mean)) / (n - 1)
     eigenvalues, eigenvectors = np.linalg.eigh(cov)
     order = np.argsort(eigenvalues)[::-1]
     scale = 1.0 / np.sqrt(np.maximum(eigenvalues[order], EIG_FLOOR))
     return mean.astype(np.float32), (eigenvectors[:, order] * scale).astype(np.float32)
+
+
+def whiten_array(x: np.ndarray) -> np.ndarray:
+    """Whitened float32 ``x`` (all rows in memory: the one-task engine); same arithmetic as the table path."""
+    x64 = x.astype(np.float64)
+    t = transform_from_moments(len(x), x64.sum(axis=0), x64.T @ x64)
+    return x if t is None else (x - t[0]) @ t[1]
+
+
+def whitening_transform(x: DataFrame, *, dim: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """(mean float32[d], transform float32[d, d]) of ``x`` (id, packed vec); None for n <= 1."""
+    partials = x.mapInArrow(lambda it: _moments(it, dim), _MOMENTS)
+    row = partials.repartition(1).mapInArrow(lambda it: _sum_moments(it, dim), _MOMENTS).collect()[0]
+    return transform_from_moments(
+        int(row["n"]), np.frombuffer(row["s1"], dtype=np.float64),
+        np.frombuffer(row["s2"], dtype=np.float64).reshape(dim, dim),
+    )
 
 
 def apply_whitening(x: DataFrame, mean: np.ndarray, transform: np.ndarray, *, dim: int) -> DataFrame:

@@ -109,7 +109,8 @@ def test_failed_run_leaves_no_output_and_keeps_previous(spark, tmp_path, capsys)
 def test_resume_continues_from_the_last_finished_iteration(spark, tmp_path, caplog):
     work = str(tmp_path / "work")
     first = str(tmp_path / "first")
-    assert main(["embed", *SAMPLE_ARGS, "--output", first, "--checkpoint-dir", work]) == 0
+    # the shuffle engine writes every iteration; the resumed run below finishes with the one-task engine
+    assert main(["embed", *SAMPLE_ARGS, "--output", first, "--checkpoint-dir", work, "--engine", "shuffle"]) == 0
     # iteration 0 (the start vectors) is part of graph/entities; then one directory per iteration
     assert all(os.path.exists(os.path.join(work, name, "_SUCCESS")) for name in ("graph/entities", "iter=0001", "iter=0002"))
     caplog.clear()

@@ -44,13 +44,18 @@ CASES = {
 }
 
 
+ENGINES = ("one-task", "shuffle")
+
+
+@pytest.mark.parametrize("engine", ENGINES)
 @pytest.mark.parametrize("case", list(CASES))
-def test_parity_with_pycleora(spark, case):
+def test_parity_with_pycleora(spark, case, engine):
     columns, rows, dim, iters, seed, markov, init, trim = CASES[case]
     if init == "siphash" and not PYCLEORA2_PYTHON:
         pytest.skip("pycleora 2.0.0 interpreter not configured (SPARK_CLEORA_PYCLEORA2_PYTHON)")
     ref = reference(rows, columns, dim=dim, iterations=iters, seed=seed, markov=markov, init=init, trim=trim)
-    ours = run_text(spark, rows, columns, dim=dim, iterations=iters, seed=seed, markov=markov, init=init)
+    ours = run_text(spark, rows, columns, dim=dim, iterations=iters, seed=seed, markov=markov, init=init,
+                    engine=engine)
     assert set(ours) == set(ref)
     assert max_abs_diff(ours, ref) <= TOL
     for k, (_, deg) in ref.items():  # pycleora's degree D, not the row sum
@@ -76,7 +81,8 @@ def test_fixture_b_degree_is_not_row_sum(spark):
     assert deg == pytest.approx({"u1": 4 / 3, "p1": 3, "p2": 2, "p3": 2, "u2": 1, "u3": 1, "p4": 2})
 
 
-def test_event_table_parity(spark):
+@pytest.mark.parametrize("engine", ENGINES)
+def test_event_table_parity(spark, engine):
     """Events grouped by user == pycleora on one 'complex::reflexive::item' line per user."""
     rng = np.random.default_rng(11)
     hyper = random_hyperedges(150, 90, seed=11)
@@ -85,6 +91,7 @@ def test_event_table_parity(spark):
     df = spark.createDataFrame(events, "user string, item string")
     ref = reference([" ".join(h) for h in hyper], "complex::reflexive::item", dim=16, iterations=3, seed=4,
                     init="fx")
-    ours = run_events(spark, df, hyperedge="user", entity="item", dim=16, iterations=3, seed=4, init="fx")
+    ours = run_events(spark, df, hyperedge="user", entity="item", dim=16, iterations=3, seed=4, init="fx",
+                      engine=engine)
     assert set(ours) == set(ref)
     assert max_abs_diff(ours, ref) <= TOL

@@ -47,7 +47,7 @@ def test_quarantine_writes_each_rejected_row_with_its_rule(spark, tmp_path):
 
 def test_kill_9_mid_run_then_rerun_resumes_with_the_same_result(spark, tmp_path):
     work, out = str(tmp_path / "work"), str(tmp_path / "out")
-    args = [*ARGS, "--work-dir", work, "--output", out]
+    args = [*ARGS, "--work-dir", work, "--output", out, "--engine", "shuffle"]  # written iteration by iteration
     proc = _cli(args, start_new_session=True)
     deadline = time.time() + 240
     while not os.path.exists(os.path.join(work, "iter=0002", "_SUCCESS")):
@@ -66,9 +66,10 @@ def test_kill_9_mid_run_then_rerun_resumes_with_the_same_result(spark, tmp_path)
     assertDataFrameEqual(spark.read.parquet(out), spark.read.parquet(fresh), rtol=1e-6, atol=1e-6)
 
 
-def test_injected_task_failures_change_nothing(spark, tmp_path):
+@pytest.mark.parametrize("engine", ["one-task", "shuffle"])
+def test_injected_task_failures_change_nothing(spark, tmp_path, engine):
     out = str(tmp_path / "out")
-    args = [*ARGS, "--iterations", "2", "--output", out, "--master", "local[2,4]"]  # 4 attempts per task
+    args = [*ARGS, "--iterations", "2", "--output", out, "--master", "local[2,4]", "--engine", engine]  # 4 attempts
     proc = _cli(args, env={FAIL_SWITCH: "1"})
     log, _ = proc.communicate(timeout=600)
     assert proc.returncode == 0, log[-3000:]

@@ -1,0 +1,304 @@
+"""The one-task engine: entities, start vectors and every iteration of a graph that fits one Python
+worker, in that worker.
+
+The shuffle engine (:mod:`spark_cleora.propagate`) pays two Python stages and two shuffles per
+iteration, and the entity table, the start vectors and the output join are jobs of their own; on a
+graph of a few million memberships those fixed costs are most of the run. When the whole state fits
+the memory one worker may use (``--block-memory-gb``, see :func:`one_task_bytes`), this engine reads
+the graph's blocks (the entities' per-block shares and the compiled plans) once into a single task and
+does the rest there, with the same arithmetic as the other path: the entity aggregate of
+:func:`~spark_cleora.graph.build_entities`, the hash start vectors of :mod:`spark_cleora.init`, the
+product of :func:`~spark_cleora.propagate.block_product` in float64 (over the blocks' plans merged
+into one matrix, so no vector is copied per block), :func:`~spark_cleora.propagate.normalize_rows`,
+and the same whitening. The product runs on a thread pool, one slice of the dimensions per thread
+(scipy's sparse products release the GIL), so the task uses the worker's cores: while it runs it is
+the only task of the job.
+
+Nothing reaches the driver: the task writes the output rows (``ONE_TASK_SCHEMA``), and its report
+(entity count, per-iteration seconds) rides as JSON on the first row.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from .config import Column
+
+from .graph import ENTITY_PART, PLAN, EntityHashCollisionError
+from .init import init_for_names
+from .propagate import _maybe_inject_failure, load_plan, normalize_rows
+from .vectors import pack, to_list_array, unpack
+from .whiten import whiten_array
+
+#: the result: the embed output's rows (the embedding packed, see :mod:`spark_cleora.vectors`: Parquet
+#: writes it ~3x faster than array<float>, see :func:`unpacked_output`), and the task's report (JSON) on
+#: the first row
+ONE_TASK_SCHEMA = ("entity string, column string, degree double, occurrences double, embedding binary, "
+                   "_report string")
+#: ``kind`` of the start-vector rows (id, vec) fed to the task next to the ``graph/blocks`` rows
+START_VECTORS = 3
+THREADS_CONF = "spark.cleora.oneTask.threads"
+_OUT_ROWS = 1 << 14  # rows per output batch (a binary array's offsets are int32: keep batches small)
+
+#: bytes per entity x dimension held at once: Arrow-free float32 rows (4), the threads' float64 slices of
+#: the scaled rows and of their products (8 + 8), the float64 sums (8), the next float32 rows (4), the
+#: output batch (4); plus 4 per kept iteration
+BYTES_PER_ENTITY_DIM = 36
+#: bytes of the compiled graph per membership: CSR indices and float64 data of both sides (24), held as
+#: the plans' Arrow blobs, the loaded plans and the merged matrices
+BYTES_PER_MEMBERSHIP = 72
+#: bytes of one entity's share row of a block (ids, counts, its name) while the entities are summed
+BYTES_PER_SHARE = 160
+#: hyperedges multiplied at once: bounds the per-hyperedge sums (3 float64 arrays of rows x dim)
+CHUNK_HYPEREDGES = 1 << 14
+
+
+def worker_threads(spark: SparkSession) -> int:
+    """Threads for the one task: ``spark.cleora.oneTask.threads``, else this machine's cores (local mode:
+    the worker's; on a cluster set the conf to the executors' cores)."""
+    try:
+        conf = int(spark.conf.get(THREADS_CONF, "0") or 0)
+    except (ValueError, TypeError):
+        conf = 0
+    return conf if conf > 0 else max(1, os.cpu_count() or 1)
+
+
+def one_task_bytes(*, entities: int, dim: int, kept: int, memberships: int, shares: int = 0) -> int:
+    """Estimated peak memory of the one-task engine (see the ``BYTES_*`` constants); ``entities`` may be
+    an upper bound (the sum of the blocks' entity counts, ``shares``, before the entities are known)."""
+    return (
+        entities * dim * (BYTES_PER_ENTITY_DIM + 4 * kept)
+        + memberships * BYTES_PER_MEMBERSHIP
+        + shares * BYTES_PER_SHARE
+        + CHUNK_HYPEREDGES * dim * 24
+    )
+
+
+def embed_in_one_task(
+    blocks: DataFrame,
+    *,
+    columns: tuple[Column, ...],
+    dim: int,
+    markov: str,
+    init: str,
+    seed: int,
+    first: int,
+    last: int,
+    multiscale: tuple[int, ...] = (),
+    whiten: str = "none",
+    residual: float = 0.0,
+    start_vectors: DataFrame | None = None,
+    threads: int = 1,
+) -> DataFrame:
+    """The embed output (``ONE_TASK_SCHEMA``) from ``graph/blocks``, lazily, in one task.
+
+    Iterations ``first..last`` run from the hash start vectors (``first = 1``), with ``start_vectors``
+    (``id``, ``vec`` packed) in their place where given: iteration ``first - 1`` of a resumed run, or
+    ``--init-vectors``. ``multiscale``, ``whiten`` and ``residual`` as in :class:`~spark_cleora.config.EmbedConfig`
+    (``multiscale`` iterations must all be >= ``first``).
+    """
+    if any(s < first for s in multiscale):
+        raise ValueError(f"multiscale {multiscale}: iterations before {first} are not in this task")
+    params = {
+        "col_names": [c.name for c in columns], "outputs": [not c.transient for c in columns], "dim": dim,
+        "markov": markov, "init": init, "seed": seed, "first": first, "last": last,
+        "keep": tuple(multiscale) or (last,), "residual": residual, "threads": threads,
+        "whiten_after": frozenset(k for k in range(first, last + 1)
+                                  if whiten == "every" or (whiten == "final" and k == last)),
+        # --whiten final with --multiscale: each earlier part is whitened on its own, as pycleora does
+        "whiten_part": whiten == "final",
+    }
+    graph = blocks.filter(F.col("kind").isin(ENTITY_PART, PLAN)).select(
+        "kind", "id", "entity", "col", "occurrences", "degree", "plan", F.lit(None).cast("binary").alias("vec"))
+    if start_vectors is not None:
+        graph = graph.unionByName(start_vectors.select(F.lit(START_VECTORS).alias("kind"), "id", "vec"),
+                                  allowMissingColumns=True)
+
+    def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        _maybe_inject_failure("one-task engine")
+        yield from _embed(batches, **params)
+
+    # coalesce, not repartition: the blocks are a checkpoint, read straight into the one task
+    return graph.coalesce(1).mapInArrow(run, ONE_TASK_SCHEMA)
+
+
+def _entities(shares: pa.Table, outputs: list[bool]):
+    """The entity aggregate of :func:`spark_cleora.graph.build_entities`, sorted by id."""
+    order = pc.sort_indices(shares, sort_keys=[("id", "ascending"), ("entity", "ascending")])
+    ids = shares.column("id").to_numpy()[order]
+    starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]])
+    ends = np.r_[starts[1:], len(ids)] - 1
+    names = shares.column("entity").combine_chunks().take(order)
+    first_names, last_names = names.take(pa.array(starts)), names.take(pa.array(ends))
+    clash = pc.not_equal(first_names, last_names)
+    if pc.any(clash).as_py():
+        i = int(np.flatnonzero(clash.to_numpy(zero_copy_only=False))[0])
+        raise EntityHashCollisionError(f"different entity names share a 64-bit key ({first_names[i].as_py()!r} vs "
+                                       f"{last_names[i].as_py()!r}); rename one of them")
+    col = shares.column("col").to_numpy()[order]
+    return {
+        "ids": ids[starts],
+        "names": first_names,
+        "col": np.minimum.reduceat(col, starts),
+        "output": np.maximum.reduceat(np.asarray(outputs, dtype=np.int8)[col], starts).astype(bool),
+        "occurrences": np.add.reduceat(shares.column("occurrences").to_numpy()[order], starts),
+        "degree": np.add.reduceat(shares.column("degree").to_numpy()[order], starts),
+    }
+
+
+def _embed(batches, *, col_names, outputs, dim, markov, init, seed, first, last, keep, residual, threads,
+           whiten_after, whiten_part) -> Iterator[pa.RecordBatch]:
+    t_start = time.perf_counter()
+    batches = [b for b in batches if b.num_rows]
+    if not batches:
+        return
+    t_read = time.perf_counter()
+    t = pa.Table.from_batches(batches)
+    del batches
+    kind = t.column("kind")
+    ent = _entities(t.filter(pc.equal(kind, ENTITY_PART)), outputs)
+    ids, n = ent["ids"], len(ent["ids"])
+    plans = []
+    for blob in t.filter(pc.equal(kind, PLAN)).column("plan"):
+        p = load_plan(blob.as_py())
+        g = np.searchsorted(ids, p["ids"])
+        if len(p["ids"]) and (g.max() >= n or not np.array_equal(ids[g], p["ids"])):
+            raise RuntimeError("one-task engine: a block plan names entities that have no share row")
+        plans.append((p, g))
+    x = init_for_names(ent["names"].to_pylist(), dim, seed=seed, method=init) if first == 1 else None
+    given = t.filter(pc.equal(kind, START_VECTORS))
+    if given.num_rows:
+        g = np.searchsorted(ids, given.column("id").to_numpy())
+        g = np.minimum(g, n - 1)
+        found = ids[g] == given.column("id").to_numpy()
+        if x is None:
+            if not found.all() or len(np.unique(g)) != n:
+                raise RuntimeError("one-task engine: the resumed iteration does not cover every entity")
+            x = np.empty((n, dim), dtype=np.float32)
+        x[g[found]] = unpack(given.column("vec"), dim)[found]
+    if x is None:
+        raise RuntimeError(f"one-task engine: starting at iteration {first} needs the vectors of iteration {first - 1}")
+    x = np.asarray(x, dtype=np.float32)
+    del t, given
+    degree = ent["degree"]
+    if markov == "left":
+        pre, post = np.ones(n), 1.0 / degree
+    else:
+        pre = post = 1.0 / np.sqrt(degree)
+    t_ready = time.perf_counter()
+    parts, seconds = _iterate(x, plans, pre, post, dim=dim, first=first, last=last, keep=keep, residual=residual,
+                              whiten_after=whiten_after, threads=threads)
+    if whiten_part:
+        parts = {k: (v if k == last else whiten_array(v).astype(np.float32)) for k, v in parts.items()}
+    emb = parts[keep[0]] if len(keep) == 1 else np.hstack([parts[k] for k in keep])
+    del parts
+    out = np.flatnonzero(ent["output"])
+    names = ent["names"].take(pa.array(out))
+    column = pa.array(np.asarray(col_names, dtype=object)[ent["col"][out]], pa.string())
+    report = json.dumps({"entities": n, "iteration_seconds": seconds,
+                         "read_seconds": round(t_read - t_start, 3), "prepare_seconds": round(t_ready - t_read, 3),
+                         "threads": threads})
+    for lo in range(0, len(out), _OUT_ROWS):
+        rows = out[lo:lo + _OUT_ROWS]
+        m = len(rows)
+        yield pa.RecordBatch.from_arrays(
+            [names.slice(lo, m), column.slice(lo, m), pa.array(ent["degree"][rows]),
+             pa.array(ent["occurrences"][rows]), pack(emb[rows]),
+             pa.array([report if lo == 0 else None] + [None] * (m - 1), pa.string())],
+            names=["entity", "column", "degree", "occurrences", "embedding", "_report"],
+        )
+
+
+def _global_matrices(plans: list[tuple[dict, np.ndarray]], n: int):
+    """The blocks' plans as one graph: incidence matrices A (and B) over (hyperedge, entity index) and the
+    per-hyperedge factors, hyperedges stacked block after block."""
+    from scipy import sparse
+
+    def stack(name: str):
+        mats = [sparse.csr_matrix((p[name].data, g[p[name].indices], p[name].indptr), shape=(p[name].shape[0], n))
+                for p, g in plans]
+        return sparse.vstack(mats, format="csr") if mats else sparse.csr_matrix((0, n))
+
+    a = stack("a")
+    b = stack("b") if plans and "b" in plans[0][0] else None
+    scale = np.concatenate([p["scale"] for p, _ in plans]) if plans else np.zeros(0)
+    return a, b, scale
+
+
+def _iterate(x, plans, pre, post, *, dim, first, last, keep, residual, whiten_after, threads):
+    """Iterations ``first..last`` from ``x`` (float32 [n, dim]): ({kept iteration: float32 rows}, seconds);
+    ``plans`` ((plan, entity indices) per block) is consumed.
+
+    One product per iteration over the whole graph, ``post ⊙ (W · (pre ⊙ x))`` in float64 as
+    :func:`~spark_cleora.propagate.block_product` computes it per block; the threads split the
+    dimensions (each owns a slice of columns: no shared sums, no locks), and each walks the hyperedges
+    in chunks so the per-hyperedge sums stay small.
+    """
+    n = len(x)
+    a, b, scale = _global_matrices(plans, n)
+    plans.clear()  # consumed: the merged matrices replace them
+    chunks = [(a[lo:lo + CHUNK_HYPEREDGES], None if b is None else b[lo:lo + CHUNK_HYPEREDGES],
+               scale[lo:lo + CHUNK_HYPEREDGES, None]) for lo in range(0, a.shape[0], CHUNK_HYPEREDGES)]
+    del a, b
+    threads = max(1, min(threads, dim, os.cpu_count() or 1))
+    columns = [c for c in np.array_split(np.arange(dim), threads) if len(c)]
+    factor = residual / (1.0 - residual) if residual else 0.0
+    seconds: list[float] = []
+    kept: dict[int, np.ndarray] = {first - 1: x} if first - 1 in keep else {}  # --iterations 0
+    with ThreadPoolExecutor(threads) as pool:
+        for k in range(first, last + 1):
+            t0 = time.perf_counter()
+            total = np.empty((n, dim), dtype=np.float64)
+
+            def multiply(cols, x=x, total=total):
+                lo, hi = int(cols[0]), int(cols[-1]) + 1
+                xs = x[:, lo:hi].astype(np.float64)
+                xs *= pre[:, None]
+                y = np.zeros_like(xs)
+                for a_c, b_c, s_c in chunks:
+                    s_a = a_c @ xs
+                    if b_c is None:
+                        y += a_c.T @ (s_a * s_c)
+                    else:
+                        y += a_c.T @ ((b_c @ xs) * s_c) + b_c.T @ (s_a * s_c)
+                y *= post[:, None]
+                total[:, lo:hi] = y
+
+            for _ in pool.map(multiply, columns):
+                pass
+            if factor:  # residual mixing: the shuffle engine's residual rows are float32 partials
+                total += (x.astype(np.float64) * factor).astype(np.float32)
+            x = normalize_rows(total).astype(np.float32)
+            del total
+            if k in whiten_after:
+                x = whiten_array(x).astype(np.float32)
+            if k in keep:
+                kept[k] = x
+            seconds.append(round(time.perf_counter() - t0, 3))
+            # progress from inside the task: the executor's stderr (the console in local mode)
+            print(f"spark_cleora one-task engine: iteration {k}/{last} of {n} entities in {seconds[-1]:.2f}s",
+                  file=sys.stderr, flush=True)
+    return kept, seconds
+
+
+def unpacked_output(done: DataFrame, *, dim: int) -> DataFrame:
+    """The one-task result as the embed output: the packed ``embedding`` as ``array<float>``."""
+
+    def convert(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        for b in batches:
+            i = b.schema.get_field_index("embedding")
+            yield b.set_column(i, "embedding", to_list_array(unpack(b.column(i), dim)))
+
+    schema = "entity string, column string, degree double, occurrences double, embedding array<float>"
+    return done.select("entity", "column", "degree", "occurrences", "embedding").mapInArrow(convert, schema)

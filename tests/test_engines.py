@@ -1,0 +1,91 @@
+"""The one-task and shuffle engines: same numbers for every option, ``auto`` picks by memory, resume works
+across engines."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from helpers import spark_lines
+from oracle import random_hyperedges
+
+from spark_cleora.config import EmbedConfig
+from spark_cleora.embed import run_embedding
+from spark_cleora.one_task import one_task_bytes
+from spark_cleora.store import WorkStore
+
+ROWS = [" ".join(h) for h in random_hyperedges(400, 150, seed=71)]
+BIPARTITE = [f"U{i % 60}\t{' '.join(h)}" for i, h in enumerate(random_hyperedges(300, 120, seed=72))]
+
+
+def _run(spark, rows, columns, **opts):
+    cfg = EmbedConfig(input_format="cleora-tsv", columns=columns, checkpoint="local", **opts)
+    res = run_embedding(spark, cfg, spark_lines(spark, rows), store=None)
+    return {r["entity"]: np.asarray(r["embedding"], dtype=np.float64) for r in res.embeddings.collect()}, res.report
+
+
+def _assert_same(a, b, atol=1e-6):
+    assert set(a) == set(b)
+    assert max(float(np.abs(a[k] - b[k]).max()) for k in a) <= atol
+
+
+@pytest.mark.parametrize("opts", [
+    {"markov": "symmetric", "num_blocks": 3},
+    {"whiten": "every", "num_blocks": 2},
+    {"whiten": "final", "multiscale": (1, 2, 3)},
+    {"residual": 0.4, "multiscale": (2, 3), "num_blocks": 4},
+], ids=["symmetric-3-blocks", "whiten-every", "whiten-final-multiscale", "residual-multiscale"])
+def test_one_task_equals_shuffle(spark, opts):
+    kw = {"dim": 16, "iterations": 3, "init": "fx", **opts}
+    shuffle, rep_s = _run(spark, ROWS, "complex::reflexive::node", engine="shuffle", **kw)
+    one, rep_o = _run(spark, ROWS, "complex::reflexive::node", engine="one-task", **kw)
+    assert (rep_s["engine"], rep_o["engine"]) == ("shuffle", "one-task")
+    assert len(rep_o["iteration_seconds"]) == 3 and all(s >= 0 for s in rep_o["iteration_seconds"])
+    # whitening: the d x d moments are summed in another order (per partition vs at once), and whitened
+    # rows have norms ~sqrt(dim)
+    _assert_same(one, shuffle, atol=1e-4 if "whiten" in opts else 1e-6)
+    assert len(next(iter(one.values()))) == 16 * max(1, len(opts.get("multiscale", ())))
+
+
+def test_bipartite_graph_with_many_blocks(spark):
+    kw = {"dim": 8, "iterations": 4, "init": "fx", "num_blocks": 5}
+    one, _ = _run(spark, BIPARTITE, "user complex::product", engine="one-task", **kw)
+    shuffle, _ = _run(spark, BIPARTITE, "user complex::product", engine="shuffle", **kw)
+    _assert_same(one, shuffle)
+
+
+def test_auto_picks_one_task_when_it_fits_and_shuffle_when_not(spark):
+    kw = {"dim": 8, "iterations": 2, "init": "fx"}
+    small, rep = _run(spark, ROWS, "complex::reflexive::node", **kw)
+    assert rep["engine"] == "one-task"
+    need_gb = rep["one_task"]["estimated_bytes"] / 2**30
+    assert need_gb > 0
+    # a budget below the estimate (but above the largest hyperedge's block need) -> the shuffle engine
+    big, rep2 = _run(spark, ROWS, "complex::reflexive::node", block_memory_gb=need_gb / 2, **kw)
+    assert rep2["engine"] == "shuffle"
+    _assert_same(small, big)
+
+
+def test_memory_estimate_grows_with_entities_dim_and_memberships():
+    base = {"entities": 1000, "dim": 64, "kept": 1, "memberships": 10_000, "shares": 2000}
+    b = one_task_bytes(**base)
+    for more in ({"entities": 2000}, {"dim": 128}, {"kept": 3}, {"memberships": 20_000}, {"shares": 4000}):
+        assert one_task_bytes(**{**base, **more}) > b
+    assert b == 1000 * 64 * 40 + 10_000 * 72 + 2000 * 160 + (1 << 14) * 64 * 24
+
+
+def test_one_task_resumes_a_shuffle_run(spark, tmp_path):
+    """A run stopped after iteration 2 (shuffle engine, written to the work dir) is finished by the one-task
+    engine from iteration 2 with the result of an uninterrupted run."""
+    base = {"input_format": "cleora-tsv", "columns": "complex::reflexive::node", "dim": 8, "init": "fx",
+            "work_dir": str(tmp_path / "work"), "keep_work": True}
+    store = WorkStore(spark, base["work_dir"])
+    first = run_embedding(spark, EmbedConfig(iterations=4, engine="shuffle", **base), spark_lines(spark, ROWS),
+                          store=store)
+    want = {r["entity"]: np.asarray(r["embedding"]) for r in first.embeddings.collect()}
+    store.drop_iteration(4)
+    store.drop_iteration(3)
+    again = run_embedding(spark, EmbedConfig(iterations=4, engine="one-task", **base), spark_lines(spark, ROWS),
+                          store=store)
+    assert again.report["resumed_from_iteration"] == 2
+    assert again.report["engine"] == "one-task" and len(again.report["iteration_seconds"]) == 2
+    _assert_same({r["entity"]: np.asarray(r["embedding"]) for r in again.embeddings.collect()}, want)
