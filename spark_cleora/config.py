@@ -135,8 +135,10 @@ class EmbedConfig:
         Engine: the hyperedges are split into blocks that each Python worker multiplies in one go;
         by default a block holds about 2**26 / dim memberships (its float64 working set ~512 MiB).
     block_memory_gb
-        Memory one Python worker may use for one block. A hyperedge always lives in one block, so a
-        hyperedge whose members x dim x 24 bytes exceed it is refused with a clear error up front.
+        Memory one Python worker may use (for one block; with the one-task engine, for the whole graph).
+        A hyperedge always lives in one block, so a hyperedge whose members x dim x 24 bytes exceed it
+        is refused with a clear error up front. Default (None): 4, or a quarter of the machine's RAM when
+        Spark runs in local mode (the workers share the one machine).
     engine
         How the iterations run. ``shuffle``: each iteration is a distributed multiply (by block) and sum
         (by entity), memory bounded per block, no limit on the graph. ``one-task``: all iterations in one
@@ -178,7 +180,7 @@ class EmbedConfig:
     keep_work: bool = False
     num_blocks: int | None = None
     block_memberships: int | None = None
-    block_memory_gb: float = 4.0
+    block_memory_gb: float | None = None
     engine: str = "auto"
     on_bad_rows: str = "fail"
     rejects: str | None = None
@@ -239,7 +241,7 @@ class EmbedConfig:
             raise ConfigError(f"session-gap must be > 0 seconds; got {self.session_gap}")
         if self.on_bad_rows == "quarantine" and not self.rejects:
             raise ConfigError("--on-bad-rows quarantine needs --rejects DIR (where rejected rows are written)")
-        if not self.block_memory_gb > 0:
+        if self.block_memory_gb is not None and not self.block_memory_gb > 0:
             raise ConfigError(f"block-memory-gb must be > 0; got {self.block_memory_gb}")
         if self.max_line_length < 1:
             raise ConfigError(f"max-line-length must be >= 1; got {self.max_line_length}")

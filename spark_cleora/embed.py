@@ -21,6 +21,7 @@ from pyspark.sql.types import BinaryType, StructField, StructType
 from . import __version__
 from .config import ConfigError, EmbedConfig, field_names
 from .graph import (
+    ENTITIES_RSD,
     GraphCounts,
     blocks_for,
     build_blocks,
@@ -32,7 +33,7 @@ from .graph import (
 )
 from .hyperedges import BadInputError, Rejections, cleora_text_to_memberships, events_to_memberships
 from .init import given_start_vectors, init_for_names, override_start_vectors, read_start_vectors
-from .one_task import embed_in_one_task, one_task_bytes, unpacked_output, worker_threads
+from .one_task import embed_in_one_task, one_task_bytes, unpacked_output, worker_memory_gb, worker_threads
 from .propagate import X_SCHEMA_COLUMNS, propagate, route_scalings, unpacked
 from .session import job_description
 from .vectors import pack
@@ -145,7 +146,8 @@ def run_embedding(
     g = manifest.get("graph", {})
     if store is not None and "shares" in g and store.is_complete("graph/blocks"):
         blocks = store.read("graph/blocks")
-        counts = GraphCounts(g["memberships"], g["hyperedges"], g["largest"], g["shares"], {})
+        counts = GraphCounts(g["memberships"], g["hyperedges"], g["largest"], g["shares"], {},
+                             g.get("entities_estimate", 0))
         rej = Rejections(counts=g["rejected"], input_rows=g["input_rows"])
         num_blocks = g["num_blocks"]
         log.info("resuming with the prepared graph in %s", store.uri)
@@ -179,13 +181,14 @@ def run_embedding(
         if store is not None:
             manifest["graph"] = g = {
                 "memberships": counts.memberships, "hyperedges": counts.hyperedges, "largest": counts.largest,
-                "shares": counts.shares, "num_blocks": num_blocks,
+                "shares": counts.shares, "entities_estimate": counts.entities_estimate, "num_blocks": num_blocks,
                 "rejected": rej.counts, "input_rows": rej.input_rows,
             }
             store.save_manifest(manifest)
         log.info("graph: %d hyperedges, %d memberships, %d blocks (%.1fs)", counts.hyperedges, counts.memberships,
                  num_blocks, timer.lap())
-    check_hyperedge_fits(counts.largest, cfg.dim, cfg.block_memory_gb)
+    memory_gb = cfg.block_memory_gb or worker_memory_gb(spark)
+    check_hyperedge_fits(counts.largest, cfg.dim, memory_gb)
     report.update(input_rows=rej.input_rows, rejected=rej.counts, hyperedges=counts.hyperedges,
                   memberships=counts.memberships, num_blocks=num_blocks)
     plans = plans_of(blocks)
@@ -212,7 +215,7 @@ def run_embedding(
     # -- 2. start vectors and iterations -------------------------------------------------------
     start = store.last_iteration(cfg.iterations) if store is not None else None
     start = start or 0
-    engine = choose_engine(spark, cfg, counts, num_blocks, g.get("entities"), report)
+    engine = choose_engine(spark, cfg, counts, g.get("entities"), memory_gb, report)
     if engine == "one-task" and any(s <= start for s in cfg.multiscale):
         engine = "shuffle"  # the resumed run's earlier --multiscale parts are in the store, not in the task
     report["engine"] = engine
@@ -293,22 +296,22 @@ def run_embedding(
     return EmbedResult(emb, report)
 
 
-def choose_engine(spark: SparkSession, cfg: EmbedConfig, counts: GraphCounts, num_blocks: int,
-                  n_entities: int | None, report: dict[str, Any]) -> str:
-    """``cfg.engine``, with ``auto`` resolved: ``one-task`` when its estimated memory fits
-    ``block_memory_gb`` (the estimate goes into ``report``). Before the entities are summed, their count
-    is bounded by the blocks' entity counts (``counts.shares``)."""
+def choose_engine(spark: SparkSession, cfg: EmbedConfig, counts: GraphCounts, n_entities: int | None,
+                  memory_gb: float, report: dict[str, Any]) -> str:
+    """``cfg.engine``, with ``auto`` resolved: ``one-task`` when its estimated memory fits ``memory_gb``
+    (the estimate goes into ``report``). Before the entities are summed, their count
+    is the graph's HyperLogLog estimate plus three standard deviations."""
     threads = worker_threads(spark)
+    estimate = int(counts.entities_estimate * (1 + 3 * ENTITIES_RSD)) if counts.entities_estimate else counts.shares
     need = one_task_bytes(
-        entities=n_entities or counts.shares, dim=cfg.dim, kept=max(1, len(cfg.multiscale)),
-        memberships=counts.memberships, shares=counts.shares,
+        entities=n_entities or min(estimate, counts.shares), dim=cfg.dim, kept=max(1, len(cfg.multiscale)),
+        memberships=counts.memberships, hyperedges=counts.hyperedges, shares=counts.shares,
     )
     engine = cfg.engine
     if engine == "auto":
-        engine = "one-task" if need <= cfg.block_memory_gb * 2**30 else "shuffle"
-    report["one_task"] = {"estimated_bytes": int(need), "threads": threads}
-    log.info("engine %s (one-task would need ~%.2f GiB of --block-memory-gb %g)", engine, need / 2**30,
-             cfg.block_memory_gb)
+        engine = "one-task" if need <= memory_gb * 2**30 else "shuffle"
+    report["one_task"] = {"estimated_bytes": int(need), "threads": threads, "memory_gb": memory_gb}
+    log.info("engine %s (one-task would need ~%.2f GiB of --block-memory-gb %g)", engine, need / 2**30, memory_gb)
     return engine
 
 

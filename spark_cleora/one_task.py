@@ -37,7 +37,7 @@ from .config import Column
 
 from .graph import ENTITY_PART, PLAN, EntityHashCollisionError
 from .init import init_for_names
-from .propagate import _maybe_inject_failure, load_plan, normalize_rows
+from .propagate import NORM_EPS, _maybe_inject_failure, load_plan
 from .vectors import pack, to_list_array, unpack
 from .whiten import whiten_array
 
@@ -51,17 +51,17 @@ START_VECTORS = 3
 THREADS_CONF = "spark.cleora.oneTask.threads"
 _OUT_ROWS = 1 << 14  # rows per output batch (a binary array's offsets are int32: keep batches small)
 
-#: bytes per entity x dimension held at once: Arrow-free float32 rows (4), the threads' float64 slices of
-#: the scaled rows and of their products (8 + 8), the float64 sums (8), the next float32 rows (4), the
-#: output batch (4); plus 4 per kept iteration
-BYTES_PER_ENTITY_DIM = 36
+#: bytes per entity x dimension held at once: the float32 rows (4), the threads' float64 slices of the
+#: scaled rows and of their products (8 + 8), the next float32 rows (4); plus 4 per kept iteration (the
+#: output's copy of the last one, earlier --multiscale parts)
+BYTES_PER_ENTITY_DIM = 24
 #: bytes of the compiled graph per membership: CSR indices and float64 data of both sides (24), held as
 #: the plans' Arrow blobs, the loaded plans and the merged matrices
 BYTES_PER_MEMBERSHIP = 72
 #: bytes of one entity's share row of a block (ids, counts, its name) while the entities are summed
 BYTES_PER_SHARE = 160
-#: hyperedges multiplied at once: bounds the per-hyperedge sums (3 float64 arrays of rows x dim)
-CHUNK_HYPEREDGES = 1 << 14
+#: bytes per hyperedge x dimension: the float64 per-hyperedge sums of both sides
+BYTES_PER_HYPEREDGE_DIM = 16
 
 
 def worker_threads(spark: SparkSession) -> int:
@@ -74,14 +74,34 @@ def worker_threads(spark: SparkSession) -> int:
     return conf if conf > 0 else max(1, os.cpu_count() or 1)
 
 
-def one_task_bytes(*, entities: int, dim: int, kept: int, memberships: int, shares: int = 0) -> int:
+#: memory a Python worker may use by default (``--block-memory-gb``), and in local mode the share of RAM
+DEFAULT_WORKER_GB, LOCAL_RAM_SHARE = 4.0, 0.25
+
+
+def worker_memory_gb(spark: SparkSession) -> float:
+    """The default ``--block-memory-gb``: 4, or a quarter of this machine's RAM for a local master (its
+    Python workers share the machine with nothing but the driver)."""
+    try:
+        local = str(spark.conf.get("spark.master", "")).startswith("local")
+    except Exception:  # e.g. a Connect server that does not show its master
+        local = False
+    if not local:
+        return DEFAULT_WORKER_GB
+    try:
+        ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    except (ValueError, OSError, AttributeError):
+        return DEFAULT_WORKER_GB
+    return max(DEFAULT_WORKER_GB, round(ram * LOCAL_RAM_SHARE, 1))
+
+
+def one_task_bytes(*, entities: int, dim: int, kept: int, memberships: int, hyperedges: int, shares: int = 0) -> int:
     """Estimated peak memory of the one-task engine (see the ``BYTES_*`` constants); ``entities`` may be
     an upper bound (the sum of the blocks' entity counts, ``shares``, before the entities are known)."""
     return (
         entities * dim * (BYTES_PER_ENTITY_DIM + 4 * kept)
         + memberships * BYTES_PER_MEMBERSHIP
         + shares * BYTES_PER_SHARE
-        + CHUNK_HYPEREDGES * dim * 24
+        + hyperedges * dim * BYTES_PER_HYPEREDGE_DIM
     )
 
 
@@ -242,15 +262,13 @@ def _iterate(x, plans, pre, post, *, dim, first, last, keep, residual, whiten_af
 
     One product per iteration over the whole graph, ``post ⊙ (W · (pre ⊙ x))`` in float64 as
     :func:`~spark_cleora.propagate.block_product` computes it per block; the threads split the
-    dimensions (each owns a slice of columns: no shared sums, no locks), and each walks the hyperedges
-    in chunks so the per-hyperedge sums stay small.
+    dimensions (each owns a slice of columns: no shared sums, no locks). Rows are then divided by max(‖row‖, 1e-10) as
+    :func:`~spark_cleora.propagate.normalize_rows` does, the norms summed over the slices.
     """
     n = len(x)
     a, b, scale = _global_matrices(plans, n)
     plans.clear()  # consumed: the merged matrices replace them
-    chunks = [(a[lo:lo + CHUNK_HYPEREDGES], None if b is None else b[lo:lo + CHUNK_HYPEREDGES],
-               scale[lo:lo + CHUNK_HYPEREDGES, None]) for lo in range(0, a.shape[0], CHUNK_HYPEREDGES)]
-    del a, b
+    scale = scale[:, None]
     threads = max(1, min(threads, dim, os.cpu_count() or 1))
     columns = [c for c in np.array_split(np.arange(dim), threads) if len(c)]
     factor = residual / (1.0 - residual) if residual else 0.0
@@ -259,28 +277,36 @@ def _iterate(x, plans, pre, post, *, dim, first, last, keep, residual, whiten_af
     with ThreadPoolExecutor(threads) as pool:
         for k in range(first, last + 1):
             t0 = time.perf_counter()
-            total = np.empty((n, dim), dtype=np.float64)
 
-            def multiply(cols, x=x, total=total):
+            def multiply(cols, x=x):
+                """This thread's columns of post ⊙ (W · (pre ⊙ x)) (+ the residual rows), float64."""
                 lo, hi = int(cols[0]), int(cols[-1]) + 1
                 xs = x[:, lo:hi].astype(np.float64)
                 xs *= pre[:, None]
-                y = np.zeros_like(xs)
-                for a_c, b_c, s_c in chunks:
-                    s_a = a_c @ xs
-                    if b_c is None:
-                        y += a_c.T @ (s_a * s_c)
-                    else:
-                        y += a_c.T @ ((b_c @ xs) * s_c) + b_c.T @ (s_a * s_c)
+                s_a = a @ xs  # per-hyperedge sums (one product each way: no n x dim temporaries per chunk)
+                s_a *= scale
+                if b is None:
+                    y = a.T @ s_a
+                else:
+                    s_b = b @ xs
+                    s_b *= scale
+                    y = a.T @ s_b
+                    del s_b
+                    y += b.T @ s_a
+                del xs, s_a
                 y *= post[:, None]
-                total[:, lo:hi] = y
+                if factor:  # residual mixing: the shuffle engine's residual rows are float32 partials
+                    y += (x[:, lo:hi].astype(np.float64) * factor).astype(np.float32)
+                return lo, hi, y
 
-            for _ in pool.map(multiply, columns):
-                pass
-            if factor:  # residual mixing: the shuffle engine's residual rows are float32 partials
-                total += (x.astype(np.float64) * factor).astype(np.float32)
-            x = normalize_rows(total).astype(np.float32)
-            del total
+            slices = list(pool.map(multiply, columns))
+            # normalize_rows, over the threads' column slices (no n x dim float64 matrix of its own)
+            norms = np.sqrt(sum(np.einsum("ij,ij->i", y, y) for _, _, y in slices))
+            inverse = (1.0 / np.maximum(norms, NORM_EPS))[:, None]
+            x = np.empty((n, dim), dtype=np.float32)
+            for lo, hi, y in slices:
+                x[:, lo:hi] = y * inverse
+            del slices
             if k in whiten_after:
                 x = whiten_array(x).astype(np.float32)
             if k in keep:

@@ -66,11 +66,12 @@ def test_auto_picks_one_task_when_it_fits_and_shuffle_when_not(spark):
 
 
 def test_memory_estimate_grows_with_entities_dim_and_memberships():
-    base = {"entities": 1000, "dim": 64, "kept": 1, "memberships": 10_000, "shares": 2000}
+    base = {"entities": 1000, "dim": 64, "kept": 1, "memberships": 10_000, "hyperedges": 500, "shares": 2000}
     b = one_task_bytes(**base)
-    for more in ({"entities": 2000}, {"dim": 128}, {"kept": 3}, {"memberships": 20_000}, {"shares": 4000}):
+    for more in ({"entities": 2000}, {"dim": 128}, {"kept": 3}, {"memberships": 20_000}, {"shares": 4000},
+                 {"hyperedges": 900}):
         assert one_task_bytes(**{**base, **more}) > b
-    assert b == 1000 * 64 * 40 + 10_000 * 72 + 2000 * 160 + (1 << 14) * 64 * 24
+    assert b == 1000 * 64 * 28 + 10_000 * 72 + 2000 * 160 + 500 * 64 * 16
 
 
 def test_one_task_resumes_a_shuffle_run(spark, tmp_path):
