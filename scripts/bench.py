@@ -7,8 +7,9 @@
 Each tool runs as a whole process (Spark: `spark-cleora embed` with an embedded `local[N]`; pycleora:
 a Python process that reads the same Parquet, builds the hypergraph, initialises and propagates), runs
 alternate, and the table reports medians over repeats, the spark/pycleora ratio, the peak RSS of each
-process tree (JVM + Python workers) and, for Spark, per-stage/per-iteration times and shuffle bytes
-(from the Spark event log). JSON goes to --json.
+process tree (JVM + Python workers) and, for Spark, the engine, per-iteration times and, from one
+extra run with the Spark event log (not timed: the log costs a second or two), shuffle bytes and task
+skew. JSON goes to --json.
 
 Generator: users with log-normal activity, items with Zipf(1.1) popularity, optional hub item present
 in a given share of users, optional timestamps. Seeded, written as Parquet (user, item, ts).
@@ -201,25 +202,31 @@ def task_skew(event_dir: str, min_tasks: int = 4) -> dict:
     return {"worst": worst, "stages": sorted(stages, key=lambda s: s["stage"])}
 
 
-def run_spark(data: str, work: str, *, dim: int, iters: int, cores: int, extra: list[str]) -> dict:
+def run_spark(data: str, work: str, *, dim: int, iters: int, cores: int, extra: list[str],
+              instrument: bool = False) -> dict:
+    """One timed ``spark-cleora embed`` process. ``instrument``: with the Spark event log (shuffle bytes,
+    task skew); it costs a second or two, so the timed repeats run without it."""
     out = os.path.join(work, "spark-out")
     events = os.path.join(work, "eventlog")
-    os.makedirs(events, exist_ok=True)
-    shutil.rmtree(events, ignore_errors=True)
-    os.makedirs(events)
     cmd = [sys.executable, "-m", "spark_cleora.cli", "embed", data, "--hyperedge", "user", "--entity", "item",
            "--dim", str(dim), "--iterations", str(iters), "--output", out, "--master", f"local[{cores}]",
-           "--conf", "spark.ui.enabled=false", "--conf", "spark.eventLog.enabled=true",
-           "--conf", f"spark.eventLog.dir=file://{events}",
-           "--conf", "spark.eventLog.compress=false", "--conf", "spark.eventLog.rolling.enabled=false", *extra]
+           "--conf", "spark.ui.enabled=false", *extra]
+    if instrument:
+        shutil.rmtree(events, ignore_errors=True)
+        os.makedirs(events)
+        cmd += ["--conf", "spark.eventLog.enabled=true", "--conf", f"spark.eventLog.dir=file://{events}",
+                "--conf", "spark.eventLog.compress=false", "--conf", "spark.eventLog.rolling.enabled=false"]
     env = dict(os.environ, PYSPARK_PYTHON=sys.executable)
     elapsed, peak, _, _ = run_process(cmd, env)
     with open(os.path.join(out, "_run.json")) as fh:
         report = json.load(fh)
-    return {"seconds": elapsed, "peak_rss_mb": peak / 2**20, "shuffle_mb": shuffle_bytes(events) / 2**20,
-            "iteration_seconds": report["iteration_seconds"], "seconds_to_embed": report["seconds_to_embed"],
-            "entities": report["entities"], "memberships": report["memberships"], "blocks": report["num_blocks"],
-            "task_skew": task_skew(events)}
+    res = {"seconds": elapsed, "peak_rss_mb": peak / 2**20,
+           "iteration_seconds": report["iteration_seconds"], "seconds_to_embed": report["seconds_to_embed"],
+           "entities": report["entities"], "memberships": report["memberships"], "blocks": report["num_blocks"],
+           "engine": report.get("engine")}
+    if instrument:
+        res.update(shuffle_mb=shuffle_bytes(events) / 2**20, task_skew=task_skew(events))
+    return res
 
 
 def run_pycleora(data: str, work: str, *, dim: int, iters: int, trim: int) -> dict:
@@ -264,6 +271,10 @@ def main() -> None:
                 runs[tool].append(res)
                 print(f"  {n:>10,} events  {tool:8s} run {r + 1}: {res['seconds']:7.1f}s  "
                       f"peak {res['peak_rss_mb']:7.0f} MB", file=sys.stderr)
+        if runs["spark"]:  # shuffle bytes and task skew from one more run, with the event log (not timed)
+            print(f"  {n:>10,} events  spark    instrumented run (event log; not in the timings)", file=sys.stderr)
+            instrumented = run_spark(data, args.workdir, dim=args.dim, iters=args.iterations, cores=args.cores,
+                                     extra=args.spark_arg, instrument=True)
         row = {"events": n, **meta}
         for tool, rs in runs.items():
             if rs:
@@ -273,6 +284,8 @@ def main() -> None:
                     "median_peak_rss_mb": statistics.median(r["peak_rss_mb"] for r in rs),
                     "runs": rs,
                 }
+        if runs["spark"]:
+            row["spark"]["instrumented"] = instrumented
         if runs["spark"] and runs["pycleora"]:
             row["ratio_median"] = row["spark"]["median_seconds"] / row["pycleora"]["median_seconds"]
             row["ratio_best"] = row["spark"]["best_seconds"] / row["pycleora"]["best_seconds"]
@@ -280,24 +293,25 @@ def main() -> None:
 
     print(f"\nmachine: {platform.machine()}, {os.cpu_count()} cores; dim {args.dim}, {args.iterations} iterations, "
           f"Spark local[{args.cores}], pycleora hyperedge_trim_n={args.trim}")
-    print(f"{'events':>12} {'spark s (med)':>14} {'pycleora s':>11} {'ratio':>6} {'spark MB':>9} {'pyc MB':>7} "
-          f"{'shuffle MB':>10}  iteration s (median run)")
+    print(f"{'events':>12} {'spark s (med)':>14} {'pycleora s':>11} {'ratio':>6} {'best':>6} {'spark MB':>9} "
+          f"{'pyc MB':>7} {'shuffle MB':>10}  iteration s (median run)")
     for row in results:
         s, p = row.get("spark"), row.get("pycleora")
         it = ""
         sh = ""
         if s:
             med = sorted(s["runs"], key=lambda r: r["seconds"])[len(s["runs"]) // 2]
-            it = " ".join(f"{x:.1f}" for x in med["iteration_seconds"])
-            sh = f"{med['shuffle_mb']:.0f}"
+            it = " ".join(f"{x:.1f}" for x in med["iteration_seconds"]) + f" ({med['engine']})"
+            sh = f"{s['instrumented']['shuffle_mb']:.0f}"
         print(f"{row['events']:>12,} {s['median_seconds'] if s else float('nan'):>14.1f} "
               f"{p['median_seconds'] if p else float('nan'):>11.1f} {row.get('ratio_median', float('nan')):>6.1f} "
+              f"{row.get('ratio_best', float('nan')):>6.1f} "
               f"{s['median_peak_rss_mb'] if s else float('nan'):>9.0f} {p['median_peak_rss_mb'] if p else float('nan'):>7.0f} "
               f"{sh:>10}  {it}")
     for row in results:
         s = row.get("spark")
         if s:
-            w = sorted(s["runs"], key=lambda r: r["seconds"])[len(s["runs"]) // 2]["task_skew"]["worst"]
+            w = s["instrumented"]["task_skew"]["worst"]
             if w:
                 print(f"{row['events']:>12,} events: stragglers, worst stage {w['stage']} ({w['tasks']} tasks): "
                       f"max/median task time {w['ratio']} (median {w['median_s']:.2f}s, max {w['max_s']:.2f}s), "

@@ -28,12 +28,13 @@ from .graph import (
     build_entities,
     check_hyperedge_fits,
     count_entities,
+    estimate_entities,
     graph_counts,
     plans_of,
 )
 from .hyperedges import BadInputError, Rejections, cleora_text_to_memberships, events_to_memberships
 from .init import given_start_vectors, init_for_names, override_start_vectors, read_start_vectors
-from .one_task import embed_in_one_task, one_task_bytes, unpacked_output, worker_memory_gb, worker_threads
+from .one_task import embed_in_one_task, one_task_bytes, worker_memory_gb, worker_threads
 from .propagate import X_SCHEMA_COLUMNS, propagate, route_scalings, unpacked
 from .session import job_description
 from .vectors import pack
@@ -146,8 +147,7 @@ def run_embedding(
     g = manifest.get("graph", {})
     if store is not None and "shares" in g and store.is_complete("graph/blocks"):
         blocks = store.read("graph/blocks")
-        counts = GraphCounts(g["memberships"], g["hyperedges"], g["largest"], g["shares"], {},
-                             g.get("entities_estimate", 0))
+        counts = GraphCounts(g["memberships"], g["hyperedges"], g["largest"], g["shares"], {})
         rej = Rejections(counts=g["rejected"], input_rows=g["input_rows"])
         num_blocks = g["num_blocks"]
         log.info("resuming with the prepared graph in %s", store.uri)
@@ -181,7 +181,7 @@ def run_embedding(
         if store is not None:
             manifest["graph"] = g = {
                 "memberships": counts.memberships, "hyperedges": counts.hyperedges, "largest": counts.largest,
-                "shares": counts.shares, "entities_estimate": counts.entities_estimate, "num_blocks": num_blocks,
+                "shares": counts.shares, "num_blocks": num_blocks,
                 "rejected": rej.counts, "input_rows": rej.input_rows,
             }
             store.save_manifest(manifest)
@@ -215,7 +215,7 @@ def run_embedding(
     # -- 2. start vectors and iterations -------------------------------------------------------
     start = store.last_iteration(cfg.iterations) if store is not None else None
     start = start or 0
-    engine = choose_engine(spark, cfg, counts, g.get("entities"), memory_gb, report)
+    engine = choose_engine(spark, cfg, counts, g.get("entities"), memory_gb, report, blocks=blocks)
     if engine == "one-task" and any(s <= start for s in cfg.multiscale):
         engine = "shuffle"  # the resumed run's earlier --multiscale parts are in the store, not in the task
     report["engine"] = engine
@@ -242,12 +242,12 @@ def run_embedding(
 
         if single_pass:  # the task's report is observed during the caller's one action
             observed = Observation("spark_cleora_one_task")
-            emb = unpacked_output(done.observe(observed, F.max("_report").alias("report")), dim=cfg.output_dim)
+            emb = done.observe(observed, F.max("_report").alias("report")).drop("_report")
             return EmbedResult(emb, report, finish=lambda: task_report(json.loads(observed.get["report"])))
         with job_description(spark, f"spark_cleora: iterations {start + 1}-{cfg.iterations} in one task"):
             done = materialise(done, "one-task")
             task_report(json.loads(done.filter(F.col("_report").isNotNull()).select("_report").first()["_report"]))
-        return EmbedResult(unpacked_output(done, dim=cfg.output_dim), report)
+        return EmbedResult(done.drop("_report"), report)
 
     if start > 0:
         log.info("resuming from iteration %d", start)
@@ -297,21 +297,27 @@ def run_embedding(
 
 
 def choose_engine(spark: SparkSession, cfg: EmbedConfig, counts: GraphCounts, n_entities: int | None,
-                  memory_gb: float, report: dict[str, Any]) -> str:
+                  memory_gb: float, report: dict[str, Any], *, blocks: DataFrame) -> str:
     """``cfg.engine``, with ``auto`` resolved: ``one-task`` when its estimated memory fits ``memory_gb``
-    (the estimate goes into ``report``). Before the entities are summed, their count
-    is the graph's HyperLogLog estimate plus three standard deviations."""
+    (the estimate goes into ``report``). Before the entities are summed their count is bounded by the
+    blocks' entity counts (``counts.shares``); when that bound does not fit, a HyperLogLog estimate
+    (plus three standard deviations) of the distinct entities decides."""
     threads = worker_threads(spark)
-    estimate = int(counts.entities_estimate * (1 + 3 * ENTITIES_RSD)) if counts.entities_estimate else counts.shares
-    need = one_task_bytes(
-        entities=n_entities or min(estimate, counts.shares), dim=cfg.dim, kept=max(1, len(cfg.multiscale)),
-        memberships=counts.memberships, hyperedges=counts.hyperedges, shares=counts.shares,
-    )
+
+    def need(entities: int) -> int:
+        return one_task_bytes(entities=entities, dim=cfg.dim, kept=max(1, len(cfg.multiscale)),
+                              memberships=counts.memberships, hyperedges=counts.hyperedges, shares=counts.shares)
+
+    estimate = need(n_entities or counts.shares)
     engine = cfg.engine
+    if engine == "auto" and estimate > memory_gb * 2**30 and not n_entities:
+        with job_description(spark, "spark_cleora: estimate entities"):
+            estimate = need(min(counts.shares, int(estimate_entities(blocks) * (1 + 3 * ENTITIES_RSD)) + 1))
     if engine == "auto":
-        engine = "one-task" if need <= memory_gb * 2**30 else "shuffle"
-    report["one_task"] = {"estimated_bytes": int(need), "threads": threads, "memory_gb": memory_gb}
-    log.info("engine %s (one-task would need ~%.2f GiB of --block-memory-gb %g)", engine, need / 2**30, memory_gb)
+        engine = "one-task" if estimate <= memory_gb * 2**30 else "shuffle"
+    report["one_task"] = {"estimated_bytes": int(estimate), "threads": threads, "memory_gb": memory_gb}
+    log.info("engine %s (one-task would need ~%.2f GiB of --block-memory-gb %g)", engine, estimate / 2**30,
+             memory_gb)
     return engine
 
 

@@ -263,27 +263,28 @@ class GraphCounts:
     largest: int  # raw rows of the largest hyperedge
     shares: int  # entity share rows, i.e. the blocks' entity counts summed (>= the number of entities)
     input_rows: dict[str | None, int]  # per rule broken, None = accepted (deferred validation only)
-    entities_estimate: int = 0  # distinct entities, HyperLogLog estimate (within ~1%): sizes the engine
-
-
-#: relative standard deviation of the entity count estimate
-ENTITIES_RSD = 0.01
 
 
 def graph_counts(blocks: DataFrame) -> GraphCounts:
-    """The plan rows' counts, the input-row counts and an estimate of the distinct entities, in one small
-    aggregate (one row per kind/rule)."""
-    rule = F.when(F.col("kind") == INPUT_ROWS, F.col("entity")).alias("rule")
-    rows = blocks.groupBy("kind", rule).agg(
+    """The plan rows' counts and the input-row counts, in one small aggregate (one row per kind/rule)."""
+    rows = blocks.filter(F.col("kind") != ENTITY_PART).groupBy("kind", "entity").agg(
         F.sum("memberships").alias("m"), F.sum("hyperedges").alias("h"), F.max("largest").alias("big"),
         F.sum("rows").alias("rows"), F.sum("entities").alias("shares"),
-        F.approx_count_distinct("id", ENTITIES_RSD).alias("distinct"),
     ).collect()
     plan = [r for r in rows if r["kind"] == PLAN]
     m, h, big, shares = (int(plan[0][c] or 0) for c in ("m", "h", "big", "shares")) if plan else (0, 0, 0, 0)
-    distinct = sum(int(r["distinct"] or 0) for r in rows if r["kind"] == ENTITY_PART)
-    return GraphCounts(m, h, big, shares, {r["rule"]: int(r["rows"] or 0) for r in rows if r["kind"] == INPUT_ROWS},
-                       min(shares, distinct))
+    return GraphCounts(m, h, big, shares, {r["entity"]: int(r["rows"] or 0) for r in rows if r["kind"] == INPUT_ROWS})
+
+
+#: relative standard deviation of :func:`estimate_entities`
+ENTITIES_RSD = 0.01
+
+
+def estimate_entities(blocks: DataFrame) -> int:
+    """Distinct entities, estimated (HyperLogLog, within ~1%) from the share rows: one pass over the ids,
+    without the entities' aggregate."""
+    row = blocks.filter(F.col("kind") == ENTITY_PART).agg(F.approx_count_distinct("id", ENTITIES_RSD)).first()
+    return int(row[0] or 0)
 
 
 #: bytes a block needs per (membership row x dimension): packed input, float64 copy, float64 result, output

@@ -38,13 +38,11 @@ from .config import Column
 from .graph import ENTITY_PART, PLAN, EntityHashCollisionError
 from .init import init_for_names
 from .propagate import NORM_EPS, _maybe_inject_failure, load_plan
-from .vectors import pack, to_list_array, unpack
+from .vectors import to_list_array, unpack
 from .whiten import whiten_array
 
-#: the result: the embed output's rows (the embedding packed, see :mod:`spark_cleora.vectors`: Parquet
-#: writes it ~3x faster than array<float>, see :func:`unpacked_output`), and the task's report (JSON) on
-#: the first row
-ONE_TASK_SCHEMA = ("entity string, column string, degree double, occurrences double, embedding binary, "
+#: the result: the embed output's rows, and the task's report (JSON) on the first row
+ONE_TASK_SCHEMA = ("entity string, column string, degree double, occurrences double, embedding array<float>, "
                    "_report string")
 #: ``kind`` of the start-vector rows (id, vec) fed to the task next to the ``graph/blocks`` rows
 START_VECTORS = 3
@@ -234,7 +232,7 @@ def _embed(batches, *, col_names, outputs, dim, markov, init, seed, first, last,
         m = len(rows)
         yield pa.RecordBatch.from_arrays(
             [names.slice(lo, m), column.slice(lo, m), pa.array(ent["degree"][rows]),
-             pa.array(ent["occurrences"][rows]), pack(emb[rows]),
+             pa.array(ent["occurrences"][rows]), to_list_array(emb[rows]),
              pa.array([report if lo == 0 else None] + [None] * (m - 1), pa.string())],
             names=["entity", "column", "degree", "occurrences", "embedding", "_report"],
         )
@@ -317,14 +315,3 @@ def _iterate(x, plans, pre, post, *, dim, first, last, keep, residual, whiten_af
                   file=sys.stderr, flush=True)
     return kept, seconds
 
-
-def unpacked_output(done: DataFrame, *, dim: int) -> DataFrame:
-    """The one-task result as the embed output: the packed ``embedding`` as ``array<float>``."""
-
-    def convert(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        for b in batches:
-            i = b.schema.get_field_index("embedding")
-            yield b.set_column(i, "embedding", to_list_array(unpack(b.column(i), dim)))
-
-    schema = "entity string, column string, degree double, occurrences double, embedding array<float>"
-    return done.select("entity", "column", "degree", "occurrences", "embedding").mapInArrow(convert, schema)

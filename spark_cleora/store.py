@@ -63,7 +63,8 @@ class WorkStore:
             return False
 
     def write(self, df: DataFrame, name: str) -> DataFrame:
-        df.write.mode("overwrite").parquet(self.path(name))
+        # no Parquet dictionaries: packed vectors and plan blobs never repeat, trying costs time
+        df.write.mode("overwrite").option("parquet.enable.dictionary", "false").parquet(self.path(name))
         return self.read(name)
 
     def read(self, name: str) -> DataFrame:
