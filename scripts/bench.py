@@ -249,6 +249,8 @@ def main() -> None:
     ap.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "spark_cleora_bench"))
     ap.add_argument("--json", default=None, help="write results here")
     ap.add_argument("--spark-arg", action="append", default=[], help="extra spark-cleora embed argument")
+    ap.add_argument("--no-instrument", action="store_true",
+                    help="skip the extra event-log run (shuffle bytes, task skew), e.g. for long runs")
     args = ap.parse_args()
 
     results = []
@@ -271,7 +273,8 @@ def main() -> None:
                 runs[tool].append(res)
                 print(f"  {n:>10,} events  {tool:8s} run {r + 1}: {res['seconds']:7.1f}s  "
                       f"peak {res['peak_rss_mb']:7.0f} MB", file=sys.stderr)
-        if runs["spark"]:  # shuffle bytes and task skew from one more run, with the event log (not timed)
+        instrumented = None
+        if runs["spark"] and not args.no_instrument:  # shuffle bytes and task skew: one more run with the event log
             print(f"  {n:>10,} events  spark    instrumented run (event log; not in the timings)", file=sys.stderr)
             instrumented = run_spark(data, args.workdir, dim=args.dim, iters=args.iterations, cores=args.cores,
                                      extra=args.spark_arg, instrument=True)
@@ -302,7 +305,7 @@ def main() -> None:
         if s:
             med = sorted(s["runs"], key=lambda r: r["seconds"])[len(s["runs"]) // 2]
             it = " ".join(f"{x:.1f}" for x in med["iteration_seconds"]) + f" ({med['engine']})"
-            sh = f"{s['instrumented']['shuffle_mb']:.0f}"
+            sh = f"{s['instrumented']['shuffle_mb']:.0f}" if s["instrumented"] else "-"
         print(f"{row['events']:>12,} {s['median_seconds'] if s else float('nan'):>14.1f} "
               f"{p['median_seconds'] if p else float('nan'):>11.1f} {row.get('ratio_median', float('nan')):>6.1f} "
               f"{row.get('ratio_best', float('nan')):>6.1f} "
@@ -310,7 +313,7 @@ def main() -> None:
               f"{sh:>10}  {it}")
     for row in results:
         s = row.get("spark")
-        if s:
+        if s and s["instrumented"]:
             w = s["instrumented"]["task_skew"]["worst"]
             if w:
                 print(f"{row['events']:>12,} events: stragglers, worst stage {w['stage']} ({w['tasks']} tasks): "
