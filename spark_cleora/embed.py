@@ -237,13 +237,17 @@ def run_embedding(
         def task_report(task: dict[str, Any]) -> None:
             report.update(entities=task["entities"], iteration_seconds=task["iteration_seconds"],
                           seconds_to_embed=round(time.perf_counter() - t_all, 3))
-            log.info("%d entities, iterations %d-%d in one task: %s s (%.1fs with reading and writing)",
+            log.info("%s entities, iterations %d-%d in one task: %s s (%.1fs with reading and writing)",
                      task["entities"], start + 1, cfg.iterations, task["iteration_seconds"], timer.lap())
 
         if single_pass:  # the task's report is observed during the caller's one action
             observed = Observation("spark_cleora_one_task")
             emb = done.observe(observed, F.max("_report").alias("report")).drop("_report")
-            return EmbedResult(emb, report, finish=lambda: task_report(json.loads(observed.get["report"])))
+            def finish() -> None:
+                got = observed.get.get("report")  # None only if the task wrote no row (no output column)
+                task_report(json.loads(got) if got else {"entities": None, "iteration_seconds": []})
+
+            return EmbedResult(emb, report, finish=finish)
         with job_description(spark, f"spark_cleora: iterations {start + 1}-{cfg.iterations} in one task"):
             done = materialise(done, "one-task")
             task_report(json.loads(done.filter(F.col("_report").isNotNull()).select("_report").first()["_report"]))

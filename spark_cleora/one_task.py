@@ -34,7 +34,6 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from .config import Column
-
 from .graph import ENTITY_PART, PLAN, EntityHashCollisionError
 from .init import init_for_names
 from .propagate import NORM_EPS, _maybe_inject_failure, load_plan
@@ -47,7 +46,7 @@ ONE_TASK_SCHEMA = ("entity string, column string, degree double, occurrences dou
 #: ``kind`` of the start-vector rows (id, vec) fed to the task next to the ``graph/blocks`` rows
 START_VECTORS = 3
 THREADS_CONF = "spark.cleora.oneTask.threads"
-_OUT_ROWS = 1 << 14  # rows per output batch (a binary array's offsets are int32: keep batches small)
+_OUT_ROWS = 1 << 14  # rows per output batch (Arrow list offsets are int32: keep batches small)
 
 #: bytes per entity x dimension held at once: the float32 rows (4), the threads' float64 slices of the
 #: scaled rows and of their products (8 + 8), the next float32 rows (4); plus 4 per kept iteration (the
