@@ -142,7 +142,7 @@ class EmbedConfig:
     engine
         How the iterations run. ``shuffle``: each iteration is a distributed multiply (by block) and sum
         (by entity), memory bounded per block, no limit on the graph. ``one-task``: all iterations in one
-        Python task (threads over the blocks), no per-iteration shuffles or writes; the whole iteration
+        Python task (threads over the dimensions), no per-iteration shuffles or writes; the whole iteration
         state must fit ``block_memory_gb``. ``auto`` (default): ``one-task`` when its estimated memory
         fits ``block_memory_gb``, else ``shuffle``. Both give the same numbers.
     on_bad_rows, rejects

@@ -9,8 +9,8 @@ import os
 import platform
 import tempfile
 import time
-from dataclasses import dataclass, field
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
@@ -37,8 +37,8 @@ from .init import given_start_vectors, init_for_names, override_start_vectors, r
 from .one_task import embed_in_one_task, one_task_bytes, worker_memory_gb, worker_threads
 from .propagate import X_SCHEMA_COLUMNS, propagate, route_scalings, unpacked
 from .session import job_description
-from .vectors import pack
 from .store import WorkStore, local_path
+from .vectors import pack
 from .whiten import whiten
 
 log = logging.getLogger(__name__)

@@ -63,8 +63,8 @@ def choose_num_blocks(n_memberships: int, block_memberships: int, parallelism: i
 
 
 #: ``graph/blocks``: kind 0 = one entity's share of a block (per distinct name key and column), kind 1 =
-#: the block's compiled plan with its counts (``entities``: distinct entities in the block), kind 2 = input rows the block's task saw (``rows``) per
-#: rule they broke (``entity`` = the rule; null = accepted)
+#: the block's compiled plan with its counts (``entities``: distinct entities in the block), kind 2 =
+#: input rows the block's task saw (``rows``) per rule they broke (``entity`` = the rule; null = accepted)
 BLOCK_SCHEMA = (
     "kind int, block int, id long, entity string, col int, occurrences double, degree double, "
     "plan binary, memberships long, hyperedges long, largest long, rows long, entities long"

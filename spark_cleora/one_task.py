@@ -9,7 +9,7 @@ the graph's blocks (the entities' per-block shares and the compiled plans) once 
 does the rest there, with the same arithmetic as the other path: the entity aggregate of
 :func:`~spark_cleora.graph.build_entities`, the hash start vectors of :mod:`spark_cleora.init`, the
 product of :func:`~spark_cleora.propagate.block_product` in float64 (over the blocks' plans merged
-into one matrix, so no vector is copied per block), :func:`~spark_cleora.propagate.normalize_rows`,
+into one plan, so no vector is copied per block), :func:`~spark_cleora.propagate.normalize_rows`,
 and the same whitening. The product runs on a thread pool, one slice of the dimensions per thread
 (scipy's sparse products release the GIL), so the task uses the worker's cores: while it runs it is
 the only task of the job.
@@ -36,7 +36,7 @@ from pyspark.sql import functions as F
 from .config import Column
 from .graph import ENTITY_PART, PLAN, EntityHashCollisionError
 from .init import init_for_names
-from .propagate import NORM_EPS, _maybe_inject_failure, load_plan
+from .propagate import NORM_EPS, _maybe_inject_failure, block_product, load_plan
 from .vectors import to_list_array, unpack
 from .whiten import whiten_array
 
@@ -237,9 +237,10 @@ def _embed(batches, *, col_names, outputs, dim, markov, init, seed, first, last,
         )
 
 
-def _global_matrices(plans: list[tuple[dict, np.ndarray]], n: int):
-    """The blocks' plans as one graph: incidence matrices A (and B) over (hyperedge, entity index) and the
-    per-hyperedge factors, hyperedges stacked block after block."""
+def _merged_plan(plans: list[tuple[dict, np.ndarray]], n: int) -> dict:
+    """The blocks' plans as one plan over the whole graph (the shape :func:`~spark_cleora.propagate.load_plan`
+    returns): incidence matrices A (and B) over (hyperedge, entity index) and the per-hyperedge factors,
+    hyperedges stacked block after block."""
     from scipy import sparse
 
     def stack(name: str):
@@ -247,25 +248,24 @@ def _global_matrices(plans: list[tuple[dict, np.ndarray]], n: int):
                 for p, g in plans]
         return sparse.vstack(mats, format="csr") if mats else sparse.csr_matrix((0, n))
 
-    a = stack("a")
-    b = stack("b") if plans and "b" in plans[0][0] else None
-    scale = np.concatenate([p["scale"] for p, _ in plans]) if plans else np.zeros(0)
-    return a, b, scale
+    merged = {"a": stack("a"), "scale": np.concatenate([p["scale"] for p, _ in plans]) if plans else np.zeros(0)}
+    if plans and "b" in plans[0][0]:
+        merged["b"] = stack("b")
+    return merged
 
 
 def _iterate(x, plans, pre, post, *, dim, first, last, keep, residual, whiten_after, threads):
     """Iterations ``first..last`` from ``x`` (float32 [n, dim]): ({kept iteration: float32 rows}, seconds);
     ``plans`` ((plan, entity indices) per block) is consumed.
 
-    One product per iteration over the whole graph, ``post ⊙ (W · (pre ⊙ x))`` in float64 as
-    :func:`~spark_cleora.propagate.block_product` computes it per block; the threads split the
-    dimensions (each owns a slice of columns: no shared sums, no locks). Rows are then divided by max(‖row‖, 1e-10) as
-    :func:`~spark_cleora.propagate.normalize_rows` does, the norms summed over the slices.
+    One :func:`~spark_cleora.propagate.block_product` per iteration over the merged plan; the threads
+    split the dimensions (each owns a slice of columns: no shared sums, no locks). Rows are then divided
+    by max(‖row‖, 1e-10) as :func:`~spark_cleora.propagate.normalize_rows` does, the norms summed over the
+    slices (no n x dim float64 matrix of its own).
     """
     n = len(x)
-    a, b, scale = _global_matrices(plans, n)
-    plans.clear()  # consumed: the merged matrices replace them
-    scale = scale[:, None]
+    merged = _merged_plan(plans, n)
+    plans.clear()  # consumed: the merged plan replaces them
     threads = max(1, min(threads, dim, os.cpu_count() or 1))
     columns = [c for c in np.array_split(np.arange(dim), threads) if len(c)]
     factor = residual / (1.0 - residual) if residual else 0.0
@@ -278,20 +278,7 @@ def _iterate(x, plans, pre, post, *, dim, first, last, keep, residual, whiten_af
             def multiply(cols, x=x):
                 """This thread's columns of post ⊙ (W · (pre ⊙ x)) (+ the residual rows), float64."""
                 lo, hi = int(cols[0]), int(cols[-1]) + 1
-                xs = x[:, lo:hi].astype(np.float64)
-                xs *= pre[:, None]
-                s_a = a @ xs  # per-hyperedge sums (one product each way: no n x dim temporaries per chunk)
-                s_a *= scale
-                if b is None:
-                    y = a.T @ s_a
-                else:
-                    s_b = b @ xs
-                    s_b *= scale
-                    y = a.T @ s_b
-                    del s_b
-                    y += b.T @ s_a
-                del xs, s_a
-                y *= post[:, None]
+                y = block_product(merged, x[:, lo:hi], pre, post)
                 if factor:  # residual mixing: the shuffle engine's residual rows are float32 partials
                     y += (x[:, lo:hi].astype(np.float64) * factor).astype(np.float32)
                 return lo, hi, y

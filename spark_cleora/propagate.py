@@ -123,16 +123,21 @@ def multiply_block(routed: pa.Table, plan: pa.Table, *, dim: int) -> pa.Table:
 
 def block_product(plan: dict[str, Any], x: np.ndarray, pre: np.ndarray, post: np.ndarray) -> np.ndarray:
     """One block's contribution ``post ⊙ (W_block · (pre ⊙ x))`` in float64, rows in the plan's id order
-    (``x``: the block's entity vectors in that order). Shared by both engines."""
+    (``x``: the block's entity vectors in that order). Shared by both engines (the one-task engine passes
+    all blocks merged into one plan, and a slice of the dimensions per thread)."""
     x = x.astype(np.float64)
     x *= pre[:, None]
     a, scale = plan["a"], plan["scale"][:, None]
-    s_a = a @ x
+    s_a = a @ x  # per-hyperedge sums, scaled in place: one n_h x dim array per side, no temporaries
+    s_a *= scale
     if "b" in plan:
-        b = plan["b"]
-        y = a.T @ ((b @ x) * scale) + b.T @ (s_a * scale)
+        s_b = plan["b"] @ x
+        s_b *= scale
+        y = a.T @ s_b
+        del s_b
+        y += plan["b"].T @ s_a
     else:
-        y = a.T @ (s_a * scale)
+        y = a.T @ s_a
     y *= post[:, None]
     return y
 
