@@ -90,3 +90,28 @@ def test_one_task_resumes_a_shuffle_run(spark, tmp_path):
     assert again.report["resumed_from_iteration"] == 2
     assert again.report["engine"] == "one-task" and len(again.report["iteration_seconds"]) == 2
     _assert_same({r["entity"]: np.asarray(r["embedding"]) for r in again.embeddings.collect()}, want)
+
+
+def test_entity_estimate_is_within_three_percent(spark):
+    """The HyperLogLog count that sizes the engine when the share-row bound does not fit."""
+    from spark_cleora.config import parse_columns
+    from spark_cleora.graph import build_blocks, build_entities, count_entities, estimate_entities
+    from spark_cleora.hyperedges import cleora_text_to_memberships
+
+    rows = [" ".join(h) for h in random_hyperedges(3000, 2500, seed=73)]
+    cfg = EmbedConfig(input_format="cleora-tsv", columns="complex::reflexive::node")
+    raw, _ = cleora_text_to_memberships(spark_lines(spark, rows), cfg)
+    blocks = build_blocks(raw, reflexive=True, num_blocks=6).localCheckpoint(eager=True)
+    exact = count_entities(build_entities(blocks, parse_columns("complex::reflexive::node")))
+    assert abs(estimate_entities(blocks) - exact) <= 0.03 * exact
+
+
+def test_python_workers_are_warmed_in_the_background(spark, monkeypatch):
+    from spark_cleora.session import warm_python_workers
+
+    thread = warm_python_workers(spark, 2)
+    assert thread is not None
+    thread.join(timeout=120)
+    assert not thread.is_alive()
+    monkeypatch.setenv("SPARK_CLEORA_WARM_WORKERS", "0")
+    assert warm_python_workers(spark, 2) is None
