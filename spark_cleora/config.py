@@ -133,7 +133,8 @@ class EmbedConfig:
         (with ``keep_work`` every finished iteration stays; otherwise only the last one is kept).
     num_blocks, block_memberships
         Engine: the hyperedges are split into blocks that each Python worker multiplies in one go;
-        by default a block holds about 2**26 / dim memberships (its float64 working set ~512 MiB).
+        by default a block holds as many memberships as fit ``block_memory_gb`` (at most 48 bytes
+        per membership x dim; e.g. ~350k at dim 256 and 4 GiB).
     block_memory_gb
         Memory one Python worker may use (for one block; with the one-task engine, for the whole graph).
         A hyperedge always lives in one block, so a hyperedge whose members x dim x 24 bytes exceed it

@@ -29,11 +29,14 @@ from .graph import (
     check_hyperedge_fits,
     count_entities,
     estimate_entities,
+    graph_count_metrics,
     graph_counts,
+    observed_counts,
     plans_of,
 )
 from .hyperedges import BadInputError, Rejections, cleora_text_to_memberships, events_to_memberships
 from .init import given_start_vectors, init_for_names, override_start_vectors, read_start_vectors
+from .io import parquet_footer_rows
 from .one_task import embed_in_one_task, one_task_bytes, worker_memory_gb, worker_threads
 from .propagate import X_SCHEMA_COLUMNS, propagate, route_scalings, unpacked
 from .session import job_description
@@ -144,6 +147,7 @@ def run_embedding(
     given_table = read_start_vectors(spark.read.parquet(cfg.init_vectors), dim=cfg.dim) if cfg.init_vectors else None
 
     # -- 1. hyperedges and the graph's blocks -------------------------------------------------
+    memory_gb = cfg.block_memory_gb or worker_memory_gb(spark)  # a Python worker's budget
     g = manifest.get("graph", {})
     if store is not None and "shares" in g and store.is_complete("graph/blocks"):
         blocks = store.read("graph/blocks")
@@ -162,17 +166,32 @@ def run_embedding(
                 raise BadInputError("no input rows left after validation")
         else:  # events: the rules are counted inside the graph build (no pass of their own)
             raw, validation = events_to_memberships(source, cfg)
-            with job_description(spark, "spark_cleora: count input rows"):
-                units = source.count()  # Parquet/Delta: from the file footers
+            # local Parquet: the footers, read here; else a Spark count (Parquet/Delta: also footers)
+            units = parquet_footer_rows(cfg.inputs) if cfg.input_format == "parquet" else None
+            from_footers = units is not None
+            if units is None:
+                with job_description(spark, "spark_cleora: count input rows"):
+                    units = source.count()
             if units == 0:
                 raise BadInputError("events: the input is empty (no rows were read)")
         num_blocks = cfg.num_blocks or blocks_for(units, dim=cfg.dim, block_memberships=cfg.block_memberships,
-                                                  parallelism=_parallelism(spark))
+                                                  memory_gb=memory_gb, parallelism=_parallelism(spark))
+        built = build_blocks(raw, reflexive=reflexive, num_blocks=num_blocks)
         with job_description(spark, "spark_cleora: build graph"):
-            blocks = materialise(build_blocks(raw, reflexive=reflexive, num_blocks=num_blocks), "graph/blocks")
-            counts = graph_counts(blocks)
+            if store is not None and not store.is_complete("graph/blocks"):
+                # the counts are observed while the blocks are written: no job of their own
+                observed = Observation()
+                blocks = store.write(built.observe(observed, *graph_count_metrics()), "graph/blocks")
+                counts = observed_counts(observed.get)
+            else:
+                blocks = materialise(built, "graph/blocks")
+                counts = graph_counts(blocks)
         if validation is not None:
             rej = validation.settle(counts.input_rows, units=counts.input_rows.get(None, 0))
+            if rej.input_rows != units and from_footers:  # a file layout the footer walk misread?
+                with job_description(spark, "spark_cleora: count input rows"):
+                    log.warning("the Parquet footers say %d rows; counting with Spark", units)
+                    units = source.count()
             if rej.input_rows != units:  # every input row is either in the graph or counted as rejected
                 raise RuntimeError(f"the graph build saw {rej.input_rows} input rows, the input has {units}")
             log.info("read %d input rows (%d rejected)", rej.input_rows, rej.total)
@@ -187,7 +206,6 @@ def run_embedding(
             store.save_manifest(manifest)
         log.info("graph: %d hyperedges, %d memberships, %d blocks (%.1fs)", counts.hyperedges, counts.memberships,
                  num_blocks, timer.lap())
-    memory_gb = cfg.block_memory_gb or worker_memory_gb(spark)
     check_hyperedge_fits(counts.largest, cfg.dim, memory_gb)
     report.update(input_rows=rej.input_rows, rejected=rej.counts, hyperedges=counts.hyperedges,
                   memberships=counts.memberships, num_blocks=num_blocks)
@@ -237,6 +255,7 @@ def run_embedding(
         def task_report(task: dict[str, Any]) -> None:
             report.update(entities=task["entities"], iteration_seconds=task["iteration_seconds"],
                           seconds_to_embed=round(time.perf_counter() - t_all, 3))
+            report["one_task"].update({k: task[k] for k in ("read_seconds", "prepare_seconds") if k in task})
             log.info("%s entities, iterations %d-%d in one task: %s s (%.1fs with reading and writing)",
                      task["entities"], start + 1, cfg.iterations, task["iteration_seconds"], timer.lap())
 
@@ -272,7 +291,7 @@ def run_embedding(
              for s in cfg.multiscale if s <= start and store is not None}
     for k in range(start + 1, cfg.iterations + 1):
         with job_description(spark, f"spark_cleora: iteration {k}/{cfg.iterations}"):
-            nxt = propagate(x, plans, dim=cfg.dim, num_buckets=num_blocks, residual=cfg.residual)
+            nxt = propagate(x, plans, dim=cfg.dim, num_blocks=num_blocks, residual=cfg.residual)
             if cfg.whiten == "every" or (cfg.whiten == "final" and k == cfg.iterations):
                 # pycleora 3.2.1 whitens after every iteration, 3.0/3.2.0 once at the end
                 nxt = whiten(checkpoint(nxt, "whiten-input"), dim=cfg.dim)

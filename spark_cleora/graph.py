@@ -30,6 +30,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
+from pyspark.sql import Column as SparkColumn
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
@@ -40,16 +41,19 @@ from .hyperedges import ROWS as _ROWS
 log = logging.getLogger(__name__)
 
 MIN_BLOCK_MEMBERSHIPS = 20_000
-#: Default block size in memberships x dim: a block's float64 working set stays around 512 MiB.
-BLOCK_FLOATS = 1 << 26
+#: bound on a shuffle-engine block's working set per membership x dimension: per distinct entity of the
+#: block the packed, unpacked and sorted float32 rows, the float64 rows and product (32), per hyperedge
+#: its float64 sums on both sides (16); a block has at most as many of each as it has memberships
+BYTES_PER_BLOCK_ROW_DIM = 48
 
 
 class EntityHashCollisionError(RuntimeError):
     """Two different entity names have the same 64-bit key."""
 
 
-def default_block_memberships(dim: int) -> int:
-    return max(MIN_BLOCK_MEMBERSHIPS, BLOCK_FLOATS // max(dim, 1))
+def default_block_memberships(dim: int, memory_gb: float) -> int:
+    """Memberships per block whose working set stays within ``memory_gb`` (a Python worker's budget)."""
+    return max(MIN_BLOCK_MEMBERSHIPS, int(memory_gb * 2**30) // (max(dim, 1) * BYTES_PER_BLOCK_ROW_DIM))
 
 
 def choose_num_blocks(n_memberships: int, block_memberships: int, parallelism: int) -> int:
@@ -83,11 +87,55 @@ _OUT_BATCH = 1 << 16
 PARTITION_ROWS = 4_000_000
 
 
-def blocks_for(n_rows: int, *, dim: int, block_memberships: int | None, parallelism: int) -> int:
-    """Blocks for ``n_rows`` raw rows: sized by memory (``block_memberships``), at least one per core, and
-    no block above ``PARTITION_ROWS`` raw rows (each is sorted in one task)."""
-    by_memory = choose_num_blocks(n_rows, block_memberships or default_block_memberships(dim), parallelism)
+def blocks_for(n_rows: int, *, dim: int, block_memberships: int | None, memory_gb: float, parallelism: int) -> int:
+    """Blocks for ``n_rows`` raw rows: sized by memory (``block_memberships``, by default what fits
+    ``memory_gb``), at least one per core, and no block above ``PARTITION_ROWS`` raw rows (each is sorted
+    in one task). Fewer, larger blocks copy a popular entity's vector to fewer blocks per iteration."""
+    by_memory = choose_num_blocks(n_rows, block_memberships or default_block_memberships(dim, memory_gb),
+                                  parallelism)
     return max(by_memory, math.ceil(n_rows / PARTITION_ROWS))
+
+
+def _spark_hash_int(k: np.ndarray) -> np.ndarray:
+    """Spark's ``hash()`` of int values (Murmur3_x86_32 ``hashInt``, seed 42), as int32: what
+    ``repartition(n, col)`` uses to place a row (partition ``pmod(hash, n)``)."""
+    with np.errstate(over="ignore"):
+        def rotl(x: np.ndarray, r: int) -> np.ndarray:
+            return (x << np.uint32(r)) | (x >> np.uint32(32 - r))
+
+        k1 = k.astype(np.uint32) * np.uint32(0xCC9E2D51)
+        k1 = rotl(k1, 15) * np.uint32(0x1B873593)
+        h1 = np.uint32(42) ^ k1
+        h1 = rotl(h1, 13) * np.uint32(5) + np.uint32(0xE6546B64)
+        h1 ^= np.uint32(4)
+        h1 ^= h1 >> np.uint32(16)
+        h1 *= np.uint32(0x85EBCA6B)
+        h1 ^= h1 >> np.uint32(13)
+        h1 *= np.uint32(0xC2B2AE35)
+        h1 ^= h1 >> np.uint32(16)
+    return h1.view(np.int32)
+
+
+def block_keys(num_blocks: int) -> np.ndarray:
+    """An id per block such that ``repartition(num_blocks, "block")`` puts block ``i`` (id ``keys[i]``) in
+    partition ``i``: the smallest non-negative ints whose Spark hash lands in each partition.
+
+    The iterations of the shuffle engine repartition by block; with ids 0..n-1 the hash would put two
+    or three blocks in some partitions and none in others (balls into bins), so some tasks would do
+    three blocks' work. With these ids every task gets exactly one block.
+    """
+    keys = np.full(num_blocks, -1, dtype=np.int64)
+    missing, start, step = num_blocks, 0, max(1024, 8 * num_blocks)
+    while missing:
+        cand = np.arange(start, start + step, dtype=np.int64)
+        part = np.mod(_spark_hash_int(cand).astype(np.int64), num_blocks)  # pmod: non-negative
+        first = np.unique(part, return_index=True)
+        for p, i in zip(*first):
+            if keys[p] < 0:
+                keys[p] = cand[i]
+                missing -= 1
+        start += step
+    return keys
 
 
 def build_blocks(raw: DataFrame, *, reflexive: bool, num_blocks: int) -> DataFrame:
@@ -109,14 +157,17 @@ def build_blocks(raw: DataFrame, *, reflexive: bool, num_blocks: int) -> DataFra
         F.spark_partition_id().alias("block"),
     )
 
+    keys = block_keys(num_blocks)
+
     def build(batches):
-        return blocks_of_partition(batches, reflexive=reflexive)
+        return blocks_of_partition(batches, reflexive=reflexive, keys=keys)
 
     return keyed.mapInArrow(build, BLOCK_SCHEMA)
 
 
-def blocks_of_partition(batches, *, reflexive: bool):
-    """``mapInArrow`` body: all raw rows of some hyperedges -> entity shares and plans, per block."""
+def blocks_of_partition(batches, *, reflexive: bool, keys: np.ndarray | None = None):
+    """``mapInArrow`` body: all raw rows of some hyperedges -> entity shares and plans, per block
+    (partition ``p`` is block ``keys[p]``, see :func:`block_keys`; without ``keys``, block ``p``)."""
     batches = [b for b in batches if b.num_rows]
     if not batches:
         return
@@ -132,7 +183,7 @@ def blocks_of_partition(batches, *, reflexive: bool):
     block = t.column("block").to_numpy()
     for b in np.unique(block):  # one block per partition (the block is the partition id)
         part = t if (block == b).all() else t.filter(pa.array(block == b))
-        yield from _one_block(part, int(b), reflexive=reflexive)
+        yield from _one_block(part, int(b if keys is None else keys[b]), reflexive=reflexive)
 
 
 def _count_input_rows(t: pa.Table) -> tuple[pa.Table, dict[str | None, int]]:
@@ -274,6 +325,27 @@ def graph_counts(blocks: DataFrame) -> GraphCounts:
     plan = [r for r in rows if r["kind"] == PLAN]
     m, h, big, shares = (int(plan[0][c] or 0) for c in ("m", "h", "big", "shares")) if plan else (0, 0, 0, 0)
     return GraphCounts(m, h, big, shares, {r["entity"]: int(r["rows"] or 0) for r in rows if r["kind"] == INPUT_ROWS})
+
+
+def graph_count_metrics() -> list[SparkColumn]:
+    """:func:`graph_counts` as aggregates for ``DataFrame.observe`` on the blocks while they are written:
+    the counts come with the write, without a job of their own. Read back with :func:`observed_counts`."""
+    plan, inputs = F.col("kind") == PLAN, F.col("kind") == INPUT_ROWS
+    return [
+        F.sum(F.when(plan, F.col("memberships"))).alias("m"), F.sum(F.when(plan, F.col("hyperedges"))).alias("h"),
+        F.max(F.when(plan, F.col("largest"))).alias("big"), F.sum(F.when(plan, F.col("entities"))).alias("shares"),
+        # one (rule, rows) per block and rule: bounded by the blocks, not the data
+        F.collect_list(F.when(inputs, F.struct(F.col("entity").alias("rule"), F.col("rows")))).alias("inputs"),
+    ]
+
+
+def observed_counts(metrics: dict) -> GraphCounts:
+    """The :class:`GraphCounts` of :func:`graph_count_metrics`' observed row."""
+    inputs: dict[str | None, int] = {}
+    for r in metrics.get("inputs") or []:
+        inputs[r["rule"]] = inputs.get(r["rule"], 0) + int(r["rows"] or 0)
+    m, h, big, shares = (int(metrics.get(c) or 0) for c in ("m", "h", "big", "shares"))
+    return GraphCounts(m, h, big, shares, inputs)
 
 
 #: relative standard deviation of :func:`estimate_entities`

@@ -9,9 +9,9 @@ worker then multiplies a whole block with scipy sparse matrices:
     S_A = A X,  S_B = B X               per-hyperedge sums of member vectors (A, B: h x e counts)
     Y   = Aᵀ (w ⊙ S_B) + Bᵀ (w ⊙ S_A)    each member gets w_h times the other side's sum
 
-and emits one partial vector per (entity, block). A second grouped step sums the partials of each
-entity (entities hashed into buckets, one numpy ``reduceat`` per bucket) and L2-normalises the rows.
-Vectors travel packed (see :mod:`spark_cleora.vectors`); all arithmetic is float64, stored float32.
+and emits one partial vector per (entity, block). A second step, partitioned by entity, sums the
+partials of each entity (one numpy ``reduceat`` per partition) and L2-normalises the rows. Vectors
+travel packed (see :mod:`spark_cleora.vectors`); all arithmetic is float64, stored float32.
 
 The embedding table carries each entity's *route* next to its vector (``X_SCHEMA``: the blocks that
 need it and its Markov scalings), and both steps pass the route through, so an iteration is
@@ -165,10 +165,6 @@ def sum_and_normalize(partials: pa.Table, *, dim: int) -> pa.Table:
     return partials.select(keep).take(pa.array(order[starts])).append_column("vec", pack(total))
 
 
-def reduce_key(num_buckets: int):
-    return F.pmod(F.xxhash64(F.col("id")), F.lit(num_buckets)).cast("int")
-
-
 def route_scalings(markov: str) -> tuple[Any, Any]:
     """The ``pre`` and ``post`` route columns of an entity (``X_SCHEMA``), from its ``degree``.
 
@@ -182,24 +178,33 @@ def route_scalings(markov: str) -> tuple[Any, Any]:
     return pre.alias("pre"), post.alias("post")
 
 
-def propagate(x: DataFrame, plans: DataFrame, *, dim: int, num_buckets: int, residual: float = 0.0) -> DataFrame:
+def propagate(x: DataFrame, plans: DataFrame, *, dim: int, num_blocks: int, residual: float = 0.0) -> DataFrame:
     """``x`` (``X_SCHEMA``) -> the next iteration's ``x``, lazily.
 
-    ``plans``: (block, plan) from :func:`spark_cleora.graph.plans_of`. ``residual`` is pycleora's residual
-    mixing ``rownorm((1-α)·MX + α·X)`` = ``rownorm(MX + α/(1-α)·X)``: the rows ``α/(1-α)·x`` join the
-    partial sums before the row normalisation.
+    ``plans``: (block, plan) from :func:`spark_cleora.graph.plans_of`, ``num_blocks`` of them (their ids
+    from :func:`spark_cleora.graph.block_keys`). ``residual`` is pycleora's residual mixing
+    ``rownorm((1-α)·MX + α·X)`` = ``rownorm(MX + α/(1-α)·X)``: the rows ``α/(1-α)·x`` join the partial
+    sums before the row normalisation.
+
+    Both shuffles have one partition per block (not ``spark.sql.shuffle.partitions``): the multiply
+    step's task holds one block (the block ids hash to distinct partitions), and the sum step's task one
+    slice of the entities, sorted in numpy. Two shuffle partitions (a local[2] default) would instead
+    make Spark sort half an iteration per task and spill once that outgrows memory.
     """
-    routed = x.select(F.explode("blocks").alias("block"), *[c for c in x.columns])
+    routed = x.select(F.explode("blocks").alias("block"), *[c for c in x.columns]).repartition(num_blocks, "block")
 
     def step(left: pa.Table, right: pa.Table) -> pa.Table:
         _maybe_inject_failure("multiply")
         return multiply_block(left, right, dim=dim)
 
-    def reduce(table: pa.Table) -> pa.Table:
+    def reduce(batches):
         _maybe_inject_failure("reduce")
-        return sum_and_normalize(table, dim=dim)
+        batches = [b for b in batches if b.num_rows]
+        if batches:  # all partials of this partition's entities (partitioned by id)
+            yield from sum_and_normalize(pa.Table.from_batches(batches), dim=dim).to_batches()
 
-    partials = routed.groupBy("block").cogroup(plans.groupBy("block")).applyInArrow(step, X_SCHEMA)
+    by_block = plans.repartition(num_blocks, "block")
+    partials = routed.groupBy("block").cogroup(by_block.groupBy("block")).applyInArrow(step, X_SCHEMA)
     if residual:
         factor = residual / (1.0 - residual)
 
@@ -209,8 +214,7 @@ def propagate(x: DataFrame, plans: DataFrame, *, dim: int, num_buckets: int, res
                 yield b.set_column(b.schema.get_field_index("vec"), "vec", pack(vec))
 
         partials = partials.unionByName(x.mapInArrow(scale, X_SCHEMA))
-    bucketed = partials.withColumn("bucket", reduce_key(num_buckets))
-    return bucketed.groupBy("bucket").applyInArrow(lambda t: reduce(t.drop_columns(["bucket"])), X_SCHEMA)
+    return partials.repartition(num_blocks, "id").mapInArrow(reduce, X_SCHEMA)
 
 
 def unpacked(x: DataFrame, *, dim: int) -> DataFrame:

@@ -16,6 +16,7 @@ from pyspark.testing import assertDataFrameEqual
 
 from spark_cleora.cli import main
 from spark_cleora.demo import sample_path
+from spark_cleora.io import parquet_footer_rows
 from spark_cleora.session import JavaNotFoundError, check_java
 
 SAMPLE_ARGS = [sample_path(), "--input-format", "csv", "--hyperedge", "user_id", "--entity", "item",
@@ -51,6 +52,26 @@ def test_parquet_output_schema_report_and_no_leftovers(spark, parquet_run):
     assert os.stat(success).st_mtime_ns >= os.stat(run_json).st_mtime_ns, "_SUCCESS must be written last"
     parent = os.path.dirname(parquet_run)
     assert sorted(os.listdir(parent)) == ["emb"], "staging or work directories were left behind"
+
+
+def test_parquet_input_rows_come_from_the_footers_and_a_miscount_is_recounted(spark, tmp_path, monkeypatch,
+                                                                              caplog):
+    src = str(tmp_path / "events")
+    spark.read.option("header", "true").csv(sample_path()).repartition(2).write.parquet(src)
+    os.makedirs(os.path.join(src, "_temporary", "0"))
+    with open(os.path.join(src, "_temporary", "0", "part-x.parquet"), "w") as fh:  # Spark skips _ dirs
+        fh.write("not parquet")
+    assert parquet_footer_rows([src]) == 6219 == spark.read.parquet(src).count()
+    assert parquet_footer_rows([src + "/*.parquet"]) is None  # a glob: Spark counts
+    assert parquet_footer_rows(["s3a://bucket/events"]) is None
+    # a walk that miscounts: the build's own total disagrees, Spark recounts, and the run goes on
+    monkeypatch.setattr(sys.modules["spark_cleora.embed"], "parquet_footer_rows", lambda inputs: 5)
+    out = str(tmp_path / "emb")
+    with caplog.at_level(logging.WARNING, logger="spark_cleora"):
+        assert main(["embed", src, "--hyperedge", "user_id", "--entity", "item", "--dim", "8", "--iterations", "1",
+                     "--output", out]) == 0
+    assert "the Parquet footers say 5 rows; counting with Spark" in caplog.text
+    assert json.load(open(os.path.join(out, "_run.json")))["input_rows"] == 6219
 
 
 def test_config_file_with_flag_overrides(spark, parquet_run, tmp_path):

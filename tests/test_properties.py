@@ -11,6 +11,7 @@ from oracle import random_hyperedges, reference
 from pyspark.sql import functions as F
 
 from spark_cleora import ConfigError, EmbedConfig, embed, run_embedding
+from spark_cleora.graph import block_keys
 from spark_cleora.hyperedges import BadInputError
 from spark_cleora.init import init_for_names
 
@@ -30,6 +31,20 @@ def test_same_embeddings_whatever_the_block_count(spark):
     a = run_text(spark, CLIQUE_ROWS, "complex::reflexive::node", dim=8, iterations=2, markov="symmetric", num_blocks=1)
     b = run_text(spark, CLIQUE_ROWS, "complex::reflexive::node", dim=8, iterations=2, markov="symmetric", num_blocks=9)
     assert max_abs_diff(a, b) <= 1e-6
+
+
+@pytest.mark.parametrize("num_blocks", [1, 2, 7, 115, 1000])
+def test_block_keys_put_each_block_in_a_partition_of_its_own(spark, num_blocks):
+    """The shuffle engine repartitions by block id: the ids from block_keys hash to distinct partitions
+    (one block per task), where ids 0..n-1 would collide (a test of our copy of Spark's hash)."""
+    keys = block_keys(num_blocks)
+    assert len(set(keys.tolist())) == num_blocks and keys.min() >= 0
+    df = spark.createDataFrame([(int(k), i) for i, k in enumerate(keys)], "block int, i int")
+    placed = df.repartition(num_blocks, "block").select("i", F.spark_partition_id().alias("p")).collect()
+    assert sorted((r["i"], r["p"]) for r in placed) == [(i, i) for i in range(num_blocks)]
+    if num_blocks >= 7:
+        naive = spark.range(num_blocks).selectExpr("cast(id as int) as block").repartition(num_blocks, "block")
+        assert naive.select(F.spark_partition_id()).distinct().count() < num_blocks
 
 
 def test_zero_iterations_returns_start_vectors(spark):
