@@ -131,6 +131,21 @@ def _promote_class_archive(pending: str) -> None:
         os.remove(pending)
 
 
+#: garbage collector of an embedded local driver (unless spark.driver.extraJavaOptions names one): on
+#: 2 cores the throughput collector beats the default G1, whose concurrent threads compete with the
+#: tasks (1M-event embed, 4 runs each: median 16.7 s vs 18.0 s)
+LOCAL_GC = "-XX:+UseParallelGC"
+
+
+def driver_java_options(user: str, master: str, class_cache: str) -> str:
+    """The driver JVM's options: the user's, then the class cache's, and for a local master the
+    ``LOCAL_GC`` collector unless the user's options name a collector."""
+    ours = [class_cache] if class_cache else []
+    if master.startswith("local") and not re.search(r"-XX:\+Use\w*GC\b", user):
+        ours.insert(0, LOCAL_GC)
+    return " ".join([user.strip(), *ours]).strip()
+
+
 def _cores(master: str) -> int:
     """Cores of a local master: local[4] -> 4, local[*] / local -> all."""
     m = re.match(r"local\[(\d+)", master or "")
@@ -204,8 +219,9 @@ def get_spark(
 
         if not under_submit and SparkContext._gateway is None:  # we are about to start the driver JVM
             options, pending_archive = class_cache_options(conf)
-            if options:
-                conf["spark.driver.extraJavaOptions"] = f"{conf.get('spark.driver.extraJavaOptions', '')} {options}".strip()
+            java_options = driver_java_options(conf.get("spark.driver.extraJavaOptions", ""), master or "", options)
+            if java_options:
+                conf["spark.driver.extraJavaOptions"] = java_options
     for k, v in conf.items():
         builder = builder.config(k, v)
     spark = builder.getOrCreate()

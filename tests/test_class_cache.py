@@ -63,3 +63,12 @@ def test_first_process_writes_the_archive_and_the_next_uses_it(tmp_path):
     assert f"-XX:SharedArchiveFile={tmp_path / archives[0]}" in second.stdout
     assert "[cds]" not in second.stderr  # the JVM accepted the archive quietly
     assert os.listdir(tmp_path) == archives and os.path.getsize(tmp_path / archives[0]) == size
+
+
+def test_local_driver_gets_the_throughput_collector_unless_the_user_names_one():
+    cache = "-XX:SharedArchiveFile=/c.jsa"
+    assert session.driver_java_options("", "local[2]", cache) == f"{session.LOCAL_GC} {cache}"
+    assert session.driver_java_options("-Dx=1", "local[*]", "") == f"-Dx=1 {session.LOCAL_GC}"
+    # the user's collector wins (two collectors would stop the JVM), and clusters keep their own
+    assert session.driver_java_options("-XX:+UseG1GC", "local[2]", cache) == f"-XX:+UseG1GC {cache}"
+    assert session.driver_java_options("", "spark://h:7077", "") == ""
