@@ -317,19 +317,15 @@ class GraphCounts:
 
 
 def graph_counts(blocks: DataFrame) -> GraphCounts:
-    """The plan rows' counts and the input-row counts, in one small aggregate (one row per kind/rule)."""
-    rows = blocks.filter(F.col("kind") != ENTITY_PART).groupBy("kind", "entity").agg(
-        F.sum("memberships").alias("m"), F.sum("hyperedges").alias("h"), F.max("largest").alias("big"),
-        F.sum("rows").alias("rows"), F.sum("entities").alias("shares"),
-    ).collect()
-    plan = [r for r in rows if r["kind"] == PLAN]
-    m, h, big, shares = (int(plan[0][c] or 0) for c in ("m", "h", "big", "shares")) if plan else (0, 0, 0, 0)
-    return GraphCounts(m, h, big, shares, {r["entity"]: int(r["rows"] or 0) for r in rows if r["kind"] == INPUT_ROWS})
+    """The plan rows' counts and the input-row counts of written blocks, in one small aggregate (the
+    aggregates of :func:`graph_count_metrics`, for blocks whose write was not observed)."""
+    return observed_counts(blocks.agg(*graph_count_metrics()).first().asDict())
 
 
 def graph_count_metrics() -> list[SparkColumn]:
-    """:func:`graph_counts` as aggregates for ``DataFrame.observe`` on the blocks while they are written:
-    the counts come with the write, without a job of their own. Read back with :func:`observed_counts`."""
+    """The graph's counts as aggregates, for ``DataFrame.observe`` on the blocks while they are written
+    (the counts come with the write, without a job of their own) or for :func:`graph_counts`. Read back
+    with :func:`observed_counts`."""
     plan, inputs = F.col("kind") == PLAN, F.col("kind") == INPUT_ROWS
     return [
         F.sum(F.when(plan, F.col("memberships"))).alias("m"), F.sum(F.when(plan, F.col("hyperedges"))).alias("h"),

@@ -39,7 +39,7 @@ from pyspark.sql import functions as F
 
 from .config import Column
 from .graph import ENTITY_PART, PLAN, EntityHashCollisionError
-from .init import entity_hashes, init_vectors
+from .init import init_for_names
 from .propagate import NORM_EPS, _maybe_inject_failure, block_product, load_plan
 from .vectors import to_list_array, unpack
 from .whiten import whiten_array
@@ -197,7 +197,7 @@ def _embed(batches, *, col_names, outputs, dim, markov, init, seed, first, last,
         if len(p["ids"]) and (g.max() >= n or not np.array_equal(ids[g], p["ids"])):
             raise RuntimeError("one-task engine: a block plan names entities that have no share row")
         plans.append((p, g))
-    x = _init_in_threads(ent["names"].to_pylist(), dim, seed=seed, method=init, threads=threads) if first == 1 else None
+    x = init_for_names(ent["names"].to_pylist(), dim, seed=seed, method=init, threads=threads) if first == 1 else None
     given = t.filter(pc.equal(kind, START_VECTORS))
     if given.num_rows:
         g = np.searchsorted(ids, given.column("id").to_numpy())
@@ -239,22 +239,6 @@ def _embed(batches, *, col_names, outputs, dim, markov, init, seed, first, last,
              pa.array([report if lo == 0 else None] + [None] * (m - 1), pa.string())],
             names=["entity", "column", "degree", "occurrences", "embedding", "_report"],
         )
-
-
-def _init_in_threads(names: list[str], dim: int, *, seed: int, method: str, threads: int) -> np.ndarray:
-    """:func:`~spark_cleora.init.init_for_names`, the entities split over ``threads`` threads (the
-    vectorised hash rounds release the GIL; the one XXH64 per name is a quick Python loop)."""
-    hashes = entity_hashes(names)
-    x = np.empty((len(names), dim), dtype=np.float32)
-
-    def part(bounds: tuple[int, int]) -> None:
-        lo, hi = bounds
-        x[lo:hi] = init_vectors(hashes[lo:hi], dim, seed=seed, method=method)
-
-    edges = np.linspace(0, len(names), max(1, threads) + 1).astype(int)
-    with ThreadPoolExecutor(max(1, threads)) as pool:
-        list(pool.map(part, zip(edges[:-1], edges[1:])))
-    return x
 
 
 def _merged_plan(plans: list[tuple[dict, np.ndarray]], n: int) -> dict:

@@ -116,3 +116,10 @@ def test_vector_encodings_round_trip():
     assert pack(m).type == pa.binary() and len(pack(m)[0].as_py()) == 12
     with pytest.raises(ValueError, match="expected 4"):
         unpack(pack(m), 4)
+
+
+def test_threads_give_the_same_start_vectors():
+    names = [f"e{i}" for i in range(1001)]
+    one = init_for_names(names, 16, seed=3)
+    np.testing.assert_array_equal(init_for_names(names, 16, seed=3, threads=3), one)
+    np.testing.assert_array_equal(init_for_names(names[:1], 16, seed=3, threads=4), one[:1])

@@ -14,6 +14,7 @@ from spark_cleora import ConfigError, EmbedConfig, embed, run_embedding
 from spark_cleora.graph import block_keys
 from spark_cleora.hyperedges import BadInputError
 from spark_cleora.init import init_for_names
+from spark_cleora.store import WorkStore
 
 CLIQUE_ROWS = [" ".join(h) for h in random_hyperedges(250, 120, seed=21)]
 
@@ -150,14 +151,20 @@ def test_simple_column_with_several_entities_is_rejected_not_truncated(spark):
         run_text(spark, ["u1 u2\tp1"], "user complex::product", dim=4, iterations=1)
 
 
-def test_null_ids_in_events_are_counted(spark):
+def test_null_ids_in_events_are_counted(spark, tmp_path):
     df = spark.createDataFrame([("u1", "a"), (None, "b"), ("u1", None), ("u2", ""), ("u2", "a")],
                                "user string, item string")
     with pytest.raises(BadInputError, match="null_hyperedge"):
         run_events(spark, df, hyperedge="user", entity="item", dim=4, iterations=1)
-    res = run_embedding(spark, EmbedConfig(input_format="dataframe", hyperedge="user", entity="item", dim=4,
-                                           iterations=1, on_bad_rows="skip"), df, store=None)
+    cfg = EmbedConfig(input_format="dataframe", hyperedge="user", entity="item", dim=4, iterations=1,
+                      on_bad_rows="skip")
+    res = run_embedding(spark, cfg, df, store=None)  # counts by an aggregate over the blocks
     assert res.report["rejected"] == {"null_hyperedge": 1, "null_entity": 1, "empty_entity": 1}
+    # with a work store the same counts are observed while the blocks are written
+    stored = run_embedding(spark, cfg, df, store=WorkStore(spark, str(tmp_path / "work")))
+    counted = ("input_rows", "rejected", "hyperedges", "memberships")
+    assert {k: stored.report[k] for k in counted} == {k: res.report[k] for k in counted}
+    assert res.report["input_rows"] == 5 and res.report["memberships"] == 2
 
 
 def test_empty_input_is_an_error(spark):
