@@ -133,8 +133,9 @@ class EmbedConfig:
         (with ``keep_work`` every finished iteration stays; otherwise only the last one is kept).
     num_blocks, block_memberships
         Engine: the hyperedges are split into blocks that each Python worker multiplies in one go;
-        by default a block holds as many memberships as fit ``block_memory_gb`` (at most 48 bytes
-        per membership x dim; e.g. ~350k at dim 256 and 4 GiB).
+        by default a block holds as many memberships as fit ``block_memory_gb`` (its tasks work on
+        64 dimensions at a time: at most 19 bytes per membership x dim at dim 256, 52 up to dim 64;
+        e.g. ~880k memberships at dim 256 and 4 GiB).
     block_memory_gb
         Memory one Python worker may use (for one block; with the one-task engine, for the whole graph).
         A hyperedge always lives in one block, so a hyperedge whose members x dim x 24 bytes exceed it

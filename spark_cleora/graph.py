@@ -37,23 +37,19 @@ from pyspark.sql import functions as F
 from .config import Column
 from .hyperedges import REJECT as _REJECT
 from .hyperedges import ROWS as _ROWS
+from .propagate import block_bytes_per_row_dim
 
 log = logging.getLogger(__name__)
 
 MIN_BLOCK_MEMBERSHIPS = 20_000
-#: bound on a shuffle-engine block's working set per membership x dimension: per distinct entity of the
-#: block the packed, unpacked and sorted float32 rows, the float64 rows and product (32), per hyperedge
-#: its float64 sums on both sides (16); a block has at most as many of each as it has memberships
-BYTES_PER_BLOCK_ROW_DIM = 48
-
-
 class EntityHashCollisionError(RuntimeError):
     """Two different entity names have the same 64-bit key."""
 
 
 def default_block_memberships(dim: int, memory_gb: float) -> int:
     """Memberships per block whose working set stays within ``memory_gb`` (a Python worker's budget)."""
-    return max(MIN_BLOCK_MEMBERSHIPS, int(memory_gb * 2**30) // (max(dim, 1) * BYTES_PER_BLOCK_ROW_DIM))
+    per_membership = max(dim, 1) * block_bytes_per_row_dim(dim)
+    return max(MIN_BLOCK_MEMBERSHIPS, int(memory_gb * 2**30) // per_membership)
 
 
 def choose_num_blocks(n_memberships: int, block_memberships: int, parallelism: int) -> int:

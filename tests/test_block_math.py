@@ -6,7 +6,8 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from spark_cleora.propagate import build_plan, multiply_block, sum_and_normalize
+from spark_cleora.propagate import (SLICE_COLUMNS, block_bytes_per_row_dim, block_product, build_plan, load_plan,
+                                    multiply_block, sum_and_normalize)
 from spark_cleora.vectors import pack, unpack
 
 
@@ -33,9 +34,10 @@ def dense_markov(hyperedges, n, reflexive, markov):
 
 @pytest.mark.parametrize("reflexive", [True, False])
 @pytest.mark.parametrize("markov", ["left", "symmetric"])
-def test_block_product_equals_dense(reflexive, markov):
+@pytest.mark.parametrize("dim", [5, SLICE_COLUMNS * 2 + 22])  # one slice; three, the last one partial
+def test_block_product_equals_dense(reflexive, markov, dim):
     rng = np.random.default_rng(1)
-    n, dim = 30, 5
+    n = 30
     hyper = []
     for _ in range(25):
         a = list(rng.integers(0, n, size=rng.integers(1, 8)))  # repeats allowed (multiplicity)
@@ -127,3 +129,39 @@ def test_block_builder_counts_input_rows_per_rule_and_builds_from_accepted_rows_
     assert all(shares[e] == pytest.approx(want[e]) for e in want)
     plan = out.filter(pa.array([k == PLAN for k in kind])).to_pylist()
     assert [(p["block"], p["memberships"], p["hyperedges"], p["largest"]) for p in plan] == [(5, 4, 2, 2)]
+
+
+def test_slices_of_the_dimensions_give_the_whole_rows_bits():
+    """The shuffle engine's tasks work on SLICE_COLUMNS dimensions at a time; each column's sums are the
+    same as over whole rows, to the bit (the engines' results must not depend on it)."""
+    rng = np.random.default_rng(5)
+    dim, n = SLICE_COLUMNS * 3 + 7, 200
+    h = rng.integers(0, 40, 900)
+    members = pa.table({"h": pa.array(h, pa.int64()), "side": pa.array(rng.integers(0, 2, 900), pa.int32()),
+                        "id": pa.array(rng.integers(0, n, 900), pa.int64()), "weight": pa.array(rng.random(900) + 0.5)})
+    plan = plan_table(members, False)
+    ids = load_plan(plan.column("plan")[0].as_py())["ids"]
+    x = rng.standard_normal((len(ids), dim)).astype(np.float32)
+    pre, post = rng.random(len(ids)) + 0.1, rng.random(len(ids)) + 0.1
+    routed = pa.table({"id": pa.array(ids[::-1]), "pre": pa.array(pre[::-1]), "post": pa.array(post[::-1]),
+                       "vec": pack(x[::-1])})
+    out = multiply_block(routed, plan, dim=dim)
+    whole = block_product(load_plan(plan.column("plan")[0].as_py()), x, pre, post).astype(np.float32)
+    np.testing.assert_array_equal(out.column("id").to_numpy(), ids)
+    np.testing.assert_array_equal(unpack(out.column("vec"), dim), whole)
+
+    part_ids = rng.integers(0, 50, 700)
+    parts = rng.standard_normal((700, dim)).astype(np.float32)
+    summed = sum_and_normalize(pa.table({"id": pa.array(part_ids), "vec": pack(parts)}), dim=dim)
+    order = np.argsort(part_ids, kind="stable")
+    starts = np.flatnonzero(np.r_[True, np.diff(part_ids[order]) != 0])
+    total = np.add.reduceat(parts[order].astype(np.float64), starts, axis=0)
+    total /= np.maximum(np.sqrt(np.einsum("ij,ij->i", total, total)), 1e-10)[:, None]
+    np.testing.assert_array_equal(unpack(summed.column("vec"), dim), total.astype(np.float32))
+
+
+def test_block_memory_bound_per_row_and_dimension():
+    """Whole rows up to one slice; beyond it the float64 temporaries are per slice, so the bound falls."""
+    assert block_bytes_per_row_dim(8) == block_bytes_per_row_dim(SLICE_COLUMNS) == 52
+    assert block_bytes_per_row_dim(4 * SLICE_COLUMNS) == 19
+    assert block_bytes_per_row_dim(1024) < block_bytes_per_row_dim(256) < block_bytes_per_row_dim(128)
