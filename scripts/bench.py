@@ -3,6 +3,8 @@
     python scripts/bench.py --events 1000000 --repeats 3            # generate + time both, alternating
     python scripts/bench.py --events 100000,1000000 --only spark     # growth curve of spark_cleora only
     python scripts/bench.py --hub-share 0.3 --events 1000000 --only spark   # a hub item in 30% of users
+    python scripts/bench.py --events 10000000 --items-per-event 0.5 --item-zipf 0.8 --memory-cap-gb 5
+        # 2.9M items: an embedding matrix (items x dim x 4 bytes x 2) larger than a 5 GiB machine
 
 Each tool runs as a whole process (Spark: `spark-cleora embed` with an embedded `local[N]`; pycleora:
 a Python process that reads the same Parquet, builds the hypergraph, initialises and propagates), runs
@@ -11,8 +13,13 @@ process tree (JVM + Python workers) and, for Spark, the engine, per-iteration ti
 extra run with the Spark event log (not timed: the log costs a second or two), shuffle bytes and task
 skew. JSON goes to --json.
 
-Generator: users with log-normal activity, items with Zipf(1.1) popularity, optional hub item present
-in a given share of users, optional timestamps. Seeded, written as Parquet (user, item, ts).
+Generator: users with log-normal activity, items with Zipf(1.1) popularity (``--item-zipf``,
+``--items-per-event``), optional hub item present in a given share of users, timestamps. Seeded,
+written as Parquet (user, item, ts).
+
+``--memory-cap-gb`` runs every process in a fresh cgroup with that memory limit (Linux, as root): a
+smaller machine. spark_cleora's local defaults read the limit; a process the kernel kills for memory
+is reported as out of memory, not timed.
 """
 
 from __future__ import annotations
@@ -57,7 +64,7 @@ print(json.dumps({"read": t1 - t0, "graph": t2 - t1, "propagate": t3 - t2, "enti
 
 
 def generate(path: str, n_events: int, *, seed: int = 0, hub_share: float = 0.0, users_per_event: float = 0.05,
-             items_per_event: float = 0.05) -> dict:
+             items_per_event: float = 0.05, item_zipf: float = 1.1) -> dict:
     """Seeded power-law event table as Parquet (user, item, ts)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -68,7 +75,7 @@ def generate(path: str, n_events: int, *, seed: int = 0, hub_share: float = 0.0,
     activity = rng.lognormal(0.0, 1.0, n_users)
     users = rng.choice(n_users, size=n_events, p=activity / activity.sum())
     ranks = np.arange(1, n_items + 1, dtype=np.float64)
-    pop = 1.0 / ranks**1.1
+    pop = 1.0 / ranks**item_zipf
     items = rng.choice(n_items, size=n_events, p=pop / pop.sum())
     if hub_share > 0:
         hub_users = np.flatnonzero(rng.random(n_users) < hub_share)
@@ -82,7 +89,8 @@ def generate(path: str, n_events: int, *, seed: int = 0, hub_share: float = 0.0,
     })
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     pq.write_table(table, path, row_group_size=1 << 20)
-    return {"events": len(users), "users": n_users, "items": n_items, "hub_share": hub_share}
+    return {"events": len(users), "users": n_users, "items": n_items, "hub_share": hub_share,
+            "items_seen": int(len(np.unique(items))), "item_zipf": item_zipf}
 
 
 class RssSampler:
@@ -130,14 +138,89 @@ class RssSampler:
         return self.peak
 
 
-def run_process(cmd: list[str], env: dict | None = None) -> tuple[float, int, str, str]:
+class MemoryCap:
+    """A fresh cgroup with a memory limit (v2 ``memory.max`` or v1 ``memory.limit_in_bytes``, no swap):
+    a process run in it sees a machine with that much memory (spark_cleora's local defaults read the
+    limit) and is killed by the kernel if it needs more. Linux, as root."""
+
+    def __init__(self, gb: float) -> None:
+        self.limit = int(gb * 2**30)
+        v2 = os.path.exists("/sys/fs/cgroup/cgroup.controllers")
+        base = "/sys/fs/cgroup" if v2 else "/sys/fs/cgroup/memory"
+        self.dir = os.path.join(base, f"spark_cleora_bench_{os.getpid()}_{time.monotonic_ns()}")
+        try:
+            os.mkdir(self.dir)
+            limits = {"memory.max": self.limit, "memory.swap.max": 0} if v2 else {"memory.limit_in_bytes": self.limit}
+            for name, value in limits.items():
+                if os.path.exists(os.path.join(self.dir, name)):
+                    with open(os.path.join(self.dir, name), "w") as fh:
+                        fh.write(str(value))
+        except OSError as e:
+            raise SystemExit(f"--memory-cap-gb needs a writable cgroup memory controller (Linux, root): {e}")
+        self.events = os.path.join(self.dir, "memory.events" if v2 else "memory.oom_control")
+
+    def wrap(self, cmd: list[str]) -> list[str]:
+        """``cmd`` started inside the cgroup (the shell moves itself in, then execs)."""
+        return ["sh", "-c", f'echo $$ > {self.dir}/cgroup.procs && exec "$@"', "sh", *cmd]
+
+    def oom_kills(self) -> int:
+        try:
+            with open(self.events) as fh:
+                for line in fh:
+                    if line.startswith("oom_kill "):
+                        return int(line.split()[1])
+        except OSError:
+            pass
+        return 0
+
+    def peak_bytes(self) -> int | None:
+        """The cgroup's own high-water mark (RSS and page cache, shared pages counted once)."""
+        for name in ("memory.peak", "memory.max_usage_in_bytes"):
+            try:
+                with open(os.path.join(self.dir, name)) as fh:
+                    return int(fh.read().strip())
+            except (OSError, ValueError):
+                continue
+        return None
+
+    def close(self) -> None:
+        for _ in range(50):  # the cgroup can be removed once its last process has exited
+            try:
+                os.rmdir(self.dir)
+                return
+            except OSError:
+                time.sleep(0.1)
+
+
+class OutOfMemory(RuntimeError):
+    """A capped process was killed by the kernel's out-of-memory killer."""
+
+    def __init__(self, elapsed: float, peak: int, detail: str) -> None:
+        super().__init__(detail)
+        self.elapsed, self.peak = elapsed, peak
+
+
+def run_process(cmd: list[str], env: dict | None = None, cap_gb: float | None = None) -> tuple[float, int, str, str]:
+    cap = MemoryCap(cap_gb) if cap_gb else None
     t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    proc = subprocess.Popen(cap.wrap(cmd) if cap else cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=env)
     sampler = RssSampler(proc.pid)
     out, err = proc.communicate()
     elapsed = time.perf_counter() - t0
     peak = sampler.stop()
+    kills = cap.oom_kills() if cap else 0
+    if cap:
+        cap_peak = cap.peak_bytes()
+        cap.close()
+        if cap_peak:
+            print(f"    cgroup high-water mark {cap_peak / 2**20:.0f} MB of {cap.limit / 2**20:.0f} MB",
+                  file=sys.stderr)
     if proc.returncode != 0:
+        if kills:
+            what = "a Python process" if cmd[1:2] == ["-c"] else " ".join(cmd[:4])
+            raise OutOfMemory(elapsed, peak, f"{what}: {kills} process(es) killed for memory under the "
+                                             f"{cap_gb:g} GiB cap (exit {proc.returncode})")
         raise RuntimeError(f"{cmd[:3]} failed ({proc.returncode}):\n{err[-3000:]}")
     return elapsed, peak, out, err
 
@@ -203,7 +286,7 @@ def task_skew(event_dir: str, min_tasks: int = 4) -> dict:
 
 
 def run_spark(data: str, work: str, *, dim: int, iters: int, cores: int, extra: list[str],
-              instrument: bool = False) -> dict:
+              instrument: bool = False, cap_gb: float | None = None) -> dict:
     """One timed ``spark-cleora embed`` process. ``instrument``: with the Spark event log (shuffle bytes,
     task skew); it costs a second or two, so the timed repeats run without it."""
     out = os.path.join(work, "spark-out")
@@ -217,21 +300,21 @@ def run_spark(data: str, work: str, *, dim: int, iters: int, cores: int, extra: 
         cmd += ["--conf", "spark.eventLog.enabled=true", "--conf", f"spark.eventLog.dir=file://{events}",
                 "--conf", "spark.eventLog.compress=false", "--conf", "spark.eventLog.rolling.enabled=false"]
     env = dict(os.environ, PYSPARK_PYTHON=sys.executable)
-    elapsed, peak, _, _ = run_process(cmd, env)
+    elapsed, peak, _, _ = run_process(cmd, env, cap_gb)
     with open(os.path.join(out, "_run.json")) as fh:
         report = json.load(fh)
     res = {"seconds": elapsed, "peak_rss_mb": peak / 2**20,
            "iteration_seconds": report["iteration_seconds"], "seconds_to_embed": report["seconds_to_embed"],
            "entities": report["entities"], "memberships": report["memberships"], "blocks": report["num_blocks"],
-           "engine": report.get("engine")}
+           "engine": report.get("engine"), "memory_gb": (report.get("one_task") or {}).get("memory_gb")}
     if instrument:
         res.update(shuffle_mb=shuffle_bytes(events) / 2**20, task_skew=task_skew(events))
     return res
 
 
-def run_pycleora(data: str, work: str, *, dim: int, iters: int, trim: int) -> dict:
+def run_pycleora(data: str, work: str, *, dim: int, iters: int, trim: int, cap_gb: float | None = None) -> dict:
     elapsed, peak, out, _ = run_process([sys.executable, "-c", PYCLEORA_SCRIPT, data, str(dim), str(iters),
-                                         str(trim), os.path.join(work, "pycleora.npy")])
+                                         str(trim), os.path.join(work, "pycleora.npy")], cap_gb=cap_gb)
     stages = json.loads(out.strip().splitlines()[-1])
     return {"seconds": elapsed, "peak_rss_mb": peak / 2**20, **stages}
 
@@ -244,6 +327,10 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--cores", type=int, default=2)
     ap.add_argument("--hub-share", type=float, default=0.0)
+    ap.add_argument("--items-per-event", type=float, default=0.05, help="distinct item ids per event drawn from")
+    ap.add_argument("--item-zipf", type=float, default=1.1, help="item popularity exponent (lower: longer tail)")
+    ap.add_argument("--memory-cap-gb", type=float, default=None,
+                    help="run every process in a cgroup with this memory limit (Linux, root): a smaller machine")
     ap.add_argument("--only", choices=["spark", "pycleora"], help="run one side only")
     ap.add_argument("--trim", type=int, default=16, help="pycleora hyperedge_trim_n (16 = its default)")
     ap.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "spark_cleora_bench"))
@@ -255,21 +342,33 @@ def main() -> None:
 
     results = []
     for n in [int(x) for x in args.events.split(",")]:
-        data = os.path.join(args.workdir, f"events_{n}_hub{args.hub_share}.parquet")
+        shape = "" if (args.items_per_event, args.item_zipf) == (0.05, 1.1) else \
+            f"_items{args.items_per_event}_zipf{args.item_zipf}"
+        data = os.path.join(args.workdir, f"events_{n}_hub{args.hub_share}{shape}.parquet")
         meta = {"events": n}
         if not os.path.exists(data):
-            meta = generate(data, n, hub_share=args.hub_share)
+            meta = generate(data, n, hub_share=args.hub_share, items_per_event=args.items_per_event,
+                            item_zipf=args.item_zipf)
+            print(f"  generated {data}: {meta}", file=sys.stderr)
         runs: dict[str, list[dict]] = {"spark": [], "pycleora": []}
+        failed: dict[str, list[dict]] = {"spark": [], "pycleora": []}
         for r in range(args.repeats):
             order = ["spark", "pycleora"] if r % 2 == 0 else ["pycleora", "spark"]
             for tool in order:
                 if args.only and tool != args.only:
                     continue
-                if tool == "spark":
-                    res = run_spark(data, args.workdir, dim=args.dim, iters=args.iterations, cores=args.cores,
-                                    extra=args.spark_arg)
-                else:
-                    res = run_pycleora(data, args.workdir, dim=args.dim, iters=args.iterations, trim=args.trim)
+                try:
+                    if tool == "spark":
+                        res = run_spark(data, args.workdir, dim=args.dim, iters=args.iterations, cores=args.cores,
+                                        extra=args.spark_arg, cap_gb=args.memory_cap_gb)
+                    else:
+                        res = run_pycleora(data, args.workdir, dim=args.dim, iters=args.iterations, trim=args.trim,
+                                           cap_gb=args.memory_cap_gb)
+                except OutOfMemory as e:  # under --memory-cap-gb: reported, not timed
+                    failed[tool].append({"seconds": e.elapsed, "peak_rss_mb": e.peak / 2**20, "error": str(e)})
+                    print(f"  {n:>10,} events  {tool:8s} run {r + 1}: OUT OF MEMORY after {e.elapsed:.1f}s "
+                          f"(peak {e.peak / 2**20:.0f} MB): {e}", file=sys.stderr)
+                    continue
                 runs[tool].append(res)
                 print(f"  {n:>10,} events  {tool:8s} run {r + 1}: {res['seconds']:7.1f}s  "
                       f"peak {res['peak_rss_mb']:7.0f} MB", file=sys.stderr)
@@ -277,8 +376,9 @@ def main() -> None:
         if runs["spark"] and not args.no_instrument:  # shuffle bytes and task skew: one more run with the event log
             print(f"  {n:>10,} events  spark    instrumented run (event log; not in the timings)", file=sys.stderr)
             instrumented = run_spark(data, args.workdir, dim=args.dim, iters=args.iterations, cores=args.cores,
-                                     extra=args.spark_arg, instrument=True)
-        row = {"events": n, **meta}
+                                     extra=args.spark_arg, instrument=True, cap_gb=args.memory_cap_gb)
+        row = {"events": n, **meta, "memory_cap_gb": args.memory_cap_gb,
+               "out_of_memory": {tool: f for tool, f in failed.items() if f}}
         for tool, rs in runs.items():
             if rs:
                 row[tool] = {
@@ -311,6 +411,10 @@ def main() -> None:
               f"{row.get('ratio_best', float('nan')):>6.1f} "
               f"{s['median_peak_rss_mb'] if s else float('nan'):>9.0f} {p['median_peak_rss_mb'] if p else float('nan'):>7.0f} "
               f"{sh:>10}  {it}")
+    for row in results:
+        for tool, f in row["out_of_memory"].items():
+            print(f"{row['events']:>12,} events: {tool} ran out of memory under the {args.memory_cap_gb:g} GiB cap in "
+                  f"{len(f)} run(s) (peak {max(x['peak_rss_mb'] for x in f):.0f} MB)")
     for row in results:
         s = row.get("spark")
         if s and s["instrumented"]:

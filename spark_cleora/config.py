@@ -139,8 +139,8 @@ class EmbedConfig:
     block_memory_gb
         Memory one Python worker may use (for one block; with the one-task engine, for the whole graph).
         A hyperedge always lives in one block, so a hyperedge whose members x dim x 24 bytes exceed it
-        is refused with a clear error up front. Default (None): 4, or a quarter of the machine's RAM when
-        Spark runs in local mode (the workers share the one machine).
+        is refused with a clear error up front. Default (None): 4, or when Spark runs in local mode a
+        quarter of the machine's memory (its RAM, or a container's cgroup limit below it; at least 0.5).
     engine
         How the iterations run. ``shuffle``: each iteration is a distributed multiply (by block) and sum
         (by entity), memory bounded per block, no limit on the graph. ``one-task``: all iterations in one

@@ -40,6 +40,7 @@ from pyspark.sql import functions as F
 from .config import Column
 from .graph import ENTITY_PART, PLAN, EntityHashCollisionError
 from .init import init_for_names
+from .machine import memory_bytes
 from .propagate import NORM_EPS, _maybe_inject_failure, block_product, load_plan
 from .vectors import to_list_array, unpack
 from .whiten import whiten_array
@@ -75,24 +76,25 @@ def worker_threads(spark: SparkSession) -> int:
     return conf if conf > 0 else max(1, os.cpu_count() or 1)
 
 
-#: memory a Python worker may use by default (``--block-memory-gb``), and in local mode the share of RAM
-DEFAULT_WORKER_GB, LOCAL_RAM_SHARE = 4.0, 0.25
+#: memory a Python worker may use by default (``--block-memory-gb``); in local mode the share of the
+#: machine's memory (its RAM, or a container's cgroup limit below it), at least MIN_LOCAL_WORKER_GB
+DEFAULT_WORKER_GB, LOCAL_RAM_SHARE, MIN_LOCAL_WORKER_GB = 4.0, 0.25, 0.5
 
 
 def worker_memory_gb(spark: SparkSession) -> float:
-    """The default ``--block-memory-gb``: 4, or a quarter of this machine's RAM for a local master (its
-    Python workers share the machine with nothing but the driver)."""
+    """The default ``--block-memory-gb``: 4, or for a local master a quarter of the memory this machine
+    (or its container) gives the process: its Python workers share it with nothing but the driver,
+    which gets half (:func:`spark_cleora.session.get_spark`)."""
     try:
         local = str(spark.conf.get("spark.master", "")).startswith("local")
     except Exception:  # e.g. a Connect server that does not show its master
         local = False
     if not local:
         return DEFAULT_WORKER_GB
-    try:
-        ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    except (ValueError, OSError, AttributeError):
+    total = memory_bytes()
+    if not total:
         return DEFAULT_WORKER_GB
-    return max(DEFAULT_WORKER_GB, round(ram * LOCAL_RAM_SHARE, 1))
+    return max(MIN_LOCAL_WORKER_GB, round(total / 2**30 * LOCAL_RAM_SHARE, 1))
 
 
 def one_task_bytes(*, entities: int, dim: int, kept: int, memberships: int, hyperedges: int, shares: int = 0) -> int:

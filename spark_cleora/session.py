@@ -14,6 +14,8 @@ import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 
+from .machine import memory_bytes
+
 log = logging.getLogger(__name__)
 
 JAVA_HELP = (
@@ -162,13 +164,11 @@ def _local_defaults(master: str) -> dict[str, str]:
         "spark.sql.shuffle.partitions": str(_cores(master)),
         "spark.ui.showConsoleProgress": "false",
     }
-    try:
-        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-        # The driver is the only JVM in local mode: give it about half the RAM (2..32 GiB).
+    total = memory_bytes()  # RAM, or a container's cgroup limit below it
+    if total:
+        # The driver is the only JVM in local mode: give it about half the memory (2..32 GiB).
         gib = max(2, min(32, int(total / 2**30 * 0.5)))
         conf["spark.driver.memory"] = f"{gib}g"
-    except (ValueError, OSError, AttributeError):
-        pass
     return conf
 
 

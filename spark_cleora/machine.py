@@ -1,0 +1,67 @@
+"""What this machine gives an embedded (local) Spark: its RAM, or less when a container says so.
+
+A container (Docker, Kubernetes, a CI runner, a systemd slice) limits memory with a cgroup, while
+``sysconf`` still reports the host's RAM. Sizing the driver heap and the Python workers from the host
+would get the job killed by the kernel, so the local defaults use the smaller of the two.
+"""
+
+from __future__ import annotations
+
+import os
+
+#: a cgroup "limit" at or above this is no limit (v1 reports unlimited as ~2^63)
+_NO_LIMIT = 1 << 60
+
+
+def physical_memory_bytes() -> int | None:
+    """The machine's RAM from ``sysconf``; None where it is not available."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def cgroup_memory_limit(*, proc_cgroup: str = "/proc/self/cgroup", root: str = "/sys/fs/cgroup") -> int | None:
+    """The tightest memory limit of this process's cgroup and its ancestors (cgroup v2 ``memory.max``,
+    v1 ``memory.limit_in_bytes``); None when there is none or it cannot be read."""
+    try:
+        with open(proc_cgroup) as fh:
+            lines = fh.read().splitlines()
+    except OSError:
+        return None
+    candidates: list[str] = []
+    for line in lines:
+        parts = line.split(":", 2)
+        if len(parts) != 3:
+            continue
+        _, controllers, path = parts
+        if controllers == "":  # v2 unified hierarchy
+            base, name = root, "memory.max"
+        elif "memory" in controllers.split(","):
+            base, name = os.path.join(root, "memory"), "memory.limit_in_bytes"
+        else:
+            continue
+        # this group and every ancestor up to the root of the mount (inside a container the group's
+        # path is often not visible, and the container's own limit sits at the mount's root)
+        rel = path.strip("/")
+        while True:
+            candidates.append(os.path.join(base, rel, name) if rel else os.path.join(base, name))
+            if not rel:
+                break
+            rel = os.path.dirname(rel)
+    limits = []
+    for f in dict.fromkeys(candidates):
+        try:
+            with open(f) as fh:
+                value = fh.read().strip()
+        except OSError:
+            continue
+        if value.isdigit() and int(value) < _NO_LIMIT:
+            limits.append(int(value))
+    return min(limits) if limits else None
+
+
+def memory_bytes() -> int | None:
+    """Memory this process may use: the machine's RAM, or a cgroup limit below it."""
+    known = [b for b in (physical_memory_bytes(), cgroup_memory_limit()) if b]
+    return min(known) if known else None
