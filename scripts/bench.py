@@ -146,15 +146,31 @@ class MemoryCap:
     def __init__(self, gb: float) -> None:
         self.limit = int(gb * 2**30)
         v2 = os.path.exists("/sys/fs/cgroup/cgroup.controllers")
-        base = "/sys/fs/cgroup" if v2 else "/sys/fs/cgroup/memory"
-        self.dir = os.path.join(base, f"spark_cleora_bench_{os.getpid()}_{time.monotonic_ns()}")
+        mount = "/sys/fs/cgroup" if v2 else "/sys/fs/cgroup/memory"
+        parent = os.path.join(mount, _own_cgroup(v2).strip("/"))  # under our own group: its limits still apply
+        if not os.path.isdir(parent):
+            parent = mount
+        name = f"spark_cleora_bench_{os.getpid()}_{time.monotonic_ns()}"
+        limits = {"memory.max": self.limit, "memory.swap.max": 0} if v2 else \
+            {"memory.limit_in_bytes": self.limit, "memory.memsw.limit_in_bytes": self.limit}
         try:
+            if v2:  # the memory controller must be enabled for the parent's children
+                with open(os.path.join(parent, "cgroup.subtree_control"), "w") as fh:
+                    fh.write("+memory")
+            self.dir = os.path.join(parent, name)
             os.mkdir(self.dir)
-            limits = {"memory.max": self.limit, "memory.swap.max": 0} if v2 else {"memory.limit_in_bytes": self.limit}
-            for name, value in limits.items():
-                if os.path.exists(os.path.join(self.dir, name)):
-                    with open(os.path.join(self.dir, name), "w") as fh:
-                        fh.write(str(value))
+            for key, value in limits.items():
+                path = os.path.join(self.dir, key)
+                if key.endswith("swap.max") or key.startswith("memory.memsw"):
+                    if os.path.exists(path):  # no swap accounting on this kernel: nothing to limit
+                        with open(path, "w") as fh:
+                            fh.write(str(value))
+                    continue
+                with open(path, "w") as fh:
+                    fh.write(str(value))
+                with open(path) as fh:
+                    if int(fh.read().strip()) > value:
+                        raise OSError(f"{path} did not take the limit")
         except OSError as e:
             raise SystemExit(f"--memory-cap-gb needs a writable cgroup memory controller (Linux, root): {e}")
         self.events = os.path.join(self.dir, "memory.events" if v2 else "memory.oom_control")
@@ -190,6 +206,20 @@ class MemoryCap:
                 return
             except OSError:
                 time.sleep(0.1)
+        print(f"warning: could not remove the cgroup {self.dir}", file=sys.stderr)
+
+
+def _own_cgroup(v2: bool) -> str:
+    """This process's memory cgroup path (from /proc/self/cgroup)."""
+    try:
+        with open("/proc/self/cgroup") as fh:
+            for line in fh:
+                _, controllers, path = line.rstrip("\n").split(":", 2)
+                if (v2 and controllers == "") or (not v2 and "memory" in controllers.split(",")):
+                    return path
+    except (OSError, ValueError):
+        pass
+    return "/"
 
 
 class OutOfMemory(RuntimeError):
@@ -202,20 +232,22 @@ class OutOfMemory(RuntimeError):
 
 def run_process(cmd: list[str], env: dict | None = None, cap_gb: float | None = None) -> tuple[float, int, str, str]:
     cap = MemoryCap(cap_gb) if cap_gb else None
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(cap.wrap(cmd) if cap else cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=env)
-    sampler = RssSampler(proc.pid)
-    out, err = proc.communicate()
-    elapsed = time.perf_counter() - t0
-    peak = sampler.stop()
-    kills = cap.oom_kills() if cap else 0
-    if cap:
-        cap_peak = cap.peak_bytes()
-        cap.close()
-        if cap_peak:
-            print(f"    cgroup high-water mark {cap_peak / 2**20:.0f} MB of {cap.limit / 2**20:.0f} MB",
-                  file=sys.stderr)
+    try:
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(cap.wrap(cmd) if cap else cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True, env=env)
+        sampler = RssSampler(proc.pid)
+        out, err = proc.communicate()
+        elapsed = time.perf_counter() - t0
+        peak = sampler.stop()
+        kills = cap.oom_kills() if cap else 0
+        if cap:
+            cap_peak = cap.peak_bytes()
+            print(f"    cgroup high-water mark {(cap_peak or 0) / 2**20:.0f} MB of {cap.limit / 2**20:.0f} MB, "
+                  f"{kills} out-of-memory kill(s)", file=sys.stderr)
+    finally:
+        if cap:
+            cap.close()
     if proc.returncode != 0:
         if kills:
             what = "a Python process" if cmd[1:2] == ["-c"] else " ".join(cmd[:4])
@@ -352,6 +384,7 @@ def main() -> None:
             print(f"  generated {data}: {meta}", file=sys.stderr)
         runs: dict[str, list[dict]] = {"spark": [], "pycleora": []}
         failed: dict[str, list[dict]] = {"spark": [], "pycleora": []}
+        errors: dict[str, list[str]] = {"spark": [], "pycleora": []}
         for r in range(args.repeats):
             order = ["spark", "pycleora"] if r % 2 == 0 else ["pycleora", "spark"]
             for tool in order:
@@ -369,16 +402,25 @@ def main() -> None:
                     print(f"  {n:>10,} events  {tool:8s} run {r + 1}: OUT OF MEMORY after {e.elapsed:.1f}s "
                           f"(peak {e.peak / 2**20:.0f} MB): {e}", file=sys.stderr)
                     continue
+                except RuntimeError as e:  # any other failure: recorded, the other runs go on
+                    errors[tool].append(str(e)[-3000:])
+                    print(f"  {n:>10,} events  {tool:8s} run {r + 1}: FAILED: {str(e)[-3000:]}", file=sys.stderr)
+                    continue
                 runs[tool].append(res)
                 print(f"  {n:>10,} events  {tool:8s} run {r + 1}: {res['seconds']:7.1f}s  "
                       f"peak {res['peak_rss_mb']:7.0f} MB", file=sys.stderr)
         instrumented = None
         if runs["spark"] and not args.no_instrument:  # shuffle bytes and task skew: one more run with the event log
             print(f"  {n:>10,} events  spark    instrumented run (event log; not in the timings)", file=sys.stderr)
-            instrumented = run_spark(data, args.workdir, dim=args.dim, iters=args.iterations, cores=args.cores,
-                                     extra=args.spark_arg, instrument=True, cap_gb=args.memory_cap_gb)
+            try:
+                instrumented = run_spark(data, args.workdir, dim=args.dim, iters=args.iterations, cores=args.cores,
+                                         extra=args.spark_arg, instrument=True, cap_gb=args.memory_cap_gb)
+            except RuntimeError as e:  # OutOfMemory included: the timed runs stand
+                errors["spark"].append(f"instrumented run: {str(e)[-3000:]}")
+                print(f"  {n:>10,} events  spark    instrumented run FAILED: {str(e)[-3000:]}", file=sys.stderr)
         row = {"events": n, **meta, "memory_cap_gb": args.memory_cap_gb,
-               "out_of_memory": {tool: f for tool, f in failed.items() if f}}
+               "out_of_memory": {tool: f for tool, f in failed.items() if f},
+               "errors": {tool: e for tool, e in errors.items() if e}}
         for tool, rs in runs.items():
             if rs:
                 row[tool] = {
@@ -393,6 +435,8 @@ def main() -> None:
             row["ratio_median"] = row["spark"]["median_seconds"] / row["pycleora"]["median_seconds"]
             row["ratio_best"] = row["spark"]["best_seconds"] / row["pycleora"]["best_seconds"]
         results.append(row)
+        if args.json:  # after every size: a later failure keeps what was measured
+            _write_json(args, results)
 
     print(f"\nmachine: {platform.machine()}, {os.cpu_count()} cores; dim {args.dim}, {args.iterations} iterations, "
           f"Spark local[{args.cores}], pycleora hyperedge_trim_n={args.trim}")
@@ -424,10 +468,15 @@ def main() -> None:
                       f"max/median task time {w['ratio']} (median {w['median_s']:.2f}s, max {w['max_s']:.2f}s), "
                       f"without the first wave {w['steady_ratio']}, shuffle bytes read max/median "
                       f"{w['read_ratio']}")
-    if args.json:
-        with open(args.json, "w") as fh:
-            json.dump({"machine": {"cores": os.cpu_count(), "python": platform.python_version()},
-                       "args": vars(args), "results": results}, fh, indent=2)
+    for row in results:
+        for tool, errs in row["errors"].items():
+            print(f"{row['events']:>12,} events: {tool} failed {len(errs)} time(s); see the JSON")
+
+
+def _write_json(args, results: list[dict]) -> None:
+    with open(args.json, "w") as fh:
+        json.dump({"machine": {"cores": os.cpu_count(), "python": platform.python_version()},
+                   "args": vars(args), "results": results}, fh, indent=2)
 
 
 if __name__ == "__main__":

@@ -134,13 +134,16 @@ class EmbedConfig:
     num_blocks, block_memberships
         Engine: the hyperedges are split into blocks that each Python worker multiplies in one go;
         by default a block holds as many memberships as fit ``block_memory_gb`` (its tasks work on
-        64 dimensions at a time: at most 19 bytes per membership x dim at dim 256, 52 up to dim 64;
-        e.g. ~880k memberships at dim 256 and 4 GiB).
+        64 dimensions at a time: at most 25 bytes per membership x dim at dim 256, 56 up to dim 64,
+        see :func:`spark_cleora.propagate.block_bytes_per_row_dim`; e.g. ~670k memberships at dim 256
+        and 4 GiB).
     block_memory_gb
         Memory one Python worker may use (for one block; with the one-task engine, for the whole graph).
-        A hyperedge always lives in one block, so a hyperedge whose members x dim x 24 bytes exceed it
-        is refused with a clear error up front. Default (None): 4, or when Spark runs in local mode a
-        quarter of the machine's memory (its RAM, or a container's cgroup limit below it; at least 0.5).
+        A hyperedge always lives in one block, so a hyperedge whose members x dim x that same bound
+        exceed it is refused with a clear error up front. Default (None): 4, or when Spark runs in local
+        mode (``local[N]``) what the driver's heap (half the machine's memory: its RAM, or a container's
+        cgroup limit below it) and a 1 GiB reserve leave, split over the N workers, at most a quarter
+        of the memory and at least 0.5.
     engine
         How the iterations run. ``shuffle``: each iteration is a distributed multiply (by block) and sum
         (by entity), memory bounded per block, no limit on the graph. ``one-task``: all iterations in one

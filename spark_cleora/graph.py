@@ -351,16 +351,12 @@ def estimate_entities(blocks: DataFrame) -> int:
     return int(row[0] or 0)
 
 
-#: bytes a block needs per (membership row x dimension): packed input, float64 copy, float64 result, output
-BYTES_PER_ROW_DIM = 24
-
-
 def check_hyperedge_fits(largest_rows: int, dim: int, memory_gb: float) -> None:
     """A hyperedge lives in one block, so its rows x dim must fit one worker's block memory.
 
     Raises with the numbers and the ways out instead of letting a Python worker die of memory.
     """
-    need = largest_rows * dim * BYTES_PER_ROW_DIM
+    need = largest_rows * dim * block_bytes_per_row_dim(dim)  # its block has at least its members' rows
     if need > memory_gb * 2**30:
         raise HyperedgeTooLargeError(
             f"the largest hyperedge has {largest_rows:,} distinct members; at dim {dim} its block needs "

@@ -65,3 +65,22 @@ def memory_bytes() -> int | None:
     """Memory this process may use: the machine's RAM, or a cgroup limit below it."""
     known = [b for b in (physical_memory_bytes(), cgroup_memory_limit()) if b]
     return min(known) if known else None
+
+
+#: an embedded local driver's heap: this share of the memory, within these bounds (GiB)
+LOCAL_DRIVER_SHARE, LOCAL_DRIVER_GIB = 0.5, (2, 32)
+#: memory left to the JVM's own overheads and the OS beside the heap and the workers (GiB)
+LOCAL_RESERVE_GIB = 1.0
+
+
+def local_driver_gib(total: int) -> int:
+    """The driver heap of an embedded local Spark, from the memory it may use."""
+    low, high = LOCAL_DRIVER_GIB
+    return max(low, min(high, int(total / 2**30 * LOCAL_DRIVER_SHARE)))
+
+
+def local_worker_gib(total: int, cores: int, *, share: float, floor: float) -> float:
+    """A Python worker's budget beside an embedded local driver: ``local[N]`` runs N workers at once,
+    so they split what the driver's heap and a reserve leave, and none gets more than ``share`` of it."""
+    left = total / 2**30 - local_driver_gib(total) - LOCAL_RESERVE_GIB
+    return max(floor, round(min(total / 2**30 * share, left / max(cores, 1)), 1))

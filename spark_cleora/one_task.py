@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 import time
 from collections.abc import Iterator
@@ -40,7 +41,7 @@ from pyspark.sql import functions as F
 from .config import Column
 from .graph import ENTITY_PART, PLAN, EntityHashCollisionError
 from .init import init_for_names
-from .machine import memory_bytes
+from .machine import local_worker_gib, memory_bytes
 from .propagate import NORM_EPS, _maybe_inject_failure, block_product, load_plan
 from .vectors import to_list_array, unpack
 from .whiten import whiten_array
@@ -76,25 +77,27 @@ def worker_threads(spark: SparkSession) -> int:
     return conf if conf > 0 else max(1, os.cpu_count() or 1)
 
 
-#: memory a Python worker may use by default (``--block-memory-gb``); in local mode the share of the
-#: machine's memory (its RAM, or a container's cgroup limit below it), at least MIN_LOCAL_WORKER_GB
+#: memory a Python worker may use by default (``--block-memory-gb``); in local mode at most this share of
+#: the machine's memory (its RAM, or a container's cgroup limit below it), at least MIN_LOCAL_WORKER_GB
 DEFAULT_WORKER_GB, LOCAL_RAM_SHARE, MIN_LOCAL_WORKER_GB = 4.0, 0.25, 0.5
 
 
 def worker_memory_gb(spark: SparkSession) -> float:
-    """The default ``--block-memory-gb``: 4, or for a local master a quarter of the memory this machine
-    (or its container) gives the process: its Python workers share it with nothing but the driver,
-    which gets half (:func:`spark_cleora.session.get_spark`)."""
+    """The default ``--block-memory-gb``: 4, or for a local master ``local[N]`` what the driver's heap
+    (half the memory this machine or its container gives the process) and a 1 GiB reserve leave,
+    split over the N Python workers that run at once, and at most a quarter of the memory."""
     try:
-        local = str(spark.conf.get("spark.master", "")).startswith("local")
+        master = str(spark.conf.get("spark.master", ""))
     except Exception:  # e.g. a Connect server that does not show its master
-        local = False
-    if not local:
+        master = ""
+    if not master.startswith("local"):
         return DEFAULT_WORKER_GB
     total = memory_bytes()
     if not total:
         return DEFAULT_WORKER_GB
-    return max(MIN_LOCAL_WORKER_GB, round(total / 2**30 * LOCAL_RAM_SHARE, 1))
+    m = re.match(r"local\[(\d+)", master)
+    cores = int(m.group(1)) if m else (os.cpu_count() or 1)
+    return local_worker_gib(total, cores, share=LOCAL_RAM_SHARE, floor=MIN_LOCAL_WORKER_GB)
 
 
 def one_task_bytes(*, entities: int, dim: int, kept: int, memberships: int, hyperedges: int, shares: int = 0) -> int:

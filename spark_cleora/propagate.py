@@ -49,13 +49,14 @@ def block_bytes_per_row_dim(dim: int) -> int:
     """Bound on a shuffle-engine task's working set per row and dimension (rows: the block's memberships,
     or the entity sum's partial rows; a block has at most as many entities or hyperedges as memberships).
 
-    Multiply: the packed input and the float32 product (4 + 4), and per slice of ``SLICE_COLUMNS``
-    the gathered float32 rows, their float64 copy, the per-hyperedge sums of both sides and two float64
-    products (4 + 8 + 16 + 16). Entity sum: the packed input, the float64 sums and the packed output
-    (4 + 8 + 4), and per slice the gathered float32 rows and their float64 copy (4 + 8).
+    Multiply: the packed input as Spark's batches and combined into one buffer (4 + 4), the float32
+    product (4), and per slice of ``SLICE_COLUMNS`` the gathered float32 rows, their float64 copy, the
+    per-hyperedge sums of both sides and two float64 products (4 + 8 + 16 + 16). Entity sum: the packed
+    input twice (4 + 4), the float64 sums (8), the packed output (4), and per slice the gathered float32
+    rows, their float64 copy and their float64 sums (4 + 8 + 8).
     """
     share = min(dim, SLICE_COLUMNS) / max(dim, 1)
-    return math.ceil(max(8 + 44 * share, 16 + 12 * share))
+    return math.ceil(max(12 + 44 * share, 20 + 20 * share))
 
 
 FAIL_SWITCH = "SPARK_CLEORA_TEST_FAIL_FIRST_ATTEMPT"

@@ -14,7 +14,7 @@ import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 
-from .machine import memory_bytes
+from .machine import local_driver_gib, memory_bytes
 
 log = logging.getLogger(__name__)
 
@@ -167,8 +167,7 @@ def _local_defaults(master: str) -> dict[str, str]:
     total = memory_bytes()  # RAM, or a container's cgroup limit below it
     if total:
         # The driver is the only JVM in local mode: give it about half the memory (2..32 GiB).
-        gib = max(2, min(32, int(total / 2**30 * 0.5)))
-        conf["spark.driver.memory"] = f"{gib}g"
+        conf["spark.driver.memory"] = f"{local_driver_gib(total)}g"
     return conf
 
 

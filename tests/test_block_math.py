@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pyarrow as pa
 import pytest
@@ -162,6 +167,49 @@ def test_slices_of_the_dimensions_give_the_whole_rows_bits():
 
 def test_block_memory_bound_per_row_and_dimension():
     """Whole rows up to one slice; beyond it the float64 temporaries are per slice, so the bound falls."""
-    assert block_bytes_per_row_dim(8) == block_bytes_per_row_dim(SLICE_COLUMNS) == 52
-    assert block_bytes_per_row_dim(4 * SLICE_COLUMNS) == 19
+    assert block_bytes_per_row_dim(8) == block_bytes_per_row_dim(SLICE_COLUMNS) == 56
+    assert block_bytes_per_row_dim(4 * SLICE_COLUMNS) == 25
     assert block_bytes_per_row_dim(1024) < block_bytes_per_row_dim(256) < block_bytes_per_row_dim(128)
+
+
+_PEAK_SCRIPT = r"""
+import json, numpy as np, pyarrow as pa
+from spark_cleora.propagate import build_plan, load_plan, multiply_block, sum_and_normalize
+from spark_cleora.vectors import pack
+
+def rss(field):
+    with open("/proc/self/status") as fh:
+        return next(int(l.split()[1]) * 1024 for l in fh if l.startswith(field))
+
+m, dim, chunk = 100_000, 256, 10_000  # worst case: every membership its own entity and hyperedge
+members = pa.table({"h": pa.array(np.arange(m), pa.int64()), "side": pa.array(np.zeros(m, np.int32)),
+                    "id": pa.array(np.arange(m), pa.int64()), "weight": pa.array(np.ones(m))})
+plan = pa.table({"block": pa.array([0], pa.int32()), "plan": pa.array([build_plan(members, reflexive=True)])})
+x = np.random.default_rng(0).standard_normal((m, dim)).astype(np.float32)
+batches = [pa.record_batch({"id": pa.array(np.arange(lo, lo + chunk)), "pre": pa.array(np.ones(chunk)),
+                            "post": pa.array(np.ones(chunk)), "vec": pack(x[lo:lo + chunk])})
+           for lo in range(0, m, chunk)]  # Spark hands the task its rows in batches
+routed = pa.Table.from_batches(batches)
+del x
+out = {}
+for name, run in (("multiply", lambda: multiply_block(routed, plan, dim=dim)),
+                  ("sum", lambda: sum_and_normalize(routed.select(["id", "vec"]), dim=dim))):
+    with open("/proc/self/clear_refs", "w") as fh:
+        fh.write("5")  # reset the high-water mark
+    base = rss("VmRSS:")
+    result = run()
+    out[name] = (rss("VmHWM:") - base) / (m * dim)
+    del result
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/clear_refs"), reason="needs Linux /proc to measure the peak")
+def test_block_memory_bound_holds_for_the_worst_block():
+    """Measured: a block whose every membership is its own entity and hyperedge (the bound's worst case),
+    its rows in Spark-sized batches, stays within block_bytes_per_row_dim at dim 256, in both steps."""
+    out = subprocess.run([sys.executable, "-c", _PEAK_SCRIPT], capture_output=True, text=True, check=True)
+    per_row_dim = json.loads(out.stdout.strip().splitlines()[-1])
+    bound = block_bytes_per_row_dim(256)
+    for step, used in per_row_dim.items():
+        assert 0 < used <= bound, f"{step}: {used:.1f} bytes per row x dim above the bound {bound}"

@@ -35,8 +35,15 @@ def test_no_cgroup_information_means_no_limit(tmp_path):
     assert cgroup_memory_limit(proc_cgroup=str(tmp_path / "missing")) is None
 
 
-@pytest.mark.parametrize("limit_gib, driver, worker", [(None, None, None), (4, "2g", 1.0), (12, "6g", 3.0)])
-def test_local_driver_and_worker_memory_follow_the_limit(monkeypatch, limit_gib, driver, worker):
+@pytest.mark.parametrize("master, limit_gib, driver, worker", [
+    ("local[2]", None, "32g", 15.5),  # 64 GiB: half to the driver (at most 32), (64 - 32 - 1) / 2 per worker
+    ("local[2]", 12, "6g", 2.5),      # a 12 GiB container: (12 - 6 - 1) / 2
+    ("local[2]", 4, "2g", 0.5),       # 4 GiB: the driver's 2 GiB floor; workers at their 0.5 floor
+    ("local[8]", 24, "12g", 1.4),     # eight workers split what is left: (24 - 12 - 1) / 8
+    ("local[1]", 24, "12g", 6.0),     # one worker: capped at a quarter of the memory
+])
+def test_local_driver_and_worker_memory_follow_the_limit(monkeypatch, master, limit_gib, driver, worker):
+    """Driver heap plus every worker's budget stays within the memory (RAM or the cgroup's limit)."""
     from spark_cleora import one_task, session
 
     physical = 64 * 2**30
@@ -47,11 +54,16 @@ def test_local_driver_and_worker_memory_follow_the_limit(monkeypatch, limit_gib,
 
     class Conf:
         def get(self, key, default=None):
-            return "local[2]" if key == "spark.master" else default
+            return master if key == "spark.master" else default
 
     class Spark:
         conf = Conf()
 
-    conf = session._local_defaults("local[2]")
-    assert conf["spark.driver.memory"] == (driver or "32g")  # half the memory, at most 32 GiB
-    assert one_task.worker_memory_gb(Spark()) == (worker or 16.0)  # a quarter
+    conf = session._local_defaults(master)
+    assert conf["spark.driver.memory"] == driver
+    got = one_task.worker_memory_gb(Spark())
+    assert got == worker
+    total = (limit_gib or 64)
+    cores = int(master[6:-1])
+    if worker > 0.5:  # above the floor, the budgets fit the memory
+        assert int(driver[:-1]) + cores * got <= total
