@@ -39,6 +39,8 @@ import time
 
 import numpy as np
 
+from spark_cleora.machine import memory_cgroups
+
 PYCLEORA_SCRIPT = r"""
 import sys, time, json
 import numpy as np, pyarrow.parquet as pq
@@ -147,7 +149,8 @@ class MemoryCap:
         self.limit = int(gb * 2**30)
         v2 = os.path.exists("/sys/fs/cgroup/cgroup.controllers")
         mount = "/sys/fs/cgroup" if v2 else "/sys/fs/cgroup/memory"
-        parent = os.path.join(mount, _own_cgroup(v2).strip("/"))  # under our own group: its limits still apply
+        own = memory_cgroups().get("v2" if v2 else "v1", "/")
+        parent = os.path.join(mount, own.strip("/"))  # under our own group: its limits still apply
         if not os.path.isdir(parent):
             parent = mount
         name = f"spark_cleora_bench_{os.getpid()}_{time.monotonic_ns()}"
@@ -207,19 +210,6 @@ class MemoryCap:
             except OSError:
                 time.sleep(0.1)
         print(f"warning: could not remove the cgroup {self.dir}", file=sys.stderr)
-
-
-def _own_cgroup(v2: bool) -> str:
-    """This process's memory cgroup path (from /proc/self/cgroup)."""
-    try:
-        with open("/proc/self/cgroup") as fh:
-            for line in fh:
-                _, controllers, path = line.rstrip("\n").split(":", 2)
-                if (v2 and controllers == "") or (not v2 and "memory" in controllers.split(",")):
-                    return path
-    except (OSError, ValueError):
-        pass
-    return "/"
 
 
 class OutOfMemory(RuntimeError):

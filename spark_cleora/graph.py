@@ -42,6 +42,8 @@ from .propagate import block_bytes_per_row_dim
 log = logging.getLogger(__name__)
 
 MIN_BLOCK_MEMBERSHIPS = 20_000
+
+
 class EntityHashCollisionError(RuntimeError):
     """Two different entity names have the same 64-bit key."""
 

@@ -8,6 +8,7 @@ would get the job killed by the kernel, so the local defaults use the smaller of
 from __future__ import annotations
 
 import os
+import re
 
 #: a cgroup "limit" at or above this is no limit (v1 reports unlimited as ~2^63)
 _NO_LIMIT = 1 << 60
@@ -21,26 +22,36 @@ def physical_memory_bytes() -> int | None:
         return None
 
 
-def cgroup_memory_limit(*, proc_cgroup: str = "/proc/self/cgroup", root: str = "/sys/fs/cgroup") -> int | None:
-    """The tightest memory limit of this process's cgroup and its ancestors (cgroup v2 ``memory.max``,
-    v1 ``memory.limit_in_bytes``); None when there is none or it cannot be read."""
+def memory_cgroups(*, proc_cgroup: str = "/proc/self/cgroup") -> dict[str, str]:
+    """This process's memory cgroup paths, from ``/proc/self/cgroup``: ``{"v2": path}`` for the unified
+    hierarchy, ``{"v1": path}`` for a v1 memory controller (either or both; empty when unreadable)."""
     try:
         with open(proc_cgroup) as fh:
             lines = fh.read().splitlines()
     except OSError:
-        return None
-    candidates: list[str] = []
+        return {}
+    found: dict[str, str] = {}
     for line in lines:
         parts = line.split(":", 2)
         if len(parts) != 3:
             continue
         _, controllers, path = parts
         if controllers == "":  # v2 unified hierarchy
-            base, name = root, "memory.max"
+            found["v2"] = path
         elif "memory" in controllers.split(","):
-            base, name = os.path.join(root, "memory"), "memory.limit_in_bytes"
+            found["v1"] = path
+    return found
+
+
+def cgroup_memory_limit(*, proc_cgroup: str = "/proc/self/cgroup", root: str = "/sys/fs/cgroup") -> int | None:
+    """The tightest memory limit of this process's cgroup and its ancestors (cgroup v2 ``memory.max``,
+    v1 ``memory.limit_in_bytes``); None when there is none or it cannot be read."""
+    candidates: list[str] = []
+    for version, path in memory_cgroups(proc_cgroup=proc_cgroup).items():
+        if version == "v2":
+            base, name = root, "memory.max"
         else:
-            continue
+            base, name = os.path.join(root, "memory"), "memory.limit_in_bytes"
         # this group and every ancestor up to the root of the mount (inside a container the group's
         # path is often not visible, and the container's own limit sits at the mount's root)
         rel = path.strip("/")
@@ -71,6 +82,14 @@ def memory_bytes() -> int | None:
 LOCAL_DRIVER_SHARE, LOCAL_DRIVER_GIB = 0.5, (2, 32)
 #: memory left to the JVM's own overheads and the OS beside the heap and the workers (GiB)
 LOCAL_RESERVE_GIB = 1.0
+#: a local Python worker's budget: at most this share of the memory, at least this many GiB
+LOCAL_WORKER_SHARE, LOCAL_WORKER_MIN_GIB = 0.25, 0.5
+
+
+def local_cores(master: str) -> int:
+    """Task slots of a local master: ``local[4]`` -> 4; ``local[*]`` / ``local`` -> this machine's cores."""
+    m = re.match(r"local\[(\d+)", master or "")
+    return int(m.group(1)) if m else (os.cpu_count() or 1)
 
 
 def local_driver_gib(total: int) -> int:
@@ -79,8 +98,9 @@ def local_driver_gib(total: int) -> int:
     return max(low, min(high, int(total / 2**30 * LOCAL_DRIVER_SHARE)))
 
 
-def local_worker_gib(total: int, cores: int, *, share: float, floor: float) -> float:
+def local_worker_gib(total: int, cores: int) -> float:
     """A Python worker's budget beside an embedded local driver: ``local[N]`` runs N workers at once,
-    so they split what the driver's heap and a reserve leave, and none gets more than ``share`` of it."""
+    so they split what the driver's heap and a reserve leave, none getting more than
+    ``LOCAL_WORKER_SHARE`` of the memory nor less than ``LOCAL_WORKER_MIN_GIB``."""
     left = total / 2**30 - local_driver_gib(total) - LOCAL_RESERVE_GIB
-    return max(floor, round(min(total / 2**30 * share, left / max(cores, 1)), 1))
+    return max(LOCAL_WORKER_MIN_GIB, round(min(total / 2**30 * LOCAL_WORKER_SHARE, left / max(cores, 1)), 1))

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import sys
 import time
 from collections.abc import Iterator
@@ -41,7 +40,7 @@ from pyspark.sql import functions as F
 from .config import Column
 from .graph import ENTITY_PART, PLAN, EntityHashCollisionError
 from .init import init_for_names
-from .machine import local_worker_gib, memory_bytes
+from .machine import local_cores, local_worker_gib, memory_bytes
 from .propagate import NORM_EPS, _maybe_inject_failure, block_product, load_plan
 from .vectors import to_list_array, unpack
 from .whiten import whiten_array
@@ -77,9 +76,9 @@ def worker_threads(spark: SparkSession) -> int:
     return conf if conf > 0 else max(1, os.cpu_count() or 1)
 
 
-#: memory a Python worker may use by default (``--block-memory-gb``); in local mode at most this share of
-#: the machine's memory (its RAM, or a container's cgroup limit below it), at least MIN_LOCAL_WORKER_GB
-DEFAULT_WORKER_GB, LOCAL_RAM_SHARE, MIN_LOCAL_WORKER_GB = 4.0, 0.25, 0.5
+#: memory a Python worker may use by default (``--block-memory-gb``) off local mode; local mode:
+#: :func:`spark_cleora.machine.local_worker_gib`
+DEFAULT_WORKER_GB = 4.0
 
 
 def worker_memory_gb(spark: SparkSession) -> float:
@@ -95,9 +94,7 @@ def worker_memory_gb(spark: SparkSession) -> float:
     total = memory_bytes()
     if not total:
         return DEFAULT_WORKER_GB
-    m = re.match(r"local\[(\d+)", master)
-    cores = int(m.group(1)) if m else (os.cpu_count() or 1)
-    return local_worker_gib(total, cores, share=LOCAL_RAM_SHARE, floor=MIN_LOCAL_WORKER_GB)
+    return local_worker_gib(total, local_cores(master))
 
 
 def one_task_bytes(*, entities: int, dim: int, kept: int, memberships: int, hyperedges: int, shares: int = 0) -> int:

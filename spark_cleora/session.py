@@ -14,7 +14,7 @@ import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 
-from .machine import local_driver_gib, memory_bytes
+from .machine import local_cores, local_driver_gib, memory_bytes
 
 log = logging.getLogger(__name__)
 
@@ -149,9 +149,8 @@ def driver_java_options(user: str, master: str, class_cache: str) -> str:
 
 
 def _cores(master: str) -> int:
-    """Cores of a local master: local[4] -> 4, local[*] / local -> all."""
-    m = re.match(r"local\[(\d+)", master or "")
-    return max(2, int(m.group(1))) if m else max(2, os.cpu_count() or 2)
+    """Cores of a local master, at least 2: local[4] -> 4, local[*] / local -> all."""
+    return max(2, local_cores(master))
 
 
 def _local_defaults(master: str) -> dict[str, str]:

@@ -67,3 +67,15 @@ def test_local_driver_and_worker_memory_follow_the_limit(monkeypatch, master, li
     cores = int(master[6:-1])
     if worker > 0.5:  # above the floor, the budgets fit the memory
         assert int(driver[:-1]) + cores * got <= total
+
+
+def test_local_cores_and_memory_cgroups(tmp_path, monkeypatch):
+    from spark_cleora import session
+    from spark_cleora.machine import local_cores, memory_cgroups
+
+    monkeypatch.setattr("os.cpu_count", lambda: 6)
+    assert (local_cores("local[3]"), local_cores("local[*]"), local_cores("local")) == (3, 6, 6)
+    assert (session._cores("local[1]"), session._cores("local[4]")) == (2, 4)  # shuffle partitions: at least 2
+    proc = tmp_path / "cgroup"
+    _write(proc, "5:cpu,cpuacct:/x\n4:cpuset,memory:/docker/abc\n0::/user.slice\n")
+    assert memory_cgroups(proc_cgroup=str(proc)) == {"v1": "/docker/abc", "v2": "/user.slice"}
