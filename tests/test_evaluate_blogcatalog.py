@@ -13,7 +13,7 @@ from spark_cleora.cli import main
 from spark_cleora.evaluate.graphs import EdgeSource, read_edges
 from spark_cleora.evaluate.multilabel import multilabel_f1, ovr_loss_grad, read_multilabels, top_k_predictions
 
-SHARED = Path(os.environ.get("SPARK_CLEORA_SHARED_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data")
+SHARED = Path(os.environ.get("SPARK_CLEORA_SHARED_DATA") or "/nonexistent")  # set by scripts/test.sh
 
 
 def test_adjlist_reader_exact_edges_and_counted_rejects(spark, tmp_path):
