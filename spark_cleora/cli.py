@@ -155,6 +155,8 @@ def embed_config_from_args(ns: argparse.Namespace) -> EmbedConfig:
         cli["work_dir"] = ns.checkpoint_dir
         cli["keep_work"] = True
     if getattr(ns, "input_table", None):
+        if cli.get("inputs") or cli.get("input_format", "table") != "table":
+            raise ConfigError("--input-table reads a catalog table: give it without INPUT paths or --input-format")
         cli["inputs"] = (ns.input_table,)
         cli["input_format"] = "table"
     values.update(cli)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import tomllib
+import types
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -102,7 +104,8 @@ class EmbedConfig:
     weight
         Event column with a real, positive weight per event: an event of weight w counts as w
         occurrences, i.e. it generalises Cleora's multiplicity (weight 2 is exactly the event given
-        twice). Null, NaN, infinite, zero or negative weights are bad rows (``bad_weight``).
+        twice). Null, NaN, infinite, zero or negative weights, and weights outside [1e-18, 1e18] (where the
+        graph's sums could overflow), are bad rows (``bad_weight``).
     columns
         Column spec for ``cleora-tsv`` input (see :func:`parse_columns`).
     dim, iterations, markov, init, seed
@@ -213,11 +216,11 @@ class EmbedConfig:
         self._check_output()
         if not isinstance(self.dim, int) or self.dim < 1:
             raise ConfigError(f"dim must be a positive integer; got {self.dim!r}")
-        if not isinstance(self.iterations, int) or self.iterations < 0:
-            raise ConfigError(f"iterations must be a non-negative integer; got {self.iterations!r}")
+        if isinstance(self.iterations, bool) or not isinstance(self.iterations, int) or self.iterations < 1:
+            raise ConfigError(f"iterations must be an integer >= 1 (0 would return the raw start vectors, not "
+                              f"unit-length embeddings); got {self.iterations!r}")
         _check_propagation_options(self)
-        if not isinstance(self.seed, int):
-            raise ConfigError(f"seed must be an integer; got {self.seed!r}")
+        check_seed(self.seed)
         if self.num_blocks is not None and self.num_blocks < 1:
             raise ConfigError(f"num-blocks must be >= 1; got {self.num_blocks}")
         if self.block_memberships is not None and self.block_memberships < 1:
@@ -228,6 +231,8 @@ class EmbedConfig:
             parse_columns(self.columns)
             if self.hyperedge or self.entity or self.timestamp or self.weight:
                 raise ConfigError("--hyperedge/--entity/--timestamp/--weight apply to event tables, not cleora-tsv")
+            if self.dedupe or self.session_gap is not None or self.csv_delimiter is not None:
+                raise ConfigError("--dedupe/--session-gap/--csv-delimiter apply to event tables, not cleora-tsv")
         else:
             if self.columns:
                 raise ConfigError("--columns applies to --input-format cleora-tsv only")
@@ -246,6 +251,11 @@ class EmbedConfig:
             raise ConfigError(f"session-gap must be > 0 seconds; got {self.session_gap}")
         if self.on_bad_rows == "quarantine" and not self.rejects:
             raise ConfigError("--on-bad-rows quarantine needs --rejects DIR (where rejected rows are written)")
+        if self.rejects and self.on_bad_rows != "quarantine":
+            raise ConfigError(f"--rejects is written only with --on-bad-rows quarantine (got --on-bad-rows "
+                              f"{self.on_bad_rows}); add --on-bad-rows quarantine or drop --rejects")
+        if self.csv_delimiter is not None and self.input_format not in ("csv", "tsv"):
+            raise ConfigError(f"--csv-delimiter applies to csv/tsv input, not {self.input_format}")
         if self.block_memory_gb is not None and not self.block_memory_gb > 0:
             raise ConfigError(f"block-memory-gb must be > 0; got {self.block_memory_gb}")
         if self.max_line_length < 1:
@@ -295,12 +305,56 @@ class EmbedConfig:
         return d
 
     def fingerprint_fields(self) -> dict[str, Any]:
-        """The fields that change the numbers (used to refuse resuming a different run)."""
-        keys = ("inputs", "input_format", "hyperedge", "entity", "timestamp", "session_gap", "dedupe",
-                "columns", "dim", "markov", "init", "seed", "whiten", "residual", "multiscale",
-                "init_vectors", "on_bad_rows", "csv_delimiter", "max_line_length")
+        """The fields that change the numbers (used to refuse resuming a different run); see
+        :data:`FINGERPRINTED` and :data:`NOT_FINGERPRINTED` for each field's reason."""
         d = self.to_dict()
-        return {k: d[k] for k in keys}
+        fp = {k: d[k] for k in FINGERPRINTED}
+        if self.whiten != "final":  # see FINGERPRINTED["iterations"]
+            fp["iterations"] = None
+        return fp
+
+
+#: Fields that change the prepared graph or the stored iterations: a work directory holding another value
+#: of any of them is not resumed from. Every field of :class:`EmbedConfig` is in exactly one of the two
+#: tables (a test checks it), so a new option needs a decision here.
+FINGERPRINTED: dict[str, str] = {
+    "inputs": "the rows read (with a checksum of local files, see spark_cleora.embed.fingerprint)",
+    "input_format": "how the rows are parsed",
+    "hyperedge": "groups the events into hyperedges",
+    "entity": "the entities",
+    "timestamp": "orders events and splits sessions; unreadable ones are rejected",
+    "session_gap": "splits hyperedges",
+    "dedupe": "drops repeated events",
+    "weight": "each event's multiplicity",
+    "columns": "the relation read from cleora-tsv",
+    "csv_delimiter": "how CSV lines split into columns",
+    "max_line_length": "which cleora-tsv lines are rejected",
+    "on_bad_rows": "whether rejected rows stop the run or are written: decided while the graph is built",
+    "rejects": "where rejected rows are written, which happens only while the graph is built",
+    "dim": "the vector length",
+    "iterations": "with whiten = final only: the last iteration is stored whitened, so a longer run cannot "
+                  "continue from it (otherwise a longer run continues from the last finished iteration)",
+    "markov": "the transition matrix",
+    "init": "the start vectors",
+    "seed": "the start vectors",
+    "whiten": "the stored iterations",
+    "residual": "the stored iterations",
+    "multiscale": "which iterations are kept",
+    "init_vectors": "the start vectors (the file's checksum is fingerprinted too)",
+}
+NOT_FINGERPRINTED: dict[str, str] = {
+    "output": "where the result is written, not what it is",
+    "output_format": "how the result is written",
+    "output_table": "where the result is written",
+    "partition_by": "the output's directory layout",
+    "work_dir": "the work directory itself",
+    "keep_work": "what is deleted after success",
+    "checkpoint": "local keeps nothing to resume from",
+    "num_blocks": "the prepared graph records its block count and a resumed run uses it",
+    "block_memberships": "as num_blocks",
+    "block_memory_gb": "memory budget only; the engines and block counts give the same numbers",
+    "engine": "both engines give the same numbers and resume each other's iterations",
+}
 
 
 def _check_propagation_options(cfg: EmbedConfig) -> None:
@@ -329,22 +383,117 @@ def _check_propagation_options(cfg: EmbedConfig) -> None:
         raise ConfigError("init-vectors must be a path to a Parquet of entity -> vector")
 
 
+#: seeds are Spark/numpy 64-bit integers: a larger one would wrap silently (2**64 + 5 would act as 5)
+SEED_RANGE = (-(2**63), 2**63 - 1)
+
+
+def check_seed(seed: Any, name: str = "seed") -> None:
+    """Refuse a seed that is not an integer in the signed 64-bit range."""
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ConfigError(f"{name} must be an integer; got {seed!r}")
+    if not SEED_RANGE[0] <= seed <= SEED_RANGE[1]:
+        raise ConfigError(f"{name} must fit a signed 64-bit integer ({SEED_RANGE[0]} .. {SEED_RANGE[1]}); got {seed}")
+
+
 def field_names() -> set[str]:
     return {f.name for f in dataclasses.fields(EmbedConfig)}
 
 
 def load_toml(path: str | Path, section: str = "embed") -> dict[str, Any]:
-    """Read ``[section]`` of a TOML file (or the top level if the section is absent)."""
-    with open(path, "rb") as fh:
-        data = tomllib.load(fh)
-    body = data.get(section, data)
+    """Read ``[section]`` of a TOML file (or the top level if the section is absent), typed as
+    :class:`EmbedConfig`'s fields (see :func:`load_options`)."""
+    return load_options(path, (section,), EmbedConfig, fallback_to_top=True)
+
+
+def read_toml(path: str | Path) -> dict[str, Any]:
+    """A TOML file as a dict; a missing file or a syntax error is a :class:`ConfigError` naming the file."""
+    try:
+        with open(path, "rb") as fh:
+            return tomllib.load(fh)
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the config file ({exc.strerror or exc})") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+
+
+def load_options(path: str | Path, section: tuple[str, ...], cls: type, *,
+                 fallback_to_top: bool = False) -> dict[str, Any]:
+    """The table ``[a.b]`` (``section=("a", "b")``) of a TOML file as keyword arguments of the dataclass
+    ``cls``, every value checked against its field's type.
+
+    TOML is typed, so a value must already have its option's type: ``true``/``false`` for a flag (the
+    string ``"false"`` is refused, not read as true), a whole number for an integer option (``true`` is
+    not 1, ``4.0`` is not 4), a number for a real option, a string for a text option and a list for a
+    list option (a single string is accepted for a list of strings). Unknown keys, wrong types and syntax
+    errors are :class:`ConfigError` naming the file, the key and the expected type. Keys may be written
+    with ``-`` or ``_``.
+    """
+    data = read_toml(path)
+    body: Any = data
+    for part in section:
+        if not isinstance(body, dict) or part not in body:
+            body = data if fallback_to_top else {}
+            break
+        body = body[part]
+    where = "[" + ".".join(section) + "]"
     if not isinstance(body, dict):
-        raise ConfigError(f"{path}: [{section}] must be a table")
+        raise ConfigError(f"{path}: {where} must be a table")
+    types = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
     out: dict[str, Any] = {}
-    known = field_names()
     for key, val in body.items():
         name = key.replace("-", "_")
         if name not in known:
-            raise ConfigError(f"{path}: unknown option {key!r} in [{section}] (known: {', '.join(sorted(known))})")
-        out[name] = tuple(val) if name == "inputs" and isinstance(val, list) else val
+            if fallback_to_top and body is data and isinstance(val, dict):
+                continue  # another tool's table in a shared file (e.g. [emde.fit] beside top-level keys)
+            raise ConfigError(f"{path}: unknown option {key!r} in {where} (known: {', '.join(sorted(known))})")
+        out[name] = _typed(val, types[name], f"{path}: {where} {key}")
     return out
+
+
+def _typed(val: Any, hint: Any, where: str) -> Any:
+    """``val`` if it has the type ``hint`` (tuples from lists, ints widened to float), else ConfigError."""
+    ok, got = _match(val, hint)
+    if not ok:
+        raise ConfigError(f"{where} must be {_describe(hint)}; got {type(val).__name__} {val!r}")
+    return got
+
+
+def _match(val: Any, hint: Any) -> tuple[bool, Any]:
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        for arg in typing.get_args(hint):
+            ok, got = _match(val, arg)
+            if ok:
+                return True, got
+        return False, None
+    if origin is tuple:
+        item = typing.get_args(hint)[0]
+        if isinstance(val, str) and item is str:
+            return True, (val,)
+        if not isinstance(val, list):
+            return False, None
+        items = [_match(v, item) for v in val]
+        return (True, tuple(g for _, g in items)) if all(ok for ok, _ in items) else (False, None)
+    if hint is type(None):
+        return val is None, val
+    if hint is bool:
+        return isinstance(val, bool), val
+    if hint is int:
+        return isinstance(val, int) and not isinstance(val, bool), val
+    if hint is float:
+        ok = isinstance(val, (int, float)) and not isinstance(val, bool)
+        return ok, float(val) if ok else None
+    if hint is str:
+        return isinstance(val, str), val
+    raise TypeError(f"no TOML rule for the field type {hint!r}")  # a new field type: add its rule here
+
+
+def _describe(hint: Any) -> str:
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(a) for a in typing.get_args(hint) if a is not type(None))
+    if origin is tuple:
+        return f"a list of {_describe(typing.get_args(hint)[0]).removeprefix('a ').removeprefix('an ')}s"
+    return {bool: "a boolean (true or false, unquoted)", int: "an integer", float: "a number",
+            str: "a string"}.get(hint, str(hint))

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
+import xxhash
 from pyspark.sql import DataFrame, Observation, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import BinaryType, StructField, StructType
@@ -62,8 +63,23 @@ class EmbedResult:
     finish: Callable[[], None] = lambda: None
 
 
+#: bytes read at a time when checksumming a local input (the file is streamed, never held)
+_CHUNK = 1 << 20
+
+
+def file_checksum(path: str) -> str:
+    """xxh3-128 of a file's content, read in chunks."""
+    h = xxhash.xxh3_128()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 def _input_fingerprint(paths: tuple[str, ...] | list[str]) -> list[Any]:
-    """Sizes and mtimes of local input files, so a changed input is not resumed from."""
+    """Each local input file's relative name, size and content checksum, so a changed input is not resumed
+    from even when its size and mtime were kept (``cp -p``, ``rsync -t``). Non-local paths are listed as
+    given (see docs/input-rules.md)."""
     out: list[Any] = []
     for p in paths:
         lp = local_path(p)
@@ -73,7 +89,7 @@ def _input_fingerprint(paths: tuple[str, ...] | list[str]) -> list[Any]:
         files = [lp] if os.path.isfile(lp) else sorted(
             os.path.join(d, f) for d, _, fs in os.walk(lp) for f in fs if not f.startswith((".", "_"))
         )
-        out.append([p, [[os.path.relpath(f, lp), os.path.getsize(f), int(os.path.getmtime(f))] for f in files]])
+        out.append([p, [[os.path.relpath(f, lp), os.path.getsize(f), file_checksum(f)] for f in files]])
     return out
 
 
@@ -128,9 +144,9 @@ def run_embedding(
     }
     columns = cfg.column_spec
     reflexive = len(columns) == 1
-    manifest: dict[str, Any] = {"fingerprint": fingerprint(cfg, input_id), "version": __version__}
-    if store is not None:
-        manifest = store.check_or_write_manifest(manifest)
+    manifest: dict[str, Any] = {"version": __version__}
+    if store is not None:  # (the fingerprint reads every local input once: only when there is a store)
+        manifest = store.check_or_write_manifest({**manifest, "fingerprint": fingerprint(cfg, input_id)})
 
     def checkpoint(df: DataFrame, name: str) -> DataFrame:
         """Cut the lineage: write to the store (overwriting), or localCheckpoint without one."""

@@ -27,6 +27,10 @@ log = logging.getLogger(__name__)
 REJECT = _REJECT = "_reject"
 #: input rows a raw row stands for (1, or the duplicates merged by ``dedupe``)
 ROWS = "_rows"
+#: Event weights outside [MIN_WEIGHT, MAX_WEIGHT] are bad rows (``bad_weight``): every sum and product the
+#: graph forms stays finite then -- 2**63 weights of 1e18 sum to < 1e37, below float32's 3.4e38, and a
+#: hyperedge's factor 1 / (|A| |B|) stays below 1e36 -- so no weight turns an embedding or degree into inf/NaN.
+MIN_WEIGHT, MAX_WEIGHT = 1e-18, 1e18
 
 
 class BadInputError(ValueError):
@@ -179,10 +183,11 @@ def events_to_memberships(events: DataFrame, cfg: EmbedConfig) -> tuple[DataFram
         ("invalid_utf8", ~F.is_valid_utf8("_h") | ~F.is_valid_utf8("entity")),
     ]
     if tcol:
-        rules.append(("bad_timestamp", F.col("_t").isNull()))
+        t = F.col("_t")
+        rules.append(("bad_timestamp", t.isNull() | F.isnan(t) | (F.abs(t) == float("inf"))))
     if wcol:
         w = F.col("weight")
-        rules.append(("bad_weight", w.isNull() | F.isnan(w) | (w <= 0) | (w == float("inf"))))
+        rules.append(("bad_weight", w.isNull() | F.isnan(w) | (w < MIN_WEIGHT) | (w > MAX_WEIGHT)))
     shown = [c for c in df.columns if c not in ("_t", "weight")]
     validation = Validation.flag(df, rules, cfg.on_bad_rows, "events", shown, cfg.rejects)
     flagged = validation.flagged

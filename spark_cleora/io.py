@@ -31,8 +31,40 @@ def read_events(spark: SparkSession, cfg: EmbedConfig) -> DataFrame:
         return spark.read.table(cfg.inputs[0])
     if fmt == "parquet":
         return spark.read.parquet(*cfg.inputs)
-    sep = cfg.csv_delimiter or ("\t" if fmt == "tsv" else ",")
-    return spark.read.option("header", "true").option("sep", sep).option("mode", "PERMISSIVE").csv(list(cfg.inputs))
+    return read_csv(spark, cfg.inputs, sep=cfg.csv_delimiter or ("\t" if fmt == "tsv" else ","))
+
+
+#: the charset the CSV files are decoded with: one character per byte, so every byte survives (see read_csv)
+_BYTES = "ISO-8859-1"
+
+
+def read_csv(spark: SparkSession, paths: tuple[str, ...] | list[str], *, sep: str = ",") -> DataFrame:
+    """CSV/TSV files with a header row, as RFC 4180 reads them, every value a string holding the file's bytes.
+
+    * Quoting (RFC 4180): a quoted field may hold the separator, a newline (kept in the value) and a
+      doubled quote (``"q""uote"`` is ``q"uote``); a backslash is an ordinary character. Quoted newlines
+      make each file one task (``multiLine``): a line break cannot be found without reading from the start.
+    * Encoding: the files are UTF-8, but Spark's UTF-8 decoding would turn every invalid byte sequence into
+      U+FFFD, silently merging ``a\\xff`` and ``a\\xfe``. So they are decoded byte for byte (ISO-8859-1, in
+      which the separator, quote and newline are the same bytes as in UTF-8) and each value is turned back
+      into its bytes and read as UTF-8 without replacement: valid values are exactly the UTF-8 text, an
+      invalid one stays invalid, and the events rules count it as ``invalid_utf8`` (a genuine U+FFFD in the
+      file is valid and kept). The header's names are decoded the same way (a UTF-8 byte-order mark is
+      dropped).
+    """
+    raw = (spark.read.option("header", "true").option("sep", sep.encode("utf-8").decode(_BYTES)).option("encoding", _BYTES)
+           .option("quote", '"').option("escape", '"').option("multiLine", "true").option("mode", "PERMISSIVE")
+           .csv(list(paths)))
+    out = []
+    for i, name in enumerate(raw.columns):
+        try:
+            real = name.encode(_BYTES).decode("utf-8")
+        except UnicodeError:
+            raise ConfigError(f"CSV header column {i + 1} ({name!r}) is not valid UTF-8") from None
+        if i == 0:
+            real = real.removeprefix("\ufeff")
+        out.append(F.encode(F.col(f"`{name.replace('`', '``')}`"), _BYTES).cast("string").alias(real))
+    return raw.select(*out)
 
 
 def read_cleora_text(spark: SparkSession, cfg: EmbedConfig) -> DataFrame:
@@ -175,8 +207,15 @@ def export_npy(emb: DataFrame, target: str, *, dim: int, n_rows: int) -> None:
     deg.flush()
 
 
+#: characters that end a name in Cleora's text format (Unicode White_Space, as Rust's split_whitespace)
+NAME_BREAKS = r"\p{IsWhite_Space}"
+
+
 def export_cleora_text(emb: DataFrame, target: str, *, dim: int, n_rows: int, file_name: str) -> None:
     """Cleora 1 text layout: a header ``N D``, then ``name occurrences v_1 … v_D`` per line.
+
+    The format has no quoting, so a name containing whitespace (:data:`NAME_BREAKS`) is refused with a
+    :class:`ConfigError` (the staging directory is discarded; nothing is replaced).
 
     Lines are formatted on the executors (shortest round-trip float32, like Cleora's ryu) and streamed
     to one file on the driver.
@@ -184,11 +223,16 @@ def export_cleora_text(emb: DataFrame, target: str, *, dim: int, n_rows: int, fi
     lp = _require_local(target, "cleora-text")
     fmt = F.udf(lambda v: " ".join(str(np.float32(x)) for x in v), "string")
     lines = emb.orderBy("entity").select(
-        F.concat_ws(" ", "entity", F.col("occurrences").cast("long").cast("string"), fmt("embedding")).alias("l")
+        F.concat_ws(" ", "entity", F.col("occurrences").cast("long").cast("string"), fmt("embedding")).alias("l"),
+        F.col("entity").rlike(NAME_BREAKS).alias("bad"), "entity",
     )
     with open(os.path.join(lp, file_name), "w", encoding="utf-8") as fh:
         fh.write(f"{n_rows} {dim}\n")
         for row in lines.toLocalIterator():
+            if row["bad"]:  # the format has no escape: such a name would read back as other fields or lines
+                raise ConfigError(f"entity {row['entity']!r} contains whitespace, which the cleora-text format "
+                                  "cannot hold (names and values are separated by spaces, rows by newlines); "
+                                  "use --output-format parquet or npy")
             fh.write(row["l"] + "\n")
 
 

@@ -78,7 +78,7 @@ def test_fixture_a_siphash_against_spec_values(spark):
 
 
 def test_fixture_b_degree_is_not_row_sum(spark):
-    ours = run_text(spark, FIX_B[1], FIX_B[0], dim=4, iterations=0, init="fx")
+    ours = run_text(spark, FIX_B[1], FIX_B[0], dim=4, iterations=1, init="fx")
     deg = {k: v[1] for k, v in ours.items()}
     assert deg == pytest.approx({"u1": 4 / 3, "p1": 3, "p2": 2, "p3": 2, "u2": 1, "u3": 1, "p4": 2})
 

@@ -48,11 +48,14 @@ def test_block_keys_put_each_block_in_a_partition_of_its_own(spark, num_blocks):
         assert naive.select(F.spark_partition_id()).distinct().count() < num_blocks
 
 
-def test_zero_iterations_returns_start_vectors(spark):
-    ours = run_text(spark, ["x y z"], "complex::reflexive::n", dim=8, iterations=0, seed=3, init="siphash")
-    want = init_for_names(["x", "y", "z"], 8, seed=3, method="siphash")
-    for i, name in enumerate("xyz"):
-        np.testing.assert_array_equal(ours[name][0], want[i])
+def test_one_iteration_starts_from_the_hash_vectors(spark):
+    """One clique {x, y, z}: W = 2/9 · 11ᵀ, D = 2/3 each, so every row of one left-Markov step is the mean of
+    the three start vectors, normalised (iterations 0 is refused: it would return raw start vectors)."""
+    ours = run_text(spark, ["x y z"], "complex::reflexive::n", dim=8, iterations=1, seed=3, init="siphash")
+    start = init_for_names(["x", "y", "z"], 8, seed=3, method="siphash").astype(np.float64)
+    want = start.sum(axis=0) / np.linalg.norm(start.sum(axis=0))
+    for name in "xyz":
+        np.testing.assert_allclose(ours[name][0], want, rtol=1e-6, atol=1e-7)
 
 
 def _factorised_reference(hyperedges, names, dim, iterations, seed):

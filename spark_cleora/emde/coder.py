@@ -99,7 +99,8 @@ def read_embeddings(spark: SparkSession, path: str, *, column: str | None = None
 
 
 def _check_source(df: DataFrame, name: str) -> tuple[int, int]:
-    """Rows and dimension of a source; refuses nulls, ragged vectors and duplicate entities."""
+    """Rows and dimension of a source; refuses nulls, non-finite values, ragged vectors and duplicate
+    entities."""
     size = F.size("embedding")
     r = df.agg(
         F.count(F.lit(1)).alias("n"),
@@ -108,7 +109,7 @@ def _check_source(df: DataFrame, name: str) -> tuple[int, int]:
         F.sum(F.col("embedding").isNull().cast("long")).alias("null_embedding"),
         F.min(F.when(F.col("embedding").isNotNull(), size)).alias("dmin"),
         F.max(size).alias("dmax"),
-        F.sum(F.when(F.exists("embedding", lambda x: x.isNull() | F.isnan(x)), 1).otherwise(0)).alias("bad_values"),
+        F.sum(F.when(F.exists("embedding", lambda x: x.isNull() | F.isnan(x) | (F.abs(x) == float("inf"))), 1).otherwise(0)).alias("bad_values"),
     ).collect()[0]
     n = int(r["n"])
     if n == 0:
@@ -119,7 +120,7 @@ def _check_source(df: DataFrame, name: str) -> tuple[int, int]:
     if r["null_embedding"]:
         problems.append(f"{r['null_embedding']} rows with a null embedding")
     if r["bad_values"]:
-        problems.append(f"{r['bad_values']} embeddings containing null or NaN values")
+        problems.append(f"{r['bad_values']} embeddings containing null, NaN or infinite values")
     if r["dmin"] != r["dmax"]:
         problems.append(f"embeddings of different lengths ({r['dmin']}..{r['dmax']})")
     if r["distinct"] != n - (r["null_entity"] or 0):

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..config import ConfigError
+from ..config import ConfigError, check_seed, load_options
 
 BIAS_MODES = ("median", "random-quantile")
 DECAY_ANCHORS = ("as-of", "last-event")
@@ -99,8 +98,7 @@ class FitConfig(_Config):
         _positive_int("bits", self.bits)
         if self.bits > 16:
             raise ConfigError(f"bits must be <= 16 (2**bits buckets per partitioning); got {self.bits}")
-        if not isinstance(self.seed, int):
-            raise ConfigError(f"seed must be an integer; got {self.seed!r}")
+        check_seed(self.seed)
         _choice("bias", self.bias, BIAS_MODES)
         if self.fit_sample is not None:
             _positive_int("fit-sample", self.fit_sample, minimum=2)
@@ -251,17 +249,6 @@ class SimilarCustomersConfig(ScoringConfig):
 
 
 def load_emde_toml(path: str | Path, step: str, cls: type) -> dict[str, Any]:
-    """The ``[emde.<step>]`` table of a TOML file, checked against ``cls``'s fields."""
-    with open(path, "rb") as fh:
-        data = tomllib.load(fh)
-    body = data.get("emde", {}).get(step, {}) if isinstance(data.get("emde"), dict) else {}
-    if not isinstance(body, dict):
-        raise ConfigError(f"{path}: [emde.{step}] must be a table")
-    known = cls.field_names()
-    out: dict[str, Any] = {}
-    for key, val in body.items():
-        name = key.replace("-", "_")
-        if name not in known:
-            raise ConfigError(f"{path}: unknown option {key!r} in [emde.{step}] (known: {', '.join(sorted(known))})")
-        out[name] = val
-    return out
+    """The ``[emde.<step>]`` table of a TOML file, typed as ``cls``'s fields (see
+    :func:`spark_cleora.config.load_options`)."""
+    return load_options(path, ("emde", step), cls)

@@ -6,8 +6,9 @@ earlier one times ``0.5 ** (dt / half_life)`` plus the newer events (``--previou
 happens when scoring.
 
 Events are validated and every rejected row is counted by rule (null customer/item, unreadable
-timestamp, after ``as_of``, already in ``--previous``, item without codes). Null, NaN, infinite or
-negative weights stop the job with a clear error instead: a sketch must be a non-negative sum.
+timestamp, after ``as_of``, already in ``--previous``, item without codes). Null, NaN, infinite,
+negative or too large (> 1e18, :data:`spark_cleora.hyperedges.MAX_WEIGHT`) weights stop the job with a
+clear error instead: a sketch must be a non-negative, finite float32 sum.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from ..config import ConfigError
-from ..hyperedges import BadInputError
+from ..hyperedges import MAX_WEIGHT, BadInputError
 from ..session import job_description
 from .coder import read_codes
 from .config import SketchConfig
@@ -167,7 +168,7 @@ def build_sketches(
         reason = reason.when(F.col("t") <= F.lit(prev_cutoff), "before_previous")
     # Weights matter only for events that are sketched, so they are checked last.
     reason = reason.when(F.col("codes").isNull(), "unknown_item") \
-        .when(~_finite(F.col("w")) | (F.col("w") < 0), "bad_weight")
+        .when(~_finite(F.col("w")) | (F.col("w") < 0) | (F.col("w") > MAX_WEIGHT), "bad_weight")
     classified = ev.join(codes.select(F.col("item").alias("i"), "codes"), "i", "left") \
         .withColumn("reason", reason).drop("codes")
 
@@ -179,7 +180,8 @@ def build_sketches(
     if counts.get("bad_weight"):
         first = classified.filter(F.col("reason") == "bad_weight").select("c", "i", "w").limit(1).collect()[0]
         raise BadInputError(
-            f"{counts['bad_weight']} events have a null, NaN, infinite or negative weight in column {weight!r} "
+            f"{counts['bad_weight']} events have a null, NaN, infinite, negative or too large (> {MAX_WEIGHT:g}) weight "
+            f"in column {weight!r} "
             f"(first: customer {first['c']!r}, item {first['i']!r}, weight {first['w']!r}); sketches are "
             "non-negative sums -- fix or filter the weights")
     if accepted_n == 0 and previous is None:

@@ -46,7 +46,9 @@ def read_table(spark: SparkSession, paths: Sequence[str], fmt: str = "parquet") 
     if fmt == "parquet":
         return spark.read.parquet(*paths)
     sep = "\t" if fmt == "tsv" else ","
-    return spark.read.option("header", "true").option("sep", sep).csv(list(paths))
+    # RFC 4180 quoting: doubled quotes, quoted newlines kept in the value (one task per file)
+    return (spark.read.option("header", "true").option("sep", sep).option("quote", '"').option("escape", '"')
+            .option("multiLine", "true").csv(list(paths)))
 
 
 def require_columns(df: DataFrame, columns: Sequence[str | None], what: str) -> None:
