@@ -180,7 +180,7 @@ def build_sketches(
     if counts.get("bad_weight"):
         first = classified.filter(F.col("reason") == "bad_weight").select("c", "i", "w").limit(1).collect()[0]
         raise BadInputError(
-            f"{counts['bad_weight']} events have a null, NaN, infinite, negative or too large (> {MAX_WEIGHT:g}) weight "
+            f"{counts['bad_weight']} events have a null, NaN, infinite or negative weight, or one above {MAX_WEIGHT:g}, "
             f"in column {weight!r} "
             f"(first: customer {first['c']!r}, item {first['i']!r}, weight {first['w']!r}); sketches are "
             "non-negative sums -- fix or filter the weights")
