@@ -76,15 +76,16 @@ def file_checksum(path: str) -> str:
     return h.hexdigest()
 
 
-def _input_fingerprint(paths: tuple[str, ...] | list[str]) -> list[Any]:
-    """Each local input file's relative name, size and content checksum, so a changed input is not resumed
-    from even when its size and mtime were kept (``cp -p``, ``rsync -t``). Non-local paths are listed as
-    given (see docs/input-rules.md)."""
+def _input_fingerprint(paths: tuple[str, ...] | list[str], spark: SparkSession | None = None) -> list[Any]:
+    """What identifies the input's content, per path: for local files each file's relative name, size and
+    content checksum (so a rewrite that keeps the size and mtime, as ``cp -p`` and ``rsync -t`` do, is
+    seen); for other stores what their listing gives (:func:`_listing_fingerprint`); a path that does not
+    exist locally and cannot be listed (a catalog table name) as given."""
     out: list[Any] = []
     for p in paths:
         lp = local_path(p)
         if lp is None or not os.path.exists(lp):
-            out.append(p)
+            out.append(_listing_fingerprint(spark, p) if lp is None and spark is not None else p)
             continue
         files = [lp] if os.path.isfile(lp) else sorted(
             os.path.join(d, f) for d, _, fs in os.walk(lp) for f in fs if not f.startswith((".", "_"))
@@ -93,11 +94,29 @@ def _input_fingerprint(paths: tuple[str, ...] | list[str]) -> list[Any]:
     return out
 
 
-def fingerprint(cfg: EmbedConfig, input_id: Any = None) -> dict[str, Any]:
+def _listing_fingerprint(spark: SparkSession, path: str) -> list[Any]:
+    """A remote path's files as the store lists them: count and an order-free hash (XOR of xxhash64) of
+    each file's path, size and modification time, computed by Spark's ``binaryFile`` source without reading
+    the content (Connect-safe: no JVM calls; one small row reaches the driver). An object store sets the
+    modification time on every write, so a rewritten object is seen; ETags and version ids are not
+    reachable without the JVM."""
+    try:
+        row = (spark.read.format("binaryFile").option("recursiveFileLookup", "true").load(path)
+               .agg(F.count(F.lit(1)).alias("n"),
+                    F.bit_xor(F.xxhash64("path", "length", "modificationTime")).alias("h")).collect()[0])
+    except Exception:  # not listable here: the reader reports it; the path alone identifies the input
+        log.debug("listing %s for the resume fingerprint failed", path, exc_info=True)
+        return [path]
+    return [path, int(row["n"]), None if row["h"] is None else int(row["h"])]
+
+
+def fingerprint(cfg: EmbedConfig, input_id: Any = None, spark: SparkSession | None = None) -> dict[str, Any]:
+    """Everything a resumed run must share with the run that wrote the work directory: the options that
+    change the numbers (:meth:`EmbedConfig.fingerprint_fields`) and the identity of the inputs."""
     fp = cfg.fingerprint_fields()
-    fp["input_files"] = _input_fingerprint(cfg.inputs) if input_id is None else input_id
+    fp["input_files"] = _input_fingerprint(cfg.inputs, spark) if input_id is None else input_id
     if cfg.init_vectors:  # a rewritten --init-vectors table changes iteration 0: not resumable
-        fp["init_vectors_files"] = _input_fingerprint([cfg.init_vectors])
+        fp["init_vectors_files"] = _input_fingerprint([cfg.init_vectors], spark)
     return fp
 
 
@@ -146,7 +165,7 @@ def run_embedding(
     reflexive = len(columns) == 1
     manifest: dict[str, Any] = {"version": __version__}
     if store is not None:  # (the fingerprint reads every local input once: only when there is a store)
-        manifest = store.check_or_write_manifest({**manifest, "fingerprint": fingerprint(cfg, input_id)})
+        manifest = store.check_or_write_manifest({**manifest, "fingerprint": fingerprint(cfg, input_id, spark)})
 
     def checkpoint(df: DataFrame, name: str) -> DataFrame:
         """Cut the lineage: write to the store (overwriting), or localCheckpoint without one."""

@@ -265,3 +265,20 @@ def test_dedupe_with_cleora_tsv_and_emde_seed_range_are_refused(capsys):
     assert "seed must fit a signed 64-bit integer" in capsys.readouterr().err
     EmbedConfig(inputs=("a",), hyperedge="u", entity="i", seed=2**63 - 1)  # the edges are fine
     FitConfig(seed=-(2**63))
+
+
+def test_a_listed_store_fingerprints_each_files_size_and_modification_time(spark, tmp_path):
+    """Stores without local paths are identified by their listing (here a file:// URI, listed the same way)."""
+    from spark_cleora.embed import _listing_fingerprint
+
+    src = tmp_path / "ev"
+    src.mkdir()
+    (src / "a.csv").write_text("u,i\nu1,a\n")
+    (src / "_SUCCESS").write_text("")
+    uri = src.as_uri()
+    before = _listing_fingerprint(spark, uri)
+    assert before[:2] == [uri, 1] and before == _listing_fingerprint(spark, uri)
+    st = os.stat(src / "a.csv")
+    os.utime(src / "a.csv", ns=(st.st_atime_ns, st.st_mtime_ns + 2_000_000_000))  # rewritten later
+    assert _listing_fingerprint(spark, uri) != before
+    assert _listing_fingerprint(spark, (tmp_path / "missing").as_uri()) == [(tmp_path / "missing").as_uri()]
