@@ -214,7 +214,7 @@ class EmbedConfig:
         choice("whiten", WHITEN_MODES)
         choice("engine", ENGINES)
         self._check_output()
-        if not isinstance(self.dim, int) or self.dim < 1:
+        if isinstance(self.dim, bool) or not isinstance(self.dim, int) or self.dim < 1:
             raise ConfigError(f"dim must be a positive integer; got {self.dim!r}")
         if isinstance(self.iterations, bool) or not isinstance(self.iterations, int) or self.iterations < 1:
             raise ConfigError(f"iterations must be an integer >= 1 (0 would return the raw start vectors, not "
