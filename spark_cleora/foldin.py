@@ -187,8 +187,8 @@ def fold_in(spark: SparkSession, known: DataFrame, source: DataFrame, cfg: Embed
             validation, units = None, rej.accepted_units
         else:
             raw, validation = events_to_memberships(source, cfg)
-            units = source.count()
-        if not units:
+            units = None if cfg.num_blocks else source.count()  # (only to size the blocks)
+        if units == 0:
             raise BadInputError("fold-in: the new events are empty (no rows were read)")
     num_blocks = cfg.num_blocks or blocks_for(units, dim=dim, block_memberships=cfg.block_memberships,
                                               memory_gb=cfg.block_memory_gb or worker_memory_gb(spark),
@@ -200,10 +200,8 @@ def fold_in(spark: SparkSession, known: DataFrame, source: DataFrame, cfg: Embed
         rej = validation.settle(counts.input_rows, units=counts.input_rows.get(None, 0))
     report.update(input_rows=rej.input_rows, rejected=rej.counts, hyperedges=counts.hyperedges,
                   memberships=counts.memberships, num_blocks=num_blocks)
-    entities = _checkpoint(build_entities(blocks, columns))
+    entities = build_entities(blocks, columns)  # (from the checkpointed blocks: cheap to derive twice)
     start = _checkpoint(_start_rows(entities, known, markov=cfg.markov, dim=dim))
-    stats = start.agg(F.count(F.lit(1)).alias("n"), F.sum(F.col("known").cast("long")).alias("k")).first()
-    report.update(entities_in_new_events=int(stats["n"]), known_in_new_events=int(stats["k"] or 0))
     fixed = start.filter(F.col("known")).select(*X_SCHEMA_COLUMNS)
     new = start.filter(~F.col("known")).select(*X_SCHEMA_COLUMNS, F.lit(None).cast("int").alias(ITERATION_COLUMN))
     plans = plans_of(blocks)
@@ -215,24 +213,23 @@ def fold_in(spark: SparkSession, known: DataFrame, source: DataFrame, cfg: Embed
             new = _checkpoint(nxt.join(made, "id").select(
                 *X_SCHEMA_COLUMNS,
                 F.coalesce(F.col(ITERATION_COLUMN), F.when(F.col("reached"), F.lit(k))).alias(ITERATION_COLUMN)))
-    per_iteration = {int(r[0]) if r[0] is not None else None: int(r[1])
-                     for r in new.groupBy(ITERATION_COLUMN).count().collect()}  # <= iterations + 1 rows
     ent = entities.select("id", "entity", "column", "output", "degree", "occurrences")
-    unreached = new.filter(F.col(ITERATION_COLUMN).isNull()).join(ent, "id").filter("output")
-    report["unreached"] = unreached.count()
-    report["unreached_sample"] = sorted(r["entity"] for r in unreached.select("entity").limit(SAMPLE_SIZE).collect())
-    report["folded_in_per_iteration"] = {str(k): n for k, n in sorted((k, n) for k, n in per_iteration.items()
-                                                                       if k is not None)}
+    new = new.join(ent.filter("output"), "id")  # transient entities propagate but are not written
+    per_iteration = {r[0]: int(r[1]) for r in new.groupBy(ITERATION_COLUMN).count().collect()}  # <= iterations+1
+    report["unreached"] = per_iteration.pop(None, 0)
+    report["folded_in"] = sum(per_iteration.values())
+    report["folded_in_per_iteration"] = {str(k): per_iteration[k] for k in sorted(per_iteration)}
+    report["unreached_sample"] = sorted(
+        r["entity"] for r in new.filter(F.col(ITERATION_COLUMN).isNull()).select("entity").limit(SAMPLE_SIZE).collect()
+    ) if report["unreached"] else []
     if report["unreached"]:
         log.warning("fold-in: %d new entities have no known entity within %d hyperedge(s) and get no vector "
                     "(e.g. %s)", report["unreached"], iterations, ", ".join(report["unreached_sample"]))
     got = new.filter(F.col(ITERATION_COLUMN).isNotNull())
-    vectors = unpacked(got.select("id", "vec"), dim=dim).join(got.select("id", ITERATION_COLUMN), "id")
-    out = vectors.join(ent.filter("output"), "id").select(
+    out = unpacked(got.select("id", "vec"), dim=dim).join(got.drop("vec"), "id").select(
         "entity", "column", F.col("degree").cast("double").alias("degree"),
         F.col("occurrences").cast("double").alias("occurrences"), F.col("vec").alias("embedding"),
         F.col(ITERATION_COLUMN).cast("int").alias(ITERATION_COLUMN))
-    report["folded_in"] = out.count()
     if include_known:
         base = known.select("entity", "column", F.col("degree").cast("double").alias("degree"),
                             F.col("occurrences").cast("double").alias("occurrences"),
