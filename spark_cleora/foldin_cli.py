@@ -118,6 +118,10 @@ def original_config(ns: argparse.Namespace) -> tuple[EmbedConfig, dict[str, Any]
             # event tables and cleora text have different column options: start from the new ones only
             for k in ("hyperedge", "entity", "timestamp", "session_gap", "weight", "columns"):
                 events.setdefault(k, None)
+    if manifest is not None and cfg.on_bad_rows == "quarantine" and "rejects" not in events:
+        # never write the new events' bad rows over the original run's quarantine
+        raise ConfigError(f"the original run quarantined bad rows to {cfg.rejects!r}; pass --rejects DIR for the "
+                          "new events' bad rows (or --on-bad-rows skip/fail)")
     cfg = cfg.replace(inputs=tuple(ns.events), **events)
     if manifest is None and (not hasattr(ns, "hyperedge") or not hasattr(ns, "entity")) \
             and cfg.input_format != "cleora-tsv":
