@@ -205,7 +205,10 @@ def fold_in(spark: SparkSession, known: DataFrame, source: DataFrame, cfg: Embed
     fixed = start.filter(F.col("known")).select(*X_SCHEMA_COLUMNS)
     new = start.filter(~F.col("known")).select(*X_SCHEMA_COLUMNS, F.lit(None).cast("int").alias(ITERATION_COLUMN))
     plans = plans_of(blocks)
+    report["seconds_to_start"] = round(time.perf_counter() - t0, 3)
+    report["iteration_seconds"] = []
     for k in range(1, iterations + 1):
+        t_it = time.perf_counter()
         with job_description(spark, f"spark_cleora fold-in: iteration {k}/{iterations}"):
             x = fixed.unionByName(new.select(*X_SCHEMA_COLUMNS))
             nxt = _reached(propagate(x, plans, dim=dim, num_blocks=num_blocks, residual=cfg.residual), dim=dim)
@@ -213,6 +216,7 @@ def fold_in(spark: SparkSession, known: DataFrame, source: DataFrame, cfg: Embed
             new = _checkpoint(nxt.join(made, "id").select(
                 *X_SCHEMA_COLUMNS,
                 F.coalesce(F.col(ITERATION_COLUMN), F.when(F.col("reached"), F.lit(k))).alias(ITERATION_COLUMN)))
+        report["iteration_seconds"].append(round(time.perf_counter() - t_it, 3))
     ent = entities.select("id", "entity", "column", "output", "degree", "occurrences")
     new = new.join(ent.filter("output"), "id")  # transient entities propagate but are not written
     per_iteration = {r[0]: int(r[1]) for r in new.groupBy(ITERATION_COLUMN).count().collect()}  # <= iterations+1
