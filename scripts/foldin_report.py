@@ -153,6 +153,10 @@ def scale(args) -> dict:
     from spark_cleora.job import run_embed_job
 
     work = args.workdir or tempfile.mkdtemp(prefix="foldin_scale_")
+    emb = os.path.join(work, f"emb_{args.events}")
+    old_path, new_path = os.path.join(work, f"old_{args.events}.parquet"), os.path.join(work, f"new_{args.events}.parquet")
+    if args.reuse and os.path.exists(os.path.join(emb, "_run.json")):  # time the fold-in only
+        return _fold_in_only(args, emb, new_path)
     path = os.path.join(work, f"events_{args.events}.parquet")
     if not os.path.exists(path):
         generate(path, args.events)
@@ -172,12 +176,11 @@ def scale(args) -> dict:
     import pyarrow as pa
 
     new_t = new_t.set_column(new_t.schema.get_field_index("item"), "item", pa.array(items.tolist(), pa.string()))
-    old_path, new_path = os.path.join(work, "old.parquet"), os.path.join(work, "new.parquet")
     pq.write_table(old_t, old_path)
     pq.write_table(new_t, new_path)
     spark = _spark()
     cfg = EmbedConfig(inputs=(old_path,), hyperedge="user", entity="item", dim=args.dim, iterations=args.iterations,
-                      output=os.path.join(work, "emb"))
+                      output=emb)
     t0 = time.perf_counter()
     report = run_embed_job(spark, cfg)
     t_embed = time.perf_counter() - t0
@@ -193,6 +196,19 @@ def scale(args) -> dict:
             "fold_in_seconds": round(t_fold, 1), "fold_in_report": res.report}
 
 
+def _fold_in_only(args, emb: str, new_path: str) -> dict:
+    from spark_cleora.foldin import fold_in, read_run_manifest, run_config
+
+    spark = _spark()
+    manifest = read_run_manifest(emb)
+    cfg = run_config(manifest).replace(inputs=(new_path,))
+    t0 = time.perf_counter()
+    res = fold_in(spark, spark.read.parquet(emb), spark.read.parquet(new_path), cfg, iterations=args.fold_iterations)
+    res.embeddings.write.mode("overwrite").parquet(os.path.join(os.path.dirname(emb), "folded"))
+    return {"events": args.events, "embed_seconds_earlier_run": manifest["seconds_total"],
+            "fold_in_seconds": round(time.perf_counter() - t0, 1), "fold_in_report": res.report}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("what", choices=["quality", "scale"])
@@ -203,6 +219,7 @@ def main() -> None:
     ap.add_argument("--dim", type=int, default=128)
     ap.add_argument("--iterations", type=int, default=3)
     ap.add_argument("--fold-iterations", type=int, default=3)
+    ap.add_argument("--reuse", action="store_true", help="scale: reuse --workdir's embedding, time the fold-in only")
     ap.add_argument("--json")
     args = ap.parse_args()
     out = quality(args) if args.what == "quality" else scale(args)

@@ -48,8 +48,9 @@ from pyspark.sql import functions as F
 from .config import ConfigError, EmbedConfig, field_names
 from .graph import blocks_for, build_blocks, build_entities, graph_counts, plans_of
 from .hyperedges import BadInputError, cleora_text_to_memberships, events_to_memberships
-from .one_task import worker_memory_gb
-from .propagate import X_SCHEMA, X_SCHEMA_COLUMNS, propagate, route_scalings, unpacked
+from .one_task import one_task_bytes, worker_memory_gb
+from .propagate import (SLICE_COLUMNS, X_SCHEMA, X_SCHEMA_COLUMNS, block_product, load_plan, normalize_rows, propagate,
+                        route_scalings, unpacked)
 from .session import job_description
 from .store import local_path
 from .vectors import from_list_array, pack, unpack
@@ -146,6 +147,50 @@ def _reached(x: DataFrame, *, dim: int) -> DataFrame:
     return x.mapInArrow(flag, f"{X_SCHEMA}, reached boolean")
 
 
+_ONE_TASK_SCHEMA = f"id long, pre double, post double, blocks array<int>, vec binary, {ITERATION_COLUMN} int"
+
+
+def iterate_in_one_task(start: DataFrame, plans: DataFrame, *, dim: int, iterations: int,
+                        residual: float) -> DataFrame:
+    """All fold-in iterations in one Python task (small new-event graphs): the same block products and
+    row normalisation as :func:`spark_cleora.propagate.propagate`, without a shuffle per iteration.
+    Returns the new rows (``X_SCHEMA`` plus ``fold_in_iteration``, null where still unreached)."""
+    key = F.lit(0).alias("_task")
+    left = start.select(key, "id", "pre", "post", "blocks", "known", "vec")
+    right = plans.select(key, "plan")
+
+    def run(rows: pa.Table, blocks: pa.Table) -> pa.Table:
+        ids = rows.column("id").to_numpy()
+        order = np.argsort(ids, kind="stable")
+        ids = ids[order]
+        x = unpack(rows.column("vec"), dim)[order].astype(np.float64)
+        pre, post = rows.column("pre").to_numpy()[order], rows.column("post").to_numpy()[order]
+        known = rows.column("known").to_numpy(zero_copy_only=False)[order]
+        plans_ = [load_plan(b) for b in blocks.column("plan").to_pylist()]
+        where = [np.searchsorted(ids, p["ids"]) for p in plans_]
+        made = np.zeros(len(ids), dtype=np.int32)  # 0: not reached yet
+        factor = residual / (1.0 - residual) if residual else 0.0
+        for k in range(1, iterations + 1):
+            y = np.zeros_like(x)
+            for p, w in zip(plans_, where):
+                for lo in range(0, dim, SLICE_COLUMNS):
+                    y[w, lo:lo + SLICE_COLUMNS] += block_product(p, x[w, lo:lo + SLICE_COLUMNS], pre[w], post[w])
+            if factor:
+                y += factor * x
+            normalize_rows(y)
+            x[~known] = y[~known]
+            made[(made == 0) & ~known & np.any(y != 0, axis=1)] = k
+        new = ~known
+        return pa.table({
+            "id": pa.array(ids[new]), "pre": pa.array(pre[new]), "post": pa.array(post[new]),
+            "blocks": rows.column("blocks").take(pa.array(order[new])).cast(pa.list_(pa.int32())),
+            "vec": pack(x[new]), ITERATION_COLUMN: pa.array(np.where(made[new] > 0, made[new], 0), pa.int32(),
+                                                            mask=made[new] == 0),
+        })
+
+    return left.groupBy("_task").cogroup(right.groupBy("_task")).applyInArrow(run, _ONE_TASK_SCHEMA)
+
+
 def fold_in(spark: SparkSession, known: DataFrame, source: DataFrame, cfg: EmbedConfig, *,
             iterations: int = 3, include_known: bool = False) -> FoldInResult:
     """Vectors for the entities of ``source`` that ``known`` has none for (see the module docstring).
@@ -207,7 +252,17 @@ def fold_in(spark: SparkSession, known: DataFrame, source: DataFrame, cfg: Embed
     plans = plans_of(blocks)
     report["seconds_to_start"] = round(time.perf_counter() - t0, 3)
     report["iteration_seconds"] = []
-    for k in range(1, iterations + 1):
+    need = one_task_bytes(entities=counts.shares, dim=dim, kept=2, memberships=counts.memberships,
+                          hyperedges=counts.hyperedges, shares=counts.shares)
+    engine = cfg.engine
+    if engine == "auto":
+        engine = "one-task" if need <= (cfg.block_memory_gb or worker_memory_gb(spark)) * 2**30 else "shuffle"
+    report["engine"] = engine
+    if engine == "one-task":
+        with job_description(spark, f"spark_cleora fold-in: iterations 1-{iterations} in one task"):
+            new = _checkpoint(iterate_in_one_task(start, plans, dim=dim, iterations=iterations, residual=cfg.residual))
+        report["iteration_seconds"] = [round(time.perf_counter() - t0 - report["seconds_to_start"], 3)]
+    for k in range(1, iterations + 1) if engine == "shuffle" else ():
         t_it = time.perf_counter()
         with job_description(spark, f"spark_cleora fold-in: iteration {k}/{iterations}"):
             x = fixed.unionByName(new.select(*X_SCHEMA_COLUMNS))

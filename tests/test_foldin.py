@@ -63,8 +63,9 @@ def _events(spark, hyperedges):
     return spark.createDataFrame([(f"h{i}", e) for i, h in enumerate(hyperedges) for e in h], "h string, e string")
 
 
-def _run(spark, known, hyperedges, *, markov="left", iterations=1, **kw):
-    cfg = EmbedConfig(input_format="dataframe", hyperedge="h", entity="e", dim=DIM, markov=markov, num_blocks=1)
+def _run(spark, known, hyperedges, *, markov="left", iterations=1, engine="auto", **kw):
+    cfg = EmbedConfig(input_format="dataframe", hyperedge="h", entity="e", dim=DIM, markov=markov, num_blocks=1,
+                      engine=engine)
     res = fold_in(spark, _known_frame(spark, known), _events(spark, hyperedges), cfg, iterations=iterations, **kw)
     rows = res.embeddings.collect()
     return {r["entity"]: (np.array(r["embedding"]), r["fold_in_iteration"]) for r in rows}, res.report
@@ -75,9 +76,10 @@ KNOWN = _known(0, ["k1", "k2", "k3", "k4"], [1.5, 2.0, 0.7, 3.0])
 DIRECT = [["u1", "k1", "k2", "k2"], ["u1", "k3"], ["u2", "k1", "k4", "k3"], ["k1", "k4"]]
 
 
-@pytest.mark.parametrize("markov", ["left", "symmetric"])
-def test_one_iteration_is_a_propagation_step(spark, markov):
-    got, report = _run(spark, KNOWN, DIRECT, markov=markov)
+@pytest.mark.parametrize("markov,engine", [("left", "shuffle"), ("symmetric", "one-task")])
+def test_one_iteration_is_a_propagation_step(spark, markov, engine):
+    got, report = _run(spark, KNOWN, DIRECT, markov=markov, engine=engine)
+    assert report["engine"] == engine
     want = reference(DIRECT, KNOWN, markov=markov, iterations=1)
     assert set(got) == {"u1", "u2"} == set(want)
     for name, vec in want.items():
@@ -89,9 +91,10 @@ def test_one_iteration_is_a_propagation_step(spark, markov):
         assert not np.allclose(reference(DIRECT, wrong, markov=markov, iterations=1)["u1"], want["u1"], atol=1e-3)
 
 
-def test_chain_of_new_entities_and_unreached_report(spark):
+@pytest.mark.parametrize("engine", ["one-task", "shuffle"])
+def test_chain_of_new_entities_and_unreached_report(spark, engine):
     edges = [["u1", "k1", "k2"], ["u1", "u2"], ["u2", "u3"], ["z1", "z2"], ["z2", "z3", "z1"]]
-    got, report = _run(spark, KNOWN, edges, markov="symmetric", iterations=3)
+    got, report = _run(spark, KNOWN, edges, markov="symmetric", iterations=3, engine=engine)
     want = reference(edges, KNOWN, markov="symmetric", iterations=3)
     assert {k: v[1] for k, v in got.items()} == {"u1": 1, "u2": 2, "u3": 3}
     for name, vec in want.items():  # later iterations include the new entities' own (self-loop) terms
