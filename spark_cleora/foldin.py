@@ -115,11 +115,19 @@ def _checkpoint(df: DataFrame) -> DataFrame:
     return df.localCheckpoint(eager=True)
 
 
-def _start_rows(entities: DataFrame, known: DataFrame, *, markov: str, dim: int) -> DataFrame:
+#: up to this many entities in the new events, the known table is joined map-side (the new events'
+#: entity names broadcast): the known table is scanned once, never shuffled
+BROADCAST_ENTITIES = 500_000
+
+
+def _start_rows(entities: DataFrame, known: DataFrame, *, markov: str, dim: int, small: bool) -> DataFrame:
     """The fold-in's iteration 0 (``X_SCHEMA`` plus ``known``): the known vectors with their original
-    degree; zero vectors with the new events' degree for the other entities."""
+    degree; zero vectors with the new events' degree for the other entities. ``small``: the new events
+    have at most :data:`BROADCAST_ENTITIES` entities."""
     k = known.select(F.col("entity"), F.col("degree").cast("double").alias("_kdeg"),
                      F.col("embedding").alias("_kvec"))
+    if small:  # only the known rows of the new events' entities, found without shuffling the known table
+        k = F.broadcast(k.join(F.broadcast(entities.select("entity")), "entity"))
     zero = F.array_repeat(F.lit(0.0).cast("float"), dim)
     rows = entities.join(k, "entity", "left").select(
         "id", "blocks", F.col("_kvec").isNotNull().alias("known"),
@@ -246,7 +254,9 @@ def fold_in(spark: SparkSession, known: DataFrame, source: DataFrame, cfg: Embed
     report.update(input_rows=rej.input_rows, rejected=rej.counts, hyperedges=counts.hyperedges,
                   memberships=counts.memberships, num_blocks=num_blocks)
     entities = build_entities(blocks, columns)  # (from the checkpointed blocks: cheap to derive twice)
-    start = _checkpoint(_start_rows(entities, known, markov=cfg.markov, dim=dim))
+    report["seconds_graph"] = round(time.perf_counter() - t0, 3)
+    start = _checkpoint(_start_rows(entities, known, markov=cfg.markov, dim=dim,
+                                    small=counts.shares <= BROADCAST_ENTITIES))
     fixed = start.filter(F.col("known")).select(*X_SCHEMA_COLUMNS)
     new = start.filter(~F.col("known")).select(*X_SCHEMA_COLUMNS, F.lit(None).cast("int").alias(ITERATION_COLUMN))
     plans = plans_of(blocks)

@@ -31,7 +31,7 @@ examples:
 
 #: event options of ``embed`` that fold-in takes for the new events (the rest comes from the run)
 _EVENT_OPTIONS = ("input_format", "hyperedge", "entity", "timestamp", "session_gap", "dedupe", "weight",
-                  "columns", "csv_delimiter", "on_bad_rows", "rejects", "max_line_length")
+                  "columns", "csv_delimiter", "on_bad_rows", "rejects", "max_line_length", "engine", "block_memory_gb")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -64,6 +64,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--dedupe", action="store_true", default=S)
     g.add_argument("--on-bad-rows", choices=["fail", "skip", "quarantine"], default=S)
     g.add_argument("--max-line-length", type=int, default=S)
+    g = p.add_argument_group("engine")
+    g.add_argument("--engine", choices=["auto", "one-task", "shuffle"], default=S,
+                   help="iterations in one Python task (one-task) or a shuffle each (shuffle); auto (default): "
+                        "one-task when the new events' graph fits --block-memory-gb")
+    g.add_argument("--block-memory-gb", type=float, default=S, help="memory a Python worker may use (as embed)")
     add_spark_options(p)
     p.set_defaults(handler=run_fold_in)
 
