@@ -48,6 +48,7 @@ from pyspark.sql import functions as F
 from .config import ConfigError, EmbedConfig, field_names
 from .graph import blocks_for, build_blocks, build_entities, graph_counts, plans_of
 from .hyperedges import BadInputError, cleora_text_to_memberships, events_to_memberships
+from .io import parquet_footer_rows
 from .one_task import one_task_bytes, worker_memory_gb
 from .propagate import (SLICE_COLUMNS, X_SCHEMA, X_SCHEMA_COLUMNS, block_product, load_plan, normalize_rows, propagate,
                         route_scalings, unpacked)
@@ -240,7 +241,11 @@ def fold_in(spark: SparkSession, known: DataFrame, source: DataFrame, cfg: Embed
             validation, units = None, rej.accepted_units
         else:
             raw, validation = events_to_memberships(source, cfg)
-            units = None if cfg.num_blocks else source.count()  # (only to size the blocks)
+            # (only to size the blocks) local Parquet: from the footers, without a Spark job
+            units = None if cfg.num_blocks else (
+                parquet_footer_rows(cfg.inputs) if cfg.input_format == "parquet" and cfg.inputs else None)
+            if units is None and not cfg.num_blocks:
+                units = source.count()
         if units == 0:
             raise BadInputError("fold-in: the new events are empty (no rows were read)")
     num_blocks = cfg.num_blocks or blocks_for(units, dim=dim, block_memberships=cfg.block_memberships,
