@@ -20,7 +20,8 @@ log = logging.getLogger("spark_cleora")
 EXIT_OK, EXIT_USAGE, EXIT_INPUT, EXIT_RUNTIME, EXIT_ENV = 0, 2, 3, 1, 4
 
 # Modules that add subcommands (see build_parser).
-_SUBCOMMAND_MODULES: list[str] = ["spark_cleora.evaluate.cli", "spark_cleora.tools_cli", "spark_cleora.emde.cli"]
+_SUBCOMMAND_MODULES: list[str] = ["spark_cleora.evaluate.cli", "spark_cleora.tools_cli", "spark_cleora.emde.cli",
+                                     "spark_cleora.foldin_cli"]
 
 EMBED_EXAMPLES = """\
 examples:

@@ -11,10 +11,10 @@ Library use (every function takes and returns DataFrames; nothing grows on the d
                              popularity=sk.items, seen=events.selectExpr("user AS customer", "item"))
 """
 
-from .coder import Coder, fit_coder, item_codes, load_coder, read_codes, save_coder
+from .coder import Coder, extend_codes, fit_coder, item_codes, load_coder, read_codes, save_coder
 from .recommend import recommend
 from .similar import similar_customers
 from .sketch import Previous, SketchResult, build_sketches, read_items, read_sketches
 
-__all__ = ["Coder", "Previous", "SketchResult", "build_sketches", "fit_coder", "item_codes", "load_coder",
+__all__ = ["Coder", "Previous", "SketchResult", "build_sketches", "extend_codes", "fit_coder", "item_codes", "load_coder",
            "read_codes", "read_items", "read_sketches", "recommend", "save_coder", "similar_customers"]

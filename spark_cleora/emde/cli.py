@@ -14,6 +14,7 @@ from .config import (
     DECAY_ANCHORS,
     SCORINGS,
     TABLE_FORMATS,
+    CodeConfig,
     FitConfig,
     RecommendConfig,
     SimilarCustomersConfig,
@@ -25,6 +26,8 @@ EXAMPLES = """\
 examples:
   spark-cleora embed events/ --hyperedge user_id --entity item_id --dim 256 --iterations 3 --output out/emb
   spark-cleora emde fit --embeddings out/emb --depth 10 --bits 7 --seed 0 --output out/coder
+  # new items (e.g. spark-cleora fold-in output) coded with the same coder, no refit
+  spark-cleora emde code --coder out/coder --embeddings out/emb-new --output out/coder-2
   spark-cleora emde sketch --coder out/coder --events events/ --customer user_id --item item_id \\
       --timestamp ts --half-life 86400 --output out/sketches
   # next day: decay yesterday's sketches and add only the new events
@@ -97,6 +100,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     _common(f)
     f.set_defaults(handler=_run_fit)
 
+    c = esub.add_parser("code", argument_default=S, help="code new items with a fitted coder (no refit)",
+                        description="Code the items of new embeddings (e.g. spark-cleora fold-in output) with a "
+                                    "fitted coder as it is; writes a coder with the same parameters and coder_id "
+                                    "whose codes add the items it lacked (coded items keep their codes).")
+    c.add_argument("--coder", help="coder directory (emde fit or emde code)")
+    c.add_argument("--embeddings", nargs="+", metavar="DIR", help="one embeddings table per coder source")
+    c.add_argument("--output", "-o", metavar="CODER", help="the extended coder directory (written atomically)")
+    c.add_argument("--column", help="only embedding rows of this input column")
+    c.add_argument("--overwrite", action="store_true", help="replace an existing directory at --output")
+    _common(c)
+    c.set_defaults(handler=_run_code)
+
     s = esub.add_parser("sketch", argument_default=S, help="decayed customer sketches from events",
                         description="Sum each customer's events' one-hot item codes, weighted and decayed; "
                                     "writes customer, idx, val, as_of, n_events (sparse) as Parquet.")
@@ -161,6 +176,16 @@ def _run_fit(ns: argparse.Namespace) -> int:
         if m.get("items_missing_from_some_source") else ""
     return _finish(ns, m, f"coder {m['coder_id']}: {cfg.output} ({m['items_coded']} items x {m['n_codes']} codes, "
                           f"ids < {m['length']}{extra}; {m['seconds_total']:.1f}s)")
+
+
+def _run_code(ns: argparse.Namespace) -> int:
+    from ..cli import spark_from_args
+    from .coder import run_code
+
+    cfg = _config(ns, "code", CodeConfig)
+    m = run_code(spark_from_args(ns), cfg)
+    return _finish(ns, m, f"coder {m['coder_id']}: {cfg.output} ({m['items_added']} new items coded, "
+                          f"{m['items_coded']} in all; {m['seconds_total']:.1f}s)")
 
 
 def _run_sketch(ns: argparse.Namespace) -> int:

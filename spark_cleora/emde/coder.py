@@ -28,7 +28,7 @@ from ..hyperedges import BadInputError
 from ..session import job_description
 from ..vectors import from_list_array
 from . import dlsh
-from .config import FitConfig
+from .config import CodeConfig, FitConfig
 from .store import join, read_meta, read_table, refuse_existing, require_columns, write_output
 
 log = logging.getLogger(__name__)
@@ -331,4 +331,40 @@ def run_fit(spark: SparkSession, cfg: FitConfig) -> dict[str, Any]:
     manifest["seconds_total"] = round(time.perf_counter() - t0, 3)
     log.info("coder %s: %d items coded into %d codes each (ids < %d) in %.1fs", manifest["coder_id"],
              manifest["items_coded"], coder.n_codes, coder.length, manifest["seconds_total"])
+    return manifest
+
+
+def extend_codes(coder: Coder, codes: DataFrame, sources: Sequence[DataFrame]) -> tuple[DataFrame, DataFrame]:
+    """``codes`` plus the codes of items of ``sources`` (one table per coder source, e.g. folded-in
+    embeddings) that ``codes`` lacks, with the coder as it is (no refit: its directions, standardisation
+    and biases are unchanged, so every existing code and sketch stays valid). Returns (all codes, the
+    added ones); an item already coded keeps its code."""
+    added = item_codes(coder, sources).join(codes.select("item"), "item", "left_anti")
+    return codes.select("item", "codes").unionByName(added), added
+
+
+def run_code(spark: SparkSession, cfg: CodeConfig) -> dict[str, Any]:
+    """The ``emde code`` job: a copy of a coder whose codes also cover the items of new embeddings."""
+    t0 = time.perf_counter()
+    if not cfg.coder or not cfg.embeddings or not cfg.output:
+        raise ConfigError("emde code needs --coder CODER, --embeddings DIR [DIR ...] and --output CODER")
+    refuse_existing(cfg.output, overwrite=cfg.overwrite, what="coder")
+    coder = load_coder(spark, cfg.coder)
+    sources = [read_embeddings(spark, p, column=cfg.column) for p in cfg.embeddings]
+    for df, path, params in zip(sources, cfg.embeddings, coder.sources):
+        first = df.select(F.size("embedding").alias("d")).first()
+        if first is not None and first["d"] != params.dim:
+            raise ConfigError(f"embeddings {path!r} have dimension {first['d']}, the coder's source "
+                              f"{params.name!r} was fitted on dimension {params.dim}")
+    codes, added = extend_codes(coder, read_codes(spark, cfg.coder), sources)
+    old = read_meta(spark, cfg.coder, "coder")
+    with job_description(spark, "spark_cleora emde code: new items"):
+        n_added = added.count()
+    keep = {k: old[k] for k in ("fit_sample", "quantile_accuracy", "column") if k in old}
+    manifest = save_coder(spark, coder, codes, cfg.output,
+                          {**keep, "extended_from": cfg.coder, "items_added": n_added,
+                           "items_added_from": list(cfg.embeddings)})
+    manifest["seconds_total"] = round(time.perf_counter() - t0, 3)
+    log.info("coder %s: %d new items coded (%d in all) in %.1fs", manifest["coder_id"], n_added,
+             manifest["items_coded"], manifest["seconds_total"])
     return manifest

@@ -106,6 +106,35 @@ class FitConfig(_Config):
 
 
 @dataclass(frozen=True)
+class CodeConfig(_Config):
+    """``emde code``: code the items of new embeddings (e.g. ``spark-cleora fold-in`` output) with a
+    fitted coder, without refitting it.
+
+    Parameters
+    ----------
+    coder
+        The coder directory written by ``emde fit`` (or by an earlier ``emde code``).
+    embeddings
+        One embeddings table per coder source, in the coder's source order (``entity``, ``embedding``;
+        other columns are ignored).
+    output
+        The new coder directory: the same parameters and ``coder_id`` (sketches built with either
+        coder can be scored with the other), its codes plus the new items'.
+    column, overwrite
+        As for ``emde fit``.
+    """
+
+    coder: str | None = None
+    embeddings: tuple[str, ...] = ()
+    output: str | None = None
+    column: str | None = None
+    overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "embeddings", _paths(self.embeddings))
+
+
+@dataclass(frozen=True)
 class EventsConfig(_Config):
     """Where events are and which columns they use (shared by sketch, recommend, evaluate)."""
 
