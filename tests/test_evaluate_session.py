@@ -66,18 +66,18 @@ def test_vsknn(spark):
     norm = math.sqrt(1.25)
     s1, s2, s3 = 1.5 / (norm * math.sqrt(3)), 1.0 / (norm * math.sqrt(2)), 1.5 / (norm * math.sqrt(2))
     r = lambda x: round(x, 6)  # noqa: E731
-    assert _lists(_ctx(spark, [["B", "A"]]), "V-SKNN") == {
-        "p0": [("A", r(s1 + s2 + s3)), ("B", r(s1 + s3)), ("C", r(s1 + s2))]}
+    # prefix A B A: an item's last position counts, B 2/3, A 3/3; dots 5/3 (s1), 1 (s2), 5/3 (s3)
+    w = math.sqrt(1 + 4 / 9)
+    t1, t2, t3 = (5 / 3) / (w * math.sqrt(3)), 1 / (w * math.sqrt(2)), (5 / 3) / (w * math.sqrt(2))
+    assert _lists(_ctx(spark, [["B", "A"], ["A", "B", "A"]]), "V-SKNN") == {
+        "p0": [("A", r(s1 + s2 + s3)), ("B", r(s1 + s3)), ("C", r(s1 + s2))],
+        "p1": [("A", r(t1 + t2 + t3)), ("B", r(t1 + t3)), ("C", r(t1 + t2))]}
     # 2 neighbours: s3 and s1 (the most similar); A and B tie -> by id
     assert _lists(_ctx(spark, [["B", "A"]], vsknn_k=2), "V-SKNN") == {
         "p0": [("A", r(s3 + s1)), ("B", r(s3 + s1)), ("C", r(s1))]}
     # a sample of the 2 most recent sessions: s3 (ends at 22) and s2 (11)
     assert _lists(_ctx(spark, [["B", "A"]], vsknn_sample=2), "V-SKNN") == {
         "p0": [("A", r(s3 + s2)), ("B", r(s3)), ("C", r(s2))]}
-    # the item's last position counts: prefix A B A weights B 2/3, A 3/3
-    w = math.sqrt(1 + 4 / 9)
-    assert _lists(_ctx(spark, [["A", "B", "A"]], k=1), "V-SKNN") == {
-        "p0": [("A", r((5 / 3) / (w * math.sqrt(3)) + 1 / (w * math.sqrt(2)) + (5 / 3) / (w * math.sqrt(2))))]}
 
 
 def test_prefixes_follow_the_protocol(spark):
@@ -95,28 +95,33 @@ def test_prefixes_follow_the_protocol(spark):
 
 
 def test_no_method_sees_events_after_its_prefix(spark, tmp_path):
-    """Changing what follows a prefix in the test set changes none of that prefix's lists."""
-    train = _events(spark, TRAIN * 1)
+    """Methods get the prefixes only; changing what follows a prefix in the test set changes none of its lists."""
+    from pyspark.sql import functions as F
+
+    train = _events(spark, TRAIN)
     a = _events(spark, [("X", "A", 30.0), ("X", "B", 31.0), ("X", "C", 32.0), ("Y", "B", 40.0), ("Y", "A", 41.0)])
     b = _events(spark, [("X", "A", 30.0), ("X", "B", 31.0), ("X", "A", 32.0), ("Y", "B", 40.0), ("Y", "C", 41.0)])
     methods = ("POP", "AR", "SR", "V-SKNN", "CLEORA-KNN", "EMDE")
-    opts = {"dim": 8, "iterations": 1}
-    runs = []
-    for name, test in (("a", a), ("b", b)):
-        report = evaluate_session(spark, train, test, work_dir=str(tmp_path / name), k=3, methods=methods,
-                                  embed_opts=opts, options={"emde_depth": "2", "emde_bits": "1"})
-        assert report["predictions"] == 3 and set(report["methods"]) == set(methods)
-        lists = {}
-        for i, m in enumerate(methods):
-            rows = spark.read.parquet(str(tmp_path / name / f"method_{i}" / "lists")).collect()
-            lists[m] = sorted((r["prefix_id"], r["rank"], r["item"], round(r["score"], 5)) for r in rows)
-        runs.append(lists)
-    for m in methods:
-        # X#1 (A) and X#2 (A B) are the same prefixes in both runs; Y#1 (B) too
-        assert runs[0][m] == runs[1][m], m
-        assert {p for p, *_ in runs[0][m]} <= {"X#1", "X#2", "Y#1"}
-    # POP on run a: targets B (X#1), C (X#2), A (Y#1); list A B C for everyone -> HR 1, MRR (1/2 + 1/3 + 1) / 3
-    report_pop = evaluate_session(spark, train, a, work_dir=str(tmp_path / "pop"), k=3, methods=("POP",))
-    assert report_pop["methods"]["POP"]["HR@3"] == pytest.approx(1.0)
-    assert report_pop["methods"]["POP"]["MRR@3"] == pytest.approx((1 / 2 + 1 / 3 + 1) / 3)
-    assert report_pop["methods"]["POP"]["coverage@3"] == pytest.approx(1.0)
+    options = {"emde_depth": "2", "emde_bits": "1"}
+    report = evaluate_session(spark, train, a, work_dir=str(tmp_path / "a"), k=3, methods=methods,
+                              embed_opts={"dim": 8, "iterations": 1}, options=options)
+    assert report["predictions"] == 3 and list(report["methods"]) == list(methods)
+    # POP lists A B C for everyone; targets B (X#1), C (X#2), A (Y#1)
+    assert report["methods"]["POP"]["HR@3"] == pytest.approx(1.0)
+    assert report["methods"]["POP"]["MRR@3"] == pytest.approx((1 / 2 + 1 / 3 + 1) / 3)
+    assert report["methods"]["POP"]["coverage@3"] == pytest.approx(1.0)
+
+    # the same prefixes taken from test set b, given to each method with the same training data and embedding
+    positioned = spark.read.parquet(str(tmp_path / "a" / "train"))
+    prefixes_b, _ = session_prefixes(positioned, b)
+    assert sorted(prefixes_b.columns) == ["items", "prefix_id", "session", "t", "times"]
+    emb = spark.read.parquet(str(tmp_path / "a" / "embedding"))
+    for i, m in enumerate(methods):
+        seen_a = spark.read.parquet(str(tmp_path / "a" / f"method_{i}" / "lists")).collect()
+        ctx = MethodContext(spark=spark, train=positioned, prefixes=prefixes_b.select("prefix_id", "items", "times"),
+                            k=3, work_dir=str(tmp_path / "b" / m), options=options, embedding=lambda: emb)
+        seen_b = keep_top(METHODS[m].fn(ctx).select("prefix_id", "item", F.col("score").cast("double")), 3).collect()
+        lists = [sorted((r["prefix_id"], r["rank"], r["item"], round(r["score"], 5)) for r in rows)
+                 for rows in (seen_a, seen_b)]
+        assert lists[0] == lists[1], m
+        assert {p for p, *_ in lists[0]} == {"X#1", "X#2", "Y#1"}, m
