@@ -125,3 +125,16 @@ def test_no_method_sees_events_after_its_prefix(spark, tmp_path):
                  for rows in (seen_a, seen_b)]
         assert lists[0] == lists[1], m
         assert {p for p, *_ in lists[0]} == {"X#1", "X#2", "Y#1"}, m
+
+
+def test_cli_refuses_unknown_methods_and_bad_options(spark, tmp_path, capsys):
+    from spark_cleora.cli import main
+
+    path = tmp_path / "ev.tsv"
+    path.write_text("s\ti\tt\n1\tA\t1\n1\tB\t2\n")
+    base = ["evaluate", "session", "--train", str(path), "--test", str(path), "--session", "s", "--item", "i",
+            "--timestamp", "t"]
+    assert main([*base, "--methods", "NOPE"]) == 2
+    assert "unknown method" in capsys.readouterr().err
+    assert main([*base, "--option", "novalue"]) == 2
+    assert main([*base, "--session", "missing"]) == 2
