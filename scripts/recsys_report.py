@@ -57,7 +57,9 @@ METHODS_TEXT = [
     "",
     "HR@k: share of predictions whose next item is in the list; MRR@k: mean 1/rank (0 beyond k); "
     "coverage@k: distinct recommended items / distinct training items; seconds: the method's own Spark "
-    "jobs (the shared embedding is timed once, apart).",
+    "jobs (the shared embedding is timed once, apart). More methods plug in by name: a function from the "
+    "training events and the prefixes to scored items, registered with "
+    "`spark_cleora.evaluate.session_methods.register_method` (its module docstring has the interface).",
 ]
 
 

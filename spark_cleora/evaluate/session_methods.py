@@ -66,6 +66,10 @@ from pyspark.sql import functions as F
 from ..config import ConfigError
 
 
+def _no_embedding() -> DataFrame:
+    raise ConfigError("this run has no embedding")
+
+
 @dataclass
 class MethodContext:
     """Everything a method may use (see the module docstring)."""
@@ -76,7 +80,7 @@ class MethodContext:
     k: int
     work_dir: str
     options: dict[str, str] = field(default_factory=dict)
-    embedding: Callable[[], DataFrame] = lambda: (_ for _ in ()).throw(ConfigError("no embedding in this run"))
+    embedding: Callable[[], DataFrame] = _no_embedding
 
     def option(self, name: str, default: Any, kind: type = str) -> Any:
         """``--option name=value`` converted to ``kind``, else ``default``."""
