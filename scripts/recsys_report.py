@@ -90,10 +90,12 @@ def split_diginetica(path: Path, out_dir: Path, *, test_days: int = 7, min_suppo
             "test_events": len(test), "test_sessions": int(test["SessionId"].nunique())}
 
 
-def run(args: list[str], report: Path, master: str, reuse: bool = False) -> tuple[dict, str, float | None]:
+def run(args: list[str], report: Path, master: str, reuse: bool = False,
+        conf: tuple[str, ...] = ()) -> tuple[dict, str, float | None]:
     """Run one ``spark-cleora`` command; returns its JSON report, the command line and the wall seconds
     (``None`` when ``reuse`` took an existing report of the same command)."""
-    cmd = ["spark-cleora", *args, "--report", str(report), "--master", master]
+    cmd = ["spark-cleora", *args, "--report", str(report), "--master", master,
+           *(x for c in conf for x in ("--conf", c))]
     if reuse and report.exists():
         return json.loads(report.read_text()), shlex.join(cmd), None
     t0 = time.perf_counter()
@@ -107,7 +109,8 @@ def run(args: list[str], report: Path, master: str, reuse: bool = False) -> tupl
 def session_table(rep: dict) -> list[str]:
     k = rep["protocol"]["k"]
     lines = [f"| method | HR@{k} | MRR@{k} | coverage@{k} | seconds |", "|---|---|---|---|---|"]
-    for name, m in rep["methods"].items():
+    order = ["POP", "AR", "SR", "V-SKNN", "CLEORA-KNN", "EMDE"]
+    for name, m in sorted(rep["methods"].items(), key=lambda kv: (order + [kv[0]]).index(kv[0])):
         lines.append(f"| {name} | {m[f'HR@{k}']:.4f} | {m[f'MRR@{k}']:.4f} | {m[f'coverage@{k}']:.4f} | "
                      f"{m['seconds']:.0f} |")
     return lines
@@ -141,6 +144,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=str(ROOT / "docs" / "quality-recommendation.md"))
     ap.add_argument("--reports", default=None, help="keep the JSON reports here (default: a temporary directory)")
     ap.add_argument("--master", default="local[2]")
+    ap.add_argument("--conf", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="Spark settings for every run, e.g. spark.driver.memory=2g")
     ap.add_argument("--reuse", action="store_true", help="take a report already in --reports instead of rerunning it")
     ap.add_argument("--sections", nargs="+", default=["rsc15", "diginetica", "ml-100k"],
                     choices=["rsc15", "diginetica", "ml-100k"])
@@ -150,13 +155,16 @@ def main(argv: list[str] | None = None) -> int:
     if not args.data_dir:
         ap.error("give --data-dir DIR (or set SPARK_CLEORA_SHARED_DATA)")
     data = Path(args.data_dir)
+    spark = (args.master, args.reuse, tuple(args.conf))
     reports = Path(args.reports or tempfile.mkdtemp(prefix="recsys_report_"))
     reports.mkdir(parents=True, exist_ok=True)
     today = dt.date.today().isoformat()
     md = ["# Recommendation quality", "",
           f"Measured {today} on {MACHINE} (Spark `local[2]`), with `python scripts/recsys_report.py "
           f"--data-dir DATA` (DATA: the folder holding the public datasets below). Each table comes from "
-          f"the command printed above it; the JSON report of each run has every number and parameter.", "",
+          f"the command printed above it (REPORTS: the script's --reports folder); the JSON report of each run "
+          f"has every number and parameter. The seconds were measured while the 2 cores were shared with other "
+          f"jobs (load average above 20), so they are upper bounds.", "",
           *METHODS_TEXT, ""]
     half_life = None
     if "rsc15" in args.sections:
@@ -166,22 +174,22 @@ def main(argv: list[str] | None = None) -> int:
             rep, cmd, wall = run(["evaluate", "session", "--train", str(data / RSC15.format("train_tr")),
                                   "--test", str(data / RSC15.format("train_valid")), *SESSION_COLS,
                                   "--methods", "EMDE", "--option", f"emde_half_life={h:g}"],
-                                 reports / f"rsc15_valid_hl{h:g}.json", args.master, args.reuse)
+                                 reports / f"rsc15_valid_hl{h:g}.json", *spark)
             val_rows.append((h, rep["methods"]["EMDE"], cmd))
         half_life = max(val_rows, key=lambda r: (r[1]["MRR@20"], r[1]["HR@20"]))[0]
         rep, cmd, wall = run(["evaluate", "session", "--train", str(data / RSC15.format("train_full")),
                               "--test", str(data / RSC15.format("test")), *SESSION_COLS,
-                              "--option", f"emde_half_life={half_life:g}"], reports / "rsc15.json", args.master, args.reuse)
+                              "--option", f"emde_half_life={half_life:g}"], reports / "rsc15.json", *spark)
         md += ["## Session-based next item: RSC15 (YOOCHOOSE 100k sample)", "",
                "session-rec's prepared 100k-click sample of the RecSys Challenge 2015 clicks "
                "(`yoochoose-rsc15-100k/`): train_full (70,278 clicks) -> test (13,568 clicks, the next day). "
                "Protocol of `spark-cleora evaluate session` (session-rec's): test items unseen in training "
                "removed, sessions shorter than 2 dropped, every prefix predicts the next click; k = 20.", "",
-               "```", cmd.replace(str(data), "DATA"), "```", "", *session_table(rep), "", *session_facts(rep, wall), "",
+               "```", cmd.replace(str(data), "DATA").replace(str(reports), "REPORTS"), "```", "", *session_table(rep), "", *session_facts(rep, wall), "",
                f"EMDE's half-life, chosen on train_tr -> train_valid (MRR@20, then HR@20):", "",
                "| half-life (s) | HR@20 | MRR@20 |", "|---|---|---|",
                *[f"| {h:g} | {m['HR@20']:.4f} | {m['MRR@20']:.4f} |" for h, m, _ in val_rows], "",
-               f"Chosen: {half_life:g} s. Validation command: `{val_rows[0][2].replace(str(data), 'DATA')}` "
+               f"Chosen: {half_life:g} s. Validation command: `{val_rows[0][2].replace(str(data), 'DATA').replace(str(reports), 'REPORTS')}` "
                "(one per half-life).", ""]
     if "diginetica" in args.sections:
         split_dir = reports / "diginetica"
@@ -189,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
         opts = ["--option", f"emde_half_life={half_life:g}"] if half_life else []
         rep, cmd, wall = run(["evaluate", "session", "--train", str(split_dir / "train.tsv"),
                               "--test", str(split_dir / "test.tsv"), *SESSION_COLS, *opts],
-                             reports / "diginetica.json", args.master, args.reuse)
+                             reports / "diginetica.json", *spark)
         md += ["## Session-based next item: DIGINETICA sample", "",
                "SR-GNN's 12,391-view sample of the CIKM Cup 2016 DIGINETICA item views "
                "(`diginetica-sample/`), split as SR-GNN's preprocessing does: sessions of length 1 dropped, "
@@ -201,18 +209,18 @@ def main(argv: list[str] | None = None) -> int:
                f"{rep['predictions']} predictions, one standard error of HR@20 is about "
                f"{(0.25 / max(rep['predictions'], 1)) ** 0.5:.2f}; not comparable to published numbers on "
                "the full data.", "",
-               "```", "python scripts/recsys_report.py --sections diginetica  # writes train.tsv, test.tsv",
-               cmd.replace(str(reports), "SPLIT"), "```", "",
+               "```", "python scripts/recsys_report.py --sections diginetica  # writes REPORTS/diginetica/{train,test}.tsv",
+               cmd.replace(str(reports), "REPORTS"), "```", "",
                *session_table(rep), "", *session_facts(rep, wall), ""]
     if "ml-100k" in args.sections:
         rep, cmd, wall = run(["evaluate", "recommend", "--dataset", "ml-100k", "--data-dir", str(data), "--k", "10"],
-                             reports / "ml100k.json", args.master, args.reuse)
+                             reports / "ml100k.json", *spark)
         k = rep["protocol"]["k"]
         cols = [f"recall@{k}", f"ndcg@{k}", f"mrr@{k}", f"coverage@{k}", f"seen@{k}"]
         md += ["## Leave-last-out: MovieLens-100k", "",
                "`spark-cleora evaluate recommend`: each user's newest rating is the test item, the rest "
                f"trains; k = {k}; items the user rated are never recommended (so seen@{k} is 0).", "",
-               "```", cmd.replace(str(data), "DATA"), "```", "",
+               "```", cmd.replace(str(data), "DATA").replace(str(reports), "REPORTS"), "```", "",
                "| method | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols),
                *[f"| {name} | " + " | ".join(f"{m[c]:.4f}" for c in cols) + " |" for name, m in rep["results"].items()],
                "", f"{rep['data']['test_customers']} test users; {rep['data']['train_events']} training events. "
