@@ -52,3 +52,39 @@ def test_popularity_baseline_excludes_seen(spark, events):
     assert got == {"a": ["w"], "b": ["y", "z"], "c": ["x", "w"]}
     got = {r["customer"]: r["items"] for r in popularity_baseline(events, queries, k=2, exclude=False, n_queries=3).collect()}
     assert got["a"] == ["x", "y"]
+
+
+def test_metrics_coverage_and_seen_share(spark):
+    test = spark.createDataFrame([("a", "z"), ("b", "w")], "c string, i string")
+    train = spark.createDataFrame([("a", "x"), ("a", "y"), ("b", "x"), ("b", "q"), ("c", "v")], "c string, i string")
+    recs = spark.createDataFrame([("a", ["v", "x", "q"]), ("b", ["x", "y", "q"]), ("c", ["y"])],
+                                 "customer string, items array<string>")
+    m = metrics(recs, test, k=2, train=train)  # the test customers' lists cut to 2: a v x, b x y (c: no test)
+    assert m["coverage@2"] == pytest.approx(3 / 4)  # v x y of the training items x y q v
+    assert m["seen@2"] == pytest.approx(2 / 4)  # a's x, b's x
+    m3 = metrics(recs, test, k=3, train=train)
+    assert m3["coverage@3"] == pytest.approx(4 / 4) and m3["seen@3"] == pytest.approx(3 / 6)  # + b's q
+
+
+def test_als_baseline_follows_the_blocks(spark):
+    from spark_cleora.evaluate.recommend import AlsParams, als_baseline
+
+    # two groups of customers with disjoint tastes; "a" and "d" each miss one item of their group
+    rows = [(c, i) for c in "bc" for i in "xyz"] + [(c, i) for c in "ef" for i in "pqr"] \
+        + [("a", "x"), ("a", "y"), ("d", "p"), ("d", "q")]
+    train = spark.createDataFrame([(c, i, 0.0, 1.0) for c, i in rows], "c string, i string, t double, w double")
+    queries = spark.createDataFrame([("a",), ("d",)], "c string")
+    params = AlsParams(rank=4, iterations=10, reg=0.01, alpha=10.0)
+    got = {r["customer"]: r["items"] for r in als_baseline(train, queries, k=2, exclude=True, n_queries=2,
+                                                           params=params).collect()}
+    assert got["a"][0] == "z" and got["d"][0] == "r"
+    assert not {"x", "y"} & set(got["a"]) and not {"p", "q"} & set(got["d"])
+    with pytest.raises(Exception, match="ALS needs"):
+        AlsParams(rank=0)
+
+
+def test_dataset_needs_an_explicit_data_dir(spark, capsys):
+    from spark_cleora.cli import main
+
+    assert main(["evaluate", "recommend", "--dataset", "ml-100k"]) == 2
+    assert "--data-dir" in capsys.readouterr().err
