@@ -197,11 +197,12 @@ def spark_from_args(ns: argparse.Namespace):
 
 
 def _run_embed(ns: argparse.Namespace) -> int:
-    cfg = embed_config_from_args(ns)
-    spark = spark_from_args(ns)
-    from .job import run_embed_job
+    from .job import check_embed_paths, embed_locks, run_embed_job
 
-    report = run_embed_job(spark, cfg)
+    cfg = embed_config_from_args(ns)
+    check_embed_paths(cfg)  # before the JVM starts: inputs exist, outputs may be written
+    with embed_locks(cfg):  # a second run on the same output refuses before starting Spark
+        report = run_embed_job(spark_from_args(ns), cfg, locked=True)
     print(f"embeddings: {report['output']} ({report['entities_written']} entities, dim {cfg.dim}, "
           f"{report['seconds_total']:.1f}s)")
     return EXIT_OK
@@ -232,6 +233,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # Spark's errors about the input data: one line, exit 3; others propagate
+        from .spark_errors import input_error_message, is_spark_error
+
+        message = input_error_message(exc) if is_spark_error(exc) else None
+        if message is None:
+            raise
+        print(f"error: {message}", file=sys.stderr)
+        return EXIT_INPUT
 
 
 def embed_main() -> int:

@@ -106,9 +106,10 @@ class Validation:
         if rej.counts and self.policy == "quarantine":
             if not self.rejects:
                 raise ValueError("--on-bad-rows quarantine needs --rejects DIR")
-            (self.flagged.filter(F.col(_REJECT).isNotNull())
-             .select(*self.show_cols, F.col(_REJECT).alias("rule"))
-             .write.mode("overwrite").parquet(self.rejects))
+            from .outputs import write_rejects  # replaces only a previous rejects output, atomically
+
+            write_rejects(self.flagged.filter(F.col(_REJECT).isNotNull())
+                          .select(*self.show_cols, F.col(_REJECT).alias("rule")), self.rejects)
             log.warning("%s: wrote %d rejected rows to %s", self.what, rej.total, self.rejects)
         if rej.counts:
             log.warning("%s: dropped %d of %d rows (--on-bad-rows %s)", self.what, rej.total, rej.input_rows,

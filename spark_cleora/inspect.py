@@ -8,6 +8,7 @@ PNG by a tiny built-in writer (numpy + zlib), so no plotting library is needed.
 from __future__ import annotations
 
 import logging
+import os
 import struct
 import zlib
 from typing import Any
@@ -16,6 +17,7 @@ import numpy as np
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
+from .outputs import FILE_MARK
 from .session import job_description
 
 log = logging.getLogger(__name__)
@@ -205,11 +207,15 @@ def write_png(path: str, img: np.ndarray) -> None:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 
     raw = np.hstack([np.zeros((h, 1), dtype=np.uint8), img.reshape(h, w * 3)]).tobytes()
-    with open(path, "wb") as fh:
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "wb") as fh:
         fh.write(b"\x89PNG\r\n\x1a\n")
         fh.write(chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)))
+        # the mark that lets a rerun replace this file (spark_cleora.outputs.is_tool_file)
+        fh.write(chunk(b"tEXt", b"Software\x00" + FILE_MARK.encode()))
         fh.write(chunk(b"IDAT", zlib.compress(raw, 9)))
         fh.write(chunk(b"IEND", b""))
+    os.replace(tmp, path)
 
 
 def plot_projection(projection: dict[str, Any], path: str, *, size: int = 640) -> dict[str, str]:

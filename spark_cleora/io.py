@@ -26,7 +26,7 @@ def read_events(spark: SparkSession, cfg: EmbedConfig) -> DataFrame:
     if not cfg.inputs:
         raise ConfigError("no input given")
     fmt = cfg.input_format
-    _check_local_inputs(cfg.inputs, fmt)
+    check_local_inputs(cfg.inputs, fmt)
     if fmt == "table":
         return spark.read.table(cfg.inputs[0])
     if fmt == "parquet":
@@ -71,7 +71,7 @@ def read_cleora_text(spark: SparkSession, cfg: EmbedConfig) -> DataFrame:
     """Cleora's text input: one line = one hyperedge (``value`` column)."""
     if not cfg.inputs:
         raise ConfigError("no input given")
-    _check_local_inputs(cfg.inputs, "cleora-tsv")
+    check_local_inputs(cfg.inputs, "cleora-tsv")
     return spark.read.option("lineSep", "\n").text(list(cfg.inputs))
 
 
@@ -90,6 +90,19 @@ def parquet_footer_rows(inputs: tuple[str, ...] | list[str]) -> int | None:
     """
     import pyarrow.parquet as pq
 
+    files = _local_parquet_files(inputs)
+    if files is None:
+        return None
+    try:
+        return sum(pq.read_metadata(f).num_rows for f in files)
+    except Exception:  # not Parquet after all, or unreadable: Spark's count will say what is wrong
+        log.debug("reading Parquet footers failed; Spark counts instead", exc_info=True)
+        return None
+
+
+def _local_parquet_files(inputs: tuple[str, ...] | list[str]) -> list[str] | None:
+    """The data files Spark reads below local Parquet inputs (skipping ``_``/``.`` names), or None when
+    that cannot be known here (a remote path, a glob, a missing path, too many files)."""
     files: list[str] = []
     for p in inputs:
         lp = local_path(p)
@@ -103,14 +116,52 @@ def parquet_footer_rows(inputs: tuple[str, ...] | list[str]) -> int | None:
             files.extend(os.path.join(d, f) for f in names if not f.startswith(("_", ".")))
             if len(files) > FOOTER_FILES_MAX:
                 return None
-    try:
-        return sum(pq.read_metadata(f).num_rows for f in files)
-    except Exception:  # not Parquet after all, or unreadable: Spark's count will say what is wrong
-        log.debug("reading Parquet footers failed; Spark counts instead", exc_info=True)
-        return None
+    return files
 
 
-def _check_local_inputs(inputs: tuple[str, ...], fmt: str) -> None:
+def check_parquet_inputs(inputs: tuple[str, ...] | list[str], what: str = "input") -> None:
+    """Refuse, before Spark starts, local Parquet inputs Spark cannot read as one table: files whose
+    column types disagree, duplicate column names, nanosecond timestamps (pandas' default)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from .hyperedges import BadInputError
+
+    files = _local_parquet_files(inputs)
+    if not files:
+        return
+    def kind(t: pa.DataType) -> str:  # widths of one kind are Spark's to reconcile; kinds are not
+        for name, test in (("integer", pa.types.is_integer), ("floating", pa.types.is_floating),
+                           ("string", lambda x: pa.types.is_string(x) or pa.types.is_large_string(x))):
+            if test(t):
+                return name
+        return str(t)
+
+    types: dict[str, tuple[pa.DataType, str]] = {}
+    for f in files:
+        try:
+            schema = pq.read_schema(f)
+        except Exception:  # not Parquet: Spark's own error says so
+            return
+        names = schema.names
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise BadInputError(f"{what} {f!r} has duplicate column name(s) {dup}; rename them")
+        for field in schema:
+            if pa.types.is_timestamp(field.type) and field.type.unit == "ns":
+                raise BadInputError(
+                    f"{what} {f!r}: column {field.name!r} holds nanosecond timestamps, which Spark cannot read; "
+                    "write the Parquet with microseconds (pandas: to_parquet(..., coerce_timestamps='us', "
+                    "allow_truncated_timestamps=True))")
+            seen = types.setdefault(field.name, (field.type, f))
+            if kind(seen[0]) != kind(field.type):
+                raise BadInputError(
+                    f"{what}: column {field.name!r} is {seen[0]} in {seen[1]!r} but {field.type} in {f!r}; "
+                    "rewrite the files with one type per column")
+
+
+def check_local_inputs(inputs: tuple[str, ...], fmt: str) -> None:
+    """A missing local input (not a glob) is a usage error, found before Spark starts."""
     if fmt == "table":
         return
     for p in inputs:
@@ -129,26 +180,35 @@ def write_atomically(target: str, write: Callable[[str], None]) -> None:
     On a local filesystem the final step is a rename, so readers see the old result or the new one,
     never a partial directory. On object stores (no atomic rename) Spark writes ``target`` directly and
     its ``_SUCCESS`` marker, written last, is the completion signal.
+
+    Callers check ``target`` first (:func:`spark_cleora.outputs.check_output_dir`) and hold its lock
+    (:func:`spark_cleora.outputs.output_lock`): what is replaced here is a previous output of the tool,
+    and staging directories beside it are a dead run's.
     """
+    from .outputs import RefusedError, check_output_dir
+
     lp = local_path(target)
     if lp is None:
         write(target)
         return
+    check_output_dir(target)  # again, just before replacing: the path may have changed since the start
     lp = os.path.abspath(lp)
     parent = os.path.dirname(lp) or "."
     os.makedirs(parent, exist_ok=True)
     base = os.path.basename(lp)
     for stale in glob.glob(os.path.join(parent, glob.escape(base) + ".staging-*")):
-        # left by a killed run (one writer per output is assumed)
+        # left by a killed run (the caller holds the output's lock: no live run writes it)
         log.info("removing stale staging directory %s", stale)
         shutil.rmtree(stale, ignore_errors=True)
     staging = os.path.join(parent, f"{base}.staging-{uuid.uuid4().hex[:8]}")
     try:
         write(staging)
         old = None
-        if os.path.exists(lp):
+        if os.path.isdir(lp):
             old = os.path.join(parent, f"{base}.old-{uuid.uuid4().hex[:8]}")
             os.replace(lp, old)
+        elif os.path.lexists(lp):
+            raise RefusedError(f"output {target!r} is an existing file; refusing to replace it")
         os.replace(staging, lp)
         if old:
             shutil.rmtree(old, ignore_errors=True)

@@ -2,17 +2,37 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from pyspark.sql import SparkSession
 
-from .config import TABLE_FORMATS, EmbedConfig
+from .config import TABLE_FORMATS, ConfigError, EmbedConfig
 from .embed import default_work_dir, run_embedding
-from .io import export_cleora_text, export_npy, read_cleora_text, read_events, write_atomically, write_json
+from .io import (
+    check_local_inputs,
+    check_parquet_inputs,
+    export_cleora_text,
+    export_npy,
+    read_cleora_text,
+    read_events,
+    write_atomically,
+    write_json,
+)
+from .outputs import (
+    RefusedError,
+    check_output_dir,
+    check_table_name,
+    check_work_dir,
+    mark_output,
+    output_lock,
+)
 from .session import job_description
+from .spark_errors import input_error_message
 from .tables import default_table_work_dir, require_delta, write_output
 from .store import WorkStore, local_path
 
@@ -27,19 +47,86 @@ def cleora_text_file_name(cfg: EmbedConfig) -> str:
     return f"emb__{a}__{b}.out"
 
 
-def run_embed_job(spark: SparkSession, cfg: EmbedConfig) -> dict[str, Any]:
-    """Run the whole job; returns the run report (also written to ``OUTPUT/_run.json``)."""
-    t0 = time.perf_counter()
+def path_inputs(cfg: EmbedConfig) -> list[str]:
+    """The input paths of a run (events and --init-vectors), which no output may touch."""
+    paths = [] if cfg.input_format == "table" else list(cfg.inputs)
+    return paths + ([cfg.init_vectors] if cfg.init_vectors else [])
+
+
+def check_embed_paths(cfg: EmbedConfig, work_uri: str | None = None) -> None:
+    """Every path rule of the run, checked before Spark starts (see :mod:`spark_cleora.outputs`):
+    inputs exist, the output, work and rejects paths may be written, a table name parses."""
+    check_local_inputs(cfg.inputs, cfg.input_format)
+    if cfg.input_format == "parquet":
+        check_parquet_inputs(cfg.inputs, "events")
+    inputs = path_inputs(cfg)
+    if cfg.output:
+        check_output_dir(cfg.output, inputs=inputs)
+    if cfg.output_table:
+        check_table_name(cfg.output_table)
+        if cfg.input_format == "table" and cfg.output_table.lower() in (i.lower() for i in cfg.inputs):
+            raise RefusedError(f"--output-table {cfg.output_table!r} is the input table")
+    work = work_uri or cfg.work_dir or (default_work_dir(cfg.output) if cfg.output else None)
+    if work:
+        check_work_dir(work, outputs=[cfg.output, cfg.rejects], inputs=inputs,
+                       what="--work-dir" if cfg.work_dir else "work directory")
+    if cfg.rejects:
+        check_output_dir(cfg.rejects, inputs=[*inputs, cfg.output, work], what="--rejects")
+
+
+def run_embed_job(spark: SparkSession, cfg: EmbedConfig, *, locked: bool = False) -> dict[str, Any]:
+    """Run the whole job; returns the run report (also written to ``OUTPUT/_run.json``).
+
+    The paths are checked and the output locked (unless the caller holds :func:`embed_locks`,
+    ``locked``) before anything runs; a run that fails with a usage or input error (exit 2/3) leaves no
+    work directory behind.
+    """
     destination = cfg.output or cfg.output_table
     assert destination
-    if cfg.output_format == "delta":
-        require_delta(spark)  # fail before embedding, with how to add Delta
     work_uri = cfg.work_dir or (default_work_dir(cfg.output) if cfg.output
                                 else default_table_work_dir(spark, destination))
+    check_embed_paths(cfg, work_uri)
+    with contextlib.nullcontext() if locked else embed_locks(cfg):
+        return _run_locked(spark, cfg, work_uri)
+
+
+@contextlib.contextmanager
+def embed_locks(cfg: EmbedConfig) -> Iterator[None]:
+    """Hold the locks of the run's output and explicit work directory (see :func:`output_lock`)."""
+    with contextlib.ExitStack() as locks:
+        if cfg.output:
+            locks.enter_context(output_lock(cfg.output))
+        if cfg.work_dir:
+            locks.enter_context(output_lock(cfg.work_dir, "--work-dir"))
+        yield
+
+
+def _run_locked(spark: SparkSession, cfg: EmbedConfig, work_uri: str) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    destination = cfg.output or cfg.output_table
+    if cfg.output_format == "delta":
+        require_delta(spark)  # fail before embedding, with how to add Delta
     # checkpoint=local: lineage cut in executor storage, nothing to resume (the work dir then only
     # stages exports).
     store = WorkStore(spark, work_uri)
     log.info("spark_cleora embed: %s -> %s (work dir %s)", ", ".join(cfg.inputs), destination, work_uri)
+    try:
+        return _embed_and_write(spark, cfg, store, t0)
+    except Exception as exc:
+        if isinstance(exc, (ConfigError, ValueError)) or input_error_message(exc):
+            # an expected failure (exit 2/3): nothing here is worth resuming, and a kept graph of this
+            # config would block the rerun the message advises (e.g. another --on-bad-rows policy)
+            store.remove()
+        raise
+
+
+def _embed_and_write(spark: SparkSession, cfg: EmbedConfig, store: WorkStore, t0: float) -> dict[str, Any]:
+    destination = cfg.output or cfg.output_table
+    work_uri = store.uri
+    if cfg.output_format not in TABLE_FORMATS:  # npy/cleora-text stage the rows in the work dir
+        from .outputs import claim_work_dir
+
+        claim_work_dir(work_uri)
     source = read_cleora_text(spark, cfg) if cfg.input_format == "cleora-tsv" else read_events(spark, cfg)
     result = run_embedding(spark, cfg, source, store=store if cfg.checkpoint == "parquet" else None,
                            single_pass=True)
@@ -65,6 +152,7 @@ def run_embed_job(spark: SparkSession, cfg: EmbedConfig) -> dict[str, Any]:
         lp = local_path(target)
         if lp is not None and not cfg.output_table:  # the report, then _SUCCESS last, then the rename
             write_json(os.path.join(lp, "_run.json"), report)
+            mark_output(lp, f"embeddings-{cfg.output_format}")
             with open(os.path.join(lp, "_SUCCESS"), "w", encoding="utf-8"):  # (re)written: newest file
                 pass
 

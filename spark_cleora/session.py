@@ -80,8 +80,9 @@ def _class_cache_key(conf: Mapping[str, str]) -> str:
     except OSError:
         listing = []
     extra = {k: v for k, v in conf.items() if k in ("spark.jars", "spark.jars.packages", "spark.driver.extraClassPath")}
+    # the jars' own path too: another venv's archive (same files, other place) is never shared
     blob = repr((_JAVA_SEEN.get("path"), _JAVA_SEEN.get("version"), pyspark.__version__, os.environ.get("SPARK_HOME"),
-                 listing, sorted(extra.items())))
+                 os.path.realpath(jars), listing, sorted(extra.items())))
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -96,14 +97,36 @@ def class_cache_options(conf: Mapping[str, str]) -> tuple[str, str | None]:
     if directory is None or "path" not in _JAVA_SEEN:
         return "", None
     final = os.path.join(directory, f"classes-{_class_cache_key(conf)}.jsa")
-    if os.path.exists(final):
-        return f"-XX:SharedArchiveFile={final} -Xlog:cds=off -Xlog:cds+dynamic=off", None
     try:
-        os.makedirs(directory, exist_ok=True)
+        os.makedirs(directory, mode=0o700, exist_ok=True)
     except OSError:
         return "", None
+    if not _safe_to_trust(directory):
+        log.info("JVM class cache %s is not owned by you or is writable by others: not used", directory)
+        return "", None
+    if os.path.lexists(final):
+        if _safe_to_trust(final) and os.path.isfile(final) and os.path.getsize(final) > 0:
+            return f"-XX:SharedArchiveFile={final} -Xlog:cds=off -Xlog:cds+dynamic=off", None
+        try:  # unusable (not ours, writable by others, empty): made anew instead of ignored forever
+            os.remove(final)
+        except OSError:
+            return "", None
     pending = f"{final}.{os.getpid()}.tmp"
     return f"-XX:ArchiveClassesAtExit={pending} -Xlog:cds=off -Xlog:cds+dynamic=off", pending
+
+
+def _safe_to_trust(path: str) -> bool:
+    """The JVM maps an archive's code: only one owned by this user and writable by nobody else."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return False
+    import stat
+
+    if stat.S_ISLNK(st.st_mode):
+        return False
+    own = not hasattr(os, "getuid") or st.st_uid == os.getuid()
+    return own and not st.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
 
 
 def _promote_class_archive(pending: str) -> None:

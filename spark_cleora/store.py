@@ -87,6 +87,9 @@ class WorkStore:
         """Return the stored manifest if it matches ``manifest['fingerprint']``; write it if absent."""
         if self.local is None:
             return manifest  # remote stores: no resume check (documented), iterations still cut lineage
+        from .outputs import claim_work_dir
+
+        claim_work_dir(self.uri)  # refuses someone's non-empty directory; marks ours for deletion later
         path = os.path.join(self.local, "manifest.json")
         if os.path.exists(path):
             with open(path, encoding="utf-8") as fh:
@@ -103,7 +106,7 @@ class WorkStore:
                     "refusing to resume from it. Delete it or pass another --work-dir."
                 )
             log.info("work directory %s holds nothing finished from another run; starting afresh", self.uri)
-            self.remove()
+            self.remove(keep_dir=True)
         self.save_manifest(manifest)
         return manifest
 
@@ -121,8 +124,11 @@ class WorkStore:
         """True when any stage of a run finished here (so switching runs would discard work)."""
         return any(self.is_complete(n) for n in ("graph/blocks", "graph/entities", self.iteration_name(0)))
 
-    def remove(self) -> None:
+    def remove(self, *, keep_dir: bool = False) -> None:
+        """Delete what this tool wrote here (only in a directory carrying its work marker)."""
         if self.local is not None:
-            shutil.rmtree(self.local, ignore_errors=True)
+            from .outputs import clear_work_dir
+
+            clear_work_dir(self.uri, remove_dir=not keep_dir)
         else:
             log.info("work directory %s is on a remote store; remove it with your storage tools", self.uri)

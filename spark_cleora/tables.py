@@ -140,22 +140,34 @@ def write_table(
     except BaseException:
         spark.sql(f"DROP TABLE IF EXISTS {quote(staging)}")
         raise
-    # The swap: two metastore renames, milliseconds apart; the rows are complete before either.
+    # The swap: two metastore renames, milliseconds apart; the rows are complete before either. Until
+    # the new table is fully in place (partitions included), any failure puts the old one back.
     replacing = spark.catalog.tableExists(name)
     if replacing:
         spark.sql(f"ALTER TABLE {quote(name)} RENAME TO {_rename_target(old)}")
-    staged_at = _location(spark, staging) if partition_by else None
+    swapped = False
     try:
         spark.sql(f"ALTER TABLE {quote(staging)} RENAME TO {_rename_target(name)}")
+        swapped = True
+        if partition_by:
+            _follow_renamed_partitions(spark, name)
     except BaseException:
+        if swapped:  # the new rows go: they are not the promised table
+            spark.sql(f"DROP TABLE IF EXISTS {quote(name)}")
+        else:
+            spark.sql(f"DROP TABLE IF EXISTS {quote(staging)}")
         if replacing:
             spark.sql(f"ALTER TABLE {quote(old)} RENAME TO {_rename_target(name)}")
+            _follow_renamed_partitions(spark, name)  # renamed twice: its partitions too
         raise
-    if staged_at:
-        _follow_renamed_partitions(spark, name, staged_at)
     if replacing:
         spark.sql(f"DROP TABLE IF EXISTS {quote(old)}")
     log.info("table %s %s (%s)", name, "replaced" if replacing else "created", fmt)
+
+
+def sql_string(value: str) -> str:
+    """A Spark SQL string literal of ``value`` (quotes and backslashes escaped: nothing is spliced)."""
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
 def _location(spark: SparkSession, name: str) -> str | None:
@@ -163,33 +175,34 @@ def _location(spark: SparkSession, name: str) -> str | None:
     return rows[0]["data_type"] if rows else None
 
 
-def _follow_renamed_partitions(spark: SparkSession, name: str, staged_at: str) -> None:
-    """Point partitions that still name the staging directory at the renamed table's directory.
+def _follow_renamed_partitions(spark: SparkSession, name: str) -> None:
+    """Point every partition of the renamed table ``name`` at its directory under the table.
 
-    A Hive metastore moves them with the table; Spark's in-memory catalog moves the directory but
-    keeps the old partition locations, so the renamed table would read as empty.
+    A Hive metastore moves them with the table (nothing to do then); Spark's in-memory catalog moves
+    the directory but keeps the old partition locations (re-escaped on every rename), so the renamed
+    table would read as empty.
     """
-    table_at = _location(spark, name)
-    if not table_at or table_at == staged_at:
+    if not any(c.isPartition for c in spark.catalog.listColumns(name)):
         return
-    for row in spark.sql(f"SHOW PARTITIONS {quote(name)}").collect():
-        spec = ", ".join(f"`{k}` = '{unquote(v)}'" for k, v in (kv.split("=", 1) for kv in row[0].split("/")))
+    table_at = _location(spark, name)
+    if not table_at:
+        return
+    for row in spark.sql(f"SHOW PARTITIONS {quote(name)}").collect():  # one per input column: few
+        spec = ", ".join(f"{quote(unquote(k))} = {sql_string(unquote(v))}"
+                         for k, v in (kv.split("=", 1) for kv in row[0].split("/")))
         rows = spark.sql(f"DESCRIBE TABLE EXTENDED {quote(name)} PARTITION ({spec})").filter(
             "col_name = 'Location'").collect()
-        where = rows[0]["data_type"] if rows else ""
-        if where.startswith(staged_at.rstrip("/") + "/"):
-            new = table_at.rstrip("/") + where[len(staged_at.rstrip("/")):]
-            spark.sql(f"ALTER TABLE {quote(name)} PARTITION ({spec}) SET LOCATION '{new}'")
+        # the directory is SHOW PARTITIONS' escaped path (column=it%27em) below the table
+        home = table_at.rstrip("/") + "/" + row[0]
+        if not rows or rows[0]["data_type"] != home:
+            spark.sql(f"ALTER TABLE {quote(name)} PARTITION ({spec}) SET LOCATION {sql_string(home)}")
 
 
 def _set_properties(spark: SparkSession, name: str, props: Mapping[str, str]) -> None:
     if not props:
         return
 
-    def lit(s: str) -> str:
-        return "'" + s.replace("\\", "\\\\").replace("'", "\\'") + "'"
-
-    pairs = ", ".join(f"{lit(k)} = {lit(v)}" for k, v in props.items())
+    pairs = ", ".join(f"{sql_string(k)} = {sql_string(v)}" for k, v in props.items())
     spark.sql(f"ALTER TABLE {quote(name)} SET TBLPROPERTIES ({pairs})")
 
 

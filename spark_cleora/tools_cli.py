@@ -9,7 +9,8 @@ import os
 import sys
 
 from .config import ConfigError
-from .io import read_embeddings, write_json
+from .io import read_embeddings
+from .outputs import FILE_MARK, check_output_file, write_report
 from .session import job_description
 
 log = logging.getLogger(__name__)
@@ -99,6 +100,9 @@ def run_inspect(ns: argparse.Namespace) -> int:
 
     if ns.sample < 2:
         raise ConfigError(f"--sample must be >= 2; got {ns.sample}")
+    for flag, path in (("--plot", ns.plot), ("--json-out", ns.json_out)):
+        if path:  # replaced only when a previous run wrote it; never the embeddings
+            check_output_file(path, inputs=[ns.embeddings], what=flag)
     spark = spark_from_args(ns)
     emb = read_embeddings(spark, ns.embeddings)
     summary = summarize(emb)
@@ -119,7 +123,7 @@ def run_inspect(ns: argparse.Namespace) -> int:
                   f"{ev[0]:.1%} / {ev[1]:.1%} of their variance)")
             print("  colours: " + ", ".join(f"{g} {c}" for g, c in legend.items()))
     if ns.json_out:
-        write_json(ns.json_out, summary)
+        write_report(ns.json_out, {**summary, FILE_MARK: "inspect"})
     if found:
         print("problems: " + "; ".join(found), file=sys.stderr)
         return EXIT_INPUT

@@ -116,15 +116,21 @@ def test_failed_run_leaves_no_output_and_keeps_previous(spark, tmp_path, capsys)
     assert code == 3
     assert "empty_line" in capsys.readouterr().err
     assert not out.exists()
-    out.mkdir()
-    (out / "previous.txt").write_text("keep me")
-    assert main(["embed", str(bad), "--input-format", "cleora-tsv", "--columns", "complex::reflexive::x",
-                 "--dim", "4", "--output", str(out)]) == 3
-    assert (out / "previous.txt").read_text() == "keep me"
+    assert sorted(os.listdir(tmp_path)) == ["bad.tsv"]  # no work dir either: the advised rerun may start
     assert main(["embed", str(bad), "--input-format", "cleora-tsv", "--columns", "complex::reflexive::x",
                  "--dim", "4", "--output", str(out), "--on-bad-rows", "skip"]) == 0
-    assert not (out / "previous.txt").exists()
+    previous = {f: open(out / f, "rb").read() for f in os.listdir(out) if os.path.isfile(out / f)}
+    assert main(["embed", str(bad), "--input-format", "cleora-tsv", "--columns", "complex::reflexive::x",
+                 "--dim", "8", "--output", str(out)]) == 3
+    assert {f: open(out / f, "rb").read() for f in os.listdir(out) if os.path.isfile(out / f)} == previous
     assert json.load(open(out / "_run.json"))["rejected"] == {"empty_line": 1}
+    # a directory that is not a previous output is never replaced (exit 2, untouched)
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "previous.txt").write_text("keep me")
+    assert main(["embed", str(bad), "--input-format", "cleora-tsv", "--columns", "complex::reflexive::x",
+                 "--dim", "4", "--output", str(mine), "--on-bad-rows", "skip"]) == 2
+    assert os.listdir(mine) == ["previous.txt"] and (mine / "previous.txt").read_text() == "keep me"
 
 
 def test_resume_continues_from_the_last_finished_iteration(spark, tmp_path, caplog):

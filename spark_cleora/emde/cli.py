@@ -9,6 +9,7 @@ import argparse
 import json
 from typing import Any
 
+from ..config import ConfigError
 from .config import (
     BIAS_MODES,
     DECAY_ANCHORS,
@@ -21,6 +22,7 @@ from .config import (
     SketchConfig,
     load_emde_toml,
 )
+from .store import guarded_output
 
 EXAMPLES = """\
 examples:
@@ -171,7 +173,10 @@ def _run_fit(ns: argparse.Namespace) -> int:
     from .coder import run_fit
 
     cfg = _config(ns, "fit", FitConfig)
-    m = run_fit(spark_from_args(ns), cfg)
+    if not -(2**63) <= cfg.seed < 2**63:  # Spark's sample seed is a long: refuse before any work
+        raise ConfigError(f"--seed must fit a 64-bit signed integer; got {cfg.seed}")
+    with guarded_output(cfg):  # checked before Spark starts, locked while it runs
+        m = run_fit(spark_from_args(ns), cfg)
     extra = f", {m['items_missing_from_some_source']} items missing from some source" \
         if m.get("items_missing_from_some_source") else ""
     return _finish(ns, m, f"coder {m['coder_id']}: {cfg.output} ({m['items_coded']} items x {m['n_codes']} codes, "
@@ -193,7 +198,8 @@ def _run_sketch(ns: argparse.Namespace) -> int:
     from .sketch import run_sketch
 
     cfg = _config(ns, "sketch", SketchConfig)
-    m = run_sketch(spark_from_args(ns), cfg)
+    with guarded_output(cfg):  # checked before Spark starts, locked while it runs
+        m = run_sketch(spark_from_args(ns), cfg)
     rej = ", ".join(f"{k} {v}" for k, v in m["rejected"].items()) or "none"
     return _finish(ns, m, f"sketches: {cfg.output} ({m['customers']} customers from {m['accepted']} of "
                           f"{m['input_rows']} events; rejected: {rej}; as-of {m['cutoff']}; {m['seconds_total']:.1f}s)")
@@ -204,7 +210,8 @@ def _run_recommend(ns: argparse.Namespace) -> int:
     from .recommend import run_recommend
 
     cfg = _config(ns, "recommend", RecommendConfig)
-    m = run_recommend(spark_from_args(ns), cfg)
+    with guarded_output(cfg):  # checked before Spark starts, locked while it runs
+        m = run_recommend(spark_from_args(ns), cfg)
     return _finish(ns, m, f"recommendations: {cfg.output} ({m['customers']} customers x top {cfg.k} of "
                           f"{m['candidates']} candidates, {cfg.scoring} decoder; {m['seconds_total']:.1f}s)")
 
@@ -214,6 +221,7 @@ def _run_similar(ns: argparse.Namespace) -> int:
     from .similar import run_similar_customers
 
     cfg = _config(ns, "similar-customers", SimilarCustomersConfig)
-    m = run_similar_customers(spark_from_args(ns), cfg)
+    with guarded_output(cfg):  # checked before Spark starts, locked while it runs
+        m = run_similar_customers(spark_from_args(ns), cfg)
     return _finish(ns, m, f"similar customers: {cfg.output} ({m['customers']} customers x top {cfg.k}; "
                           f"{m['seconds_total']:.1f}s)")

@@ -8,18 +8,20 @@ people (``manifest.json`` in a coder, ``_manifest.json`` beside Parquet data, wh
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from pyspark.sql import DataFrame, SparkSession
 
 from .. import __version__
 from ..config import ConfigError
-from ..io import write_atomically, write_json
+from ..io import check_parquet_inputs, write_atomically, write_json
+from ..outputs import check_output_dir, mark_output, output_lock
 from ..store import local_path
 
 log = logging.getLogger(__name__)
@@ -44,6 +46,7 @@ def read_table(spark: SparkSession, paths: Sequence[str], fmt: str = "parquet") 
     if fmt == "table":
         return spark.read.table(paths[0])
     if fmt == "parquet":
+        check_parquet_inputs(paths)  # files Spark cannot read as one table: one line, exit 3
         return spark.read.parquet(*paths)
     sep = "\t" if fmt == "tsv" else ","
     # RFC 4180 quoting: doubled quotes, quoted newlines kept in the value (one task per file)
@@ -94,6 +97,7 @@ def write_output(spark: SparkSession, target: str, write_data: Callable[[str], d
     def write(staging: str) -> None:
         meta = write_data(staging)
         write_meta(spark, staging, meta, json_name=json_name)
+        mark_output(staging, f"emde-{meta.get('kind', 'output')}")
         lp = local_path(staging)
         if lp is not None:
             with open(os.path.join(lp, "_SUCCESS"), "w", encoding="utf-8"):
@@ -102,6 +106,32 @@ def write_output(spark: SparkSession, target: str, write_data: Callable[[str], d
 
     write_atomically(target, write)
     return out
+
+
+#: the config fields that name inputs of an EMDE step (paths no output may touch)
+INPUT_FIELDS = ("embeddings", "events", "coder", "previous", "sketches", "candidates", "queries")
+
+
+def input_paths(cfg: Any) -> list[str]:
+    """The input paths of an EMDE step's config (events given as table names are not paths)."""
+    out: list[str] = []
+    for name in INPUT_FIELDS:
+        value = getattr(cfg, name, None)
+        if not value or (name == "events" and getattr(cfg, "events_format", "parquet") == "table"):
+            continue
+        out.extend([value] if isinstance(value, str) else list(value))
+    return out
+
+
+@contextlib.contextmanager
+def guarded_output(cfg: Any) -> Iterator[None]:
+    """Check the step's ``--output`` (before Spark starts) and hold its lock while the step runs."""
+    if not getattr(cfg, "output", None):
+        yield
+        return
+    check_output_dir(cfg.output, inputs=input_paths(cfg))
+    with output_lock(cfg.output):
+        yield
 
 
 def refuse_existing(target: str, *, overwrite: bool, what: str) -> None:

@@ -203,13 +203,10 @@ def add_output_options(p: argparse.ArgumentParser, handler: Any) -> None:
 
 
 def write_report(path: str | None, report: dict[str, Any]) -> None:
-    """Write ``report`` as JSON atomically (temporary file + rename)."""
+    """Write ``report`` as JSON atomically (temporary file + rename), marked as the tool's output."""
     if not path:
         return
-    from ..io import write_json
+    from ..outputs import FILE_MARK
+    from ..outputs import write_report as write_json_report
 
-    parent = os.path.dirname(os.path.abspath(path))
-    os.makedirs(parent, exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    write_json(tmp, report)
-    os.replace(tmp, path)
+    write_json_report(path, {**report, FILE_MARK: "evaluate"})

@@ -429,6 +429,10 @@ def _run(ns: argparse.Namespace) -> int:
     half_lives = tuple(ns.half_life) if ns.half_life else (preset_half_life,)
     exclude = preset_exclude if ns.exclude_seen is None else ns.exclude_seen
     work = ns.work_dir or tempfile.mkdtemp(prefix="spark_cleora_evalrec_")
+    if ns.work_dir:  # someone's non-empty directory is refused; ours is marked (it is not deleted)
+        from ..outputs import claim_work_dir
+
+        claim_work_dir(work)
     try:
         report = evaluate_recommend(
             spark, events, work_dir=work, k=ns.k, holdout=ns.holdout, split_seed=ns.split_seed,
