@@ -311,6 +311,8 @@ class EmbedConfig:
         fp = {k: d[k] for k in FINGERPRINTED}
         if self.whiten != "final":  # see FINGERPRINTED["iterations"]
             fp["iterations"] = None
+        if fp["on_bad_rows"] != "quarantine":  # see FINGERPRINTED["on_bad_rows"]
+            fp["on_bad_rows"] = "fail-or-skip"
         return fp
 
 
@@ -329,7 +331,9 @@ FINGERPRINTED: dict[str, str] = {
     "columns": "the relation read from cleora-tsv",
     "csv_delimiter": "how CSV lines split into columns",
     "max_line_length": "which cleora-tsv lines are rejected",
-    "on_bad_rows": "whether rejected rows stop the run or are written: decided while the graph is built",
+    "on_bad_rows": "quarantine only: rejected rows are written while the graph is built, so a resumed graph "
+                   "would not write them; fail and skip build the same graph (a rerun with skip after a "
+                   "failed or killed fail run resumes)",
     "rejects": "where rejected rows are written, which happens only while the graph is built",
     "dim": "the vector length",
     "iterations": "with whiten = final only: the last iteration is stored whitened, so a longer run cannot "

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
+from collections.abc import Iterator
 from typing import Any
 
 from .config import INPUT_FORMATS, ConfigError, EmbedConfig
 from .io import read_cleora_text, read_embeddings, read_events, write_atomically, write_json
+from .outputs import check_output_dir, mark_output, output_lock
 from .store import local_path
 
 log = logging.getLogger(__name__)
@@ -85,18 +88,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=run_combine)
 
 
-def _refuse_foreign(output: str, inputs: list[str]) -> None:
-    """Replace only a previous output of this tool, never an input or someone else's directory."""
-    lp = local_path(output)
-    if lp is None:
-        return
-    for src in inputs:
-        sp = local_path(src)
-        if sp is not None and os.path.abspath(sp) == os.path.abspath(lp):
-            raise ConfigError(f"--output {output!r} is also an input; write somewhere else")
-    if os.path.exists(lp) and (not os.path.isdir(lp) or (os.listdir(lp) and not os.path.exists(
-            os.path.join(lp, "_run.json")))):
-        raise ConfigError(f"--output {output!r} exists and is not a spark-cleora output; refusing to replace it")
+@contextlib.contextmanager
+def _guarded(output: str, inputs: list[str]) -> Iterator[None]:
+    """The output rules of :mod:`spark_cleora.outputs`: checked before Spark starts, locked while writing."""
+    check_output_dir(output, inputs=inputs)
+    with output_lock(output):
+        yield
 
 
 def original_config(ns: argparse.Namespace) -> tuple[EmbedConfig, dict[str, Any] | None]:
@@ -135,13 +132,17 @@ def original_config(ns: argparse.Namespace) -> tuple[EmbedConfig, dict[str, Any]
 
 
 def run_fold_in(ns: argparse.Namespace) -> int:
+    cfg, manifest = original_config(ns)
+    with _guarded(ns.output, [ns.embeddings, *ns.events]):
+        return _fold_in(ns, cfg, manifest)
+
+
+def _fold_in(ns: argparse.Namespace, cfg: EmbedConfig, manifest: dict[str, Any] | None) -> int:
     from pyspark.sql import functions as F
 
     from .cli import spark_from_args
     from .foldin import fold_in
 
-    cfg, manifest = original_config(ns)
-    _refuse_foreign(ns.output, [ns.embeddings, *ns.events])
     spark = spark_from_args(ns)
     known = read_embeddings(spark, ns.embeddings)
     if manifest is None:  # the dimension from the table itself (one row)
@@ -166,6 +167,7 @@ def run_fold_in(ns: argparse.Namespace) -> int:
                 "fold_in": report, "original_run": (manifest or {}).get("config")})
             with open(os.path.join(lp, "_SUCCESS"), "w", encoding="utf-8"):
                 pass
+        mark_output(target, "fold-in")
 
     write_atomically(ns.output, write)
     sample = f" (e.g. {', '.join(report['unreached_sample'])})" if report["unreached"] else ""
@@ -176,10 +178,7 @@ def run_fold_in(ns: argparse.Namespace) -> int:
 
 
 def run_combine(ns: argparse.Namespace) -> int:
-    from pyspark.sql import functions as F
-
-    from .cli import spark_from_args
-    from .combine import check_compatible, check_weights, combine, presence_counts
+    from .combine import check_compatible, check_weights
     from .foldin import read_run_manifest
 
     weights = check_weights(ns.weights, len(ns.inputs))
@@ -191,7 +190,16 @@ def run_combine(ns: argparse.Namespace) -> int:
                               "takes spark-cleora embed (or fold-in) output directories")
         configs.append(m["config"])
     check_compatible(configs, ns.inputs)
-    _refuse_foreign(ns.output, ns.inputs)
+    with _guarded(ns.output, list(ns.inputs)):
+        return _combine(ns, weights, configs)
+
+
+def _combine(ns: argparse.Namespace, weights: list[float], configs: list[dict[str, Any]]) -> int:
+    from pyspark.sql import functions as F
+
+    from .cli import spark_from_args
+    from .combine import combine, presence_counts
+
     spark = spark_from_args(ns)
     frames = [read_embeddings(spark, d) for d in ns.inputs]
     dim = int(configs[0]["dim"]) * max(1, len(configs[0].get("multiscale") or []))
@@ -210,6 +218,7 @@ def run_combine(ns: argparse.Namespace) -> int:
             write_json(os.path.join(lp, "_run.json"), report)
             with open(os.path.join(lp, "_SUCCESS"), "w", encoding="utf-8"):
                 pass
+        mark_output(target, "combine")
 
     write_atomically(ns.output, write)
     partial = report["entities"] - report["entities_by_runs"].get(str(len(ns.inputs)), 0)

@@ -89,7 +89,7 @@ CHANGES = {
                  "session_gap": None, "columns": "complex::reflexive::a"}, {"columns": "complex::reflexive::b"}),
     "csv_delimiter": ({}, {"csv_delimiter": ";"}),
     "max_line_length": ({}, {"max_line_length": 5}),
-    "on_bad_rows": ({}, {"on_bad_rows": "skip"}),
+    "on_bad_rows": ({}, {"on_bad_rows": "quarantine", "rejects": "r1"}),
     "rejects": ({"on_bad_rows": "quarantine", "rejects": "r1"}, {"rejects": "r2"}),
     "dim": ({}, {"dim": 8}),
     "iterations": ({"whiten": "final"}, {"iterations": 5}),
@@ -109,6 +109,11 @@ def test_every_config_field_has_a_fingerprint_decision():
     assert not set(FINGERPRINTED) & set(NOT_FINGERPRINTED)
     assert set(FINGERPRINTED) | set(NOT_FINGERPRINTED) == fields
     assert set(CHANGES) == set(FINGERPRINTED)  # and each fingerprinted field has a change tested below
+
+
+def test_fail_and_skip_share_a_graph_so_a_rerun_with_skip_resumes():
+    base = EmbedConfig(**BASE)
+    assert fingerprint(base) == fingerprint(base.replace(on_bad_rows="skip"))
 
 
 @pytest.mark.parametrize("name", sorted(FINGERPRINTED))

@@ -188,7 +188,8 @@ def _run_code(ns: argparse.Namespace) -> int:
     from .coder import run_code
 
     cfg = _config(ns, "code", CodeConfig)
-    m = run_code(spark_from_args(ns), cfg)
+    with guarded_output(cfg):  # checked before Spark starts, locked while it runs
+        m = run_code(spark_from_args(ns), cfg)
     return _finish(ns, m, f"coder {m['coder_id']}: {cfg.output} ({m['items_added']} new items coded, "
                           f"{m['items_coded']} in all; {m['seconds_total']:.1f}s)")
 
