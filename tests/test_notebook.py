@@ -108,14 +108,14 @@ def test_wheel_task_entry_point_fails_the_task_on_errors(monkeypatch, capsys):
     assert exc.value.code == 2 and "no INPUT given" in capsys.readouterr().err
 
 
-def test_readme_job_example_matches_the_entry_point_and_the_widgets():
+def test_documented_job_example_matches_the_entry_point_and_the_widgets():
     import json
     import re
     import tomllib
 
     root = os.path.join(os.path.dirname(NOTEBOOK), os.pardir)
-    readme = open(os.path.join(root, "README.md"), encoding="utf-8").read()
-    job = json.loads(re.search(r"## Where it runs.*?```json\n(.*?)```", readme, re.S).group(1))
+    page = open(os.path.join(root, "docs", "deployment.md"), encoding="utf-8").read()
+    job = json.loads(re.search(r"## Databricks.*?```json\n(.*?)```", page, re.S).group(1))
     project = tomllib.load(open(os.path.join(root, "pyproject.toml"), "rb"))["project"]
     wheel = job["tasks"][0]["python_wheel_task"]
     assert wheel["package_name"] == project["name"].replace("-", "_")

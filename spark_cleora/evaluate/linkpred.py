@@ -1,6 +1,6 @@
 """``spark-cleora evaluate linkpred``: the Cleora paper's link-prediction protocol, distributed.
 
-Protocol (the authors' ``example_link_prediction`` notebook, ``../shared/spec/cleora-reference.md`` §7):
+Protocol (the authors' ``example_link_prediction`` notebook in https://github.com/BaseModelAI/cleora; docs/quality.md):
 
 1. The (undirected, de-duplicated, loop-free) edges are split 80/20 at random with a seed. Each edge goes
    to the test side when ``xxhash64(seed, src, dst) mod 10⁶ < 0.2·10⁶``: reproducible, and independent of
