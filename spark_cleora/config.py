@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .compat import tomllib
 from .init import INIT_METHODS
 
 MARKOV_KINDS = ("left", "symmetric")

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..compat import tomllib
 from ..config import ConfigError
 
 BIAS_MODES = ("median", "random-quantile")
