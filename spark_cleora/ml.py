@@ -12,6 +12,7 @@ docs/spark-ml.md for the whole mapping and the defaults).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from typing import Any
@@ -43,7 +44,7 @@ _EMBED_PARAMS: dict[str, tuple[str, Any, str]] = {
     "engine": ("engine", TypeConverters.toString, "'auto', 'one-task' or 'shuffle'"),
     "workDir": ("work_dir", TypeConverters.toString, "directory for the iterations (else localCheckpoint)"),
 }
-_DEFAULTS = EmbedConfig()
+_DEFAULTS = {f.name: f.default for f in dataclasses.fields(EmbedConfig)}
 
 
 class _CleoraParams(Params):
@@ -53,7 +54,7 @@ class _CleoraParams(Params):
         super().__init__()
         for name, (field, conv, doc) in _EMBED_PARAMS.items():
             setattr(self, name, Param(self, name, doc, typeConverter=conv))
-            default = getattr(_DEFAULTS, field)
+            default = _DEFAULTS[field]
             if default is not None:
                 self._setDefault(**{name: default})
 
