@@ -112,7 +112,7 @@ class _Writer:
             "paramMap": {p.name: v for p, v in inst._paramMap.items()},
             "defaultParamMap": {p.name: v for p, v in inst._defaultParamMap.items()},
         }
-        mode = "overwrite" if self._overwrite else "errorifexists"
+        mode = "overwrite" if self._overwrite else "error"  # (Connect refuses the spelling "errorifexists")
         spark.createDataFrame([(json.dumps(meta),)], "value string").coalesce(1).write.mode(mode).text(
             _join(path, "metadata"))
         inst._save_data(spark, path, mode)
