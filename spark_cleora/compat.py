@@ -82,8 +82,7 @@ def pyspark_version() -> str:
     try:
         import pyspark
     except ImportError as exc:
-        raise MissingPySparkError(f"PySpark is not installed; spark_cleora needs {SUPPORTED}: {INSTALL_HINT}",
-                                  name="pyspark") from exc
+        raise MissingPySparkError(f"PySpark is not installed; spark_cleora needs {SUPPORTED}: {INSTALL_HINT}") from exc
     return str(pyspark.__version__)
 
 

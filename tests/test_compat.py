@@ -180,3 +180,34 @@ def test_similar_inspect_and_emde_chain(spark):
     seen = {(r["user"], r["item"]) for r in events.collect()}
     assert all(len(r["items"]) == 3 and not any((r["customer"], it) in seen for it in r["items"]) for r in got)
     assert all(list(r["scores"]) == sorted(r["scores"], reverse=True) for r in got)
+
+
+@pytest.mark.parametrize("setup, expected", [
+    ("sys.modules['pyspark'] = None",  # no PySpark importable
+     "error: PySpark is not installed; spark_cleora needs Python >= 3.10 with PySpark 3.5 to 4.x: "
+     "pip install 'spark-cleora[local]' for a local Spark"),
+    ("import pyspark; pyspark.__version__ = '3.4.1'",
+     "error: PySpark 3.4.1 is installed; spark_cleora supports Python >= 3.10 with PySpark 3.5 to 4.x"),
+])
+def test_console_script_stops_with_one_line_and_exit_4(setup, expected):
+    import subprocess
+    import sys
+
+    code = f"import sys; {setup}; sys.argv = ['spark-cleora', 'embed']; import spark_cleora.cli"
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 4 and res.stderr.startswith(expected) and res.stderr.count("\n") == 1, res.stderr
+    # as a library: the same message, as an ImportError subclass for a missing PySpark
+    res = subprocess.run([sys.executable, "-c", f"import sys; {setup}\ntry:\n import spark_cleora\nexcept ImportError as e: "
+                          "print('ImportError', e)\nexcept RuntimeError as e: print('RuntimeError', e)"],
+                         capture_output=True, text=True, timeout=120)
+    kind = "ImportError" if "None" in setup else "RuntimeError"
+    assert res.stdout.startswith(f"{kind} {expected[len('error: '):]}"), res.stdout + res.stderr
+
+
+def test_the_package_does_not_depend_on_pyspark():
+    from pathlib import Path
+
+    meta = compat.tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]
+    assert not [d for d in meta["dependencies"] if d.lower().startswith("pyspark")]
+    assert meta["optional-dependencies"]["local"] == ["pyspark>=3.5,<5"]
+    assert meta["requires-python"] == ">=3.10"
