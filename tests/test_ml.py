@@ -83,3 +83,47 @@ def test_save_load_model_estimator_and_pipeline_model(spark, events, fitted, tmp
     got = vectors(loaded.transform(events).select("item", "embedding").dropDuplicates(["item"]))
     ref = vectors(fitted.transform(events).select("item", "embedding").dropDuplicates(["item"]))
     assert {k: v.tolist() for k, v in got.items()} == {k: v.tolist() for k, v in ref.items()}
+
+
+CONNECT_SCRIPT = """
+import json, sys
+from pyspark.ml import Pipeline, PipelineModel
+from pyspark.sql import SparkSession
+from spark_cleora.ml import Cleora, CleoraModel
+saved, out = sys.argv[1], sys.argv[2]
+spark = SparkSession.builder.remote("local[2]").config("spark.sql.shuffle.partitions", "4").getOrCreate()
+res = {"remote": type(spark).__module__}
+loaded = CleoraModel.load(saved)  # written by the classic session
+res["loaded"] = {r["entity"]: list(r["embedding"]) for r in loaded.embeddings.collect()}
+ev = spark.createDataFrame(json.loads(sys.argv[3]), "user string, item string")
+pm = Pipeline(stages=[Cleora(hyperedgeCol="user", entityCol="item", **json.loads(sys.argv[4]))]).fit(ev)
+pm.write().overwrite().save(out)
+back = PipelineModel.load(out)
+res["fitted"] = {r["item"]: list(r["embedding"]) for r in back.transform(ev).dropDuplicates(["item"]).collect()}
+print(json.dumps(res), flush=True)
+spark.stop()
+"""
+
+
+def test_saved_model_loads_and_pipeline_fits_on_connect(fitted, tmp_path):
+    """On a Spark Connect session: a model saved by a classic session loads; a Pipeline fits, saves and
+    loads back with the same vectors."""
+    import os
+    import subprocess
+    import sys
+
+    pytest.importorskip("grpc", reason="pyspark[connect] extras are not installed")
+    model = fitted.stages[0]
+    model.write().save(str(tmp_path / "classic"))
+    env = dict(os.environ, PYSPARK_PYTHON=sys.executable)
+    env.pop("SPARK_REMOTE", None)
+    with open(tmp_path / "stderr.log", "w") as err:
+        res = subprocess.run([sys.executable, "-c", CONNECT_SCRIPT, str(tmp_path / "classic"), str(tmp_path / "pm"),
+                              json.dumps(EVENTS), json.dumps(OPTS)], stdout=subprocess.PIPE, stderr=err, text=True,
+                             env=env, timeout=900, cwd=str(tmp_path))
+    assert res.returncode == 0, (tmp_path / "stderr.log").read_text()[-3000:]
+    got = json.loads(res.stdout.strip().splitlines()[-1])
+    assert "connect" in got["remote"]
+    ref = {k: v.tolist() for k, v in vectors(model.embeddings, "entity").items()}
+    assert {k: np.float32(v).tolist() for k, v in got["loaded"].items()} == ref
+    assert {k: np.float32(v).tolist() for k, v in got["fitted"].items()} == ref
