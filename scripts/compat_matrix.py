@@ -223,6 +223,8 @@ def main() -> int:
     ap.add_argument("--work", default=None, help="venvs and outputs (default: a temporary directory)")
     ap.add_argument("--keep", action="store_true", help="keep the venvs")
     ap.add_argument("--machine", default=None, help="machine description for the doc")
+    ap.add_argument("--report-only", action="store_true",
+                    help="no runs: the doc from --work's results.json (the versions finished so far)")
     ap.add_argument("--probe", help=argparse.SUPPRESS)
     ns = ap.parse_args()
     if ns.probe:
@@ -231,7 +233,10 @@ def main() -> int:
     work = Path(ns.work or tempfile.mkdtemp(prefix="spark_cleora_compat_"))
     work.mkdir(parents=True, exist_ok=True)
     results = {}
-    for v in ns.versions:
+    if ns.report_only:
+        results = {v: r for v, r in json.loads((work / "results.json").read_text()).items() if v in ns.versions}
+        ns.versions = list(results)
+    for v in ([] if ns.report_only else ns.versions):
         print(f"== pyspark {v}", file=sys.stderr, flush=True)
         results[v] = run_version(v, work, ns.keep)
         (work / "results.json").write_text(json.dumps(results, indent=1))

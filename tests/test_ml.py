@@ -115,7 +115,8 @@ def test_saved_model_loads_and_pipeline_fits_on_connect(fitted, tmp_path):
     pytest.importorskip("grpc", reason="pyspark[connect] extras are not installed")
     model = fitted.stages[0]
     model.write().save(str(tmp_path / "classic"))
-    env = dict(os.environ, PYSPARK_PYTHON=sys.executable)
+    # SPARK_TESTING: pyspark gives the local Connect server an ephemeral port (not a busy 15002)
+    env = dict(os.environ, PYSPARK_PYTHON=sys.executable, SPARK_TESTING="1")
     env.pop("SPARK_REMOTE", None)
     with open(tmp_path / "stderr.log", "w") as err:
         res = subprocess.run([sys.executable, "-c", CONNECT_SCRIPT, str(tmp_path / "classic"), str(tmp_path / "pm"),
