@@ -1,12 +1,13 @@
 # Shared by scripts/demo.sh and scripts/test.sh: a project venv with spark_cleora installed, and Java.
 # Usage: source scripts/_env.sh [extras]     (VENV=path overrides .venv; FRESH=1 recreates it)
+# (the "local" extra brings PySpark itself: the package does not depend on it, a cluster has its own)
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${VENV:-$ROOT/.venv}"
 PYTHON="${PYTHON:-python3}"
 
-if ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
-  echo "error: spark_cleora needs Python >= 3.11 (found: $("$PYTHON" --version 2>&1)). Set PYTHON=/path/to/python3.11." >&2
+if ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 10))' 2>/dev/null; then
+  echo "error: spark_cleora needs Python >= 3.10 (found: $("$PYTHON" --version 2>&1)). Set PYTHON=/path/to/python3." >&2
   exit 4
 fi
 java_bin="${JAVA_HOME:+$JAVA_HOME/bin/}java"

@@ -45,8 +45,8 @@ while [[ $# -gt 0 ]]; do
   esac
 done
 
-"$PY" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else 1)' \
-  || { echo "package.sh: $PY is Python < 3.11; PySpark 4.3 needs 3.11+ (use --python)" >&2; exit 2; }
+"$PY" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else 1)' \
+  || { echo "package.sh: $PY is Python < 3.10; spark_cleora needs 3.10+ (use --python)" >&2; exit 2; }
 mkdir -p "$OUT"
 OUT="$(cd "$OUT" && pwd)"
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/spark_cleora_package.XXXXXX")"
@@ -76,11 +76,13 @@ for line in lines:
     if not line.startswith("Requires-Dist:"):
         continue
     req = line.split(":", 1)[1].strip()
+    name = re.split(r"[ ;<>=!~\[(]", req, maxsplit=1)[0].lower()
+    if name == "pyspark":  # only in the "local" extra: the cluster's own Spark is used
+        if with_pyspark and "local" in req:
+            print(req.split(";")[0].strip())
+        continue
     if "extra ==" in req:
         continue  # optional extras (test, ...) are not runtime dependencies
-    name = re.split(r"[ ;<>=!~\[(]", req, maxsplit=1)[0].lower()
-    if name == "pyspark" and not with_pyspark:
-        continue
     print(req.split(";")[0].strip())
 EOF
 )"

@@ -4,6 +4,20 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
+import os as _os
+import sys as _sys
+
+from .compat import UnsupportedEnvironmentError as _Unsupported
+from .compat import check_environment as _check_environment
+
+try:  # before anything imports pyspark: one line on what is installed and what is supported
+    _check_environment()
+except _Unsupported as _exc:
+    if _os.path.basename(_sys.argv[0] if _sys.argv else "") in ("spark-cleora", "spark_cleora_job"):
+        print(f"error: {_exc}", file=_sys.stderr)  # the console scripts: no traceback, exit code 4
+        raise SystemExit(4) from None
+    raise
+
 from .config import ConfigError, EmbedConfig, parse_columns  # noqa: E402
 from .embed import EmbedResult, embed, run_embedding  # noqa: E402
 

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from . import __version__
+from .compat import UnsupportedEnvironmentError
 from .config import OUTPUT_FORMATS, ConfigError, EmbedConfig, load_toml
 from .session import JavaNotFoundError, get_spark
 from .store import ResumeMismatchError
@@ -221,7 +222,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(ns.log_level)
     try:
         return int(ns.handler(ns) or EXIT_OK)
-    except JavaNotFoundError as exc:
+    except (JavaNotFoundError, UnsupportedEnvironmentError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_ENV
     except (ConfigError, ResumeMismatchError) as exc:

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
-import tomllib
 import types
 import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .compat import tomllib
 from .init import INIT_METHODS
 
 MARKOV_KINDS = ("left", "symmetric")

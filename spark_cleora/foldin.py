@@ -45,6 +45,7 @@ import pyarrow as pa
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
+from .compat import cogrouped_arrow
 from .config import ConfigError, EmbedConfig, field_names
 from .graph import blocks_for, build_blocks, build_entities, graph_counts, plans_of
 from .hyperedges import BadInputError, cleora_text_to_memberships, events_to_memberships
@@ -197,7 +198,7 @@ def iterate_in_one_task(start: DataFrame, plans: DataFrame, *, dim: int, iterati
                                                             mask=made[new] == 0),
         })
 
-    return left.groupBy("_task").cogroup(right.groupBy("_task")).applyInArrow(run, _ONE_TASK_SCHEMA)
+    return cogrouped_arrow(left, right, "_task", run, _ONE_TASK_SCHEMA, num_partitions=1)
 
 
 def fold_in(spark: SparkSession, known: DataFrame, source: DataFrame, cfg: EmbedConfig, *,

@@ -24,6 +24,7 @@ shares. No per-membership table is ever written.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from dataclasses import dataclass
@@ -328,16 +329,19 @@ def graph_count_metrics() -> list[SparkColumn]:
     return [
         F.sum(F.when(plan, F.col("memberships"))).alias("m"), F.sum(F.when(plan, F.col("hyperedges"))).alias("h"),
         F.max(F.when(plan, F.col("largest"))).alias("big"), F.sum(F.when(plan, F.col("entities"))).alias("shares"),
-        # one (rule, rows) per block and rule: bounded by the blocks, not the data
-        F.collect_list(F.when(inputs, F.struct(F.col("entity").alias("rule"), F.col("rows")))).alias("inputs"),
+        # one (rule, rows) per block and rule: bounded by the blocks, not the data. As JSON text, because
+        # Spark 4.0's Observation hands an array of structs back as raw Java objects.
+        F.to_json(F.collect_list(F.when(inputs, F.struct(F.col("entity").alias("rule"), F.col("rows")))))
+        .alias("inputs"),
     ]
 
 
 def observed_counts(metrics: dict) -> GraphCounts:
     """The :class:`GraphCounts` of :func:`graph_count_metrics`' observed row."""
     inputs: dict[str | None, int] = {}
-    for r in metrics.get("inputs") or []:
-        inputs[r["rule"]] = inputs.get(r["rule"], 0) + int(r["rows"] or 0)
+    for r in json.loads(metrics.get("inputs") or "[]"):
+        # (to_json leaves NULL fields out: a missing rule is the accepted rows' None)
+        inputs[r.get("rule")] = inputs.get(r.get("rule"), 0) + int(r.get("rows") or 0)
     m, h, big, shares = (int(metrics.get(c) or 0) for c in ("m", "h", "big", "shares"))
     return GraphCounts(m, h, big, shares, inputs)
 

@@ -19,6 +19,7 @@ from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
+from .compat import is_valid_utf8
 from .config import ConfigError, EmbedConfig, parse_columns
 
 log = logging.getLogger(__name__)
@@ -181,7 +182,7 @@ def events_to_memberships(events: DataFrame, cfg: EmbedConfig) -> tuple[DataFram
         ("null_entity", F.col("entity").isNull()),
         ("empty_entity", F.col("entity") == ""),
         # text and CSV readers pass undecodable bytes through as they are
-        ("invalid_utf8", ~F.is_valid_utf8("_h") | ~F.is_valid_utf8("entity")),
+        ("invalid_utf8", ~is_valid_utf8("_h") | ~is_valid_utf8("entity")),
     ]
     if tcol:
         t = F.col("_t")
@@ -238,7 +239,7 @@ def cleora_text_to_memberships(lines: DataFrame, cfg: EmbedConfig) -> tuple[Data
     tokens = [F.split(F.col("_cells").getItem(i), " ", -1) for i in range(ncols)]
     rules: list[tuple[str, SparkColumn]] = [
         ("line_too_long", F.length("line") > F.lit(cfg.max_line_length)),
-        ("invalid_utf8", ~F.is_valid_utf8("line")),
+        ("invalid_utf8", ~is_valid_utf8("line")),
         ("empty_line", F.col("_l") == ""),
         ("wrong_cell_count", F.size("_cells") != ncols),
         ("empty_entity", F.exists(F.array(*tokens), lambda toks: F.exists(toks, lambda t: t == ""))),

@@ -17,6 +17,7 @@ import numpy as np
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
+from .compat import vector_norm
 from .outputs import FILE_MARK
 from .session import job_description
 
@@ -44,7 +45,7 @@ def summarize(emb: DataFrame) -> dict[str, Any]:
     """
     v = F.col("embedding")
     finite = F.forall(v, lambda x: ~F.isnan(x) & (F.abs(x) < F.lit(float("inf"))))
-    norm = F.when(F.size(v) > 0, F.vector_norm(v)).cast("double")
+    norm = F.when(F.size(v) > 0, vector_norm(v)).cast("double")
     good = v.isNotNull() & finite
     aggs = [
         F.count(F.lit(1)).alias("rows"),

@@ -32,6 +32,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from scipy import sparse
 
+from .compat import cogrouped_arrow
 from .vectors import PACKED, pack, to_list_array, unpack
 
 #: the embedding table during the iterations: vector plus route (see the module docstring)
@@ -216,7 +217,7 @@ def propagate(x: DataFrame, plans: DataFrame, *, dim: int, num_blocks: int, resi
     slice of the entities, sorted in numpy. Two shuffle partitions (a local[2] default) would instead
     make Spark sort half an iteration per task and spill once that outgrows memory.
     """
-    routed = x.select(F.explode("blocks").alias("block"), *[c for c in x.columns]).repartition(num_blocks, "block")
+    routed = x.select(F.explode("blocks").alias("block"), *[c for c in x.columns])
 
     def step(left: pa.Table, right: pa.Table) -> pa.Table:
         _maybe_inject_failure("multiply")
@@ -228,8 +229,7 @@ def propagate(x: DataFrame, plans: DataFrame, *, dim: int, num_blocks: int, resi
         if batches:  # all partials of this partition's entities (partitioned by id)
             yield from sum_and_normalize(pa.Table.from_batches(batches), dim=dim).to_batches()
 
-    by_block = plans.repartition(num_blocks, "block")
-    partials = routed.groupBy("block").cogroup(by_block.groupBy("block")).applyInArrow(step, X_SCHEMA)
+    partials = cogrouped_arrow(routed, plans, "block", step, X_SCHEMA, num_partitions=num_blocks)
     if residual:
         factor = residual / (1.0 - residual)
 

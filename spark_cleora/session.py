@@ -14,6 +14,7 @@ import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 
+from .compat import check_session
 from .machine import local_cores, local_driver_gib, memory_bytes
 
 log = logging.getLogger(__name__)
@@ -213,6 +214,7 @@ def get_spark(
     if not remote and master is None:
         active = SparkSession.getActiveSession()
         if active is not None:
+            check_session(active)
             for k, v in conf.items():
                 active.conf.set(k, v)
             return active
@@ -246,6 +248,7 @@ def get_spark(
     for k, v in conf.items():
         builder = builder.config(k, v)
     spark = builder.getOrCreate()
+    check_session(spark)  # a Connect server's Spark can be older than this client
     if pending_archive:
         atexit.register(_promote_class_archive, pending_archive)
     if not remote:

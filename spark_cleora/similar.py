@@ -7,6 +7,8 @@ from collections.abc import Sequence
 from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
+from .compat import cosine_similarity
+
 SIMILAR_SCHEMA = "query string, rank int, entity string, column string, cosine double"
 
 
@@ -80,7 +82,7 @@ def similar(
         .crossJoin(F.broadcast(queries))
         .filter(F.col("entity") != F.col("query"))
         .select("query", "entity", "column",
-                F.vector_cosine_similarity(F.col("embedding"), F.col("q")).cast("double").alias("cosine"))
+                cosine_similarity("embedding", "q").alias("cosine"))
         .filter(F.col("cosine").isNotNull())
     )
     order = Window.partitionBy("query").orderBy(F.col("cosine").desc(), F.col("entity"))

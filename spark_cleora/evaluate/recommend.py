@@ -39,6 +39,7 @@ import pyarrow as pa
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
+from ..compat import grouped_arrow
 from ..config import ConfigError
 from ..embed import embed
 from ..emde.coder import fit_coder, item_codes
@@ -168,7 +169,7 @@ def knn_baseline(train_w: DataFrame, emb: DataFrame, queries: DataFrame, *, dim:
                         schema=pa.schema([("id", pa.string()), ("idx", pa.list_(pa.int32())),
                                           ("val", pa.list_(pa.float32()))]))
 
-    q = vecs.groupBy("c").applyInArrow(user_vector, "id string, idx array<int>, val array<float>")
+    q = grouped_arrow(vecs, ["c"], user_vector, "id string, idx array<int>, val array<float>")
     q = _with_exclusions(q, train_w, exclude)
     cands = emb.select(F.col("entity").alias("id"), F.sequence(F.lit(0), F.lit(dim - 1)).alias("idx"),
                        F.col("embedding").alias("val"), F.lit(0.0).alias("prior"))
