@@ -316,8 +316,8 @@ def _cores(spark: SparkSession) -> int:
     return local_cores(spark.conf.get("spark.master", "")) or os.cpu_count() or 1
 
 
-def train_model(spark: SparkSession, config: TrainConfig | None = None, *, events: DataFrame | None = None,
-                **options: Any) -> dict[str, Any]:
+def train_model(spark: SparkSession, config: TrainConfig | None = None, *,
+                events: DataFrame | str | tuple[str, ...] | None = None, **options: Any) -> dict[str, Any]:
     """Build examples, train the network, write the model directory; returns its manifest.
 
     Parameters
@@ -326,10 +326,15 @@ def train_model(spark: SparkSession, config: TrainConfig | None = None, *, event
         A :class:`spark_cleora.emde.config.TrainConfig` and/or its fields (``coder``, ``customer``,
         ``item``, ``timestamp``, ``half_life``, ``hidden``, ``epochs``, ``output``, ...).
     events
-        An event DataFrame instead of ``config.events``.
+        Event table path(s), or a DataFrame (then ``events`` in the config only names it).
     """
     torch = require_torch()
     stop_after = options.pop("_stop_after_epoch", None)  # tests: a training killed after that epoch
+    if isinstance(events, DataFrame):
+        options["events"] = ("<DataFrame>",)
+    elif events is not None:
+        options["events"] = events
+        events = None
     cfg = config.replace(**options) if config is not None else TrainConfig(**options)
     t0 = time.perf_counter()
     if not cfg.output:
@@ -399,7 +404,9 @@ def train_model(spark: SparkSession, config: TrainConfig | None = None, *, event
     result = run_training(job, processes=cfg.processes, distributor=cfg.distributor, spark=spark)
 
     def write(staging: str) -> dict[str, Any]:
-        shutil.copyfile(os.path.join(work_local, FINAL), os.path.join(local_path(staging) or staging, WEIGHTS))
+        target = local_path(staging) or staging
+        os.makedirs(target, exist_ok=True)
+        shutil.copyfile(os.path.join(work_local, FINAL), os.path.join(target, WEIGHTS))
         return {"kind": "model", "coder_id": coder_meta["coder_id"], "coder": coder, "inputs": inputs.to_dict(),
                 "features": features.to_dict(), "architecture": architecture, "training": training,
                 "threads": threads, "examples": {k: ex_meta.get(k) for k in (
