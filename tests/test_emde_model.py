@@ -120,3 +120,42 @@ def test_spark_inference_equals_in_process_and_honours_exclusions(spark, setup):
         assert got == want
         if excl:
             assert all(not (set(v) & seen[c]) and set(v) <= allowed for c, v in got.items())
+
+
+def test_items_missing_from_a_source_are_coded_randomly_and_recommended(spark, setup, tmp_path):
+    root, events = setup
+    from spark_cleora.emde.coder import RANDOM_SOURCE, missing_per_source
+
+    a = spark.createDataFrame([(str(k), EMB[k].tolist()) for k in range(N_ITEMS)], "entity string, embedding array<float>")
+    # source b knows a new item ("new", no interaction embedding) and lacks item 0
+    b_rows = [(str(k), EMB[k, :4].tolist()) for k in range(1, N_ITEMS)] + [("new", [0.1, 0.2, 0.3, 0.4])]
+    b = spark.createDataFrame(b_rows, "entity string, embedding array<float>")
+    coder = fit_coder([a, b], depth=4, bits=3, seed=0, source_depths=(4, 2), random_source=True)
+    assert coder.depths == [4, 2, 4] and coder.n_codes == 10 and coder.sources[2].name == RANDOM_SOURCE
+    assert missing_per_source([a, b]) == {"items_in_any_source": N_ITEMS + 1, "items_random_per_source": [1, 1]}
+    codes_df = item_codes(coder, [a, b])
+    save_coder(spark, coder, codes_df, str(tmp_path / "coder"))
+    codes = {r["item"]: r["codes"] for r in spark.read.parquet(str(tmp_path / "coder" / "codes")).collect()}
+    assert set(codes) == {str(k) for k in range(N_ITEMS)} | {"new"}
+    assert all(len(c) == 10 and [x // 8 for x in c] == list(range(10)) for c in codes.values())
+    m = train_model(spark, coder=str(tmp_path / "coder"), events=(str(root / "events"),),
+                    output=str(tmp_path / "model"), **{**OPTS, "epochs": 1})
+    assert m["architecture"]["n_blocks"] == 10
+    cands = spark.createDataFrame([("new",), ("1",)], "item string")
+    recs, _ = recommend_with_model(load_model(str(tmp_path / "model")), events,
+                                   spark.read.parquet(str(tmp_path / "coder" / "codes")), customer="user",
+                                   item="item", timestamp="ts", k=2, candidates=cands)
+    got = recs.collect()
+    assert len(got) == 40 and all(sorted(r["items"]) == ["1", "new"] for r in got)
+
+
+def test_model_commands_without_torch_name_the_install_command(tmp_path):
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.modules['torch'] = None; from spark_cleora.cli import main; "
+            "sys.exit(main(['emde', 'train', '--coder', 'c', '--events', 'e', '--customer', 'u', '--item', 'i', "
+            "'--timestamp', 't', '--output', 'm']))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines()[-1].startswith("error: the EMDE model needs PyTorch: pip install 'spark-cleora[model]'")

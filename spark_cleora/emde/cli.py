@@ -51,7 +51,7 @@ def _config(ns: argparse.Namespace, step: str, cls: type) -> Any:
     if getattr(ns, "config", None):
         values.update(load_emde_toml(ns.config, step, cls))
     values.update({k: v for k, v in vars(ns).items() if k not in _NOT_CONFIG})
-    for key in ("embeddings", "events", "customers", "event_features"):
+    for key in ("embeddings", "events", "customers", "event_features", "source_depths"):
         if key in values and values[key] is not None:
             values[key] = tuple(values[key])
     return cls(**values)
@@ -101,6 +101,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     f.add_argument("--fit-sample", type=int, metavar="N", help="fit on a seeded sample of about N items per source")
     f.add_argument("--column", help="only embedding rows of this input column")
     f.add_argument("--quantile-accuracy", type=int, help="percentile_approx accuracy (default 10000; exact up to it)")
+    f.add_argument("--source-depth", dest="source_depths", type=int, nargs="+", metavar="N",
+                   help="N per embedding source (default --depth for each)")
+    f.add_argument("--random-source", action="store_true",
+                   help="add a source of seeded random vectors, one per item (item-identity codes)")
     f.add_argument("--overwrite", action="store_true", help="replace an existing coder")
     _common(f)
     f.set_defaults(handler=_run_fit)
@@ -232,8 +236,8 @@ def _run_fit(ns: argparse.Namespace) -> int:
 
     cfg = _config(ns, "fit", FitConfig)
     m = run_fit(spark_from_args(ns), cfg)
-    extra = f", {m['items_missing_from_some_source']} items missing from some source" \
-        if m.get("items_missing_from_some_source") else ""
+    randoms = m.get("items_random_per_source") or []
+    extra = f", coded from random vectors per source: {randoms}" if any(randoms) else ""
     return _finish(ns, m, f"coder {m['coder_id']}: {cfg.output} ({m['items_coded']} items x {m['n_codes']} codes, "
                           f"ids < {m['length']}{extra}; {m['seconds_total']:.1f}s)")
 

@@ -79,6 +79,11 @@ class FitConfig(_Config):
         ``percentile_approx`` accuracy; biases are exact when a source has at most this many items.
     overwrite
         Replace an existing coder (its codes change; sketches made with it can no longer be scored).
+    source_depths
+        N per embedding source (default ``depth`` for each).
+    random_source
+        Add a source of one seeded random vector per item (``depth`` partitionings): item-identity
+        codes that let a trained model memorise single items (the paper's random source).
     """
 
     embeddings: tuple[str, ...] = ()
@@ -92,10 +97,15 @@ class FitConfig(_Config):
     column: str | None = None
     quantile_accuracy: int = 10_000
     overwrite: bool = False
+    source_depths: tuple[int, ...] = ()
+    random_source: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "embeddings", _paths(self.embeddings))
+        object.__setattr__(self, "source_depths", tuple(self.source_depths or ()))
         _positive_int("depth", self.depth)
+        for d in self.source_depths:
+            _positive_int("source-depth", d)
         _positive_int("bits", self.bits)
         if self.bits > 16:
             raise ConfigError(f"bits must be <= 16 (2**bits buckets per partitioning); got {self.bits}")
