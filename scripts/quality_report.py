@@ -1,6 +1,6 @@
 """Quality report: spark_cleora and pycleora 3.2.1 side by side, same split, same protocol.
 
-For each dataset in ``../shared/data`` (override with ``--data`` or ``SPARK_CLEORA_SHARED_DATA``):
+For each dataset in ``--data DIR`` (default: ``$SPARK_CLEORA_SHARED_DATA``):
 
 * **link prediction** (``spark_cleora.evaluate.linkpred``, the Cleora paper's protocol): one seeded
   80/20 split; both libraries embed the same training edges (clique expansion); both embeddings are
@@ -85,7 +85,10 @@ CONFIGS: list[dict[str, Any]] = [
 
 
 def data_root(arg: str | None) -> Path:
-    return Path(arg or os.environ.get("SPARK_CLEORA_SHARED_DATA") or ROOT.parent / "shared" / "data")
+    root = arg or os.environ.get("SPARK_CLEORA_SHARED_DATA")
+    if not root:
+        raise SystemExit("give --data DIR (or set SPARK_CLEORA_SHARED_DATA): the directory holding the datasets")
+    return Path(root)
 
 
 def pycleora_embedding(spark, lines: list[str], call: dict[str, Any], dim: int):
@@ -203,7 +206,7 @@ def markdown(results: list[dict[str, Any]], *, sample: int) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--data", help="shared data directory (default ../shared/data)")
+    ap.add_argument("--data", help="directory holding the datasets (default: $SPARK_CLEORA_SHARED_DATA)")
     ap.add_argument("--datasets", nargs="+", default=["facebook", "email", "lastfm", "cora"], choices=sorted(DATASETS))
     ap.add_argument("--configs", nargs="+", type=int, help="indexes into CONFIGS (default: all)")
     ap.add_argument("--dim", type=int, default=256)
@@ -215,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     ns = ap.parse_args(argv)
     root = data_root(ns.data)
     if not root.exists():
-        print(f"no shared data at {root}; nothing to do", file=sys.stderr)
+        print(f"no data directory at {root}; nothing to do", file=sys.stderr)
         return 0
     from spark_cleora.session import get_spark
 

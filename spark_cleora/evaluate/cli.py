@@ -7,7 +7,7 @@ import importlib
 
 # Modules with ``register(evaluate_sub)`` adding one evaluation each (``p.set_defaults(handler=fn)``).
 _EVALUATIONS: list[str] = ["spark_cleora.evaluate.linkpred", "spark_cleora.evaluate.classify",
-                            "spark_cleora.evaluate.recommend"]
+                            "spark_cleora.evaluate.recommend", "spark_cleora.evaluate.session"]
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -190,6 +190,18 @@ def embed_options(ns: argparse.Namespace) -> dict[str, Any]:
     return {k: getattr(ns, k) for k in EMBED_OPTION_FIELDS if getattr(ns, k, None) is not None}
 
 
+def add_output_options(p: argparse.ArgumentParser, handler: Any) -> None:
+    """``--report``, ``--work-dir``, the embedding and Spark options of a recommendation evaluation."""
+    from ..cli import add_embedding_options, add_spark_options
+
+    g = p.add_argument_group("output")
+    g.add_argument("--report", help="write the JSON report here (atomically)")
+    g.add_argument("--work-dir", help="scratch directory (default: a temporary one, removed afterwards)")
+    add_embedding_options(p.add_argument_group("embedding (as `spark-cleora embed`; default --dim 256 --iterations 3)"))
+    add_spark_options(p)
+    p.set_defaults(handler=handler)
+
+
 def write_report(path: str | None, report: dict[str, Any]) -> None:
     """Write ``report`` as JSON atomically (temporary file + rename)."""
     if not path:

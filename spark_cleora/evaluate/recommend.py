@@ -10,12 +10,16 @@ Protocol (one run, all methods on the same split):
 2. Item embeddings: Cleora on the *training* events only (hyperedge = customer, entity = item).
 3. EMDE: fit the coder on those embeddings, sketch every customer's training events (``--half-life``,
    ``--decay-anchor``), recommend ``k`` items per test customer with each decoder.
-4. Baselines on the same split: ``popularity`` (most frequent training items) and ``knn``, Cleora
+4. Baselines on the same split: ``popularity`` (most frequent training items), ``knn``, Cleora
    item-kNN: ``score(i) = sum_j w_j cos(e_i, e_j)`` over the customer's training items with the same
-   decay weights ``w_j`` as the sketches.
+   decay weights ``w_j`` as the sketches, and ``als``, Spark ML's ALS with implicit feedback
+   (``--als-rank 64 --als-iterations 15 --als-reg 0.1 --als-alpha 10``, seed 0; rating = the
+   customer's training events of the item), ranked by the dot product of the factors.
 5. Items the customer has in training are never recommended (``--no-exclude-seen`` to allow them).
    Metrics over all test customers (a test item unseen in training is a miss for every method):
-   Recall@k (= HitRate@k, one held-out item), NDCG@k, MRR@k.
+   Recall@k (= HitRate@k, one held-out item), NDCG@k, MRR@k; beyond accuracy, coverage@k (distinct
+   recommended items / distinct training items) and seen@k (the share of recommended items the
+   customer already has in training: 0 with ``--exclude-seen``).
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ import os
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -43,14 +47,14 @@ from ..emde.score import Kernel, top_k
 from ..emde.sketch import build_sketches, decay_factor, epoch_seconds
 from ..session import job_description
 from ..vectors import from_list_array
-from .graphs import embed_options, write_report
+from .graphs import add_output_options, embed_options, write_report
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class Dataset:
-    """Where a public dataset lives under the shared data directory and how to read it."""
+    """Where a public dataset lives under a data directory (``--data-dir``) and how to read it."""
 
     files: tuple[str, ...]
     sep: str
@@ -75,20 +79,13 @@ DATASETS = {
 }
 
 
-def shared_data_dir() -> Path:
-    """``../shared/data`` beside the repository, or ``$SPARK_CLEORA_SHARED_DATA``."""
-    env = os.environ.get("SPARK_CLEORA_SHARED_DATA")
-    return Path(env) if env else Path(__file__).resolve().parents[3] / "shared" / "data"
-
-
-def read_dataset(spark: SparkSession, name: str, data_dir: Path | None = None) -> tuple[DataFrame, Dataset]:
-    """Events ``c``, ``i``, ``t`` (double or null), ``w`` of a preset dataset."""
+def read_dataset(spark: SparkSession, name: str, data_dir: Path | str) -> tuple[DataFrame, Dataset]:
+    """Events ``c``, ``i``, ``t`` (double or null), ``w`` of a preset dataset under ``data_dir``."""
     ds = DATASETS[name]
-    root = data_dir or shared_data_dir()
-    paths = [str((root / f).resolve()) for f in ds.files]
+    paths = [str((Path(data_dir) / f).resolve()) for f in ds.files]
     for p in paths:
         if not os.path.exists(p):
-            raise ConfigError(f"dataset {name}: {p} not found (set --data-dir or SPARK_CLEORA_SHARED_DATA)")
+            raise ConfigError(f"dataset {name}: {p} not found (check --data-dir)")
     df = spark.read.option("sep", ds.sep).option("header", ds.header).csv(paths)
     if not ds.header:
         df = df.toDF(*ds.columns[: len(df.columns)])
@@ -116,8 +113,13 @@ def split_last(events: DataFrame, *, holdout: str, seed: int) -> tuple[DataFrame
     return train.drop("_r", "_n"), test.select("c", "i")
 
 
-def metrics(recs: DataFrame, test: DataFrame, *, k: int) -> dict[str, float]:
-    """Recall@k, NDCG@k and MRR@k over every test customer (no recommendations = a miss)."""
+def metrics(recs: DataFrame, test: DataFrame, *, k: int, train: DataFrame | None = None) -> dict[str, float]:
+    """Recall@k, NDCG@k and MRR@k over every test customer (no recommendations = a miss).
+
+    With ``train`` (``c``, ``i``) also the beyond-accuracy columns: ``coverage@k``, the distinct
+    recommended items over the distinct training items, and ``seen@k``, the share of all recommended
+    items the customer already has in training (0 when seen items are excluded).
+    """
     joined = test.join(recs.select(F.col("customer").alias("c"), "items"), "c", "left")
     pos = F.coalesce(F.array_position(F.slice(F.coalesce("items", F.array().cast("array<string>")), 1, k), F.col("i")),
                      F.lit(0))
@@ -127,8 +129,19 @@ def metrics(recs: DataFrame, test: DataFrame, *, k: int) -> dict[str, float]:
         F.avg(F.when(F.col("p") > 0, 1.0 / F.log2(F.col("p") + 1.0)).otherwise(0.0)).alias("ndcg"),
         F.avg(F.when(F.col("p") > 0, 1.0 / F.col("p")).otherwise(0.0)).alias("mrr"),
     ).collect()[0]
-    return {f"recall@{k}": float(r["recall"]), f"ndcg@{k}": float(r["ndcg"]), f"mrr@{k}": float(r["mrr"]),
-            "customers": int(r["n"])}
+    out = {f"recall@{k}": float(r["recall"]), f"ndcg@{k}": float(r["ndcg"]), f"mrr@{k}": float(r["mrr"]),
+           "customers": int(r["n"])}
+    if train is not None:
+        listed = recs.select(F.col("customer").alias("c"), F.explode(F.slice("items", 1, k)).alias("i")) \
+            .join(test.select("c"), "c", "left_semi")
+        known = train.select("c", "i").distinct().withColumn("seen", F.lit(1))
+        b = listed.join(known, ["c", "i"], "left").agg(
+            F.count(F.lit(1)).alias("n"), F.count("seen").alias("seen"), F.count_distinct("i").alias("items")
+        ).collect()[0]
+        n_items = train.select("i").distinct().count()
+        out[f"coverage@{k}"] = int(b["items"]) / n_items if n_items else 0.0
+        out[f"seen@{k}"] = int(b["seen"]) / int(b["n"]) if b["n"] else 0.0
+    return out
 
 
 def popularity_baseline(train: DataFrame, queries: DataFrame, *, k: int, exclude: bool, n_queries: int) -> DataFrame:
@@ -163,6 +176,45 @@ def knn_baseline(train_w: DataFrame, emb: DataFrame, queries: DataFrame, *, dim:
     return out.withColumnRenamed("id", "customer")
 
 
+@dataclass(frozen=True)
+class AlsParams:
+    """Spark ML ALS with implicit feedback (Hu, Koren & Volinsky): every training event is a 1."""
+
+    rank: int = 64
+    iterations: int = 15
+    reg: float = 0.1
+    alpha: float = 10.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.rank < 1 or self.iterations < 1 or self.reg < 0 or self.alpha <= 0:
+            raise ConfigError(f"ALS needs rank >= 1, iterations >= 1, reg >= 0, alpha > 0; got {self}")
+
+
+def als_baseline(train: DataFrame, queries: DataFrame, *, k: int, exclude: bool, n_queries: int,
+                 params: AlsParams = AlsParams()) -> DataFrame:
+    """Spark ML's implicit ALS: score = <user factors, item factors>, top ``k`` (ties by item id)."""
+    from pyspark.ml.recommendation import ALS
+
+    # ALS wants integer ids: a dense rank over the (distinct) ids, kept as DataFrames
+    users = train.select("c").distinct().withColumn("u", F.dense_rank().over(Window.orderBy("c")) - 1)
+    items = train.select("i").distinct().withColumn("v", F.dense_rank().over(Window.orderBy("i")) - 1)
+    counts = train.groupBy("c", "i").agg(F.count(F.lit(1)).cast("float").alias("r")) \
+        .join(users, "c").join(items, "i")
+    model = ALS(rank=params.rank, maxIter=params.iterations, regParam=params.reg, alpha=params.alpha,
+                implicitPrefs=True, userCol="u", itemCol="v", ratingCol="r", seed=params.seed,
+                coldStartStrategy="drop").fit(counts)
+    idx = F.sequence(F.lit(0), F.lit(params.rank - 1))
+    q = model.userFactors.join(users, F.col("id") == F.col("u")).join(queries, "c", "left_semi") \
+        .select(F.col("c").alias("id"), idx.alias("idx"), F.col("features").cast("array<float>").alias("val"))
+    cands = model.itemFactors.join(items, F.col("id") == F.col("v")) \
+        .select(F.col("i").alias("id"), idx.alias("idx"), F.col("features").cast("array<float>").alias("val"),
+                F.lit(0.0).alias("prior"))
+    q = _with_exclusions(q, train, exclude)
+    out = top_k(q, cands, kernel=Kernel(length=params.rank), k=k, n_queries=n_queries)
+    return out.withColumnRenamed("id", "customer")
+
+
 def _with_exclusions(queries: DataFrame, train: DataFrame, exclude: bool) -> DataFrame:
     if not exclude:
         return queries
@@ -187,7 +239,8 @@ def evaluate_recommend(
     scorings: tuple[str, ...] = ("popularity", "geometric"),
     sketch_weights: tuple[float, ...] = (0.5,),
     exclude_seen: bool = True,
-    baselines: tuple[str, ...] = ("popularity", "knn"),
+    baselines: tuple[str, ...] = ("popularity", "knn", "als"),
+    als: AlsParams = AlsParams(),
 ) -> dict[str, Any]:
     """Run the protocol of the module docstring on ``events`` (``c``, ``i``, ``t``, ``w`` columns)."""
     t_all = time.perf_counter()
@@ -250,12 +303,12 @@ def evaluate_recommend(
                                         scoring=scoring, sketch_weight=weight if weight is not None else 0.5,
                                         popularity=items, seen=seen, n_customers=n_sk)
                     with job_description(spark, f"spark_cleora evaluate recommend: {name}"):
-                        results.setdefault(name, []).append(metrics(recs, test, k=k))
+                        results.setdefault(name, []).append(metrics(recs, test, k=k, train=train))
                     lap("emde_recommend")
 
     if "popularity" in baselines:
         recs = popularity_baseline(train, test_customers, k=k, exclude=exclude_seen, n_queries=n_test)
-        results["popularity"] = [metrics(recs, test, k=k)]
+        results["popularity"] = [metrics(recs, test, k=k, train=train)]
         lap("popularity")
     if "knn" in baselines:
         for half_life in half_lives:
@@ -268,8 +321,12 @@ def evaluate_recommend(
                 wt = F.col("w") * decay_factor(F.lit(as_of).cast("double"), F.col("t"), half_life)
             recs = knn_baseline(w.withColumn("wt", wt), emb, test_customers, dim=dim, k=k, exclude=exclude_seen,
                                 n_queries=n_test)
-            results["knn" + tag(half_life)] = [metrics(recs, test, k=k)]
+            results["knn" + tag(half_life)] = [metrics(recs, test, k=k, train=train)]
             lap("knn")
+    if "als" in baselines:
+        recs = als_baseline(train, test_customers, k=k, exclude=exclude_seen, n_queries=n_test, params=als)
+        results["als"] = [metrics(recs, test, k=k, train=train)]
+        lap("als")
 
     summary = {}
     for name, runs in results.items():
@@ -286,6 +343,8 @@ def evaluate_recommend(
         "embedding": opts, "emde": {"depth": depth, "bits": bits, "coder_seeds": list(coder_seeds),
                                      "half_lives": list(half_lives), "decay_anchor": decay_anchor,
                                      "sketch_weights": list(sketch_weights)},
+        "als": {**asdict(als), "implicit": True, "ratings": "training event counts per (customer, item)"}
+        if "als" in baselines else None,
         "results": summary, "runs": results, "seconds": times,
         "seconds_total": round(time.perf_counter() - t_all, 1),
     }
@@ -296,14 +355,13 @@ def evaluate_recommend(
 # --------------------------------------------------------------------------------------------
 
 def register(esub: argparse._SubParsersAction) -> None:
-    from ..cli import add_embedding_options, add_spark_options
-
     p = esub.add_parser(
         "recommend", help="leave-last-out recommendation: EMDE vs popularity and Cleora item-kNN",
         description=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
     g = p.add_argument_group("data (a preset, or an event table)")
-    g.add_argument("--dataset", choices=sorted(DATASETS), help="a dataset in ../shared/data")
-    g.add_argument("--data-dir", help="the shared data directory (default ../shared/data or $SPARK_CLEORA_SHARED_DATA)")
+    g.add_argument("--dataset", choices=sorted(DATASETS),
+                   help="a public dataset, in its published layout under --data-dir (e.g. ml-100k/u.data)")
+    g.add_argument("--data-dir", help="the directory holding the --dataset folders (required with --dataset)")
     g.add_argument("--events", nargs="+", metavar="PATH", help="event table(s) instead of --dataset")
     g.add_argument("--events-format", choices=["parquet", "csv", "tsv"], default="parquet")
     g.add_argument("--customer", help="customer column")
@@ -316,7 +374,14 @@ def register(esub: argparse._SubParsersAction) -> None:
     g.add_argument("--k", type=int, default=10, help="list length (default 10)")
     g.add_argument("--exclude-seen", action=argparse.BooleanOptionalAction, default=None,
                    help="never recommend training items (default: yes; the rsc15 preset: no)")
-    g.add_argument("--baselines", nargs="*", choices=["popularity", "knn"], default=["popularity", "knn"])
+    g.add_argument("--baselines", nargs="*", choices=["popularity", "knn", "als"], default=["popularity", "knn", "als"])
+    g = p.add_argument_group("ALS baseline (Spark ML, implicit feedback)")
+    g.add_argument("--als-rank", type=int, default=AlsParams.rank, help=f"factors (default {AlsParams.rank})")
+    g.add_argument("--als-iterations", type=int, default=AlsParams.iterations,
+                   help=f"iterations (default {AlsParams.iterations})")
+    g.add_argument("--als-reg", type=float, default=AlsParams.reg, help=f"regularisation (default {AlsParams.reg})")
+    g.add_argument("--als-alpha", type=float, default=AlsParams.alpha,
+                   help=f"implicit confidence alpha (default {AlsParams.alpha})")
     g = p.add_argument_group("EMDE")
     g.add_argument("--depth", type=int, default=10, help="N partitionings (default 10)")
     g.add_argument("--bits", type=int, default=7, help="K bits, 2**K buckets (default 7)")
@@ -329,12 +394,7 @@ def register(esub: argparse._SubParsersAction) -> None:
     g.add_argument("--scoring", nargs="+", choices=["popularity", "geometric"], default=["popularity", "geometric"])
     g.add_argument("--sketch-weight", type=float, nargs="+", default=[0.5],
                    help="popularity decoder weights to evaluate (default 0.5)")
-    g = p.add_argument_group("output")
-    g.add_argument("--report", help="write the JSON report here (atomically)")
-    g.add_argument("--work-dir", help="scratch directory (default: a temporary one, removed afterwards)")
-    add_embedding_options(p.add_argument_group("embedding (as `spark-cleora embed`; default --dim 256 --iterations 3)"))
-    add_spark_options(p)
-    p.set_defaults(handler=_run)
+    add_output_options(p, _run)
 
 
 def _half_life(text: str) -> float | None:
@@ -348,7 +408,9 @@ def _half_life(text: str) -> float | None:
 
 def _events(spark: SparkSession, ns: argparse.Namespace) -> tuple[DataFrame, float | None, bool]:
     if ns.dataset:
-        df, ds = read_dataset(spark, ns.dataset, Path(ns.data_dir) if ns.data_dir else None)
+        if not ns.data_dir:
+            raise ConfigError("--dataset needs --data-dir DIR: the directory holding the dataset's folder")
+        df, ds = read_dataset(spark, ns.dataset, ns.data_dir)
         return df, ds.half_life, ds.exclude_seen
     if not ns.events or not ns.customer or not ns.item:
         raise ConfigError("give --dataset NAME, or --events PATH with --customer COL and --item COL")
@@ -372,16 +434,19 @@ def _run(ns: argparse.Namespace) -> int:
             spark, events, work_dir=work, k=ns.k, holdout=ns.holdout, split_seed=ns.split_seed,
             embed_opts=embed_options(ns), depth=ns.depth, bits=ns.bits, coder_seeds=tuple(ns.coder_seeds),
             half_lives=half_lives, decay_anchor=ns.decay_anchor, scorings=tuple(ns.scoring),
-            sketch_weights=tuple(ns.sketch_weight), exclude_seen=exclude, baselines=tuple(ns.baselines))
+            sketch_weights=tuple(ns.sketch_weight), exclude_seen=exclude, baselines=tuple(ns.baselines),
+            als=AlsParams(rank=ns.als_rank, iterations=ns.als_iterations, reg=ns.als_reg, alpha=ns.als_alpha))
     finally:
         if not ns.work_dir:
             shutil.rmtree(work, ignore_errors=True)
     report["dataset"] = ns.dataset or list(ns.events)
     write_report(ns.report, report)
     k = ns.k
-    print(f"{'method':<28} {'Recall@' + str(k):>10} {'NDCG@' + str(k):>10} {'MRR@' + str(k):>10}")
+    cols = [f"recall@{k}", f"ndcg@{k}", f"mrr@{k}", f"coverage@{k}", f"seen@{k}"]
+    print(f"{'method':<28}" + "".join(f"{c:>13}" for c in cols))
     for name, m in report["results"].items():
-        print(f"{name:<28} {m[f'recall@{k}']:>10.4f} {m[f'ndcg@{k}']:>10.4f} {m[f'mrr@{k}']:>10.4f}")
+        print(f"{name:<28}" + "".join(f"{m[c]:>13.4f}" for c in cols))
+    print("seconds: " + ", ".join(f"{step} {secs:g}" for step, secs in report["seconds"].items()))
     d = report["data"]
     print(f"{d['test_customers']} test customers ({d['test_items_not_in_train']} with an item unseen in training), "
           f"{d['train_events']} training events; {report['seconds_total']:.0f}s")
