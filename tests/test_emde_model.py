@@ -159,3 +159,35 @@ def test_model_commands_without_torch_name_the_install_command(tmp_path):
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 2
     assert r.stderr.strip().splitlines()[-1].startswith("error: the EMDE model needs PyTorch: pip install 'spark-cleora[model]'")
+
+
+def test_cli_trains_with_torch_distributor_equal_to_in_process_and_recommends(spark, setup, tmp_path):
+    from spark_cleora.cli import main
+
+    root, events = setup
+    if not (root / "m1").exists():
+        _train(spark, root, "m1")
+    common = ["--events", str(root / "events"), "--customer", "user", "--item", "item", "--timestamp", "ts",
+              "--log-level", "WARNING"]
+    rc = main(["emde", "train", "--coder", str(root / "coder"), *common, "--half-life", "600", "--hidden", "32",
+               "--layers", "2", "--epochs", "3", "--batch-size", "32", "--lr", "0.01", "--validation-fraction",
+               "0.2", "--threads", "1", "--seed", "5", "--recall-k", "5", "--event-features", "device",
+               "--distributor", "torch", "--processes", "1", "--output", str(tmp_path / "model")])
+    assert rc == 0
+    ref, got = _weights(root / "m1"), _weights(tmp_path / "model")
+    assert all(torch.equal(ref[k], got[k]) for k in ref)
+    rc = main(["emde", "recommend", "--model", str(tmp_path / "model"), *common, "--k", "3", "--exclude-seen",
+               "--output", str(tmp_path / "recs")])
+    assert rc == 0
+    recs = spark.read.parquet(str(tmp_path / "recs")).collect()
+    seen = {}
+    for c, it, _, _ in EVENTS:
+        seen.setdefault(c, set()).add(it)
+    assert len(recs) == 40 and all(len(r["items"]) == 3 and not set(r["items"]) & seen[r["customer"]] for r in recs)
+    # a model is refused with another coder
+    emb = spark.createDataFrame([(str(k), (-EMB[k]).tolist()) for k in range(N_ITEMS)], "entity string, embedding array<float>")
+    other = fit_coder([emb], depth=4, bits=3, seed=1)
+    save_coder(spark, other, item_codes(other, [emb]), str(tmp_path / "other"))
+    rc = main(["emde", "recommend", "--model", str(tmp_path / "model"), "--coder", str(tmp_path / "other"), *common,
+               "--output", str(tmp_path / "recs2")])
+    assert rc == 2 and not os.path.exists(tmp_path / "recs2")
