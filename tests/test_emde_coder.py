@@ -7,7 +7,7 @@ import pytest
 
 from spark_cleora.config import ConfigError
 from spark_cleora.emde import dlsh
-from spark_cleora.emde.coder import fit_coder, item_codes, load_coder, read_codes, save_coder
+from spark_cleora.emde.coder import fit_coder, item_codes, load_coder, random_vectors, read_codes, save_coder
 from spark_cleora.hyperedges import BadInputError
 
 N, K = 5, 4
@@ -50,7 +50,12 @@ def test_codes_match_numpy_reference_with_source_offsets(fitted, sources):
     coder, _, codes = fitted
     a, b = sources
     assert coder.width == W and coder.n_codes == 2 * N and coder.length == 2 * N * W
-    assert set(codes) == {f"i{k}" for k in range(1, 120)}, "items must be in every source"
+    assert set(codes) == {f"i{k}" for k in range(120)}, "items missing from a source are kept"
+    # i0 lacks source b: its b codes come from its seeded random vector in b's standardised space
+    b0 = coder.sources[1]
+    rand = b0.mean + b0.scale * random_vectors(["i0"], seed=11, source_index=1, dim=6)
+    np.testing.assert_array_equal(codes["i0"][N:], dlsh.encode(b0, rand, depth=N, bits=K)[0])
+    np.testing.assert_array_equal(codes["i0"][:N], reference_codes(a, coder.sources[0].directions)[0])
     ours = np.array([codes[f"i{k}"] for k in range(1, 120)])
     ref_a = reference_codes(a, coder.sources[0].directions)[1:]
     ref_b = reference_codes(b[1:], coder.sources[1].directions, offset=N * W)
@@ -73,7 +78,7 @@ def test_deterministic_for_a_seed_and_persisted_exactly(spark, fitted, tmp_path)
                               coder.sources[0].directions)
     out = str(tmp_path / "coder")
     manifest = save_coder(spark, coder, item_codes(coder, dfs), out)
-    assert manifest["items_coded"] == 119 and manifest["coder_id"] == coder.coder_id
+    assert manifest["items_coded"] == 120 and manifest["coder_id"] == coder.coder_id
     loaded = load_coder(spark, out)
     assert loaded.coder_id == coder.coder_id
     for s0, s1 in zip(coder.sources, loaded.sources):

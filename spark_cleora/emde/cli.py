@@ -1,4 +1,4 @@
-"""``spark-cleora emde fit|sketch|recommend|similar-customers``.
+"""``spark-cleora emde fit|sketch|recommend|similar-customers|examples|train``.
 
 Options come from defaults <- the ``[emde.<step>]`` table of ``--config FILE`` <- command-line flags.
 """
@@ -13,6 +13,8 @@ from ..config import ConfigError
 from .config import (
     BIAS_MODES,
     DECAY_ANCHORS,
+    DISTRIBUTORS,
+    SCHEDULES,
     SCORINGS,
     TABLE_FORMATS,
     CodeConfig,
@@ -20,6 +22,7 @@ from .config import (
     RecommendConfig,
     SimilarCustomersConfig,
     SketchConfig,
+    TrainConfig,
     load_emde_toml,
 )
 from .store import guarded_output
@@ -38,6 +41,11 @@ examples:
   spark-cleora emde recommend --coder out/coder --sketches out/sketches --k 10 \\
       --exclude-seen --events events/ --customer user_id --item item_id --output out/recs
   spark-cleora emde similar-customers --sketches out/sketches --k 10 --output out/lookalikes
+  # the trained model (pip install 'spark-cleora[model]')
+  spark-cleora emde train --coder out/coder --events events/ --customer user_id --item item_id \
+      --timestamp ts --half-life 86400 --session-gap 1800 --epochs 5 --output out/model
+  spark-cleora emde recommend --model out/model --events events/ --customer user_id --item item_id \
+      --timestamp ts --k 10 --exclude-seen --output out/model-recs
 """
 
 _NOT_CONFIG = {"master", "remote", "conf", "log_level", "config", "command", "handler", "emde_step", "json"}
@@ -48,7 +56,7 @@ def _config(ns: argparse.Namespace, step: str, cls: type) -> Any:
     if getattr(ns, "config", None):
         values.update(load_emde_toml(ns.config, step, cls))
     values.update({k: v for k, v in vars(ns).items() if k not in _NOT_CONFIG})
-    for key in ("embeddings", "events", "customers"):
+    for key in ("embeddings", "events", "customers", "event_features", "source_depths"):
         if key in values and values[key] is not None:
             values[key] = tuple(values[key])
     return cls(**values)
@@ -98,6 +106,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     f.add_argument("--fit-sample", type=int, metavar="N", help="fit on a seeded sample of about N items per source")
     f.add_argument("--column", help="only embedding rows of this input column")
     f.add_argument("--quantile-accuracy", type=int, help="percentile_approx accuracy (default 10000; exact up to it)")
+    f.add_argument("--source-depth", dest="source_depths", type=int, nargs="+", metavar="N",
+                   help="N per embedding source (default --depth for each)")
+    f.add_argument("--random-source", action="store_true",
+                   help="add a source of seeded random vectors, one per item (item-identity codes)")
     f.add_argument("--overwrite", action="store_true", help="replace an existing coder")
     _common(f)
     f.set_defaults(handler=_run_fit)
@@ -145,6 +157,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--exclude-seen", action="store_true", help="never recommend items in the customer's --events")
     _events_options(r, required_text="(for --exclude-seen)")
     r.add_argument("--candidates", metavar="PATH", help="Parquet/CSV with an item column: score only these")
+    g = r.add_argument_group("trained model (instead of --sketches)")
+    g.add_argument("--model", metavar="MODEL", help="model directory (emde train); inputs are built from --events")
+    g.add_argument("--timestamp", help="event time column")
+    g.add_argument("--weight", help="non-negative event weight column (as in training)")
+    g.add_argument("--as-of", metavar="TIME", help="prediction time: later events are ignored (default: newest event)")
+    g.add_argument("--decay-anchor", choices=list(DECAY_ANCHORS), help="must be the model's (checked)")
+    g.add_argument("--customer-features", metavar="TABLE", help="the model's customer feature table")
+    g.add_argument("--model-scoring", choices=["log-prob", "popularity"],
+                   help="sum of bucket log-probabilities (default) or popularity-corrected")
     _common(r)
     r.set_defaults(handler=_run_recommend)
 
@@ -158,6 +179,64 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--queries", metavar="PATH", help="Parquet with a customer column: only for these")
     _common(c)
     c.set_defaults(handler=_run_similar)
+
+    x = esub.add_parser("examples", argument_default=S, help="training examples of the EMDE model",
+                        description="Per customer and target event: input sketches from strictly earlier events, "
+                                    "the target sketch, context; Parquet partitioned by split (train/val).")
+    _example_options(x)
+    x.add_argument("--output", "-o", metavar="DIR", help="examples directory (written atomically)")
+    _common(x)
+    x.set_defaults(handler=_run_examples)
+
+    t = esub.add_parser("train", argument_default=S, help="train the EMDE model (PyTorch, TorchDistributor)",
+                        description="Build examples on Spark, train the residual feed-forward network with "
+                                    "pyspark.ml.torch.distributor.TorchDistributor, write MODEL atomically. "
+                                    "Needs pip install 'spark-cleora[model]'.")
+    _example_options(t)
+    t.add_argument("--examples", metavar="DIR", help="examples written by emde examples (instead of --events)")
+    t.add_argument("--output", "-o", metavar="MODEL", help="model directory (written atomically)")
+    m = t.add_argument_group("model and training")
+    m.add_argument("--hidden", type=int, help="hidden width (default 1024; the paper used ~3000)")
+    m.add_argument("--layers", type=int, help="hidden layers (default 3)")
+    m.add_argument("--embedding-dim", type=int, help="embedding size per categorical feature (default 8)")
+    m.add_argument("--epochs", type=int, help="epochs (default 5)")
+    m.add_argument("--batch-size", type=int, help="examples per step and process (default 256)")
+    m.add_argument("--lr", type=float, help="AdamW learning rate (default 0.004)")
+    m.add_argument("--weight-decay", type=float, help="AdamW weight decay (default 0.01)")
+    m.add_argument("--schedule", choices=list(SCHEDULES), help="step (x gamma per epoch, default), cosine, constant")
+    m.add_argument("--gamma", type=float, help="step schedule factor (default 0.5)")
+    m.add_argument("--patience", type=int, help="early stopping: epochs without a lower validation loss (2)")
+    m.add_argument("--recall-k", type=int, help="validation Recall@k logged per epoch (default 20)")
+    m.add_argument("--no-context", dest="context", action="store_false", help="no hour/day-of-week features")
+    m.add_argument("--max-vocabulary", type=int, help="values kept per categorical feature (default 1000)")
+    m.add_argument("--processes", type=int, help="TorchDistributor processes (default 1)")
+    m.add_argument("--distributor", choices=list(DISTRIBUTORS), help="torch (TorchDistributor, default) or none")
+    m.add_argument("--threads", type=int, help="torch threads per process (default cores / processes)")
+    m.add_argument("--work-dir", metavar="DIR", help="examples and checkpoints (default MODEL.work; resumable)")
+    m.add_argument("--keep-work", action="store_true", help="keep the work directory after success")
+    m.add_argument("--overwrite", action="store_true", help="replace an existing model")
+    _common(t)
+    t.set_defaults(handler=_run_train)
+
+
+def _example_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--coder", help="coder directory (emde fit)")
+    _events_options(p, required_text="(required)")
+    g = p.add_argument_group("examples")
+    g.add_argument("--timestamp", help="event time column (required)")
+    g.add_argument("--weight", help="non-negative event weight column (default 1)")
+    g.add_argument("--half-life", type=float, metavar="SECONDS", help="decay of the input sketches (none without it)")
+    g.add_argument("--session-gap", type=float, metavar="SECONDS",
+                   help="short-term input: the current session (gaps <= SECONDS)")
+    g.add_argument("--recent", type=int, metavar="N", help="short-term input: the newest N events (default 1)")
+    g.add_argument("--target-window", type=int, metavar="N", help="target: the next N items, decayed (default 1)")
+    g.add_argument("--decay-anchor", choices=list(DECAY_ANCHORS), help="last-event (default) or as-of (target time)")
+    g.add_argument("--max-examples", type=int, metavar="N", help="seeded sample of about N target events")
+    g.add_argument("--examples-per-customer", type=int, metavar="N", help="at most N targets per customer")
+    g.add_argument("--validation-fraction", type=float, help="newest fraction of time for validation (0.1)")
+    g.add_argument("--seed", type=int, help="seed of sampling, initialisation and order (default 0)")
+    g.add_argument("--event-features", nargs="+", metavar="COL", help="columns of the newest input event")
+    g.add_argument("--customer-features", metavar="TABLE", help="Parquet/CSV keyed by the --customer column")
 
 
 def _finish(ns: argparse.Namespace, manifest: dict[str, Any], summary: str) -> int:
@@ -177,8 +256,8 @@ def _run_fit(ns: argparse.Namespace) -> int:
         raise ConfigError(f"--seed must fit a 64-bit signed integer; got {cfg.seed}")
     with guarded_output(cfg):  # checked before Spark starts, locked while it runs
         m = run_fit(spark_from_args(ns), cfg)
-    extra = f", {m['items_missing_from_some_source']} items missing from some source" \
-        if m.get("items_missing_from_some_source") else ""
+    randoms = m.get("items_random_per_source") or []
+    extra = f", coded from random vectors per source: {randoms}" if any(randoms) else ""
     return _finish(ns, m, f"coder {m['coder_id']}: {cfg.output} ({m['items_coded']} items x {m['n_codes']} codes, "
                           f"ids < {m['length']}{extra}; {m['seconds_total']:.1f}s)")
 
@@ -211,10 +290,41 @@ def _run_recommend(ns: argparse.Namespace) -> int:
     from .recommend import run_recommend
 
     cfg = _config(ns, "recommend", RecommendConfig)
+    if cfg.model:
+        from .model import require_torch
+
+        require_torch()
     with guarded_output(cfg):  # checked before Spark starts, locked while it runs
         m = run_recommend(spark_from_args(ns), cfg)
     return _finish(ns, m, f"recommendations: {cfg.output} ({m['customers']} customers x top {cfg.k} of "
-                          f"{m['candidates']} candidates, {cfg.scoring} decoder; {m['seconds_total']:.1f}s)")
+                          f"{m['candidates']} candidates, {'model ' + cfg.model_scoring if cfg.model else cfg.scoring} decoder; {m['seconds_total']:.1f}s)")
+
+
+def _run_examples(ns: argparse.Namespace) -> int:
+    from ..cli import spark_from_args
+    from .train import run_examples
+
+    cfg = _config(ns, "examples", TrainConfig)
+    with guarded_output(cfg):  # checked before Spark starts, locked while it runs
+        m = run_examples(spark_from_args(ns), cfg)
+    return _finish(ns, m, f"examples: {cfg.output} ({m['train_examples']} train, {m['val_examples']} validation; "
+                          f"{m['seconds_total']:.1f}s)")
+
+
+def _run_train(ns: argparse.Namespace) -> int:
+    from ..cli import spark_from_args
+    from .model import require_torch
+    from .train import train_model
+
+    require_torch()
+    cfg = _config(ns, "train", TrainConfig)
+    with guarded_output(cfg):  # checked before Spark starts, locked while it runs
+        m = train_model(spark_from_args(ns), cfg)
+    best = m["metrics"][m["best_epoch"] - 1]
+    k = cfg.recall_k
+    val = "" if best.get("val_loss") is None else f", val loss {best['val_loss']:.4f}, Recall@{k} {best[f'val_recall@{k}']:.4f}"
+    return _finish(ns, m, f"model: {cfg.output} (best epoch {m['best_epoch']} of {len(m['metrics'])}{val}; "
+                          f"{m['seconds_total']:.1f}s)")
 
 
 def _run_similar(ns: argparse.Namespace) -> int:

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import xxhash
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
@@ -34,6 +35,8 @@ from .store import join, read_meta, read_table, refuse_existing, require_columns
 log = logging.getLogger(__name__)
 
 CODES_SCHEMA = "item string, codes array<int>"
+RANDOM_SOURCE = "<random>"  # name of the --random-source (one random vector per item)
+RANDOM_DIM = 64
 
 
 @dataclass(frozen=True)
@@ -53,9 +56,19 @@ class Coder:
         return 1 << self.bits
 
     @property
+    def depths(self) -> list[int]:
+        """Partitionings of each source (``depth`` unless set per source)."""
+        return [s.directions.shape[1] // self.bits for s in self.sources]
+
+    @property
     def n_codes(self) -> int:
-        """Codes per item, D = sources x N (one per partitioning)."""
-        return len(self.sources) * self.depth
+        """Codes per item, D = sum of the sources' N (one per partitioning)."""
+        return sum(self.depths)
+
+    @property
+    def embedding_sources(self) -> list[dlsh.SourceParams]:
+        """The sources read from embedding tables (all but the random source)."""
+        return [s for s in self.sources if s.name != RANDOM_SOURCE]
 
     @property
     def length(self) -> int:
@@ -71,16 +84,16 @@ class Coder:
         """``int32 (n, D)`` absolute codes from one ``(n, dim_m)`` matrix per source."""
         if len(embeddings) != len(self.sources):
             raise ValueError(f"expected {len(self.sources)} embedding matrices, got {len(embeddings)}")
-        return np.concatenate([dlsh.encode(p, e, depth=self.depth, bits=self.bits)
-                               for p, e in zip(self.sources, embeddings)], axis=1)
+        return np.concatenate([dlsh.encode(p, e, depth=d, bits=self.bits)
+                               for p, e, d in zip(self.sources, embeddings, self.depths)], axis=1)
 
     def manifest(self) -> dict[str, Any]:
         return {
             "kind": "coder", "coder_id": self.coder_id, "depth": self.depth, "bits": self.bits,
             "width": self.width, "n_codes": self.n_codes, "length": self.length, "seed": self.seed,
             "bias": self.bias, "standardize": self.standardize,
-            "sources": [{"name": s.name, "dim": s.dim, "offset": s.offset, "fitted_on": s.fitted_on}
-                        for s in self.sources],
+            "sources": [{"name": s.name, "dim": s.dim, "offset": s.offset, "fitted_on": s.fitted_on, "depth": d}
+                        for s, d in zip(self.sources, self.depths)],
         }
 
 
@@ -163,7 +176,8 @@ def _projections(df: DataFrame, *, mean: np.ndarray, scale: np.ndarray, directio
     return df.select("embedding").mapInArrow(proj, ", ".join(f"{c} double" for c in names))
 
 
-def _fit_source(df: DataFrame, *, index: int, name: str, dim: int, offset: int, cfg: FitConfig) -> dlsh.SourceParams:
+def _fit_source(df: DataFrame, *, index: int, name: str, dim: int, offset: int, depth: int,
+                cfg: FitConfig) -> dlsh.SourceParams:
     n, mean, std = _moments(df, dim)
     if n < 2:
         raise BadInputError(f"embedding source {name!r}: need at least 2 items to fit on, got {n}")
@@ -171,8 +185,8 @@ def _fit_source(df: DataFrame, *, index: int, name: str, dim: int, offset: int, 
         scale = np.where(std > 0, std, 1.0)
     else:
         mean, scale = np.zeros(dim), np.ones(dim)
-    directions = dlsh.draw_directions(dim=dim, depth=cfg.depth, bits=cfg.bits, seed=cfg.seed, source_index=index)
-    levels = dlsh.quantile_levels(depth=cfg.depth, bits=cfg.bits, seed=cfg.seed, source_index=index, bias=cfg.bias)
+    directions = dlsh.draw_directions(dim=dim, depth=depth, bits=cfg.bits, seed=cfg.seed, source_index=index)
+    levels = dlsh.quantile_levels(depth=depth, bits=cfg.bits, seed=cfg.seed, source_index=index, bias=cfg.bias)
     proj = _projections(df, mean=mean, scale=scale, directions=directions)
     m = directions.shape[1]
     at_row = proj.agg(*[F.percentile_approx(f"p{j}", float(levels[j]), cfg.quantile_accuracy).alias(f"p{j}")
@@ -202,6 +216,9 @@ def fit_coder(sources: Sequence[DataFrame], *, names: Sequence[str] | None = Non
     names = list(names or [f"source{i}" for i in range(len(sources))])
     if not sources or len(names) != len(sources):
         raise ConfigError("fit_coder needs at least one source and one name per source")
+    depths = list(cfg.source_depths) or [cfg.depth] * len(sources)
+    if len(depths) != len(sources):
+        raise ConfigError(f"--source-depth gives {len(depths)} depths for {len(sources)} sources")
     params = []
     offset = 0
     for i, (df, name) in enumerate(zip(sources, names)):
@@ -213,12 +230,34 @@ def fit_coder(sources: Sequence[DataFrame], *, names: Sequence[str] | None = Non
             # Bernoulli sample, seeded: about fit_sample rows; the exact count is recorded.
             fit_df = df.sample(withReplacement=False, fraction=cfg.fit_sample / n, seed=cfg.seed + i)
         with job_description(spark, f"spark_cleora emde fit: {name}"):
-            p = _fit_source(fit_df, index=i, name=name, dim=dim, offset=offset, cfg=cfg)
-        log.info("fitted %s: %d items, dim %d, %d partitionings x %d bits", name, p.fitted_on, dim, cfg.depth, cfg.bits)
+            p = _fit_source(fit_df, index=i, name=name, dim=dim, offset=offset, depth=depths[i], cfg=cfg)
+        log.info("fitted %s: %d items, dim %d, %d partitionings x %d bits", name, p.fitted_on, dim, depths[i], cfg.bits)
         params.append(p)
-        offset += cfg.depth * (1 << cfg.bits)
+        offset += depths[i] * (1 << cfg.bits)
+    if cfg.random_source:
+        params.append(random_source(index=len(sources), offset=offset, depth=cfg.depth, bits=cfg.bits, seed=cfg.seed))
     return Coder(depth=cfg.depth, bits=cfg.bits, seed=cfg.seed, bias=cfg.bias, standardize=cfg.standardize,
                  sources=tuple(params))
+
+
+def random_source(*, index: int, offset: int, depth: int, bits: int, seed: int) -> dlsh.SourceParams:
+    """The paper's random source: DLSH of i.i.d. standard normal vectors, one per item.
+
+    Its biases are 0, the median of every projection of such vectors, so nothing is fitted.
+    """
+    return dlsh.SourceParams(
+        name=RANDOM_SOURCE, dim=RANDOM_DIM, offset=offset, fitted_on=0, mean=np.zeros(RANDOM_DIM),
+        scale=np.ones(RANDOM_DIM), biases=np.zeros(depth * bits),
+        directions=dlsh.draw_directions(dim=RANDOM_DIM, depth=depth, bits=bits, seed=seed, source_index=index))
+
+
+def random_vectors(items: Sequence[str], *, seed: int, source_index: int, dim: int) -> np.ndarray:
+    """``(n, dim)`` standard normal vectors, a reproducible one per item id (any batch, any order)."""
+    out = np.empty((len(items), dim))
+    for r, item in enumerate(items):
+        h = xxhash.xxh64_intdigest(item.encode())
+        out[r] = dlsh.rng_for(seed, source_index, 2 + h).standard_normal(dim)
+    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -233,26 +272,61 @@ def codes_to_arrow(codes: np.ndarray) -> pa.ListArray:
 
 
 def item_codes(coder: Coder, sources: Sequence[DataFrame]) -> DataFrame:
-    """``item`` string, ``codes`` array<int> (length D, absolute ids) for items present in every source."""
-    if len(sources) != len(coder.sources):
-        raise ConfigError(f"the coder has {len(coder.sources)} sources, got {len(sources)} embedding tables")
+    """``item`` string, ``codes`` array<int> (length D, absolute ids) for items in any source.
+
+    An item missing from a source gets that source's codes from a seeded random vector (standard
+    normal in the source's standardised space, reproducible per item id): the paper's random
+    source instead of dropping the item, so an item known only from, say, its name embedding is
+    still coded and can be recommended. The random source (if any) codes every item that way.
+    """
+    emb_sources = coder.embedding_sources
+    if len(sources) != len(emb_sources):
+        raise ConfigError(f"the coder has {len(emb_sources)} embedding sources, got {len(sources)} embedding tables")
     joined = sources[0].select(F.col("entity").alias("item"), F.col("embedding").alias("e0"))
     for i, df in enumerate(sources[1:], start=1):
-        joined = joined.join(df.select(F.col("entity").alias("item"), F.col("embedding").alias(f"e{i}")), "item")
-    dims = [s.dim for s in coder.sources]
+        joined = joined.join(df.select(F.col("entity").alias("item"), F.col("embedding").alias(f"e{i}")), "item",
+                             "full_outer")
+    seed = coder.seed
 
     def encode(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         for b in batches:
             embs = []
-            for i, dim in enumerate(dims):
+            items = b.column("item").to_pylist()
+            for i, src in enumerate(coder.sources):
+                if src.name == RANDOM_SOURCE:
+                    embs.append(random_vectors(items, seed=seed, source_index=i, dim=src.dim))
+                    continue
                 col = b.column(f"e{i}")
-                if col.null_count or (len(col) and not np.all(np.diff(np.asarray(col.offsets)) == dim)):
-                    raise ValueError(f"embedding source {i}: vectors must be non-null and of length {dim}")
-                embs.append(from_list_array(col, dim))
+                present = np.asarray(col.is_valid())
+                if present.all():
+                    embs.append(_checked(col, i, src.dim))
+                    continue
+                e = np.empty((len(items), src.dim))
+                if present.any():
+                    e[present] = _checked(col.filter(pa.array(present)), i, src.dim)
+                missing = [it for it, ok in zip(items, present) if not ok]
+                e[~present] = src.mean + src.scale * random_vectors(missing, seed=seed, source_index=i, dim=src.dim)
+                embs.append(e)
             yield pa.RecordBatch.from_arrays([b.column("item"), codes_to_arrow(coder.encode(embs))],
                                              names=["item", "codes"])
 
     return joined.mapInArrow(encode, CODES_SCHEMA)
+
+
+def _checked(col: pa.Array, index: int, dim: int) -> np.ndarray:
+    if col.null_count or (len(col) and not np.all(np.diff(np.asarray(col.offsets)) == dim)):
+        raise ValueError(f"embedding source {index}: vectors must be non-null and of length {dim}")
+    return from_list_array(col, dim)
+
+
+def missing_per_source(sources: Sequence[DataFrame]) -> dict[str, Any]:
+    """Items in any source, and how many of them each source lacks (coded from random vectors)."""
+    union = sources[0].select("entity")
+    for df in sources[1:]:
+        union = union.union(df.select("entity"))
+    n = union.distinct().count()
+    return {"items_in_any_source": n,
+            "items_random_per_source": [n - df.select("entity").distinct().count() for df in sources]}
 
 
 # --------------------------------------------------------------------------------------------
@@ -273,11 +347,11 @@ def load_coder(spark: SparkSession, path: str) -> Coder:
     """The coder written by :func:`save_coder`; refuses one whose parameters do not match its id."""
     meta = read_meta(spark, path, "coder")
     rows = sorted(spark.read.parquet(join(path, "params")).collect(), key=lambda r: r["source"])
-    m = meta["depth"] * meta["bits"]
     sources = tuple(
         dlsh.SourceParams(name=r["name"], dim=r["dim"], offset=r["offset"], fitted_on=r["fitted_on"],
                           mean=np.array(r["mean"]), scale=np.array(r["scale"]),
-                          directions=np.array(r["directions"]).reshape(r["dim"], m), biases=np.array(r["biases"]))
+                          directions=np.array(r["directions"]).reshape(r["dim"], len(r["biases"])),
+                          biases=np.array(r["biases"]))
         for r in rows
     )
     coder = Coder(depth=meta["depth"], bits=meta["bits"], seed=meta["seed"], bias=meta["bias"],
@@ -301,10 +375,7 @@ def save_coder(spark: SparkSession, coder: Coder, codes: DataFrame, output: str,
         with job_description(spark, "spark_cleora emde fit: write item codes"):
             codes.write.parquet(join(staging, "codes"))
             n = spark.read.parquet(join(staging, "codes")).count()
-        out = {**coder.manifest(), **(report or {}), "items_coded": n}
-        if "items_in_any_source" in out:
-            out["items_missing_from_some_source"] = out["items_in_any_source"] - n
-        return out
+        return {**coder.manifest(), **(report or {}), "items_coded": n}
 
     return write_output(spark, output, write, json_name="manifest.json")
 
@@ -323,10 +394,7 @@ def run_fit(spark: SparkSession, cfg: FitConfig) -> dict[str, Any]:
     report: dict[str, Any] = {"fit_sample": cfg.fit_sample, "quantile_accuracy": cfg.quantile_accuracy,
                               "column": cfg.column}
     if len(sources) > 1:
-        union = sources[0].select("entity")
-        for df in sources[1:]:
-            union = union.union(df.select("entity"))
-        report["items_in_any_source"] = union.distinct().count()
+        report.update(missing_per_source(sources))
     manifest = save_coder(spark, coder, codes, cfg.output, report)
     manifest["seconds_total"] = round(time.perf_counter() - t0, 3)
     log.info("coder %s: %d items coded into %d codes each (ids < %d) in %.1fs", manifest["coder_id"],

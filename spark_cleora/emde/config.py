@@ -78,6 +78,11 @@ class FitConfig(_Config):
         ``percentile_approx`` accuracy; biases are exact when a source has at most this many items.
     overwrite
         Replace an existing coder (its codes change; sketches made with it can no longer be scored).
+    source_depths
+        N per embedding source (default ``depth`` for each).
+    random_source
+        Add a source of one seeded random vector per item (``depth`` partitionings): item-identity
+        codes that let a trained model memorise single items (the paper's random source).
     """
 
     embeddings: tuple[str, ...] = ()
@@ -91,10 +96,15 @@ class FitConfig(_Config):
     column: str | None = None
     quantile_accuracy: int = 10_000
     overwrite: bool = False
+    source_depths: tuple[int, ...] = ()
+    random_source: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "embeddings", _paths(self.embeddings))
+        object.__setattr__(self, "source_depths", tuple(self.source_depths or ()))
         _positive_int("depth", self.depth)
+        for d in self.source_depths:
+            _positive_int("source-depth", d)
         _positive_int("bits", self.bits)
         if self.bits > 16:
             raise ConfigError(f"bits must be <= 16 (2**bits buckets per partitioning); got {self.bits}")
@@ -235,10 +245,22 @@ class RecommendConfig(ScoringConfig, EventsConfig):
         Never recommend an item the customer has an event with in ``events``.
     candidates
         Parquet (or csv/tsv with a header) with an ``item`` column: score only these items.
+    model, timestamp, weight, as_of, decay_anchor, customer_features, model_scoring
+        With a trained ``model`` (``emde train``): each customer's input is built from ``events``
+        (up to ``as_of``) exactly as in training (``decay_anchor`` must be the model's); candidates
+        score ``sum_j log q_j(i)`` (``model_scoring="log-prob"``) or its popularity-corrected form
+        (``"popularity"``); ``coder`` defaults to the model's and ``sketches`` is not used.
     """
 
     coder: str | None = None
     sketches: str | None = None
+    model: str | None = None
+    timestamp: str | None = None
+    weight: str | None = None
+    as_of: str | float | None = None
+    decay_anchor: str | None = None
+    customer_features: str | None = None
+    model_scoring: str = "log-prob"
     output: str | None = None
     scoring: str = "popularity"
     sketch_weight: float = 0.5
@@ -248,8 +270,15 @@ class RecommendConfig(ScoringConfig, EventsConfig):
     candidates: str | None = None
 
     def __post_init__(self) -> None:
-        self._check_events(required=self.exclude_seen)
+        self._check_events(required=self.exclude_seen or self.model is not None)
         self._check_scoring()
+        _choice("model-scoring", self.model_scoring, ("log-prob", "popularity"))
+        if self.decay_anchor is not None:
+            _choice("decay-anchor", self.decay_anchor, DECAY_ANCHORS)
+        if self.model is not None and not self.timestamp:
+            raise ConfigError("--model needs --timestamp COL (inputs are built from the events)")
+        if self.model is None and (self.as_of is not None or self.customer_features):
+            raise ConfigError("--as-of and --customer-features are options of --model")
         _choice("scoring", self.scoring, SCORINGS)
         for name in ("sketch_weight", "eps", "popularity_smoothing"):
             v = getattr(self, name)
@@ -281,3 +310,155 @@ def load_emde_toml(path: str | Path, step: str, cls: type) -> dict[str, Any]:
     """The ``[emde.<step>]`` table of a TOML file, typed as ``cls``'s fields (see
     :func:`spark_cleora.config.load_options`)."""
     return load_options(path, ("emde", step), cls)
+
+
+SCHEDULES = ("step", "cosine", "constant")
+DISTRIBUTORS = ("torch", "none")
+
+
+def _positive_float(name: str, value: Any, *, allow_none: bool = True, minimum_exclusive: float = 0.0) -> None:
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+            or not value > minimum_exclusive:
+        raise ConfigError(f"{name} must be a finite number > {minimum_exclusive:g}; got {value!r}")
+
+
+@dataclass(frozen=True)
+class ExamplesConfig(EventsConfig):
+    """``emde examples``: training examples of the EMDE model (see :mod:`spark_cleora.emde.examples`).
+
+    Parameters
+    ----------
+    coder, timestamp, weight
+        The coder directory; the event time and optional non-negative weight columns.
+    half_life
+        Decay of the inputs (seconds; none: plain sums).
+    session_gap, recent
+        The short-term input: the session of the newest input event (events chained by gaps of at
+        most ``session_gap`` seconds) or, without it, the newest ``recent`` input events (default 1).
+    target_window
+        Target = the target item and the next ``target_window - 1`` items, decayed.
+    decay_anchor
+        ``last-event`` (default): decay to the newest input event; ``as-of``: to the target's time.
+    max_examples, examples_per_customer, seed
+        Seeded sampling of target events (about ``max_examples`` overall, at most
+        ``examples_per_customer`` per customer).
+    validation_fraction
+        Targets in the newest fraction of event time form the validation split.
+    event_features, customer_features
+        Columns of the newest input event; a table with a ``customer`` column whose other columns
+        are joined by customer. Numeric columns are standardised, others embedded.
+    """
+
+    coder: str | None = None
+    timestamp: str | None = None
+    weight: str | None = None
+    half_life: float | None = None
+    session_gap: float | None = None
+    recent: int = 1
+    target_window: int = 1
+    decay_anchor: str = "last-event"
+    max_examples: int | None = None
+    examples_per_customer: int | None = None
+    validation_fraction: float = 0.1
+    seed: int = 0
+    event_features: tuple[str, ...] = ()
+    customer_features: str | None = None
+    output: str | None = None
+
+    def __post_init__(self) -> None:
+        self._check_examples()
+
+    def _check_examples(self) -> None:
+        self._check_events(required=True)
+        object.__setattr__(self, "event_features", _paths(self.event_features))
+        if not self.timestamp:
+            raise ConfigError("--timestamp COL is required")
+        _choice("decay-anchor", self.decay_anchor, DECAY_ANCHORS)
+        _positive_float("half-life", self.half_life)
+        _positive_float("session-gap", self.session_gap)
+        _positive_int("recent", self.recent)
+        _positive_int("target-window", self.target_window)
+        for name in ("max_examples", "examples_per_customer"):
+            if getattr(self, name) is not None:
+                _positive_int(name.replace("_", "-"), getattr(self, name))
+        v = self.validation_fraction
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < 1:
+            raise ConfigError(f"validation-fraction must be in [0, 1); got {v!r}")
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool):
+            raise ConfigError(f"seed must be an integer; got {self.seed!r}")
+        clash = {self.customer, self.item, self.timestamp, self.weight} & set(self.event_features)
+        if clash:
+            raise ConfigError(f"--event-features cannot include the event columns {sorted(c for c in clash if c)}")
+
+
+@dataclass(frozen=True)
+class TrainConfig(ExamplesConfig):
+    """``emde train``: examples, then the residual feed-forward network trained with TorchDistributor.
+
+    Parameters
+    ----------
+    examples
+        Use examples written by ``emde examples`` instead of building them from ``events``.
+    hidden, layers, embedding_dim
+        Width and number of the hidden layers; size of each categorical feature's embedding.
+    epochs, batch_size, lr, weight_decay, schedule, gamma, patience
+        AdamW; ``step`` (lr x gamma after every epoch), ``cosine`` or ``constant`` schedule; early
+        stopping after ``patience`` epochs without a lower validation loss (the best epoch is kept).
+    recall_k
+        Validation Recall@k logged per epoch.
+    processes, distributor
+        ``torch``: ``pyspark.ml.torch.distributor.TorchDistributor`` with this many processes
+        (local processes in local mode); ``none``: train in this process.
+    threads
+        Torch threads per process (default: cores / processes).
+    work_dir, keep_work
+        Examples and per-epoch checkpoints (default ``OUTPUT.work``); a rerun of a killed training
+        resumes from the last checkpoint. Removed after success unless ``keep_work``.
+    context
+        Hour-of-day and day-of-week features of the prediction time.
+    max_vocabulary
+        Most frequent values kept per categorical feature.
+    overwrite
+        Replace an existing model directory.
+    """
+
+    examples: str | None = None
+    hidden: int = 1024
+    layers: int = 3
+    embedding_dim: int = 8
+    epochs: int = 5
+    batch_size: int = 256
+    lr: float = 0.004
+    weight_decay: float = 0.01
+    schedule: str = "step"
+    gamma: float = 0.5
+    patience: int = 2
+    recall_k: int = 20
+    processes: int = 1
+    distributor: str = "torch"
+    threads: int | None = None
+    work_dir: str | None = None
+    keep_work: bool = False
+    context: bool = True
+    max_vocabulary: int = 1000
+    overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        if self.examples is None:
+            self._check_examples()
+        for name in ("hidden", "layers", "embedding_dim", "epochs", "batch_size", "patience", "recall_k",
+                     "processes", "max_vocabulary"):
+            _positive_int(name.replace("_", "-"), getattr(self, name))
+        if self.batch_size < 2:
+            raise ConfigError("batch-size must be >= 2 (batch normalisation)")
+        if self.threads is not None:
+            _positive_int("threads", self.threads)
+        _positive_float("lr", self.lr, allow_none=False)
+        _positive_float("gamma", self.gamma, allow_none=False)
+        if isinstance(self.weight_decay, bool) or not isinstance(self.weight_decay, (int, float)) \
+                or not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise ConfigError(f"weight-decay must be a finite number >= 0; got {self.weight_decay!r}")
+        _choice("schedule", self.schedule, SCHEDULES)
+        _choice("distributor", self.distributor, DISTRIBUTORS)

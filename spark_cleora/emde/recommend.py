@@ -47,13 +47,13 @@ def bucket_mass(items: DataFrame, *, length: int) -> np.ndarray:
 
 
 def recommend(
-    sketches: DataFrame,
+    sketches: DataFrame | None,
     codes: DataFrame,
     *,
-    width: int,
-    n_codes: int,
+    width: int | None = None,
+    n_codes: int | None = None,
     k: int = 10,
-    scoring: str = "popularity",
+    scoring: str | None = None,
     sketch_weight: float = 0.5,
     eps: float = 1e-6,
     popularity: DataFrame | None = None,
@@ -63,6 +63,10 @@ def recommend(
     batch_size: int = 1024,
     chunk_size: int = 20_000,
     n_customers: int | None = None,
+    model: Any = None,
+    events: DataFrame | None = None,
+    columns: dict[str, str | None] | None = None,
+    as_of: float | None = None,
 ) -> tuple[DataFrame, dict[str, Any]]:
     """Recommend ``k`` items to every customer in ``sketches``.
 
@@ -73,7 +77,7 @@ def recommend(
     codes
         ``item``, ``codes`` of the same coder; ``width`` (W) and ``n_codes`` (D) are the coder's.
     scoring, sketch_weight, eps, popularity_smoothing
-        See :class:`spark_cleora.emde.config.RecommendConfig`.
+        ``popularity`` (default) or ``geometric``; see :class:`spark_cleora.emde.config.RecommendConfig`.
     popularity
         ``item``, ``weight``: item popularity (required by ``popularity`` scoring), e.g.
         :func:`spark_cleora.emde.sketch.read_items`.
@@ -83,12 +87,31 @@ def recommend(
         ``item``: score only these items (default: every coded item).
     n_customers
         The number of sketch rows, if known (saves counting them).
+    model, events, columns, as_of
+        A trained model (:func:`spark_cleora.emde.model.load_model`): recommend from its predicted
+        sketch instead (``sketches`` unused), with inputs built from ``events`` up to ``as_of``;
+        ``columns``: ``customer``, ``item``, ``timestamp`` (and optional ``weight``) column names;
+        ``scoring``: ``log-prob`` or ``popularity``
+        (:func:`spark_cleora.emde.model_recommend.recommend_with_model`).
 
     Returns
     -------
     (DataFrame, dict)
         ``customer``, ``items`` (array<string>, best first), ``scores`` (array<float>); and counts.
     """
+    if model is not None:
+        from .model_recommend import recommend_with_model
+
+        if events is None or not columns:
+            raise ConfigError("recommend(model=...) needs events and columns (customer, item, timestamp)")
+        return recommend_with_model(
+            model, events, codes, customer=columns["customer"] or "", item=columns["item"] or "",
+            timestamp=columns["timestamp"] or "", weight=columns.get("weight"), as_of=as_of, k=k,
+            scoring=scoring or "log-prob", seen=seen, candidates=candidates,
+            batch_size=batch_size, chunk_size=chunk_size)
+    if sketches is None or width is None or n_codes is None:
+        raise ConfigError("recommend needs sketches, width and n_codes (or a model)")
+    scoring = scoring or "popularity"
     length = width * n_codes
     report: dict[str, Any] = {}
     cands = codes.select("item", "codes")
@@ -143,6 +166,10 @@ def _read_candidates(spark: SparkSession, path: str) -> DataFrame:
 
 def run_recommend(spark: SparkSession, cfg: RecommendConfig) -> dict[str, Any]:
     """The ``emde recommend`` job; returns its manifest."""
+    if cfg.model:
+        from .model_recommend import run_model_recommend
+
+        return run_model_recommend(spark, cfg)
     t0 = time.perf_counter()
     if not cfg.coder or not cfg.sketches or not cfg.output:
         raise ConfigError("--coder CODER, --sketches DIR and --output DIR are required")

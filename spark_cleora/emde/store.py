@@ -109,7 +109,8 @@ def write_output(spark: SparkSession, target: str, write_data: Callable[[str], d
 
 
 #: the config fields that name inputs of an EMDE step (paths no output may touch)
-INPUT_FIELDS = ("embeddings", "events", "coder", "previous", "sketches", "candidates", "queries")
+INPUT_FIELDS = ("embeddings", "events", "coder", "previous", "sketches", "candidates", "queries", "model",
+                "examples", "customer_features")
 
 
 def input_paths(cfg: Any) -> list[str]:

@@ -41,7 +41,8 @@ from .session_methods import METHODS, MethodContext, keep_top
 log = logging.getLogger(__name__)
 
 # Modules registering methods with ``session_methods.register_method`` (imported before a run).
-METHOD_MODULES: list[str] = ["spark_cleora.evaluate.session_methods", "spark_cleora.evaluate.session_embedding"]
+METHOD_MODULES: list[str] = ["spark_cleora.evaluate.session_methods", "spark_cleora.evaluate.session_embedding",
+                             "spark_cleora.evaluate.session_model"]
 DEFAULT_METHODS = ("POP", "AR", "SR", "V-SKNN", "CLEORA-KNN", "EMDE")
 
 

@@ -1,0 +1,144 @@
+"""Benchmark of the trained EMDE model (not a test): examples/s, training examples/s, customers/s,
+and two quality checks.
+
+    python scripts/bench_emde_model.py rsc15  [--data-dir DIR] [--work DIR] [--json OUT]
+    python scripts/bench_emde_model.py ml100k [--data-dir DIR] [--work DIR] [--json OUT]
+
+``rsc15``: the whole chain on the RSC15 100k sample (train_full): Cleora embedding -> coder ->
+examples -> TorchDistributor training -> Spark inference for every test session's prefix of all
+but its last event; each step timed. ``ml100k``: leave-last-out as ``spark-cleora evaluate
+recommend --dataset ml-100k`` (same split, embedding and coder; seen items excluded), Recall@10
+of the trained model. The data directory defaults to ``$SPARK_CLEORA_SHARED_DATA``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from pyspark.sql import SparkSession
+from pyspark.sql import functions as F
+
+
+def spark_session() -> SparkSession:
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    return (SparkSession.builder.master("local[2]").appName("bench_emde_model")
+            .config("spark.sql.shuffle.partitions", "4").config("spark.ui.enabled", "false")
+            .config("spark.sql.session.timeZone", "UTC").config("spark.driver.memory", "4g").getOrCreate())
+
+
+def lap(times: dict, name: str, t0: float) -> float:
+    times[name] = round(time.perf_counter() - t0, 2)
+    print(f"{name}: {times[name]:.1f}s", flush=True)
+    return time.perf_counter()
+
+
+def coder_from(spark, emb, work: Path) -> str:
+    from spark_cleora.emde.coder import fit_coder, item_codes, save_coder
+
+    coder = fit_coder([emb], names=["train_embeddings"], depth=10, bits=7, seed=0)
+    save_coder(spark, coder, item_codes(coder, [emb]), str(work / "coder"))
+    return str(work / "coder")
+
+
+def rsc15(spark, data: Path, work: Path, ns) -> dict:
+    from spark_cleora.embed import embed
+    from spark_cleora.emde.model import load_model
+    from spark_cleora.emde.model_recommend import recommend_with_model
+    from spark_cleora.emde.train import train_model
+
+    d = data / "yoochoose-rsc15-100k"
+    read = lambda f: spark.read.option("sep", "\t").option("header", True).csv(str(d / f)) \
+        .select(F.col("SessionId").alias("session"), F.col("ItemId").alias("item"), F.col("Time").cast("double").alias("t"))  # noqa: E731
+    train, test = read("yoochoose-clicks-100k_train_full.txt"), read("yoochoose-clicks-100k_test.txt")
+    times: dict = {}
+    t0 = start = time.perf_counter()
+    embed(train, hyperedge="session", entity="item", dim=256, iterations=3).select("entity", "embedding") \
+        .write.parquet(str(work / "emb"))
+    t0 = lap(times, "embed", t0)
+    coder = coder_from(spark, spark.read.parquet(str(work / "emb")), work)
+    t0 = lap(times, "coder", t0)
+    m = train_model(spark, events=train, coder=coder, output=str(work / "model"), customer="session", item="item",
+                    timestamp="t", half_life=600.0, recent=1, hidden=ns.hidden, epochs=ns.epochs,
+                    processes=ns.processes, keep_work=True, work_dir=str(work / "model.work"))
+    t0 = lap(times, "examples + training", t0)
+    # prediction inputs: every test session without its last event
+    last = test.groupBy("session").agg(F.max("t").alias("tl"))
+    prefix = test.join(last, "session").filter(F.col("t") < F.col("tl")).drop("tl")
+    recs, rep = recommend_with_model(load_model(str(work / "model")), prefix, spark.read.parquet(f"{coder}/codes"),
+                                     customer="session", item="item", timestamp="t", k=20)
+    recs.write.parquet(str(work / "recs"))
+    n = spark.read.parquet(str(work / "recs")).count()
+    t0 = lap(times, "inference", t0)
+    times["end_to_end"] = round(time.perf_counter() - start, 2)
+    epochs = m["metrics"]
+    return {"seconds": times, "train_examples": m["examples"]["train_examples"],
+            "val_examples": m["examples"]["val_examples"],
+            "training_examples_per_s": [e["examples_per_s"] for e in epochs], "metrics": epochs,
+            "customers_scored": n, "customers_per_s": round(n / times["inference"], 1), "model": m["training"],
+            "architecture": m["architecture"]}
+
+
+def ml100k(spark, data: Path, work: Path, ns) -> dict:
+    from spark_cleora.embed import embed
+    from spark_cleora.emde.model import load_model
+    from spark_cleora.emde.model_recommend import recommend_with_model
+    from spark_cleora.emde.train import train_model
+    from spark_cleora.evaluate.recommend import metrics, read_dataset, split_last
+
+    events, _ = read_dataset(spark, "ml-100k", data)
+    train, test = split_last(events, holdout="last", seed=0)
+    train.write.parquet(str(work / "train"))
+    test.write.parquet(str(work / "test"))
+    train, test = spark.read.parquet(str(work / "train")), spark.read.parquet(str(work / "test"))
+    t0 = time.perf_counter()
+    embed(train, hyperedge="c", entity="i", dim=256, iterations=3).select("entity", "embedding") \
+        .write.parquet(str(work / "emb"))
+    coder = coder_from(spark, spark.read.parquet(str(work / "emb")), work)
+    m = train_model(spark, events=train, coder=coder, output=str(work / "model"), customer="c", item="i",
+                    timestamp="t", half_life=ns.half_life, recent=ns.recent, hidden=ns.hidden, epochs=ns.epochs,
+                    max_examples=ns.max_examples, processes=ns.processes, recall_k=10)
+    recs, _ = recommend_with_model(load_model(str(work / "model")), train, spark.read.parquet(f"{coder}/codes"),
+                                   customer="c", item="i", timestamp="t", k=10,
+                                   seen=train.select(F.col("c").alias("customer"), F.col("i").alias("item")))
+    recs.write.parquet(str(work / "recs"))
+    out = metrics(spark.read.parquet(str(work / "recs")), test, k=10)
+    return {"metrics": out, "model_metrics": m["metrics"], "seconds": round(time.perf_counter() - t0, 1),
+            "settings": {"half_life": ns.half_life, "recent": ns.recent, "hidden": ns.hidden, "epochs": ns.epochs,
+                         "max_examples": ns.max_examples}}
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("what", choices=["rsc15", "ml100k"])
+    p.add_argument("--data-dir", default=os.environ.get("SPARK_CLEORA_SHARED_DATA"))
+    p.add_argument("--work", default="/tmp/bench_emde_model")
+    p.add_argument("--json")
+    p.add_argument("--hidden", type=int, default=1024)
+    p.add_argument("--epochs", type=int, default=5)
+    p.add_argument("--processes", type=int, default=2)
+    p.add_argument("--half-life", type=float, default=60.0, help="ml100k: seconds (the preset's default)")
+    p.add_argument("--recent", type=int, default=5, help="ml100k: short-term input = the newest N ratings")
+    p.add_argument("--max-examples", type=int, default=None)
+    ns = p.parse_args()
+    if not ns.data_dir:
+        p.error("--data-dir or SPARK_CLEORA_SHARED_DATA is required")
+    work = Path(ns.work) / ns.what
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    spark = spark_session()
+    out = (rsc15 if ns.what == "rsc15" else ml100k)(spark, Path(ns.data_dir), work, ns)
+    text = json.dumps(out, indent=2, sort_keys=True, default=str)
+    print(text)
+    if ns.json:
+        Path(ns.json).write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

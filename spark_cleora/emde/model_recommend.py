@@ -1,0 +1,203 @@
+"""Recommendations from a trained EMDE model, on Spark (``emde recommend --model``).
+
+1. Each customer's prediction input is built by the function that built the training examples
+   (:func:`spark_cleora.emde.examples.build_examples` with ``predict=True``): every event up to
+   ``as_of``, decayed to the model's anchor (the customer's newest event, or ``as_of``).
+2. The network runs inside executor tasks (``mapInArrow``), in batches; the weights travel in the
+   task closure and the network is built once per Python worker (cached by model id).
+3. Each candidate item i scores ``sum_j log q_j[b_j(i)]`` -- the log-probability of its bucket in
+   every predicted block -- or, with ``scoring="popularity"``, the paper's popularity-corrected
+   ``log p(i) + sum_j (log q_j[b_j(i)] - log P[b_j(i)])``; exact distributed top-k with exclusions
+   and candidate lists as ``emde recommend`` (:func:`spark_cleora.emde.score.top_k`).
+"""
+
+from __future__ import annotations
+
+import io
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from ..config import ConfigError
+from ..session import job_description
+from .coder import read_codes
+from .examples import build_examples
+from .model import EmdeModel, load_model, network_from_state
+from .recommend import bucket_mass
+from .score import Kernel, top_k
+from .sketch import parse_as_of
+from .store import read_meta, read_table, require_columns, write_output
+
+MODEL_SCORINGS = ("log-prob", "popularity")
+_NETWORKS: dict[str, Any] = {}  # per Python worker: model id -> network
+
+
+def _model_bytes(model: EmdeModel) -> bytes:
+    import torch
+
+    buf = io.BytesIO()
+    torch.save(model.net.state_dict(), buf)
+    return buf.getvalue()
+
+
+def predicted_log_probs(model: EmdeModel, inputs: DataFrame, *, batch_size: int = 1024) -> DataFrame:
+    """``customer``, ``val`` (the ``L`` predicted log-probabilities) for every prediction input row."""
+    manifest = model.manifest
+    key = f"{manifest['coder_id']}:{manifest.get('written_at')}:{model.path}"
+    weights = _model_bytes(model)
+    columns = ["customer", "t", "long_idx", "long_val", "short_idx", "short_val", *model.features.columns]
+
+    def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        import torch
+
+        net = _NETWORKS.get(key)
+        if net is None:
+            net = network_from_state(manifest, torch.load(io.BytesIO(weights), map_location="cpu", weights_only=True))
+            _NETWORKS.clear()
+            _NETWORKS[key] = net
+        local = EmdeModel(path=model.path, manifest=manifest, net=net)
+        for b in batches:
+            if b.num_rows == 0:
+                continue
+            tbl = pa.Table.from_batches([b])
+            logp = local.log_probs(tbl, batch_size=batch_size)
+            n, length = logp.shape
+            vals = pa.ListArray.from_arrays(pa.array(np.arange(0, (n + 1) * length, length, dtype=np.int32)),
+                                            pa.array(logp.reshape(-1)))
+            yield pa.RecordBatch.from_arrays([b.column("customer"), vals], names=["customer", "val"])
+
+    return inputs.select(*columns).mapInArrow(run, "customer string, val array<float>")
+
+
+def recommend_with_model(
+    model: EmdeModel,
+    events: DataFrame,
+    codes: DataFrame,
+    *,
+    customer: str,
+    item: str,
+    timestamp: str,
+    weight: str | None = None,
+    as_of: float | None = None,
+    k: int = 10,
+    scoring: str = "log-prob",
+    seen: DataFrame | None = None,
+    candidates: DataFrame | None = None,
+    customer_features: DataFrame | None = None,
+    batch_size: int = 1024,
+    chunk_size: int = 20_000,
+) -> tuple[DataFrame, dict[str, Any]]:
+    """Top-``k`` items for every customer of ``events`` from the model's predicted sketch.
+
+    Parameters
+    ----------
+    model
+        :func:`spark_cleora.emde.model.load_model`; ``codes`` of the coder it was trained with.
+    events, customer, item, timestamp, weight, as_of
+        The events the inputs are built from (up to ``as_of``, epoch seconds).
+    scoring
+        ``log-prob`` (sum of the item's bucket log-probabilities) or ``popularity`` (corrected by
+        the bucket and item popularity of ``events``).
+    seen
+        ``customer``, ``item`` pairs never to recommend; ``candidates``: ``item`` -- only these.
+    customer_features
+        The model's customer feature columns, keyed by the ``customer`` column.
+
+    Returns
+    -------
+    (DataFrame, dict)
+        ``customer``, ``items`` (best first), ``scores``; and counts.
+    """
+    if scoring not in MODEL_SCORINGS:
+        raise ConfigError(f"model scoring must be one of {', '.join(MODEL_SCORINGS)}; got {scoring!r}")
+    spec, feats = model.inputs, model.features
+    ev_features = tuple(c for c in feats.columns if c in events.columns)
+    inputs, report = build_examples(events, codes, spec, customer=customer, item=item, timestamp=timestamp,
+                                    weight=weight, event_features=ev_features, predict=True, as_of=as_of)
+    missing = [c for c in feats.columns if c not in inputs.columns]
+    if missing:
+        if customer_features is None:
+            raise ConfigError(f"the model reads feature columns {missing}: give the events those columns or "
+                              "--customer-features TABLE")
+        cf = customer_features.select(F.col(customer).cast("string").alias("customer"), *missing) \
+            .dropDuplicates(["customer"])
+        inputs = inputs.join(cf, "customer", "left")
+    length = spec.length
+    queries = predicted_log_probs(model, inputs, batch_size=batch_size) \
+        .select(F.col("customer").alias("id"), F.sequence(F.lit(0), F.lit(length - 1)).alias("idx"), "val")
+    cands = codes.select("item", "codes")
+    if candidates is not None:
+        wanted = candidates.select(F.col("item").cast("string").alias("item")).dropna().distinct()
+        report["candidates_without_codes"] = wanted.join(codes.select("item"), "item", "left_anti").count()
+        cands = cands.join(wanted, "item")
+    kernel = Kernel(length=length)
+    if scoring == "popularity":
+        pop = events.groupBy(F.col(item).cast("string").alias("item")).agg(F.count(F.lit(1)).cast("double").alias("w"))
+        pop = codes.select("item", "codes").join(pop, "item")
+        mass = bucket_mass(pop, length=length)
+        total = mass.sum() / (length // model.width)
+        kernel = Kernel(length=length, shift=np.log(np.where(mass > 0, mass / total, 1.0)))
+        cands = cands.join(pop.select("item", "w"), "item").select(
+            "item", "codes", F.log(F.col("w") / F.lit(total)).alias("prior"))
+    else:
+        cands = cands.select("item", "codes", F.lit(0.0).alias("prior"))
+    cand_rows = cands.select(F.col("item").alias("id"), F.col("codes").alias("idx"),
+                             F.array_repeat(F.lit(1.0).cast("float"), F.size("codes")).alias("val"), "prior")
+    n_cand = cand_rows.count()
+    report["candidates"] = n_cand
+    if seen is not None:
+        excl = seen.select(F.col("customer").cast("string").alias("id"), F.col("item").cast("string").alias("item")) \
+            .dropna().groupBy("id").agg(F.collect_set("item").alias("exclude"))
+        queries = queries.join(excl, "id", "left")
+    recs = top_k(queries, cand_rows, kernel=kernel, k=k, batch_size=batch_size, chunk_size=chunk_size,
+                 n_queries=report["customers"], n_candidates=n_cand)
+    return recs.withColumnRenamed("id", "customer"), report
+
+
+def run_model_recommend(spark: SparkSession, cfg: Any) -> dict[str, Any]:
+    """``emde recommend --model``: the manifest of the written recommendations."""
+    from .recommend import _read_candidates
+
+    t0 = time.perf_counter()
+    if not cfg.output or not cfg.events or not cfg.timestamp:
+        raise ConfigError("--model needs --events PATH, --timestamp COL and --output DIR")
+    model = load_model(cfg.model)
+    coder = cfg.coder or model.manifest["coder"]
+    coder_meta = read_meta(spark, coder, "coder")
+    if coder_meta["coder_id"] != model.coder_id:
+        raise ConfigError(f"model {cfg.model!r} was trained with coder {model.coder_id}, but {coder!r} is coder "
+                          f"{coder_meta['coder_id']}: codes differ, refusing to mix them")
+    if cfg.decay_anchor is not None and cfg.decay_anchor != model.inputs.decay_anchor:
+        raise ConfigError(f"the model was trained with --decay-anchor {model.inputs.decay_anchor}; "
+                          "inputs must be built the same way")
+    events = read_table(spark, cfg.events, cfg.events_format)
+    require_columns(events, [cfg.customer, cfg.item, cfg.timestamp], "events")
+    cf = None
+    if cfg.customer_features:
+        from .train import read_customer_features
+
+        cf = read_customer_features(spark, cfg.customer_features, cfg.customer)
+    recs, report = recommend_with_model(
+        model, events, read_codes(spark, coder), customer=cfg.customer, item=cfg.item, timestamp=cfg.timestamp,
+        weight=cfg.weight, as_of=parse_as_of(spark, cfg.as_of), k=cfg.k, scoring=cfg.model_scoring,
+        seen=events.select(F.col(cfg.customer).alias("customer"), F.col(cfg.item).alias("item"))
+        if cfg.exclude_seen else None, candidates=_read_candidates(spark, cfg.candidates) if cfg.candidates else None,
+        customer_features=cf, batch_size=cfg.batch_size, chunk_size=cfg.chunk_size)
+
+    def write(staging: str) -> dict[str, Any]:
+        with job_description(spark, "spark_cleora emde recommend --model: predict, score and write"):
+            recs.write.parquet(staging)
+            r = spark.read.parquet(staging).agg(F.count(F.lit(1)).alias("n"),
+                                                F.sum((F.size("items") < cfg.k).cast("long")).alias("short")).collect()[0]
+        return {"kind": "recommendations", "coder_id": model.coder_id, "coder": coder, "model": cfg.model,
+                "config": cfg.to_dict(), **report, "customers": int(r["n"]),
+                "customers_with_fewer_than_k": int(r["short"] or 0)}
+
+    manifest = write_output(spark, cfg.output, write)
+    manifest["seconds_total"] = round(time.perf_counter() - t0, 3)
+    return manifest
