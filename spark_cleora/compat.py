@@ -125,6 +125,15 @@ def _sum_of(values: Column) -> Column:
     return F.aggregate(values, F.lit(0.0).cast("double"), lambda acc, x: acc + x)
 
 
+def try_double(name: str) -> Column:
+    """The column ``name`` as a double, null where it does not parse (``Column.try_cast`` is PySpark 4.0+;
+    the SQL function exists on every supported version)."""
+    from pyspark.sql import functions as F
+
+    quoted = name.replace("`", "``")
+    return F.expr(f"try_cast(`{quoted}` as double)")
+
+
 def vector_norm(col: str | Column) -> Column:
     """L2 norm of an ``array<float>`` in float64 (0 for an empty array, NULL for NULL)."""
     from pyspark.sql import functions as F

@@ -89,9 +89,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 @contextlib.contextmanager
-def _guarded(output: str, inputs: list[str]) -> Iterator[None]:
-    """The output rules of :mod:`spark_cleora.outputs`: checked before Spark starts, locked while writing."""
+def _guarded(output: str, inputs: list[str], rejects: str | None = None) -> Iterator[None]:
+    """The output rules of :mod:`spark_cleora.outputs`: checked before Spark starts, locked while writing;
+    a quarantine directory is checked against the inputs and the output too."""
     check_output_dir(output, inputs=inputs)
+    if rejects:
+        check_output_dir(rejects, inputs=[*inputs, output], what="--rejects")
     with output_lock(output):
         yield
 
@@ -133,7 +136,7 @@ def original_config(ns: argparse.Namespace) -> tuple[EmbedConfig, dict[str, Any]
 
 def run_fold_in(ns: argparse.Namespace) -> int:
     cfg, manifest = original_config(ns)
-    with _guarded(ns.output, [ns.embeddings, *ns.events]):
+    with _guarded(ns.output, [ns.embeddings, *ns.events], cfg.rejects if cfg.on_bad_rows == "quarantine" else None):
         return _fold_in(ns, cfg, manifest)
 
 

@@ -19,7 +19,7 @@ from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from .compat import is_valid_utf8
+from .compat import is_valid_utf8, try_double
 from .config import ConfigError, EmbedConfig, parse_columns
 
 log = logging.getLogger(__name__)
@@ -151,7 +151,7 @@ def _seconds(df: DataFrame, name: str) -> SparkColumn:
     if isinstance(dtype, T.NumericType):
         return c.cast("double")
     s = c.cast("string")
-    return F.coalesce(F.expr(f"try_cast(`{name}` as double)"), F.unix_micros(F.try_to_timestamp(s)) / 1e6)
+    return F.coalesce(try_double(name), F.unix_micros(F.try_to_timestamp(s)) / 1e6)
 
 
 def require_columns(df: DataFrame, names: list[str], what: str) -> None:
@@ -175,7 +175,7 @@ def events_to_memberships(events: DataFrame, cfg: EmbedConfig) -> tuple[DataFram
         F.col(hcol).cast("string").alias("_h"),
         F.col(ecol).cast("string").alias("entity"),
         *([_seconds(events, tcol).alias("_t"), F.col(tcol).alias("_t_raw")] if tcol else []),
-        *([F.col(wcol).alias("_w_raw"), F.expr(f"try_cast(`{wcol}` as double)").alias("weight")] if wcol else []),
+        *([F.col(wcol).alias("_w_raw"), try_double(wcol).alias("weight")] if wcol else []),
     )
     rules = [
         ("null_hyperedge", F.col("_h").isNull()),

@@ -83,6 +83,16 @@ def test_vector_norm_and_cosine(spark):
     assert got[5]["c"] == pytest.approx(a5 @ b5 / np.linalg.norm(a5) / np.linalg.norm(b5), abs=1e-15)
 
 
+def test_string_times_and_weights_parse_on_every_version(spark):
+    """String event times and weights (CSV) parse with one spelling on 3.5 and 4.x; what does not parse is null."""
+    from spark_cleora.compat import try_double
+    from spark_cleora.emde.sketch import epoch_seconds
+
+    df = spark.createDataFrame([("1.5", "2"), ("1970-01-01 00:01:00", "x"), ("soon", None)], "t string, `w`` x` string")
+    rows = df.select(epoch_seconds(df, "t").alias("t"), try_double("w` x").alias("w")).collect()
+    assert [(r["t"], r["w"]) for r in rows] == [(1.5, 2.0), (60.0, None), (None, None)]
+
+
 def test_grouped_arrow_both_forms(spark, monkeypatch):
     rng = np.random.default_rng(3)
     rows = [(f"k{int(k)}", float(v)) for k, v in zip(rng.integers(0, 13, 400), rng.normal(size=400))]

@@ -163,6 +163,12 @@ def test_fold_in_cli_and_emde_code_a_new_item(spark, tmp_path):
     emb, folded = str(tmp_path / "emb"), str(tmp_path / "folded")
     assert main(["embed", str(old), "--input-format", "csv", "--hyperedge", "s", "--entity", "i", "--dim", "8",
                  "--iterations", "2", "--output", emb, "--checkpoint", "local"]) == 0
+    before = sorted(os.listdir(emb))
+    # the quarantine may be neither an input (the known embeddings) nor the output: refused before any work
+    for rejects in (emb, os.path.join(folded, "bad")):
+        assert main(["fold-in", "--embeddings", emb, "--events", str(new), "--on-bad-rows", "quarantine",
+                     "--rejects", rejects, "--output", folded]) == 2
+    assert sorted(os.listdir(emb)) == before and not os.path.exists(folded)
     assert main(["fold-in", "--embeddings", emb, "--events", str(new), "--output", folded]) == 0
     report = json.load(open(os.path.join(folded, "_run.json")))["fold_in"]
     assert report["folded_in"] == 1 and report["unreached"] == 1 and report["unreached_sample"] == ["LONELY"]

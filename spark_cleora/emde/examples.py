@@ -37,7 +37,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from ..compat import grouped_arrow
+from ..compat import grouped_arrow, try_double
 from ..config import ConfigError
 from ..hyperedges import BadInputError
 from ..session import job_description
@@ -201,7 +201,7 @@ def build_examples(
     if not timestamp:
         raise ConfigError("examples need --timestamp COL")
     spark = events.sparkSession
-    w_col = F.lit(1.0) if weight is None else F.col(weight).cast("double")
+    w_col = F.lit(1.0) if weight is None else try_double(weight)
     feat_cols = [F.col(c).alias(f"f{k}") for k, c in enumerate(event_features)]
     ev = events.select(F.col(customer).cast("string").alias("c"), F.col(item).cast("string").alias("i"),
                        epoch_seconds(events, timestamp).alias("t"), w_col.alias("w"), *feat_cols) \

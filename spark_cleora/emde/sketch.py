@@ -23,6 +23,7 @@ from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
+from ..compat import try_double
 from ..config import ConfigError
 from ..hyperedges import MAX_WEIGHT, BadInputError
 from ..session import job_description
@@ -67,7 +68,7 @@ def epoch_seconds(df: DataFrame, column: str) -> Column:
     if isinstance(dtype, T.DateType):
         return F.unix_date(col).cast("double") * 86400.0
     if isinstance(dtype, T.StringType):
-        return F.coalesce(col.try_cast("double"), F.unix_micros(F.try_to_timestamp(col)) / 1e6)
+        return F.coalesce(try_double(column), F.unix_micros(F.try_to_timestamp(col)) / 1e6)
     raise ConfigError(f"timestamp column {column!r} has type {dtype.simpleString()}; use epoch seconds or a timestamp")
 
 
@@ -140,7 +141,7 @@ def build_sketches(
     if weight is None:
         w_col = F.lit(1.0)
     elif isinstance(events.schema[weight].dataType, T.StringType):
-        w_col = F.col(weight).try_cast("double")
+        w_col = try_double(weight)
     else:
         w_col = F.col(weight).cast("double")
     ev = events.select(F.col(customer).cast("string").alias("c"), F.col(item).cast("string").alias("i"),

@@ -28,7 +28,7 @@ def _checked(handler: Callable[[argparse.Namespace], int]) -> Callable[[argparse
     def run(ns: argparse.Namespace) -> int:
         from ..outputs import check_output_file, check_work_dir
 
-        inputs = [p for name in ("edges", "events", "embeddings", "data_dir")
+        inputs = [p for name in ("edges", "events", "embeddings", "data_dir", "train", "test")
                   for p in ([getattr(ns, name, None)] if isinstance(getattr(ns, name, None), str)
                             else list(getattr(ns, name, None) or []))]
         if getattr(ns, "report", None):

@@ -32,6 +32,7 @@ from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
 from ..config import ConfigError
+from ..outputs import claim_work_dir
 from ..emde.sketch import epoch_seconds
 from ..emde.store import read_table, require_columns
 from ..session import job_description
@@ -243,6 +244,8 @@ def _run(ns: argparse.Namespace) -> int:
     train = read_events(spark, ns.train, **cols)
     test = read_events(spark, ns.test, **cols)
     work = ns.work_dir or tempfile.mkdtemp(prefix="spark_cleora_evalsession_")
+    if ns.work_dir:
+        claim_work_dir(ns.work_dir)  # created (or adopted empty) and marked: a rerun may reuse it
     try:
         report = evaluate_session(spark, train, test, work_dir=work, k=ns.k,
                                   methods=tuple(ns.methods or DEFAULT_METHODS), options=options,
