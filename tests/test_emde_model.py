@@ -191,3 +191,18 @@ def test_cli_trains_with_torch_distributor_equal_to_in_process_and_recommends(sp
     rc = main(["emde", "recommend", "--model", str(tmp_path / "model"), "--coder", str(tmp_path / "other"), *common,
                "--output", str(tmp_path / "recs2")])
     assert rc == 2 and not os.path.exists(tmp_path / "recs2")
+
+
+def test_a_training_with_no_examples_leaves_no_work_dir(spark, setup, tmp_path, capsys):
+    """An expected failure (exit 3: every customer has one event, so no example) deletes the run's work dir."""
+    from spark_cleora.cli import main
+
+    root, _ = setup
+    one = tmp_path / "one.csv"
+    one.write_text("user,item,ts\n" + "".join(f"u{c},{c % N_ITEMS},{1_700_000_000 + c}\n" for c in range(5)))
+    out = tmp_path / "model"
+    rc = main(["emde", "train", "--coder", str(root / "coder"), "--events", str(one), "--events-format", "csv",
+               "--customer", "user", "--item", "item", "--timestamp", "ts", "--distributor", "none",
+               "--log-level", "WARNING", "--output", str(out)])
+    assert rc == 3 and "error: no training example" in capsys.readouterr().err
+    assert sorted(os.listdir(tmp_path)) == ["one.csv"]  # no model, no model.work, no lock

@@ -43,6 +43,7 @@ from ..config import ConfigError
 from ..outputs import check_work_dir, claim_work_dir, clear_work_dir
 from ..hyperedges import BadInputError
 from ..session import job_description
+from ..spark_errors import input_error_message
 from ..store import local_path
 from .coder import read_codes
 from .config import TrainConfig
@@ -110,8 +111,10 @@ def write_examples(spark: SparkSession, cfg: TrainConfig, output: str, *, events
     def write(staging: str) -> dict[str, Any]:
         with job_description(spark, "spark_cleora emde examples: build and write"):
             ex.repartition(n_files, "customer").write.partitionBy("split").parquet(staging)
-            counts = {r["split"]: int(r["n"]) for r in
-                      spark.read.parquet(staging).groupBy("split").agg(F.count(F.lit(1)).alias("n")).collect()}
+            # no example at all leaves a directory without data files, which Spark cannot read back
+            has_data = bool(glob.glob(os.path.join(local_path(staging) or staging, "split=*")))
+            counts = {r["split"]: int(r["n"]) for r in spark.read.parquet(staging).groupBy("split")
+                      .agg(F.count(F.lit(1)).alias("n")).collect()} if has_data or local_path(staging) is None else {}
         if not counts.get("train"):
             raise BadInputError("no training example (every customer needs an event after its first one, "
                                 "before the validation cut)")
@@ -317,6 +320,10 @@ def _cores(spark: SparkSession) -> int:
     return local_cores(spark.conf.get("spark.master", "")) or os.cpu_count() or 1
 
 
+class ForeignWorkError(ConfigError):
+    """The work directory holds a checkpoint of a training with other options (never cleared by this run)."""
+
+
 def train_model(spark: SparkSession, config: TrainConfig | None = None, *,
                 events: DataFrame | str | tuple[str, ...] | None = None, **options: Any) -> dict[str, Any]:
     """Build examples, train the network, write the model directory; returns its manifest.
@@ -350,76 +357,85 @@ def train_model(spark: SparkSession, config: TrainConfig | None = None, *,
         raise ConfigError("--work-dir must be a local path")
     check_work_dir(work, outputs=[cfg.output], inputs=input_paths(cfg))
     claim_work_dir(work)  # created (or adopted empty) and marked: only what the tool put there is deleted
+    try:
 
-    if cfg.examples:
-        ex_dir = cfg.examples
-        ex_meta = read_meta(spark, ex_dir, "examples")
-    else:
-        if not cfg.coder:
-            raise ConfigError("--coder CODER is required")
-        coder_meta = read_meta(spark, cfg.coder, "coder")
-        ex_dir = os.path.join(work_local, "examples")
-        key = _examples_key(cfg, coder_meta["coder_id"])
-        try:
+        if cfg.examples:
+            ex_dir = cfg.examples
             ex_meta = read_meta(spark, ex_dir, "examples")
-        except ConfigError:
-            ex_meta = {}
-        if ex_meta.get("key") != key:
-            if os.path.exists(os.path.join(work_local, CHECKPOINT)):
-                raise ConfigError(f"work directory {work!r} holds a checkpoint of a training with other example "
-                                  "options; remove it or pass another --work-dir")
-            ex_meta = write_examples(spark, cfg, ex_dir, events=events, n_files=max(4, 2 * cfg.processes))
-            log.info("examples: %d train, %d validation", ex_meta["train_examples"], ex_meta["val_examples"])
-    coder = cfg.coder or ex_meta["coder"]
-    coder_meta = read_meta(spark, coder, "coder")
-    if coder_meta["coder_id"] != ex_meta["coder_id"]:
-        raise ConfigError(f"examples {ex_dir!r} were built with coder {ex_meta['coder_id']}, not "
-                          f"{coder_meta['coder_id']} ({coder!r})")
-    inputs = InputSpec(**ex_meta["inputs"])
-    train_rows = spark.read.parquet(ex_dir).filter(F.col("split") == "train")
-    with job_description(spark, "spark_cleora emde train: feature specification"):
-        features = fit_feature_spec(train_rows, list(ex_meta.get("feature_columns", [])), context=cfg.context,
-                                    max_vocabulary=cfg.max_vocabulary)
-    width, n_blocks = int(coder_meta["width"]), int(coder_meta["n_codes"])
-    architecture = {"sketch_in": 2 * inputs.length, "n_numeric": features.n_numeric,
-                    "cardinalities": features.cardinalities, "embedding_dim": cfg.embedding_dim,
-                    "hidden": cfg.hidden, "layers": cfg.layers, "n_blocks": n_blocks, "width": width}
-    training = {k: getattr(cfg, k) for k in ("epochs", "batch_size", "lr", "weight_decay", "schedule", "gamma",
-                                             "patience", "recall_k", "seed", "processes", "distributor")}
-    threads = cfg.threads or max(1, _cores(spark) // cfg.processes)
-    key_text = json.dumps({"examples": ex_meta.get("key", ex_dir), "architecture": architecture,
-                           "features": features.to_dict(), "training": training, "threads": threads},
-                          sort_keys=True, default=str)
-    key = hashlib.sha256(key_text.encode()).hexdigest()[:16]
-    meta_path = os.path.join(work_local, CHECKPOINT_META)
-    if os.path.exists(meta_path):
-        with open(meta_path, encoding="utf-8") as fh:
-            old = json.load(fh)
-        if old.get("key") != key:
-            raise ConfigError(f"work directory {work!r} holds a checkpoint of a training with other options "
-                              f"(epoch {old.get('epoch')}); remove it or pass another --work-dir")
-    job = {"examples": local_path(ex_dir) or ex_dir, "codes": local_path(join(coder, "codes")) or join(coder, "codes"),
-           "inputs": inputs.to_dict(), "features": features.to_dict(), "architecture": architecture,
-           "work": work_local, "key": key, "threads": threads, **training}
-    if stop_after is not None:
-        job["stop_after_epoch"] = stop_after
-    result = run_training(job, processes=cfg.processes, distributor=cfg.distributor, spark=spark)
+        else:
+            if not cfg.coder:
+                raise ConfigError("--coder CODER is required")
+            coder_meta = read_meta(spark, cfg.coder, "coder")
+            ex_dir = os.path.join(work_local, "examples")
+            key = _examples_key(cfg, coder_meta["coder_id"])
+            try:
+                ex_meta = read_meta(spark, ex_dir, "examples")
+            except ConfigError:
+                ex_meta = {}
+            if ex_meta.get("key") != key:
+                if os.path.exists(os.path.join(work_local, CHECKPOINT)):
+                    raise ForeignWorkError(f"work directory {work!r} holds a checkpoint of a training with other "
+                                           "example options; remove it or pass another --work-dir")
+                ex_meta = write_examples(spark, cfg, ex_dir, events=events, n_files=max(4, 2 * cfg.processes))
+                log.info("examples: %d train, %d validation", ex_meta["train_examples"], ex_meta["val_examples"])
+        coder = cfg.coder or ex_meta["coder"]
+        coder_meta = read_meta(spark, coder, "coder")
+        if coder_meta["coder_id"] != ex_meta["coder_id"]:
+            raise ConfigError(f"examples {ex_dir!r} were built with coder {ex_meta['coder_id']}, not "
+                              f"{coder_meta['coder_id']} ({coder!r})")
+        inputs = InputSpec(**ex_meta["inputs"])
+        train_rows = spark.read.parquet(ex_dir).filter(F.col("split") == "train")
+        with job_description(spark, "spark_cleora emde train: feature specification"):
+            features = fit_feature_spec(train_rows, list(ex_meta.get("feature_columns", [])), context=cfg.context,
+                                        max_vocabulary=cfg.max_vocabulary)
+        width, n_blocks = int(coder_meta["width"]), int(coder_meta["n_codes"])
+        architecture = {"sketch_in": 2 * inputs.length, "n_numeric": features.n_numeric,
+                        "cardinalities": features.cardinalities, "embedding_dim": cfg.embedding_dim,
+                        "hidden": cfg.hidden, "layers": cfg.layers, "n_blocks": n_blocks, "width": width}
+        training = {k: getattr(cfg, k) for k in ("epochs", "batch_size", "lr", "weight_decay", "schedule", "gamma",
+                                                 "patience", "recall_k", "seed", "processes", "distributor")}
+        threads = cfg.threads or max(1, _cores(spark) // cfg.processes)
+        key_text = json.dumps({"examples": ex_meta.get("key", ex_dir), "architecture": architecture,
+                               "features": features.to_dict(), "training": training, "threads": threads},
+                              sort_keys=True, default=str)
+        key = hashlib.sha256(key_text.encode()).hexdigest()[:16]
+        meta_path = os.path.join(work_local, CHECKPOINT_META)
+        if os.path.exists(meta_path):
+            with open(meta_path, encoding="utf-8") as fh:
+                old = json.load(fh)
+            if old.get("key") != key:
+                raise ForeignWorkError(f"work directory {work!r} holds a checkpoint of a training with other "
+                                       f"options (epoch {old.get('epoch')}); remove it or pass another --work-dir")
+        codes_dir = join(coder, "codes")
+        job = {"examples": local_path(ex_dir) or ex_dir, "codes": local_path(codes_dir) or codes_dir,
+               "inputs": inputs.to_dict(), "features": features.to_dict(), "architecture": architecture,
+               "work": work_local, "key": key, "threads": threads, **training}
+        if stop_after is not None:
+            job["stop_after_epoch"] = stop_after
+        result = run_training(job, processes=cfg.processes, distributor=cfg.distributor, spark=spark)
 
-    def write(staging: str) -> dict[str, Any]:
-        target = local_path(staging) or staging
-        os.makedirs(target, exist_ok=True)
-        shutil.copyfile(os.path.join(work_local, FINAL), os.path.join(target, WEIGHTS))
-        return {"kind": "model", "coder_id": coder_meta["coder_id"], "coder": coder, "inputs": inputs.to_dict(),
-                "features": features.to_dict(), "architecture": architecture, "training": training,
-                "threads": threads, "examples": {k: ex_meta.get(k) for k in (
-                    "train_examples", "val_examples", "validation_cutoff", "sample_fraction", "columns")},
-                "metrics": result["history"], "best_epoch": result["best_epoch"],
-                "stopped_early": result["stopped_early"],
-                "versions": {"spark_cleora": __version__, "torch": torch.__version__,
-                             "python": platform.python_version(), "numpy": np.__version__,
-                             "pyspark": spark.version}}
+        def write(staging: str) -> dict[str, Any]:
+            target = local_path(staging) or staging
+            os.makedirs(target, exist_ok=True)
+            shutil.copyfile(os.path.join(work_local, FINAL), os.path.join(target, WEIGHTS))
+            return {"kind": "model", "coder_id": coder_meta["coder_id"], "coder": coder, "inputs": inputs.to_dict(),
+                    "features": features.to_dict(), "architecture": architecture, "training": training,
+                    "threads": threads, "examples": {k: ex_meta.get(k) for k in (
+                        "train_examples", "val_examples", "validation_cutoff", "sample_fraction", "columns")},
+                    "metrics": result["history"], "best_epoch": result["best_epoch"],
+                    "stopped_early": result["stopped_early"],
+                    "versions": {"spark_cleora": __version__, "torch": torch.__version__,
+                                 "python": platform.python_version(), "numpy": np.__version__,
+                                 "pyspark": spark.version}}
 
-    manifest = write_output(spark, cfg.output, write, json_name=MANIFEST)
+        manifest = write_output(spark, cfg.output, write, json_name=MANIFEST)
+    except Exception as exc:
+        # an expected failure (exit 2/3): nothing to resume, so nothing of the run is left behind
+        # (unless the work dir holds another training's checkpoint: that one is the user's to remove)
+        expected = isinstance(exc, (ConfigError, ValueError)) or input_error_message(exc)
+        if expected and not cfg.keep_work and not isinstance(exc, ForeignWorkError):
+            clear_work_dir(work)
+        raise
     if not cfg.keep_work:
         clear_work_dir(work)
     manifest["seconds_total"] = round(time.perf_counter() - t0, 3)
