@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Callable
 from typing import Any
 
 from ..config import ConfigError
@@ -247,15 +248,21 @@ def _finish(ns: argparse.Namespace, manifest: dict[str, Any], summary: str) -> i
     return 0
 
 
-def _run_fit(ns: argparse.Namespace) -> int:
+def _run_guarded(ns: argparse.Namespace, cfg: Any, step: Callable[[Any, Any], dict[str, Any]]) -> dict[str, Any]:
+    """``step(spark, cfg)`` with the step's ``--output`` checked before Spark starts and locked while it runs."""
     from ..cli import spark_from_args
+
+    with guarded_output(cfg):
+        return step(spark_from_args(ns), cfg)
+
+
+def _run_fit(ns: argparse.Namespace) -> int:
     from .coder import run_fit
 
     cfg = _config(ns, "fit", FitConfig)
     if not -(2**63) <= cfg.seed < 2**63:  # Spark's sample seed is a long: refuse before any work
         raise ConfigError(f"--seed must fit a 64-bit signed integer; got {cfg.seed}")
-    with guarded_output(cfg):  # checked before Spark starts, locked while it runs
-        m = run_fit(spark_from_args(ns), cfg)
+    m = _run_guarded(ns, cfg, run_fit)
     randoms = m.get("items_random_per_source") or []
     extra = f", coded from random vectors per source: {randoms}" if any(randoms) else ""
     return _finish(ns, m, f"coder {m['coder_id']}: {cfg.output} ({m['items_coded']} items x {m['n_codes']} codes, "
@@ -263,30 +270,25 @@ def _run_fit(ns: argparse.Namespace) -> int:
 
 
 def _run_code(ns: argparse.Namespace) -> int:
-    from ..cli import spark_from_args
     from .coder import run_code
 
     cfg = _config(ns, "code", CodeConfig)
-    with guarded_output(cfg):  # checked before Spark starts, locked while it runs
-        m = run_code(spark_from_args(ns), cfg)
+    m = _run_guarded(ns, cfg, run_code)
     return _finish(ns, m, f"coder {m['coder_id']}: {cfg.output} ({m['items_added']} new items coded, "
                           f"{m['items_coded']} in all; {m['seconds_total']:.1f}s)")
 
 
 def _run_sketch(ns: argparse.Namespace) -> int:
-    from ..cli import spark_from_args
     from .sketch import run_sketch
 
     cfg = _config(ns, "sketch", SketchConfig)
-    with guarded_output(cfg):  # checked before Spark starts, locked while it runs
-        m = run_sketch(spark_from_args(ns), cfg)
+    m = _run_guarded(ns, cfg, run_sketch)
     rej = ", ".join(f"{k} {v}" for k, v in m["rejected"].items()) or "none"
     return _finish(ns, m, f"sketches: {cfg.output} ({m['customers']} customers from {m['accepted']} of "
                           f"{m['input_rows']} events; rejected: {rej}; as-of {m['cutoff']}; {m['seconds_total']:.1f}s)")
 
 
 def _run_recommend(ns: argparse.Namespace) -> int:
-    from ..cli import spark_from_args
     from .recommend import run_recommend
 
     cfg = _config(ns, "recommend", RecommendConfig)
@@ -294,32 +296,27 @@ def _run_recommend(ns: argparse.Namespace) -> int:
         from .model import require_torch
 
         require_torch()
-    with guarded_output(cfg):  # checked before Spark starts, locked while it runs
-        m = run_recommend(spark_from_args(ns), cfg)
+    m = _run_guarded(ns, cfg, run_recommend)
     return _finish(ns, m, f"recommendations: {cfg.output} ({m['customers']} customers x top {cfg.k} of "
                           f"{m['candidates']} candidates, {'model ' + cfg.model_scoring if cfg.model else cfg.scoring} decoder; {m['seconds_total']:.1f}s)")
 
 
 def _run_examples(ns: argparse.Namespace) -> int:
-    from ..cli import spark_from_args
     from .train import run_examples
 
     cfg = _config(ns, "examples", TrainConfig)
-    with guarded_output(cfg):  # checked before Spark starts, locked while it runs
-        m = run_examples(spark_from_args(ns), cfg)
+    m = _run_guarded(ns, cfg, run_examples)
     return _finish(ns, m, f"examples: {cfg.output} ({m['train_examples']} train, {m['val_examples']} validation; "
                           f"{m['seconds_total']:.1f}s)")
 
 
 def _run_train(ns: argparse.Namespace) -> int:
-    from ..cli import spark_from_args
     from .model import require_torch
     from .train import train_model
 
     require_torch()
     cfg = _config(ns, "train", TrainConfig)
-    with guarded_output(cfg):  # checked before Spark starts, locked while it runs
-        m = train_model(spark_from_args(ns), cfg)
+    m = _run_guarded(ns, cfg, train_model)
     best = m["metrics"][m["best_epoch"] - 1]
     k = cfg.recall_k
     val = "" if best.get("val_loss") is None else f", val loss {best['val_loss']:.4f}, Recall@{k} {best[f'val_recall@{k}']:.4f}"
@@ -328,11 +325,9 @@ def _run_train(ns: argparse.Namespace) -> int:
 
 
 def _run_similar(ns: argparse.Namespace) -> int:
-    from ..cli import spark_from_args
     from .similar import run_similar_customers
 
     cfg = _config(ns, "similar-customers", SimilarCustomersConfig)
-    with guarded_output(cfg):  # checked before Spark starts, locked while it runs
-        m = run_similar_customers(spark_from_args(ns), cfg)
+    m = _run_guarded(ns, cfg, run_similar_customers)
     return _finish(ns, m, f"similar customers: {cfg.output} ({m['customers']} customers x top {cfg.k}; "
                           f"{m['seconds_total']:.1f}s)")
