@@ -11,7 +11,7 @@ from typing import Any
 
 from .config import INPUT_FORMATS, ConfigError, EmbedConfig
 from .io import read_cleora_text, read_embeddings, read_events, write_atomically, write_json
-from .outputs import check_output_dir, mark_output, output_lock
+from .outputs import check_output_dir, guarded_dir, mark_output
 from .store import local_path
 
 log = logging.getLogger(__name__)
@@ -92,10 +92,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _guarded(output: str, inputs: list[str], rejects: str | None = None) -> Iterator[None]:
     """The output rules of :mod:`spark_cleora.outputs`: checked before Spark starts, locked while writing;
     a quarantine directory is checked against the inputs and the output too."""
-    check_output_dir(output, inputs=inputs)
-    if rejects:
+    if rejects:  # checked first: nothing is locked when it is refused
         check_output_dir(rejects, inputs=[*inputs, output], what="--rejects")
-    with output_lock(output):
+    with guarded_dir(output, inputs=inputs):
         yield
 
 

@@ -380,6 +380,14 @@ def output_lock(path: str, what: str = "--output") -> Iterator[None]:
             os.remove(lock)
 
 
+@contextlib.contextmanager
+def guarded_dir(path: str, *, inputs: Iterable[str | None] = (), what: str = "--output") -> Iterator[None]:
+    """:func:`check_output_dir`, then :func:`output_lock` held while the body writes ``path``."""
+    check_output_dir(path, inputs=inputs, what=what)
+    with output_lock(path, what):
+        yield
+
+
 def _take_over(lock: str, stale: dict[str, Any]) -> None:
     """Move a stale lock aside, making sure it is the one judged stale (another run may have replaced it)."""
     aside = f"{lock}.stale-{uuid.uuid4().hex[:8]}"

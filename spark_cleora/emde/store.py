@@ -21,7 +21,7 @@ from pyspark.sql import DataFrame, SparkSession
 from .. import __version__
 from ..config import ConfigError
 from ..io import check_parquet_inputs, write_atomically, write_json
-from ..outputs import check_output_dir, mark_output, output_lock
+from ..outputs import guarded_dir, mark_output
 from ..store import local_path
 
 log = logging.getLogger(__name__)
@@ -130,8 +130,7 @@ def guarded_output(cfg: Any) -> Iterator[None]:
     if not getattr(cfg, "output", None):
         yield
         return
-    check_output_dir(cfg.output, inputs=input_paths(cfg))
-    with output_lock(cfg.output):
+    with guarded_dir(cfg.output, inputs=input_paths(cfg)):
         yield
 
 
