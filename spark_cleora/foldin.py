@@ -239,6 +239,10 @@ def _one_pass(batches, *, reflexive, col_names, outputs, markov, dim, iterations
     known = np.zeros(n, dtype=bool)
     degree = np.asarray(ent["degree"], dtype=np.float64).copy()
     if kn.num_rows:  # the known neighbours, matched by key and name (a key collision is not a match)
+        lengths = pc.fill_null(pc.list_value_length(kn.column("_kvec")), 0).to_numpy(zero_copy_only=False)
+        if np.any(lengths != dim):  # checked here: no job of its own reads the known table
+            yield _report_batch({**report, "known_dim": int(lengths[lengths != dim][0])})
+            return
         kid = kn.column("id").to_numpy()
         pos = np.minimum(np.searchsorted(ids, kid), n - 1)
         hit = (ids[pos] == kid) & pc.equal(ent["names"].take(pa.array(pos)),
@@ -276,6 +280,10 @@ def _one_pass(batches, *, reflexive, col_names, outputs, markov, dim, iterations
              pa.array(ent["occurrences"][r], pa.float64()), to_list_array(x[r]),
              pa.array(made[r], pa.int32()), pa.nulls(m, pa.string())],
             names=["entity", "column", "degree", "occurrences", "embedding", ITERATION_COLUMN, "_report"])
+
+
+def _wrong_dim(found: int | None, dim: int) -> None:
+    raise ConfigError(f"the known embeddings have dimension {found}, the run's dim is {dim}")
 
 
 def _report_batch(report: dict[str, Any]) -> pa.RecordBatch:
@@ -333,10 +341,6 @@ def fold_in(spark: SparkSession, known: DataFrame, source: DataFrame, cfg: Embed
     check_foldable(cfg)
     t0 = time.perf_counter()
     dim, columns = cfg.dim, cfg.column_spec
-    first = known.select(F.size("embedding").alias("d")).first()  # one row: the known table's dimension
-    if first is None or first["d"] != dim:
-        raise ConfigError(f"the known embeddings have dimension {None if first is None else first['d']}, "
-                          f"the run's dim is {dim}")
     report: dict[str, Any] = {"iterations": iterations, "markov": cfg.markov, "residual": cfg.residual, "dim": dim}
     with job_description(spark, "spark_cleora fold-in: read new events"):
         if cfg.input_format == "cleora-tsv":
@@ -361,6 +365,8 @@ def fold_in(spark: SparkSession, known: DataFrame, source: DataFrame, cfg: Embed
             done = _checkpoint(fold_in_one_pass(raw, known, columns=columns, markov=cfg.markov, dim=dim,
                                                 iterations=iterations, residual=cfg.residual))
             task = json.loads(done.filter(F.col("entity").isNull()).select("_report").first()["_report"])
+        if "known_dim" in task:
+            _wrong_dim(task["known_dim"], dim)
         inputs: dict[str | None, int] = {}
         for rule, n in task.pop("input_rows"):
             inputs[rule] = inputs.get(rule, 0) + int(n)
@@ -391,6 +397,9 @@ def _fold_in_shuffle(spark: SparkSession, raw: DataFrame, known: DataFrame, cfg:
     and plans, the known rows of their entities joined in, one :func:`spark_cleora.propagate.propagate`
     per iteration. Returns the new rows; fills ``report``."""
     dim, columns = cfg.dim, cfg.column_spec
+    first = known.select(F.size("embedding").alias("d")).first()  # one row: the known table's dimension
+    if first is None or first["d"] != dim:
+        _wrong_dim(None if first is None else first["d"], dim)
     reflexive = len(columns) == 1
     num_blocks = cfg.num_blocks or blocks_for(units, dim=dim, block_memberships=cfg.block_memberships,
                                               memory_gb=cfg.block_memory_gb or worker_memory_gb(spark),
