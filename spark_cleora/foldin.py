@@ -188,7 +188,7 @@ def fold_in_one_pass(raw: DataFrame, known: DataFrame, *, columns: tuple, markov
     events = raw.select(F.lit(_NEW_EVENTS).alias("_part"), "h", "side", "col", "entity", "weight", *flags,
                         F.xxhash64("entity").alias("id"), F.hash("entity").alias("_id2"),
                         F.lit(0).alias("block"))
-    names = raw.select("entity").distinct()
+    names = raw.select("entity")  # (not distinct: a semi-join needs no unique keys, and this needs no shuffle)
     neighbours = known.join(F.broadcast(names), "entity", "left_semi").select(
         F.lit(_KNOWN).alias("_part"), "entity", F.xxhash64("entity").alias("id"),
         F.col("degree").cast("double").alias("_kdeg"), F.col("embedding").cast("array<float>").alias("_kvec"))
