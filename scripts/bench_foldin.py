@@ -170,8 +170,9 @@ def bench_size(args, n: int) -> dict:
     row["ratio"] = round(row["fold-in"]["median_seconds"] / row["embed"]["median_seconds"], 3)
     row["ratio_in_job"] = round(row["fold-in"]["median_seconds_in_job"] / row["embed"]["median_seconds_in_job"], 3)
     rep = runs["fold-in"][-1]["report"]
-    row["fold_in_stages"] = {k: rep.get(k) for k in ("engine", "seconds_graph", "seconds_to_start",
-                                                      "iteration_seconds", "folded_in", "unreached", "memberships")}
+    row["fold_in_stages"] = {k: rep.get(k) for k in (
+        "engine", "seconds_graph", "seconds_to_start", "prepare_seconds", "iteration_seconds", "known_neighbours",
+        "folded_in", "unreached", "memberships")}
     if args.profile:
         events = os.path.join(work, f"eventlog_{n}")
         shutil.rmtree(events, ignore_errors=True)
