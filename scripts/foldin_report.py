@@ -1,7 +1,6 @@
 """Measure fold-in and combine (the numbers in docs/fold-in.md).
 
     python scripts/foldin_report.py quality [--data DIR] [--dim 128] [--iterations 3] [--json out.json]
-    python scripts/foldin_report.py scale --events 1000000 [--dim 128] [--iterations 3] [--json out.json]
 
 ``quality`` (RSC15 100k sample: ``$SPARK_CLEORA_SHARED_DATA/yoochoose-rsc15-100k`` or ``--data``):
 
@@ -12,8 +11,7 @@
 - combine: the training sessions split into two seeded random halves, each embedded, combined, and
   compared with the run on all of them (cosine per entity; next-item HitRate@20/MRR@20 on all test pairs).
 
-``scale``: the bench generator's table (scripts/bench.py); 99% of it embedded, 1% folded in (events of
-held-out users, a tenth of whose items are renamed to new items); wall times in one Spark session.
+The cost of a fold-in against a full embed is measured by ``scripts/bench_foldin.py``.
 """
 
 from __future__ import annotations
@@ -22,7 +20,6 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 import time
 
 import numpy as np
@@ -144,85 +141,16 @@ def quality(args) -> dict:
     return out
 
 
-def scale(args) -> dict:
-    import pyarrow.parquet as pq
-
-    from scripts.bench import generate
-    from spark_cleora.config import EmbedConfig
-    from spark_cleora.foldin import fold_in
-    from spark_cleora.job import run_embed_job
-
-    work = args.workdir or tempfile.mkdtemp(prefix="foldin_scale_")
-    emb = os.path.join(work, f"emb_{args.events}")
-    old_path, new_path = os.path.join(work, f"old_{args.events}.parquet"), os.path.join(work, f"new_{args.events}.parquet")
-    if args.reuse and os.path.exists(os.path.join(emb, "_run.json")):  # time the fold-in only
-        return _fold_in_only(args, emb, new_path)
-    path = os.path.join(work, f"events_{args.events}.parquet")
-    if not os.path.exists(path):
-        generate(path, args.events)
-    t = pq.read_table(path)
-    users = np.unique(t.column("user").to_numpy(zero_copy_only=False))
-    rng = np.random.default_rng(0)
-    # held-out users until ~1% of the events: their events are the new ones
-    counts = dict(zip(*np.unique(t.column("user").to_numpy(zero_copy_only=False), return_counts=True)))
-    order = rng.permutation(users)
-    cum = np.cumsum([counts[u] for u in order])
-    new_users = set(order[: int(np.searchsorted(cum, args.events * args.new_share)) + 1].tolist())
-    is_new = np.isin(t.column("user").to_numpy(zero_copy_only=False), list(new_users))
-    old_t, new_t = t.filter(~is_new), t.filter(is_new)
-    items = new_t.column("item").to_numpy(zero_copy_only=False).astype(object)
-    renamed = rng.random(len(items)) < 0.1
-    items[renamed] = np.array(["new_" + i for i in items[renamed]], dtype=object)
-    import pyarrow as pa
-
-    new_t = new_t.set_column(new_t.schema.get_field_index("item"), "item", pa.array(items.tolist(), pa.string()))
-    pq.write_table(old_t, old_path)
-    pq.write_table(new_t, new_path)
-    spark = _spark()
-    cfg = EmbedConfig(inputs=(old_path,), hyperedge="user", entity="item", dim=args.dim, iterations=args.iterations,
-                      output=emb)
-    t0 = time.perf_counter()
-    report = run_embed_job(spark, cfg)
-    t_embed = time.perf_counter() - t0
-    known = spark.read.parquet(cfg.output)
-    t0 = time.perf_counter()
-    res = fold_in(spark, known, spark.read.parquet(new_path), cfg.replace(inputs=(new_path,)),
-                  iterations=args.fold_iterations)
-    res.embeddings.write.mode("overwrite").parquet(os.path.join(work, "folded"))
-    t_fold = time.perf_counter() - t0
-    return {"events": args.events, "old_events": old_t.num_rows, "new_events": new_t.num_rows,
-            "new_item_events": int(renamed.sum()), "dim": args.dim, "iterations": args.iterations,
-            "embed_seconds": round(t_embed, 1), "embed_engine": report.get("engine"),
-            "fold_in_seconds": round(t_fold, 1), "fold_in_report": res.report}
-
-
-def _fold_in_only(args, emb: str, new_path: str) -> dict:
-    from spark_cleora.foldin import fold_in, read_run_manifest, run_config
-
-    spark = _spark()
-    manifest = read_run_manifest(emb)
-    cfg = run_config(manifest).replace(inputs=(new_path,))
-    t0 = time.perf_counter()
-    res = fold_in(spark, spark.read.parquet(emb), spark.read.parquet(new_path), cfg, iterations=args.fold_iterations)
-    res.embeddings.write.mode("overwrite").parquet(os.path.join(os.path.dirname(emb), "folded"))
-    return {"events": args.events, "embed_seconds_earlier_run": manifest["seconds_total"],
-            "fold_in_seconds": round(time.perf_counter() - t0, 1), "fold_in_report": res.report}
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("what", choices=["quality", "scale"])
+    ap.add_argument("what", choices=["quality"])
     ap.add_argument("--data")
-    ap.add_argument("--events", type=int, default=1_000_000)
-    ap.add_argument("--new-share", type=float, default=0.01)
-    ap.add_argument("--workdir")
     ap.add_argument("--dim", type=int, default=128)
     ap.add_argument("--iterations", type=int, default=3)
     ap.add_argument("--fold-iterations", type=int, default=3)
-    ap.add_argument("--reuse", action="store_true", help="scale: reuse --workdir's embedding, time the fold-in only")
     ap.add_argument("--json")
     args = ap.parse_args()
-    out = quality(args) if args.what == "quality" else scale(args)
+    out = quality(args)
     text = json.dumps(out, indent=2, default=str)
     print(text)
     if args.json:

@@ -26,9 +26,12 @@ touch the same known neighbours (folding in day by day or all at once gives the 
 entity whose hyperedges hold only known entities).
 
 The computation is the embedding engine's own: the new events' memberships become blocks and plans
-(:func:`spark_cleora.graph.build_blocks`), the vectors are routed to them and multiplied
-(:func:`spark_cleora.propagate.propagate`), and only the new rows are kept. The cost is linear in the
-new events; the known table is only joined by entity.
+(:func:`spark_cleora.graph.blocks_of_partition`), the known vectors of their entities are multiplied
+through them (:func:`spark_cleora.propagate.block_product`), and only the new rows are kept. New
+events small enough for one Python task (the default) take one Spark job: the known table is scanned
+once, semi-joined map-side with the new events' entity names, and only those known neighbours meet
+the new events in the task. Larger new events take the shuffle engine (blocks, then one
+:func:`spark_cleora.propagate.propagate` per iteration). The known table is never shuffled or rewritten.
 """
 
 from __future__ import annotations
@@ -45,9 +48,10 @@ import pyarrow as pa
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from .compat import cogrouped_arrow
 from .config import ConfigError, EmbedConfig, field_names
 from .graph import blocks_for, build_blocks, build_entities, graph_counts, plans_of
+from .hyperedges import REJECT as _REJECT
+from .hyperedges import ROWS as _ROWS
 from .hyperedges import BadInputError, cleora_text_to_memberships, events_to_memberships
 from .io import parquet_footer_rows
 from .one_task import one_task_bytes, worker_memory_gb
@@ -55,7 +59,7 @@ from .propagate import (SLICE_COLUMNS, X_SCHEMA, X_SCHEMA_COLUMNS, block_product
                         route_scalings, unpacked)
 from .session import job_description
 from .store import local_path
-from .vectors import from_list_array, pack, unpack
+from .vectors import from_list_array, pack, to_list_array, unpack
 
 log = logging.getLogger(__name__)
 
@@ -157,48 +161,155 @@ def _reached(x: DataFrame, *, dim: int) -> DataFrame:
     return x.mapInArrow(flag, f"{X_SCHEMA}, reached boolean")
 
 
-_ONE_TASK_SCHEMA = f"id long, pre double, post double, blocks array<int>, vec binary, {ITERATION_COLUMN} int"
+#: the one-pass fold-in's output: the new rows, and one row (``entity`` null) carrying the task's report
+_ONE_PASS_SCHEMA = ("entity string, column string, degree double, occurrences double, embedding array<float>, "
+                    f"{ITERATION_COLUMN} int, _report string")
+_OUT_ROWS = 1 << 14  # rows per output batch (Arrow list offsets are int32: keep batches small)
+_NEW_EVENTS, _KNOWN = 0, 1  # the two parts of the one-pass task's input
 
 
-def iterate_in_one_task(start: DataFrame, plans: DataFrame, *, dim: int, iterations: int,
-                        residual: float) -> DataFrame:
-    """All fold-in iterations in one Python task (small new-event graphs): the same block products and
-    row normalisation as :func:`spark_cleora.propagate.propagate`, without a shuffle per iteration.
-    Returns the new rows (``X_SCHEMA`` plus ``fold_in_iteration``, null where still unreached)."""
-    key = F.lit(0).alias("_task")
-    left = start.select(key, "id", "pre", "post", "blocks", "known", "vec")
-    right = plans.select(key, "plan")
+def one_pass_bytes(units: int, dim: int) -> int:
+    """Upper bound of the one-pass task's memory for ``units`` input rows (each row at most one
+    membership, hyperedge and entity; every entity possibly a known one with its vector)."""
+    return one_task_bytes(entities=units, dim=dim, kept=2, memberships=units, hyperedges=units, shares=units)
 
-    def run(rows: pa.Table, blocks: pa.Table) -> pa.Table:
-        ids = rows.column("id").to_numpy()
-        order = np.argsort(ids, kind="stable")
-        ids = ids[order]
-        x = unpack(rows.column("vec"), dim)[order].astype(np.float64)
-        pre, post = rows.column("pre").to_numpy()[order], rows.column("post").to_numpy()[order]
-        known = rows.column("known").to_numpy(zero_copy_only=False)[order]
-        plans_ = [load_plan(b) for b in blocks.column("plan").to_pylist()]
-        where = [np.searchsorted(ids, p["ids"]) for p in plans_]
-        made = np.zeros(len(ids), dtype=np.int32)  # 0: not reached yet
-        factor = residual / (1.0 - residual) if residual else 0.0
-        for k in range(1, iterations + 1):
-            y = np.zeros_like(x)
-            for p, w in zip(plans_, where):
-                for lo in range(0, dim, SLICE_COLUMNS):
-                    y[w, lo:lo + SLICE_COLUMNS] += block_product(p, x[w, lo:lo + SLICE_COLUMNS], pre[w], post[w])
-            if factor:
-                y += factor * x
-            normalize_rows(y)
-            x[~known] = y[~known]
-            made[(made == 0) & ~known & np.any(y != 0, axis=1)] = k
-        new = ~known
-        return pa.table({
-            "id": pa.array(ids[new]), "pre": pa.array(pre[new]), "post": pa.array(post[new]),
-            "blocks": rows.column("blocks").take(pa.array(order[new])).cast(pa.list_(pa.int32())),
-            "vec": pack(x[new]), ITERATION_COLUMN: pa.array(np.where(made[new] > 0, made[new], 0), pa.int32(),
-                                                            mask=made[new] == 0),
-        })
 
-    return cogrouped_arrow(left, right, "_task", run, _ONE_TASK_SCHEMA, num_partitions=1)
+def fold_in_one_pass(raw: DataFrame, known: DataFrame, *, columns: tuple, markov: str, dim: int, iterations: int,
+                     residual: float) -> DataFrame:
+    """The whole fold-in of small new events in one Python task (``_ONE_PASS_SCHEMA``, lazily).
+
+    One Spark job: the known table is scanned once and joined map-side with the new events' entity
+    names (broadcast), so only the new events' known neighbours leave the scan; they and the new
+    events' memberships meet in one task, which builds the new events' graph (one block, the engine's
+    own :func:`spark_cleora.graph.blocks_of_partition`), runs the iterations and emits the new rows
+    plus a report row. Nothing else of the known table is read, shuffled or written.
+    """
+    flags = [c for c in (_REJECT, _ROWS) if c in raw.columns]
+    events = raw.select(F.lit(_NEW_EVENTS).alias("_part"), "h", "side", "col", "entity", "weight", *flags,
+                        F.xxhash64("entity").alias("id"), F.hash("entity").alias("_id2"),
+                        F.lit(0).alias("block"))
+    names = raw.select("entity")  # (not distinct: a semi-join needs no unique keys, and this needs no shuffle)
+    neighbours = known.join(F.broadcast(names), "entity", "left_semi").select(
+        F.lit(_KNOWN).alias("_part"), "entity", F.xxhash64("entity").alias("id"),
+        F.col("degree").cast("double").alias("_kdeg"), F.col("embedding").cast("array<float>").alias("_kvec"))
+    both = events.unionByName(neighbours, allowMissingColumns=True).repartition(1)
+    params = {"reflexive": len(columns) == 1, "col_names": [c.name for c in columns],
+              "outputs": [not c.transient for c in columns], "markov": markov, "dim": dim,
+              "iterations": iterations, "residual": residual}
+
+    def run(batches):
+        yield from _one_pass(batches, **params)
+
+    return both.mapInArrow(run, _ONE_PASS_SCHEMA)
+
+
+def _one_pass(batches, *, reflexive, col_names, outputs, markov, dim, iterations, residual):
+    import pyarrow.compute as pc
+
+    from .graph import ENTITY_PART, INPUT_ROWS, PLAN, blocks_of_partition
+    from .one_task import _entities
+
+    t0 = time.perf_counter()
+    batches = [b for b in batches if b.num_rows]
+    t = pa.Table.from_batches(batches) if batches else None
+    report: dict[str, Any] = {"input_rows": [], "memberships": 0, "hyperedges": 0}
+    part = t.column("_part") if t is not None else None
+    ev = t.filter(pc.equal(part, _NEW_EVENTS)) if t is not None else None
+    kn = t.filter(pc.equal(part, _KNOWN)) if t is not None else None
+    graph = pa.Table.from_batches(list(blocks_of_partition(ev.to_batches(), reflexive=reflexive))) \
+        if ev is not None and ev.num_rows else None
+    del t, ev, batches
+    kind = graph.column("kind") if graph is not None else None
+    if graph is not None:
+        inputs = graph.filter(pc.equal(kind, INPUT_ROWS))
+        report["input_rows"] = [[r, n] for r, n in zip(inputs.column("entity").to_pylist(),
+                                                       inputs.column("rows").to_pylist())]
+    plan_rows = graph.filter(pc.equal(kind, PLAN)) if graph is not None else None
+    if plan_rows is None or plan_rows.num_rows == 0:  # no accepted row: nothing to fold in
+        yield _report_batch({**report, "entities": 0, "known_neighbours": 0, "folded_in_per_iteration": {},
+                             "unreached": 0, "unreached_sample": [], "iteration_seconds": []})
+        return
+    report["memberships"] = int(plan_rows.column("memberships")[0].as_py())
+    report["hyperedges"] = int(plan_rows.column("hyperedges")[0].as_py())
+    ent = _entities(graph.filter(pc.equal(kind, ENTITY_PART)), outputs)
+    plan = load_plan(plan_rows.column("plan")[0].as_py())
+    del graph
+    ids, n = ent["ids"], len(ent["ids"])
+    x = np.zeros((n, dim), dtype=np.float64)
+    known = np.zeros(n, dtype=bool)
+    degree = np.asarray(ent["degree"], dtype=np.float64).copy()
+    if kn.num_rows:  # the known neighbours, matched by key and name (a key collision is not a match)
+        lengths = pc.fill_null(pc.list_value_length(kn.column("_kvec")), 0).to_numpy(zero_copy_only=False)
+        if np.any(lengths != dim):  # checked here: no job of its own reads the known table
+            yield _report_batch({**report, "known_dim": int(lengths[lengths != dim][0])})
+            return
+        kid = kn.column("id").to_numpy()
+        pos = np.minimum(np.searchsorted(ids, kid), n - 1)
+        hit = (ids[pos] == kid) & pc.equal(ent["names"].take(pa.array(pos)),
+                                            kn.column("entity").combine_chunks()).to_numpy(zero_copy_only=False)
+        pos = pos[hit]
+        known[pos] = True
+        x[pos] = from_list_array(kn.column("_kvec"), dim)[hit]
+        degree[pos] = kn.column("_kdeg").to_numpy()[hit]
+    if markov == "left":
+        pre, post = np.ones(n), 1.0 / degree
+    else:
+        pre = post = 1.0 / np.sqrt(degree)
+    where = np.searchsorted(ids, plan["ids"])
+    t_ready = time.perf_counter()
+    made = _iterate_new_rows(x, known, plan, where, pre[where], post[where], dim=dim, iterations=iterations,
+                             residual=residual)
+    new = ~known & ent["output"]  # transient entities propagate but are not written
+    rows, left = np.flatnonzero(new & (made > 0)), np.flatnonzero(new & (made == 0))
+    per_iteration = np.bincount(made[rows], minlength=iterations + 1)
+    names = ent["names"]
+    report.update(entities=n, known_neighbours=int(known.sum()),
+                  folded_in_per_iteration={str(k): int(c) for k, c in enumerate(per_iteration) if k and c},
+                  unreached=len(left),
+                  unreached_sample=sorted(names.take(pa.array(left)).to_pylist())[:SAMPLE_SIZE],
+                  prepare_seconds=round(t_ready - t0, 3),
+                  iteration_seconds=[round(time.perf_counter() - t_ready, 3)])
+    yield _report_batch(report)
+    column = pa.array(np.asarray(col_names, dtype=object)[ent["col"][rows]], pa.string())
+    out_names = names.take(pa.array(rows))
+    for lo in range(0, len(rows), _OUT_ROWS):
+        r = rows[lo:lo + _OUT_ROWS]
+        m = len(r)
+        yield pa.RecordBatch.from_arrays(
+            [out_names.slice(lo, m), column.slice(lo, m), pa.array(ent["degree"][r], pa.float64()),
+             pa.array(ent["occurrences"][r], pa.float64()), to_list_array(x[r]),
+             pa.array(made[r], pa.int32()), pa.nulls(m, pa.string())],
+            names=["entity", "column", "degree", "occurrences", "embedding", ITERATION_COLUMN, "_report"])
+
+
+def _wrong_dim(found: int | None, dim: int) -> None:
+    raise ConfigError(f"the known embeddings have dimension {found}, the run's dim is {dim}")
+
+
+def _report_batch(report: dict[str, Any]) -> pa.RecordBatch:
+    return pa.RecordBatch.from_arrays(
+        [pa.nulls(1, pa.string()), pa.nulls(1, pa.string()), pa.nulls(1, pa.float64()), pa.nulls(1, pa.float64()),
+         pa.nulls(1, pa.list_(pa.float32())), pa.nulls(1, pa.int32()), pa.array([json.dumps(report)], pa.string())],
+        names=["entity", "column", "degree", "occurrences", "embedding", ITERATION_COLUMN, "_report"])
+
+
+def _iterate_new_rows(x: np.ndarray, known: np.ndarray, plan: dict[str, Any], where: np.ndarray, pre: np.ndarray,
+                      post: np.ndarray, *, dim: int, iterations: int, residual: float) -> np.ndarray:
+    """The fold-in iterations on ``x`` (float64 [n, dim], in place: the new rows are replaced, the known
+    rows kept): the same block product and row normalisation as :func:`spark_cleora.propagate.propagate`.
+    Returns per row the iteration that first gave it a non-zero vector (0: none)."""
+    made = np.zeros(len(x), dtype=np.int32)
+    factor = residual / (1.0 - residual) if residual else 0.0
+    for k in range(1, iterations + 1):
+        y = np.zeros_like(x)
+        for lo in range(0, dim, SLICE_COLUMNS):
+            y[where, lo:lo + SLICE_COLUMNS] += block_product(plan, x[where, lo:lo + SLICE_COLUMNS], pre, post)
+        if factor:
+            y += factor * x
+        normalize_rows(y)
+        x[~known] = y[~known]
+        made[(made == 0) & ~known & np.any(y != 0, axis=1)] = k
+    return made
 
 
 def fold_in(spark: SparkSession, known: DataFrame, source: DataFrame, cfg: EmbedConfig, *,
@@ -230,11 +341,6 @@ def fold_in(spark: SparkSession, known: DataFrame, source: DataFrame, cfg: Embed
     check_foldable(cfg)
     t0 = time.perf_counter()
     dim, columns = cfg.dim, cfg.column_spec
-    first = known.select(F.size("embedding").alias("d")).first()  # one row: the known table's dimension
-    if first is None or first["d"] != dim:
-        raise ConfigError(f"the known embeddings have dimension {None if first is None else first['d']}, "
-                          f"the run's dim is {dim}")
-    reflexive = len(columns) == 1
     report: dict[str, Any] = {"iterations": iterations, "markov": cfg.markov, "residual": cfg.residual, "dim": dim}
     with job_description(spark, "spark_cleora fold-in: read new events"):
         if cfg.input_format == "cleora-tsv":
@@ -242,13 +348,59 @@ def fold_in(spark: SparkSession, known: DataFrame, source: DataFrame, cfg: Embed
             validation, units = None, rej.accepted_units
         else:
             raw, validation = events_to_memberships(source, cfg)
-            # (only to size the blocks) local Parquet: from the footers, without a Spark job
-            units = None if cfg.num_blocks else (
-                parquet_footer_rows(cfg.inputs) if cfg.input_format == "parquet" and cfg.inputs else None)
-            if units is None and not cfg.num_blocks:
+            # (to choose the engine and size the blocks) local Parquet: from the footers, without a Spark job
+            units = parquet_footer_rows(cfg.inputs) if cfg.input_format == "parquet" and cfg.inputs else None
+            if units is None and (cfg.engine == "auto" or (cfg.engine == "shuffle" and not cfg.num_blocks)):
                 units = source.count()
         if units == 0:
             raise BadInputError("fold-in: the new events are empty (no rows were read)")
+    memory_gb = cfg.block_memory_gb or worker_memory_gb(spark)
+    engine = cfg.engine
+    if engine == "auto":  # (an upper bound from the input rows: the graph is not built yet)
+        engine = "one-task" if one_pass_bytes(units, dim) <= memory_gb * 2**30 else "shuffle"
+    report["engine"] = engine
+    if engine == "one-task":
+        with job_description(spark, f"spark_cleora fold-in: graph, known neighbours, iterations 1-{iterations} "
+                                    "in one task"):
+            done = _checkpoint(fold_in_one_pass(raw, known, columns=columns, markov=cfg.markov, dim=dim,
+                                                iterations=iterations, residual=cfg.residual))
+            task = json.loads(done.filter(F.col("entity").isNull()).select("_report").first()["_report"])
+        if "known_dim" in task:
+            _wrong_dim(task["known_dim"], dim)
+        inputs: dict[str | None, int] = {}
+        for rule, n in task.pop("input_rows"):
+            inputs[rule] = inputs.get(rule, 0) + int(n)
+        if validation is not None:
+            rej = validation.settle(inputs, units=inputs.get(None, 0))
+        report.update(input_rows=rej.input_rows, rejected=rej.counts, num_blocks=1, **task)
+        report["folded_in"] = sum(task["folded_in_per_iteration"].values())
+        out = done.filter(F.col("entity").isNotNull()).drop("_report")
+    else:
+        out = _fold_in_shuffle(spark, raw, known, cfg, validation, rej if validation is None else None, units,
+                               iterations=iterations, report=report, t0=t0)
+    if report["unreached"]:
+        log.warning("fold-in: %d new entities have no known entity within %d hyperedge(s) and get no vector "
+                    "(e.g. %s)", report["unreached"], iterations, ", ".join(report["unreached_sample"]))
+    if include_known:
+        base = known.select("entity", "column", F.col("degree").cast("double").alias("degree"),
+                            F.col("occurrences").cast("double").alias("occurrences"),
+                            F.col("embedding").cast("array<float>").alias("embedding"),
+                            F.lit(None).cast("int").alias(ITERATION_COLUMN))
+        out = base.unionByName(out)
+    report["seconds"] = round(time.perf_counter() - t0, 3)
+    return FoldInResult(out, report)
+
+
+def _fold_in_shuffle(spark: SparkSession, raw: DataFrame, known: DataFrame, cfg: EmbedConfig, validation: Any,
+                     rej: Any, units: int | None, *, iterations: int, report: dict[str, Any], t0: float) -> DataFrame:
+    """The fold-in with the shuffle engine (new events too large for one task): the new events' blocks
+    and plans, the known rows of their entities joined in, one :func:`spark_cleora.propagate.propagate`
+    per iteration. Returns the new rows; fills ``report``."""
+    dim, columns = cfg.dim, cfg.column_spec
+    first = known.select(F.size("embedding").alias("d")).first()  # one row: the known table's dimension
+    if first is None or first["d"] != dim:
+        _wrong_dim(None if first is None else first["d"], dim)
+    reflexive = len(columns) == 1
     num_blocks = cfg.num_blocks or blocks_for(units, dim=dim, block_memberships=cfg.block_memberships,
                                               memory_gb=cfg.block_memory_gb or worker_memory_gb(spark),
                                               parallelism=max(1, int(spark.conf.get("spark.sql.shuffle.partitions"))))
@@ -268,17 +420,7 @@ def fold_in(spark: SparkSession, known: DataFrame, source: DataFrame, cfg: Embed
     plans = plans_of(blocks)
     report["seconds_to_start"] = round(time.perf_counter() - t0, 3)
     report["iteration_seconds"] = []
-    need = one_task_bytes(entities=counts.shares, dim=dim, kept=2, memberships=counts.memberships,
-                          hyperedges=counts.hyperedges, shares=counts.shares)
-    engine = cfg.engine
-    if engine == "auto":
-        engine = "one-task" if need <= (cfg.block_memory_gb or worker_memory_gb(spark)) * 2**30 else "shuffle"
-    report["engine"] = engine
-    if engine == "one-task":
-        with job_description(spark, f"spark_cleora fold-in: iterations 1-{iterations} in one task"):
-            new = _checkpoint(iterate_in_one_task(start, plans, dim=dim, iterations=iterations, residual=cfg.residual))
-        report["iteration_seconds"] = [round(time.perf_counter() - t0 - report["seconds_to_start"], 3)]
-    for k in range(1, iterations + 1) if engine == "shuffle" else ():
+    for k in range(1, iterations + 1):
         t_it = time.perf_counter()
         with job_description(spark, f"spark_cleora fold-in: iteration {k}/{iterations}"):
             x = fixed.unionByName(new.select(*X_SCHEMA_COLUMNS))
@@ -297,19 +439,8 @@ def fold_in(spark: SparkSession, known: DataFrame, source: DataFrame, cfg: Embed
     report["unreached_sample"] = sorted(
         r["entity"] for r in new.filter(F.col(ITERATION_COLUMN).isNull()).select("entity").limit(SAMPLE_SIZE).collect()
     ) if report["unreached"] else []
-    if report["unreached"]:
-        log.warning("fold-in: %d new entities have no known entity within %d hyperedge(s) and get no vector "
-                    "(e.g. %s)", report["unreached"], iterations, ", ".join(report["unreached_sample"]))
     got = new.filter(F.col(ITERATION_COLUMN).isNotNull())
-    out = unpacked(got.select("id", "vec"), dim=dim).join(got.drop("vec"), "id").select(
+    return unpacked(got.select("id", "vec"), dim=dim).join(got.drop("vec"), "id").select(
         "entity", "column", F.col("degree").cast("double").alias("degree"),
         F.col("occurrences").cast("double").alias("occurrences"), F.col("vec").alias("embedding"),
         F.col(ITERATION_COLUMN).cast("int").alias(ITERATION_COLUMN))
-    if include_known:
-        base = known.select("entity", "column", F.col("degree").cast("double").alias("degree"),
-                            F.col("occurrences").cast("double").alias("occurrences"),
-                            F.col("embedding").cast("array<float>").alias("embedding"),
-                            F.lit(None).cast("int").alias(ITERATION_COLUMN))
-        out = base.unionByName(out)
-    report["seconds"] = round(time.perf_counter() - t0, 3)
-    return FoldInResult(out, report)

@@ -105,6 +105,33 @@ def test_chain_of_new_entities_and_unreached_report(spark, engine):
     assert report["folded_in_per_iteration"] == {"1": 1, "2": 1, "3": 1}
 
 
+def test_engines_agree_on_a_two_column_relation(spark):
+    """Cleora lines 'user<TAB>products' (two columns, not reflexive; a bad line skipped and counted): the
+    one-pass task and the shuffle engine give the same vectors, iterations, columns and report."""
+    known = _known(3, ["u1", "p1", "p2", "p3"], [1.0, 2.0, 1.5, 0.5])
+    lines = spark.createDataFrame([(v,) for v in ["u1\tp1 p2 pNEW", "uNEW\tp2 p3", "uNEW\tpNEW", "u2 p3",
+                                                  "u3\tpLONE"]], "value string")
+    cfg = EmbedConfig(input_format="cleora-tsv", columns="user complex::product", dim=DIM, markov="symmetric",
+                      num_blocks=2, on_bad_rows="skip")
+    runs = {}
+    for engine in ("one-task", "shuffle"):
+        res = fold_in(spark, _known_frame(spark, known), lines, cfg.replace(engine=engine), iterations=2)
+        rows = {r["entity"]: r for r in res.embeddings.collect()}
+        runs[engine] = rows, res.report
+    (a, ra), (b, rb) = runs["one-task"], runs["shuffle"]
+    assert ra["engine"] == "one-task" and rb["engine"] == "shuffle"
+    assert set(a) == set(b) == {"pNEW", "uNEW"}
+    assert {k: (r["column"], r["fold_in_iteration"]) for k, r in a.items()} == {"pNEW": ("product", 1),
+                                                                              "uNEW": ("user", 1)}
+    for name in a:
+        np.testing.assert_allclose(a[name]["embedding"], b[name]["embedding"], atol=1e-6)
+        assert (a[name]["degree"], a[name]["fold_in_iteration"]) == (b[name]["degree"], b[name]["fold_in_iteration"])
+    assert ra["rejected"] == rb["rejected"] == {"wrong_cell_count": 1}
+    for key in ("input_rows", "hyperedges", "memberships", "folded_in_per_iteration", "unreached", "unreached_sample"):
+        assert ra[key] == rb[key], key
+    assert ra["unreached_sample"] == ["pLONE", "u3"]
+
+
 def test_include_known_and_refusals(spark):
     got, _ = _run(spark, KNOWN, DIRECT, include_known=True)
     assert set(got) == {"k1", "k2", "k3", "k4", "u1", "u2"}
