@@ -5,6 +5,8 @@
     python scripts/bench.py --hub-share 0.3 --events 1000000 --only spark   # a hub item in 30% of users
     python scripts/bench.py --events 10000000 --items-per-event 0.5 --item-zipf 0.8 --memory-cap-gb 5
         # 2.9M items: an embedding matrix (items x dim x 4 bytes x 2) larger than a 5 GiB machine
+    python scripts/bench.py --events 1000000 --peer word2vec --peer-epochs 1,5 --peer-conf spark.driver.memory=4g
+        # and the Spark peer: Spark ML Word2Vec (item2vec) with 1 and with 5 epochs, in the same rotation
 
 Each tool runs as a whole process (Spark: `spark-cleora embed` with an embedded `local[N]`; pycleora:
 a Python process that reads the same Parquet, builds the hypergraph, initialises and propagates), runs
@@ -16,6 +18,13 @@ skew. JSON goes to --json.
 Generator: users with log-normal activity, items with Zipf(1.1) popularity (``--item-zipf``,
 ``--items-per-event``), optional hub item present in a given share of users, timestamps. Seeded,
 written as Parquet (user, item, ts).
+
+``--peer word2vec`` adds the Spark peer a user would pick instead: Spark ML's ``Word2Vec`` trained on
+each hyperedge's items ordered by time (item2vec: one sentence per user), as a whole process of its
+own (``local[N]``, read the Parquet, build the sentences, fit, write the item vectors as Parquet). Its
+defaults (window 5, ``minCount`` 5, step 0.025) except ``vectorSize`` = ``--dim`` and ``numPartitions``
+= ``--cores``; one run per ``--peer-epochs`` value (``maxIter``). The peers join the alternating
+rotation, and the table gives each one's median and its ratio to spark_cleora's.
 
 ``--memory-cap-gb`` runs every process in a fresh cgroup with that memory limit (Linux, as root): a
 smaller machine. spark_cleora's local defaults read the limit; a process the kernel kills for memory
@@ -62,6 +71,36 @@ for _ in range(iters):
 t3 = time.perf_counter()
 np.save(sys.argv[5], e)
 print(json.dumps({"read": t1 - t0, "graph": t2 - t1, "propagate": t3 - t2, "entities": len(g.entity_ids)}))
+"""
+
+
+WORD2VEC_SCRIPT = r"""
+import sys, time, json
+t0 = time.perf_counter()
+path, dim, epochs, cores, min_count, out = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), \
+    int(sys.argv[5]), sys.argv[6]
+confs = [c.split("=", 1) for c in sys.argv[7:]]
+from pyspark.sql import SparkSession, functions as F
+from pyspark.ml.feature import Word2Vec
+b = SparkSession.builder.master(f"local[{cores}]").config("spark.ui.enabled", "false")
+for k, v in confs:
+    b = b.config(k, v)
+spark = b.getOrCreate()
+t1 = time.perf_counter()
+ev = spark.read.parquet(path)
+# item2vec: one sentence per user, its items ordered by time
+sentences = ev.groupBy("user").agg(F.sort_array(F.collect_list(F.struct("ts", "item"))).alias("s")) \
+    .select(F.col("s.item").alias("items"))
+w2v = Word2Vec(vectorSize=dim, maxIter=epochs, numPartitions=cores, minCount=min_count, seed=0,
+               inputCol="items", outputCol="v")
+model = w2v.fit(sentences)
+t2 = time.perf_counter()
+vectors = model.getVectors()
+vectors.write.mode("overwrite").parquet(out)
+n = spark.read.parquet(out).count()
+t3 = time.perf_counter()
+spark.stop()
+print(json.dumps({"session": t1 - t0, "fit": t2 - t1, "write": t3 - t2, "entities": n}))
 """
 
 
@@ -341,6 +380,17 @@ def run_pycleora(data: str, work: str, *, dim: int, iters: int, trim: int, cap_g
     return {"seconds": elapsed, "peak_rss_mb": peak / 2**20, **stages}
 
 
+def run_word2vec(data: str, work: str, *, dim: int, epochs: int, cores: int, min_count: int, confs: list[str],
+                 cap_gb: float | None = None) -> dict:
+    """One timed Spark ML ``Word2Vec`` process (item2vec on the users' time-ordered items)."""
+    out = os.path.join(work, f"word2vec-out-{epochs}")
+    env = dict(os.environ, PYSPARK_PYTHON=sys.executable)
+    elapsed, peak, out_text, _ = run_process([sys.executable, "-c", WORD2VEC_SCRIPT, data, str(dim), str(epochs),
+                                              str(cores), str(min_count), out, *confs], env, cap_gb)
+    stages = json.loads(out_text.strip().splitlines()[-1])
+    return {"seconds": elapsed, "peak_rss_mb": peak / 2**20, **stages}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--events", default="1000000", help="comma-separated sizes")
@@ -353,7 +403,12 @@ def main() -> None:
     ap.add_argument("--item-zipf", type=float, default=1.1, help="item popularity exponent (lower: longer tail)")
     ap.add_argument("--memory-cap-gb", type=float, default=None,
                     help="run every process in a cgroup with this memory limit (Linux, root): a smaller machine")
-    ap.add_argument("--only", choices=["spark", "pycleora"], help="run one side only")
+    ap.add_argument("--only", choices=["spark", "pycleora"], help="run one side only (and the peers, if any)")
+    ap.add_argument("--peer", choices=["word2vec"], help="also run the Spark peer: Spark ML Word2Vec (item2vec)")
+    ap.add_argument("--peer-epochs", default="1", help="comma-separated Word2Vec maxIter values, one peer each")
+    ap.add_argument("--peer-min-count", type=int, default=5, help="Word2Vec minCount (5 = its default)")
+    ap.add_argument("--peer-conf", action="append", default=[], metavar="KEY=VALUE",
+                    help="a Spark conf of the peer's session, e.g. spark.driver.memory=4g (repeatable)")
     ap.add_argument("--trim", type=int, default=16, help="pycleora hyperedge_trim_n (16 = its default)")
     ap.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "spark_cleora_bench"))
     ap.add_argument("--json", default=None, help="write results here")
@@ -372,16 +427,20 @@ def main() -> None:
             meta = generate(data, n, hub_share=args.hub_share, items_per_event=args.items_per_event,
                             item_zipf=args.item_zipf)
             print(f"  generated {data}: {meta}", file=sys.stderr)
-        runs: dict[str, list[dict]] = {"spark": [], "pycleora": []}
-        failed: dict[str, list[dict]] = {"spark": [], "pycleora": []}
-        errors: dict[str, list[str]] = {"spark": [], "pycleora": []}
+        peers = [f"word2vec-e{e}" for e in args.peer_epochs.split(",")] if args.peer else []
+        tools = [t for t in ("spark", "pycleora") if not args.only or t == args.only] + peers
+        runs: dict[str, list[dict]] = {t: [] for t in ("spark", "pycleora", *peers)}
+        failed: dict[str, list[dict]] = {t: [] for t in runs}
+        errors: dict[str, list[str]] = {t: [] for t in runs}
         for r in range(args.repeats):
-            order = ["spark", "pycleora"] if r % 2 == 0 else ["pycleora", "spark"]
+            order = tools[r % len(tools):] + tools[:r % len(tools)]  # each tool leads in turn
             for tool in order:
-                if args.only and tool != args.only:
-                    continue
                 try:
-                    if tool == "spark":
+                    if tool.startswith("word2vec"):
+                        res = run_word2vec(data, args.workdir, dim=args.dim, epochs=int(tool.rsplit("e", 1)[1]),
+                                           cores=args.cores, min_count=args.peer_min_count, confs=args.peer_conf,
+                                           cap_gb=args.memory_cap_gb)
+                    elif tool == "spark":
                         res = run_spark(data, args.workdir, dim=args.dim, iters=args.iterations, cores=args.cores,
                                         extra=args.spark_arg, cap_gb=args.memory_cap_gb)
                     else:
@@ -399,6 +458,8 @@ def main() -> None:
                 runs[tool].append(res)
                 print(f"  {n:>10,} events  {tool:8s} run {r + 1}: {res['seconds']:7.1f}s  "
                       f"peak {res['peak_rss_mb']:7.0f} MB", file=sys.stderr)
+                if args.json:  # every run as it ends: an interrupted benchmark keeps what it measured
+                    _write_json(args, [*results, {"events": n, **meta, "partial": True, "runs": runs}])
         instrumented = None
         if runs["spark"] and not args.no_instrument:  # shuffle bytes and task skew: one more run with the event log
             print(f"  {n:>10,} events  spark    instrumented run (event log; not in the timings)", file=sys.stderr)
@@ -424,6 +485,9 @@ def main() -> None:
         if runs["spark"] and runs["pycleora"]:
             row["ratio_median"] = row["spark"]["median_seconds"] / row["pycleora"]["median_seconds"]
             row["ratio_best"] = row["spark"]["best_seconds"] / row["pycleora"]["best_seconds"]
+        for peer in peers:
+            if runs["spark"] and runs[peer]:  # how many times faster spark_cleora is than the peer
+                row[peer]["speedup_median"] = row[peer]["median_seconds"] / row["spark"]["median_seconds"]
         results.append(row)
         if args.json:  # after every size: a later failure keeps what was measured
             _write_json(args, results)
@@ -445,6 +509,12 @@ def main() -> None:
               f"{row.get('ratio_best', float('nan')):>6.1f} "
               f"{s['median_peak_rss_mb'] if s else float('nan'):>9.0f} {p['median_peak_rss_mb'] if p else float('nan'):>7.0f} "
               f"{sh:>10}  {it}")
+    for row in results:
+        for peer in [k for k in row if k.startswith("word2vec")]:
+            w = row[peer]
+            print(f"{row['events']:>12,} events: {peer} (Spark ML Word2Vec) median {w['median_seconds']:.1f}s "
+                  f"(best {w['best_seconds']:.1f}s, peak {w['median_peak_rss_mb']:.0f} MB, {w['runs'][0]['entities']} "
+                  f"vectors): spark_cleora is {w.get('speedup_median', float('nan')):.1f}x faster")
     for row in results:
         for tool, f in row["out_of_memory"].items():
             print(f"{row['events']:>12,} events: {tool} ran out of memory under the {args.memory_cap_gb:g} GiB cap in "

@@ -207,13 +207,89 @@ def _nulls(n: int) -> dict[str, pa.Array]:
 
 
 def _one_block(t: pa.Table, block: int, *, reflexive: bool):
-    from .propagate import build_plan
-
     h = t.column("h").to_numpy()
     side = t.column("side").to_numpy()
     col = t.column("col").to_numpy()
     ids = t.column("id").to_numpy()
     id2 = t.column("_id2").to_numpy()
+    fast = _one_column_block(t, block, h, side, col, ids, id2, reflexive=reflexive)
+    if fast is not None:
+        yield from fast
+        return
+    yield from _general_block(t, block, h, side, col, ids, id2, reflexive=reflexive)
+
+
+def _one_column_block(t: pa.Table, block: int, h: np.ndarray, side: np.ndarray, col: np.ndarray, ids: np.ndarray,
+                      id2: np.ndarray, *, reflexive: bool) -> list[pa.RecordBatch] | None:
+    """:func:`_general_block`'s output for the common block: one column on one side (event tables, a
+    reflexive relation) and no two names sharing a 64-bit key in it; None for any other block.
+
+    The entity and hyperedge keys are ranked once (``np.unique``) and a membership is one int64 key
+    (hyperedge rank, entity rank): one stable sort instead of a five-key ``lexsort``, and the ranks are
+    the plan's indices as they are. Same rows in the same order, same sums (``reduceat``, pairwise) in
+    the same order, so the same bytes as the general path.
+    """
+    if not reflexive or len(h) == 0 or side.min() != side.max() or col.min() != col.max() or side[0] != 0:
+        return None
+    ids_u, e_rank = np.unique(ids, return_inverse=True)
+    key2 = np.empty(len(ids_u), dtype=id2.dtype)
+    key2[e_rank] = id2
+    if not np.array_equal(key2[e_rank], id2):  # two names under one 64-bit key here: the general path
+        return None
+    h_u, h_rank = np.unique(h, return_inverse=True)
+    key = h_rank.astype(np.int64) * len(ids_u) + e_rank
+    order = np.argsort(key, kind="stable")  # stable: a group's rows keep their order, as in lexsort
+    key = key[order]
+    starts = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
+    weight = np.add.reduceat(t.column("weight").to_numpy()[order], starts)  # multiplicity (or summed weight)
+    rows = order[starts]
+    h_idx, e_idx = h_rank[rows], e_rank[rows]
+    n_h, n_e = len(h_u), len(ids_u)
+    n_a = np.bincount(h_idx, weights=weight, minlength=n_h)
+    d = 2.0 * weight / n_a[h_idx]
+    h_rows = np.bincount(h_idx, minlength=n_h)
+    from .propagate import compile_plan
+
+    plan = compile_plan(h_idx, e_idx, ids=ids_u, n_h=n_h, weight=weight, side=np.zeros(len(rows), np.int32),
+                        reflexive=True)
+    # each entity's share of this block: its memberships in the order the general path sums them
+    e_order = np.argsort(e_idx, kind="stable")
+    e_starts = np.flatnonzero(np.r_[True, np.diff(e_idx[e_order]) != 0])
+    shares = _share_rows(t, block, ids=ids_u, name_rows=rows[e_order[e_starts]],
+                         col=np.full(n_e, col[0], dtype=np.int32),
+                         occurrences=np.add.reduceat(weight[e_order], e_starts),
+                         degree=np.add.reduceat(d[e_order], e_starts))
+    return [*shares.to_batches(max_chunksize=_OUT_BATCH),
+            _plan_row(block, plan, memberships=len(rows), hyperedges=n_h, largest=int(h_rows.max()), entities=n_e)]
+
+
+def _share_rows(t: pa.Table, block: int, *, ids, name_rows, col, occurrences, degree) -> pa.Table:
+    n = len(ids)
+    return pa.table({
+        **_nulls(n),  # the plan columns stay null on share rows
+        "kind": pa.array(np.full(n, ENTITY_PART, dtype=np.int32)),
+        "block": pa.array(np.full(n, block, dtype=np.int32)),
+        "id": pa.array(ids),
+        "entity": t.column("entity").take(pa.array(name_rows)).cast(pa.string()),
+        "col": pa.array(col.astype(np.int32)),
+        "occurrences": pa.array(occurrences),
+        "degree": pa.array(degree),
+    }, schema=_BLOCK_ARROW)
+
+
+def _plan_row(block: int, plan: bytes, *, memberships: int, hyperedges: int, largest: int,
+              entities: int) -> pa.RecordBatch:
+    return pa.RecordBatch.from_pydict({
+        **_nulls(1), "kind": pa.array([PLAN], pa.int32()), "block": pa.array([block], pa.int32()),
+        "plan": pa.array([plan], pa.binary()), "memberships": pa.array([memberships], pa.int64()),
+        "hyperedges": pa.array([hyperedges], pa.int64()), "largest": pa.array([largest], pa.int64()),
+        "entities": pa.array([entities], pa.int64()),
+    }, schema=_BLOCK_ARROW)
+
+
+def _general_block(t: pa.Table, block: int, h, side, col, ids, id2, *, reflexive: bool):
+    from .propagate import build_plan
+
     order = np.lexsort((id2, ids, col, side, h))  # the last key is the primary one
     h, side, col, ids, id2 = h[order], side[order], col[order], ids[order], id2[order]
     new = np.ones(len(h), dtype=bool)
@@ -242,24 +318,12 @@ def _one_block(t: pa.Table, block: int, *, reflexive: bool):
         col[e_order][1:] != col[e_order][:-1])
     e_starts = np.flatnonzero(e_new)
     first = e_order[e_starts]
-    n = len(first)
-    shares = pa.table({
-        **_nulls(n),  # the plan columns stay null on share rows
-        "kind": pa.array(np.full(n, ENTITY_PART, dtype=np.int32)),
-        "block": pa.array(np.full(n, block, dtype=np.int32)),
-        "id": pa.array(ids[first]),
-        "entity": t.column("entity").take(pa.array(rows[first])).cast(pa.string()),
-        "col": pa.array(col[first].astype(np.int32)),
-        "occurrences": pa.array(np.add.reduceat(weight[e_order], e_starts)),
-        "degree": pa.array(np.add.reduceat(d[e_order], e_starts)),
-    }, schema=_BLOCK_ARROW)
+    shares = _share_rows(t, block, ids=ids[first], name_rows=rows[first], col=col[first],
+                         occurrences=np.add.reduceat(weight[e_order], e_starts),
+                         degree=np.add.reduceat(d[e_order], e_starts))
     yield from shares.to_batches(max_chunksize=_OUT_BATCH)
-    yield pa.RecordBatch.from_pydict({
-        **_nulls(1), "kind": pa.array([PLAN], pa.int32()), "block": pa.array([block], pa.int32()),
-        "plan": pa.array([plan], pa.binary()), "memberships": pa.array([len(h)], pa.int64()),
-        "hyperedges": pa.array([len(h_starts)], pa.int64()), "largest": pa.array([int(h_rows.max())], pa.int64()),
-        "entities": pa.array([n], pa.int64()),
-    }, schema=_BLOCK_ARROW)
+    yield _plan_row(block, plan, memberships=len(h), hyperedges=len(h_starts), largest=int(h_rows.max()),
+                    entities=len(first))
 
 
 def plans_of(blocks: DataFrame) -> DataFrame:

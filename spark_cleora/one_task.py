@@ -287,15 +287,20 @@ def _iterate(x, plans, pre, post, *, dim, first, last, keep, residual, whiten_af
                 y = block_product(merged, x[:, lo:hi], pre, post)
                 if factor:  # residual mixing: the shuffle engine's residual rows are float32 partials
                     y += (x[:, lo:hi].astype(np.float64) * factor).astype(np.float32)
-                return lo, hi, y
+                return lo, hi, y, np.einsum("ij,ij->i", y, y)
 
             slices = list(pool.map(multiply, columns))
-            # normalize_rows, over the threads' column slices (no n x dim float64 matrix of its own)
-            norms = np.sqrt(sum(np.einsum("ij,ij->i", y, y) for _, _, y in slices))
+            # normalize_rows, over the threads' column slices (no n x dim float64 matrix of its own): the
+            # squared norms summed over the slices in slice order, then each thread scales its own slice
+            norms = np.sqrt(sum(squares for _, _, _, squares in slices))
             inverse = (1.0 / np.maximum(norms, NORM_EPS))[:, None]
             x = np.empty((n, dim), dtype=np.float32)
-            for lo, hi, y in slices:
+
+            def scale(piece, x=x):
+                lo, hi, y, _ = piece
                 x[:, lo:hi] = y * inverse
+
+            list(pool.map(scale, slices))
             del slices
             if k in whiten_after:
                 x = whiten_array(x).astype(np.float32)

@@ -92,9 +92,17 @@ def build_plan(members: pa.Table, *, reflexive: bool) -> bytes:
     ids = np.unique(ids_all)
     e_idx = np.searchsorted(ids, ids_all)
     _, h_idx = np.unique(members.column("h").to_numpy(), return_inverse=True)
-    n_h, n_e = int(h_idx.max()) + 1 if len(h_idx) else 0, len(ids)
-    weight = members.column("weight").to_numpy().astype(np.float64)
-    side = members.column("side").to_numpy()
+    n_h = int(h_idx.max()) + 1 if len(h_idx) else 0
+    return compile_plan(h_idx, e_idx, ids=ids, n_h=n_h, weight=members.column("weight").to_numpy(),
+                        side=members.column("side").to_numpy(), reflexive=reflexive)
+
+
+def compile_plan(h_idx: np.ndarray, e_idx: np.ndarray, *, ids: np.ndarray, n_h: int, weight: np.ndarray,
+                 side: np.ndarray, reflexive: bool) -> bytes:
+    """:func:`build_plan` from memberships already indexed: ``h_idx`` (hyperedge, 0..n_h-1 in hyperedge
+    order), ``e_idx`` (position in the sorted ``ids``)."""
+    n_e = len(ids)
+    weight = weight.astype(np.float64)
 
     def incidence(mask: np.ndarray) -> sparse.csr_matrix:
         return sparse.csr_matrix((weight[mask], (h_idx[mask], e_idx[mask])), shape=(n_h, n_e))

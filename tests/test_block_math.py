@@ -213,3 +213,34 @@ def test_block_memory_bound_holds_for_the_worst_block():
     bound = block_bytes_per_row_dim(256)
     for step, used in per_row_dim.items():
         assert 0 < used <= bound, f"{step}: {used:.1f} bytes per row x dim above the bound {bound}"
+
+
+@pytest.mark.parametrize("collide", [False, True])
+def test_one_column_block_builds_the_general_paths_rows_to_the_byte(collide):
+    """The block builder's one-column fast path (rank the keys once, one stable sort) gives the general
+    five-key path's rows: the same shares in the same order, the same sums, the same plan bytes; a block
+    where two names share a 64-bit key falls back to the general path."""
+    from spark_cleora.graph import _general_block, _one_column_block
+
+    rng = np.random.default_rng(11)
+    n = 5000
+    h = rng.integers(-(2**62), 2**62, 300)[rng.integers(0, 300, n)]
+    names = np.array([f"e{i}" for i in range(400)])
+    pick = rng.zipf(1.3, n) % 400
+    ids = np.array([hash(s) % (2**61) for s in names])[pick] - 2**60
+    id2 = (pick * 7919 % 65521).astype(np.int32)
+    if collide:  # e0 and e1 under one 64-bit key (different second hashes)
+        ids[pick == 1] = ids[pick == 0][0] if (pick == 0).any() else ids[pick == 1]
+    t = pa.table({"h": pa.array(h, pa.int64()), "side": pa.array(np.zeros(n, np.int32)),
+                  "col": pa.array(np.zeros(n, np.int32)), "entity": pa.array(names[pick]),
+                  "weight": pa.array(rng.random(n) + 0.5), "id": pa.array(ids), "_id2": pa.array(id2)})
+    cols = [t.column(c).to_numpy() for c in ("h", "side", "col", "id", "_id2")]
+    fast = _one_column_block(t, 3, *cols, reflexive=True)
+    general = pa.Table.from_batches(list(_general_block(t, 3, *cols, reflexive=True)))
+    if collide and (pick == 0).any() and (pick == 1).any():
+        assert fast is None
+        return
+    assert pa.Table.from_batches(fast).equals(general)
+    # not the common block: the general path
+    assert _one_column_block(t, 3, cols[0], cols[1] + 1, *cols[2:], reflexive=True) is None
+    assert _one_column_block(t, 3, *cols, reflexive=False) is None
