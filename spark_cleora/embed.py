@@ -20,7 +20,8 @@ from pyspark.sql import functions as F
 from pyspark.sql.types import BinaryType, StructField, StructType
 
 from . import __version__
-from .config import ConfigError, EmbedConfig, field_names
+from .config import EmbedConfig, field_names
+from .errors import BadInputError, ConfigError
 from .graph import (
     ENTITIES_RSD,
     GraphCounts,
@@ -35,7 +36,7 @@ from .graph import (
     observed_counts,
     plans_of,
 )
-from .hyperedges import BadInputError, Rejections, cleora_text_to_memberships, events_to_memberships
+from .hyperedges import Rejections, cleora_text_to_memberships, events_to_memberships
 from .init import given_start_vectors, init_for_names, override_start_vectors, read_start_vectors
 from .io import parquet_footer_rows
 from .one_task import embed_in_one_task, one_task_bytes, worker_memory_gb, worker_threads

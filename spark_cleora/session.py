@@ -15,6 +15,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 
 from .compat import check_session
+from .errors import JavaNotFoundError
 from .machine import local_cores, local_driver_gib, memory_bytes
 
 log = logging.getLogger(__name__)
@@ -27,10 +28,6 @@ JAVA_HELP = (
     "  conda:          conda install -c conda-forge openjdk=17\n"
     "or point JAVA_HOME at an existing JDK/JRE."
 )
-
-
-class JavaNotFoundError(RuntimeError):
-    """No usable Java for an embedded Spark."""
 
 
 def check_java() -> str:

@@ -8,7 +8,7 @@ import logging
 import os
 import sys
 
-from .config import ConfigError
+from .errors import EXIT_INPUT, EXIT_OK, ConfigError
 from .io import read_embeddings
 from .outputs import FILE_MARK, check_output_file, write_report
 from .session import job_description
@@ -69,7 +69,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_similar(ns: argparse.Namespace) -> int:
-    from .cli import EXIT_OK, spark_from_args
+    from .cli import spark_from_args
     from .similar import similar
 
     if ns.k < 1:
@@ -95,7 +95,7 @@ def run_similar(ns: argparse.Namespace) -> int:
 
 
 def run_inspect(ns: argparse.Namespace) -> int:
-    from .cli import EXIT_INPUT, EXIT_OK, spark_from_args
+    from .cli import spark_from_args
     from .inspect import plot_projection, problems, sample_projection, summarize
 
     if ns.sample < 2:

@@ -16,8 +16,9 @@ from pyspark.testing import assertDataFrameEqual
 
 from spark_cleora.cli import main
 from spark_cleora.demo import sample_path
+from spark_cleora.errors import JavaNotFoundError
 from spark_cleora.io import parquet_footer_rows
-from spark_cleora.session import JavaNotFoundError, check_java
+from spark_cleora.session import check_java
 
 SAMPLE_ARGS = [sample_path(), "--input-format", "csv", "--hyperedge", "user_id", "--entity", "item",
                "--timestamp", "ts", "--session-gap", "1800", "--dim", "16", "--iterations", "2"]

@@ -24,8 +24,7 @@ import xxhash
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from ..config import ConfigError
-from ..hyperedges import BadInputError
+from ..errors import BadInputError, ConfigError
 from ..session import job_description
 from ..vectors import from_list_array
 from . import dlsh
@@ -315,7 +314,7 @@ def item_codes(coder: Coder, sources: Sequence[DataFrame]) -> DataFrame:
 
 def _checked(col: pa.Array, index: int, dim: int) -> np.ndarray:
     if col.null_count or (len(col) and not np.all(np.diff(np.asarray(col.offsets)) == dim)):
-        raise ValueError(f"embedding source {index}: vectors must be non-null and of length {dim}")
+        raise BadInputError(f"embedding source {index}: vectors must be non-null and of length {dim}")
     return from_list_array(col, dim)
 
 

@@ -23,7 +23,7 @@ import numpy as np
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from ..config import ConfigError
+from ..errors import ConfigError
 from ..session import job_description
 from .coder import read_codes
 from .config import RecommendConfig

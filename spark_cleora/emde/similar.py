@@ -15,7 +15,7 @@ from typing import Any
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from ..config import ConfigError
+from ..errors import ConfigError
 from ..session import job_description
 from .config import SimilarCustomersConfig
 from .score import Kernel, top_k

@@ -24,8 +24,8 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from ..compat import try_double
-from ..config import ConfigError
-from ..hyperedges import MAX_WEIGHT, BadInputError
+from ..errors import BadInputError, ConfigError
+from ..hyperedges import MAX_WEIGHT
 from ..session import job_description
 from .coder import read_codes
 from .config import SketchConfig

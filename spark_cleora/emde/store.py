@@ -19,7 +19,7 @@ from typing import Any
 from pyspark.sql import DataFrame, SparkSession
 
 from .. import __version__
-from ..config import ConfigError
+from ..errors import ConfigError
 from ..io import check_parquet_inputs, write_atomically, write_json
 from ..outputs import guarded_dir, mark_output
 from ..store import local_path
