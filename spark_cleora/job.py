@@ -144,7 +144,7 @@ def _embed_and_write(spark: SparkSession, cfg: EmbedConfig, store: WorkStore, t0
                     export_npy(cached, target, dim=cfg.output_dim, n_rows=n)
                 else:
                     export_cleora_text(cached, target, dim=cfg.output_dim, n_rows=n, file_name=cleora_text_file_name(cfg))
-        result.finish()  # the one-task engine ran inside this write: its report is in now
+        report.update(result.finish())  # the one-task engine ran inside this write: its report is in now
         report["entities_written"] = n
         report["output"] = destination
         report["output_format"] = cfg.output_format
