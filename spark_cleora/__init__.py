@@ -7,18 +7,20 @@ __version__ = "0.1.0"
 import os as _os
 import sys as _sys
 
-from .compat import UnsupportedEnvironmentError as _Unsupported
 from .compat import check_environment as _check_environment
+from .errors import EXIT_ENV as _EXIT_ENV
+from .errors import ConfigError
+from .errors import UnsupportedEnvironmentError as _Unsupported
 
 try:  # before anything imports pyspark: one line on what is installed and what is supported
     _check_environment()
 except _Unsupported as _exc:
     if _os.path.basename(_sys.argv[0] if _sys.argv else "") in ("spark-cleora", "spark_cleora_job"):
         print(f"error: {_exc}", file=_sys.stderr)  # the console scripts: no traceback, exit code 4
-        raise SystemExit(4) from None
+        raise SystemExit(_EXIT_ENV) from None
     raise
 
-from .config import ConfigError, EmbedConfig, parse_columns  # noqa: E402
+from .config import EmbedConfig, parse_columns  # noqa: E402
 from .embed import EmbedResult, embed, run_embedding  # noqa: E402
 
 __all__ = ["ConfigError", "EmbedConfig", "EmbedResult", "embed", "parse_columns", "run_embedding", "__version__"]

@@ -11,14 +11,11 @@ from collections.abc import Sequence
 from typing import Any
 
 from . import __version__
-from .compat import UnsupportedEnvironmentError
-from .config import OUTPUT_FORMATS, ConfigError, EmbedConfig, load_toml
-from .session import JavaNotFoundError, get_spark
-from .store import ResumeMismatchError
+from .config import OUTPUT_FORMATS, EmbedConfig, load_toml
+from .errors import EXIT_OK, ConfigError, exit_status
+from .session import get_spark
 
 log = logging.getLogger("spark_cleora")
-
-EXIT_OK, EXIT_USAGE, EXIT_INPUT, EXIT_RUNTIME, EXIT_ENV = 0, 2, 3, 1, 4
 
 # Modules that add subcommands (see build_parser).
 _SUBCOMMAND_MODULES: list[str] = ["spark_cleora.evaluate.cli", "spark_cleora.tools_cli", "spark_cleora.emde.cli",
@@ -222,26 +219,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(ns.log_level)
     try:
         return int(ns.handler(ns) or EXIT_OK)
-    except (JavaNotFoundError, UnsupportedEnvironmentError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_ENV
-    except (ConfigError, ResumeMismatchError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except ValueError as exc:  # bad input (BadInputError) and other value problems
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_INPUT
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    except Exception as exc:  # Spark's errors about the input data: one line, exit 3; others propagate
-        from .spark_errors import input_error_message, is_spark_error
-
-        message = input_error_message(exc) if is_spark_error(exc) else None
-        if message is None:
-            raise
-        print(f"error: {message}", file=sys.stderr)
-        return EXIT_INPUT
+    except BaseException as exc:  # expected failures (spark_cleora.errors): one line and their exit code
+        status = exit_status(exc)
+        if status is None:
+            raise  # a bug: the traceback, exit code 1
+        code, message = status
+        print(message if isinstance(exc, KeyboardInterrupt) else f"error: {message}", file=sys.stderr)
+        return code
 
 
 def embed_main() -> int:

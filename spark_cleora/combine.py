@@ -24,7 +24,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from scipy import sparse
 
-from .config import ConfigError
+from .errors import BadInputError, ConfigError
 from .propagate import normalize_rows
 from .vectors import from_list_array, to_list_array
 
@@ -102,7 +102,7 @@ def combine_rows(t: pa.Table, *, dim: int) -> pa.RecordBatch:
 
     col = t.column("embedding").combine_chunks()
     if col.null_count or not np.all(np.diff(np.asarray(col.offsets)) == dim):
-        raise ValueError(f"combine: every embedding must be non-null and of length {dim}")
+        raise BadInputError(f"combine: every embedding must be non-null and of length {dim}")
     codes = pc.dictionary_encode(t.column("entity")).combine_chunks()
     idx = codes.indices.to_numpy()
     names = codes.dictionary

@@ -23,6 +23,8 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
+from .errors import MissingPySparkError, UnsupportedEnvironmentError
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # Python 3.10: the same parser, as a package (the tomli dependency)
@@ -41,14 +43,6 @@ INSTALL_HINT = (
     "pip install 'spark-cleora[local]' for a local Spark on this machine; on a cluster or Databricks use "
     "the Spark the platform provides"
 )
-
-
-class UnsupportedEnvironmentError(RuntimeError):
-    """The Python or Spark version is outside the supported range (the CLI exits with code 4)."""
-
-
-class MissingPySparkError(UnsupportedEnvironmentError, ImportError):
-    """No PySpark importable: spark_cleora does not install one (a platform brings its own)."""
 
 
 def _major_minor(version: str) -> tuple[int, int]:

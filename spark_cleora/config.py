@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from .compat import tomllib
+from .errors import ConfigError
 from .init import INIT_METHODS
 
 MARKOV_KINDS = ("left", "symmetric")
@@ -22,10 +23,6 @@ CHECKPOINT_MODES = ("parquet", "local")
 WHITEN_MODES = ("none", "every", "final")
 ENGINES = ("auto", "one-task", "shuffle")
 _MODIFIERS = ("complex", "reflexive", "transient")
-
-
-class ConfigError(ValueError):
-    """An invalid option or combination of options; the message says which and how to fix it."""
 
 
 @dataclass(frozen=True)

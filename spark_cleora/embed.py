@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -20,7 +21,8 @@ from pyspark.sql import functions as F
 from pyspark.sql.types import BinaryType, StructField, StructType
 
 from . import __version__
-from .config import ConfigError, EmbedConfig, field_names
+from .config import EmbedConfig, field_names
+from .errors import BadInputError, ConfigError
 from .graph import (
     ENTITIES_RSD,
     GraphCounts,
@@ -35,7 +37,7 @@ from .graph import (
     observed_counts,
     plans_of,
 )
-from .hyperedges import BadInputError, Rejections, cleora_text_to_memberships, events_to_memberships
+from .hyperedges import Rejections, cleora_text_to_memberships, events_to_memberships
 from .init import given_start_vectors, init_for_names, override_start_vectors, read_start_vectors
 from .io import parquet_footer_rows
 from .one_task import embed_in_one_task, one_task_bytes, worker_memory_gb, worker_threads
@@ -49,18 +51,83 @@ log = logging.getLogger(__name__)
 
 
 
-@dataclass
+@dataclass(frozen=True)
+class GraphReport:
+    """Stage 1, the graph: the input rows read and rejected (per rule), the graph's size and blocks."""
+
+    input_rows: int
+    rejected: dict[str, int]
+    hyperedges: int
+    memberships: int
+    num_blocks: int
+
+
+@dataclass(frozen=True)
+class EngineReport:
+    """Stage 2, the engine: which one runs the iterations, the one-task memory estimate, the resume point."""
+
+    engine: str
+    one_task: dict[str, Any]  # estimated_bytes, threads, memory_gb
+    resumed_from_iteration: int | None
+
+
+@dataclass(frozen=True)
+class IterationsReport:
+    """Stage 3, the iterations: entities embedded, each iteration's seconds, the start vectors given."""
+
+    entities: int | None
+    iteration_seconds: list[float]
+    seconds_to_embed: float
+    init_vectors: dict[str, int] | None = None
+    one_task_seconds: dict[str, float] = field(default_factory=dict)  # the task's read/prepare seconds
+
+
+@dataclass(frozen=True)
+class RunReport:
+    """What a run did, stage by stage; :meth:`to_dict` is the flat report of ``_run.json``."""
+
+    environment: dict[str, Any]  # versions and the config
+    graph: GraphReport
+    engine: EngineReport
+    iterations: IterationsReport | None  # None while a single-pass one-task run has not run yet
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {**self.environment, **dataclasses.asdict(self.graph)}
+        out.update(one_task=dict(self.engine.one_task), engine=self.engine.engine,
+                   resumed_from_iteration=self.engine.resumed_from_iteration)
+        it = self.iterations
+        if it is not None:
+            if it.init_vectors is not None:
+                out["init_vectors"] = it.init_vectors
+            out["one_task"].update(it.one_task_seconds)
+            out.update(entities=it.entities, iteration_seconds=it.iteration_seconds,
+                       seconds_to_embed=it.seconds_to_embed)
+        return out
+
+
+@dataclass(frozen=True)
 class EmbedResult:
     """The embeddings (lazy, read from the work store) and what the run did.
 
     With ``run_embedding(..., single_pass=True)`` and the one-task engine, ``embeddings`` is the
-    computation itself: run it with exactly one action (the output write), then call ``finish()`` to add
-    what the task reported (entities, per-iteration seconds) to ``report``.
+    computation itself: run it with exactly one action (the output write), then :meth:`finish` gives the
+    report with what the task reported (entities, per-iteration seconds).
     """
 
     embeddings: DataFrame
-    report: dict[str, Any] = field(default_factory=dict)
-    finish: Callable[[], None] = lambda: None
+    run: RunReport
+    pending: Callable[[], IterationsReport] | None = None  # single pass: the task's report, after the action
+
+    @property
+    def report(self) -> dict[str, Any]:
+        """The flat report (:meth:`RunReport.to_dict`); without the iterations while the run is pending."""
+        return self.run.to_dict()
+
+    def finish(self) -> dict[str, Any]:
+        """The whole report: for a single-pass run, call it after the one action on ``embeddings``."""
+        if self.pending is None:
+            return self.report
+        return dataclasses.replace(self.run, iterations=self.pending()).to_dict()
 
 
 #: bytes read at a time when checksumming a local input (the file is streamed, never held)
@@ -137,6 +204,62 @@ def _parallelism(spark: SparkSession) -> int:
         return 8
 
 
+class _Work:
+    """Where a run's stages are written: the work store (resumable), or ``localCheckpoint`` without one."""
+
+    def __init__(self, store: WorkStore | None, manifest: dict[str, Any]) -> None:
+        self.store, self.manifest = store, manifest
+
+    def checkpoint(self, df: DataFrame, name: str) -> DataFrame:
+        """Cut the lineage: write to the store (overwriting), or localCheckpoint without one."""
+        return df.localCheckpoint(eager=True) if self.store is None else self.store.write(df, name)
+
+    def materialise(self, df: DataFrame, name: str) -> DataFrame:
+        """Like ``checkpoint``, but reuse ``name`` when a previous run of this config finished it."""
+        if self.store is not None and self.store.is_complete(name):
+            log.info("reusing %s from %s", name, self.store.uri)
+            return self.store.read(name)
+        return self.checkpoint(df, name)
+
+    def remember(self, *, replace: bool = False, **graph: Any) -> None:
+        """Add to (or ``replace``) the manifest's ``graph`` entry: what a resumed run reuses."""
+        if self.store is not None:
+            self.manifest["graph"] = {**({} if replace else self.manifest.get("graph", {})), **graph}
+            self.store.save_manifest(self.manifest)
+
+
+@dataclass(frozen=True)
+class _Graph:
+    """Stage 1's result: the graph's blocks (written), their counts and propagation plans."""
+
+    blocks: DataFrame
+    counts: GraphCounts
+    plans: DataFrame
+    num_blocks: int
+    memory_gb: float  # a Python worker's budget
+
+
+class _Entities:
+    """``graph/entities``, made once on demand (the one-task engine sums the entities itself)."""
+
+    def __init__(self, spark: SparkSession, cfg: EmbedConfig, graph: _Graph, work: _Work, timer: _Timer) -> None:
+        self.spark, self.cfg, self.graph, self.work, self.timer = spark, cfg, graph, work, timer
+        self.table: DataFrame | None = None
+        self.count: int | None = None
+
+    def get(self, with_vectors: bool) -> DataFrame:
+        if self.table is None:
+            with job_description(self.spark, "spark_cleora: entities"):
+                ent = build_entities(self.graph.blocks, self.cfg.column_spec)
+                if with_vectors:  # the start vectors are a function of the name: made in the same pass
+                    ent = with_start_vectors(ent, self.cfg)
+                self.table = self.work.materialise(ent, "graph/entities")
+                self.count = count_entities(self.table)
+            self.work.remember(entities=self.count)
+            log.info("%d entities (%.1fs)", self.count, self.timer.lap())
+        return self.table
+
+
 def run_embedding(
     spark: SparkSession,
     cfg: EmbedConfig,
@@ -152,38 +275,56 @@ def run_embedding(
     ``localCheckpoint`` (nothing on disk, nothing to resume). ``single_pass``: the caller runs one action
     on the embeddings (the batch job's write), so the one-task engine's result is not checkpointed
     first; see :class:`EmbedResult`.
+
+    The stages: :func:`_prepare_graph` -> :func:`_choose_engine_stage` -> :func:`_iterate_one_task` or
+    :func:`_iterate_shuffle` -> :func:`_assemble`, each returning its part of the :class:`RunReport`.
     """
     t_all = time.perf_counter()
     timer = _Timer()
-    report: dict[str, Any] = {
-        "spark_cleora_version": __version__,
-        "spark_version": spark.version,
-        "python": platform.python_version(),
-        "config": cfg.to_dict(),
-    }
-    columns = cfg.column_spec
-    reflexive = len(columns) == 1
+    environment = {"spark_cleora_version": __version__, "spark_version": spark.version,
+                   "python": platform.python_version(), "config": cfg.to_dict()}
     manifest: dict[str, Any] = {"version": __version__}
     if store is not None:  # (the fingerprint reads every local input once: only when there is a store)
         manifest = store.check_or_write_manifest({**manifest, "fingerprint": fingerprint(cfg, input_id, spark)})
-
-    def checkpoint(df: DataFrame, name: str) -> DataFrame:
-        """Cut the lineage: write to the store (overwriting), or localCheckpoint without one."""
-        return df.localCheckpoint(eager=True) if store is None else store.write(df, name)
-
-    def materialise(df: DataFrame, name: str) -> DataFrame:
-        """Like ``checkpoint``, but reuse ``name`` when a previous run of this config finished it."""
-        if store is not None and store.is_complete(name):
-            log.info("reusing %s from %s", name, store.uri)
-            return store.read(name)
-        return checkpoint(df, name)
-
+    work = _Work(store, manifest)
     # --init-vectors: checked before anything expensive runs
     given_table = read_start_vectors(spark.read.parquet(cfg.init_vectors), dim=cfg.dim) if cfg.init_vectors else None
 
-    # -- 1. hyperedges and the graph's blocks -------------------------------------------------
+    graph, graph_report = _prepare_graph(spark, cfg, source, work, timer)
+    entities = _Entities(spark, cfg, graph, work, timer)
+    engine_report = _choose_engine_stage(spark, cfg, graph, work)
+    run = RunReport(environment, graph_report, engine_report, None)
+    start = engine_report.resumed_from_iteration or 0
+    if engine_report.engine == "one-task":
+        done, finish = _iterate_one_task(spark, cfg, graph, work, entities, given_table, start=start,
+                                         threads=engine_report.one_task["threads"], t_all=t_all, timer=timer)
+        if single_pass:  # the task's report is observed during the caller's one action
+            observed = Observation("spark_cleora_one_task")
+            emb = done.observe(observed, F.max("_report").alias("report")).drop("_report")
+
+            def pending() -> IterationsReport:
+                got = observed.get.get("report")  # None only if the task wrote no row (no output column)
+                return finish(json.loads(got) if got else {"entities": None, "iteration_seconds": []})
+
+            return EmbedResult(emb, run, pending=pending)
+        with job_description(spark, f"spark_cleora: iterations {start + 1}-{cfg.iterations} in one task"):
+            done = work.materialise(done, "one-task")
+            task = json.loads(done.filter(F.col("_report").isNotNull()).select("_report").first()["_report"])
+        return EmbedResult(done.drop("_report"), dataclasses.replace(run, iterations=finish(task)))
+    x, parts, init_report, iteration_seconds = _iterate_shuffle(spark, cfg, graph, work, entities, given_table,
+                                                                start=start, t_all=t_all, timer=timer)
+    emb = _assemble(cfg, x, parts, entities.table)
+    iterations = IterationsReport(entities.count, iteration_seconds, round(time.perf_counter() - t_all, 3),
+                                  init_vectors=init_report)
+    return EmbedResult(emb, dataclasses.replace(run, iterations=iterations))
+
+
+def _prepare_graph(spark: SparkSession, cfg: EmbedConfig, source: DataFrame, work: _Work, timer: _Timer
+                   ) -> tuple[_Graph, GraphReport]:
+    """Stage 1: hyperedges and the graph's blocks, written to the work store (or reused from it)."""
+    store = work.store
     memory_gb = cfg.block_memory_gb or worker_memory_gb(spark)  # a Python worker's budget
-    g = manifest.get("graph", {})
+    g = work.manifest.get("graph", {})
     if store is not None and "shares" in g and store.is_complete("graph/blocks"):
         blocks = store.read("graph/blocks")
         counts = GraphCounts(g["memberships"], g["hyperedges"], g["largest"], g["shares"], {})
@@ -211,7 +352,7 @@ def run_embedding(
                 raise BadInputError("events: the input is empty (no rows were read)")
         num_blocks = cfg.num_blocks or blocks_for(units, dim=cfg.dim, block_memberships=cfg.block_memberships,
                                                   memory_gb=memory_gb, parallelism=_parallelism(spark))
-        built = build_blocks(raw, reflexive=reflexive, num_blocks=num_blocks)
+        built = build_blocks(raw, reflexive=len(cfg.column_spec) == 1, num_blocks=num_blocks)
         with job_description(spark, "spark_cleora: build graph"):
             if store is not None and not store.is_complete("graph/blocks"):
                 # the counts are observed while the blocks are written: no job of their own
@@ -219,7 +360,7 @@ def run_embedding(
                 blocks = store.write(built.observe(observed, *graph_count_metrics()), "graph/blocks")
                 counts = observed_counts(observed.get)
             else:
-                blocks = materialise(built, "graph/blocks")
+                blocks = work.materialise(built, "graph/blocks")
                 counts = graph_counts(blocks)
         if validation is not None:
             rej = validation.settle(counts.input_rows, units=counts.input_rows.get(None, 0))
@@ -232,93 +373,80 @@ def run_embedding(
             log.info("read %d input rows (%d rejected)", rej.input_rows, rej.total)
             if rej.accepted_units == 0:
                 raise BadInputError("no input rows left after validation")
-        if store is not None:
-            manifest["graph"] = g = {
-                "memberships": counts.memberships, "hyperedges": counts.hyperedges, "largest": counts.largest,
-                "shares": counts.shares, "num_blocks": num_blocks,
-                "rejected": rej.counts, "input_rows": rej.input_rows,
-            }
-            store.save_manifest(manifest)
+        work.remember(replace=True, memberships=counts.memberships, hyperedges=counts.hyperedges, largest=counts.largest,
+                      shares=counts.shares, num_blocks=num_blocks, rejected=rej.counts, input_rows=rej.input_rows)
         log.info("graph: %d hyperedges, %d memberships, %d blocks (%.1fs)", counts.hyperedges, counts.memberships,
                  num_blocks, timer.lap())
     check_hyperedge_fits(counts.largest, cfg.dim, memory_gb)
-    report.update(input_rows=rej.input_rows, rejected=rej.counts, hyperedges=counts.hyperedges,
-                  memberships=counts.memberships, num_blocks=num_blocks)
-    plans = plans_of(blocks)
+    report = GraphReport(input_rows=rej.input_rows, rejected=rej.counts, hyperedges=counts.hyperedges,
+                         memberships=counts.memberships, num_blocks=num_blocks)
+    return _Graph(blocks, counts, plans_of(blocks), num_blocks, memory_gb), report
 
-    entities: DataFrame | None = None
 
-    def entity_table(with_vectors: bool) -> DataFrame:
-        """``graph/entities`` (made once, on demand: the one-task engine sums the entities itself)."""
-        nonlocal entities
-        if entities is None:
-            with job_description(spark, "spark_cleora: entities"):
-                ent = build_entities(blocks, columns)
-                if with_vectors:  # the start vectors are a function of the name: made in the same pass
-                    ent = with_start_vectors(ent, cfg)
-                entities = materialise(ent, "graph/entities")
-                n = count_entities(entities)
-            if store is not None:
-                g["entities"] = n
-                store.save_manifest(manifest)
-            report["entities"] = n
-            log.info("%d entities (%.1fs)", n, timer.lap())
-        return entities
-
-    # -- 2. start vectors and iterations -------------------------------------------------------
-    start = store.last_iteration(cfg.iterations) if store is not None else None
-    start = start or 0
-    engine = choose_engine(spark, cfg, counts, g.get("entities"), memory_gb, report, blocks=blocks)
+def _choose_engine_stage(spark: SparkSession, cfg: EmbedConfig, graph: _Graph, work: _Work) -> EngineReport:
+    """Stage 2: the engine, and the iteration a resumed run starts after."""
+    store = work.store
+    start = (store.last_iteration(cfg.iterations) if store is not None else None) or 0
+    estimate: dict[str, Any] = {}
+    engine = choose_engine(spark, cfg, graph.counts, work.manifest.get("graph", {}).get("entities"),
+                           graph.memory_gb, estimate, blocks=graph.blocks)
     if engine == "one-task" and any(s <= start for s in cfg.multiscale):
         engine = "shuffle"  # the resumed run's earlier --multiscale parts are in the store, not in the task
-    report["engine"] = engine
-    report["resumed_from_iteration"] = start or None
-    if engine == "one-task":
-        start_vectors = None
-        if start > 0:
-            log.info("resuming from iteration %d", start)
-            start_vectors = store.read(store.iteration_name(start)).select("id", "vec")
-        elif given_table is not None:  # node features replace the hash init where given
-            given, report["init_vectors"] = given_start_vectors(*given_table, entity_table(False), dim=cfg.dim)
-            start_vectors = given.select("id", F.col("given").alias("vec"))
-        done = embed_in_one_task(
-            blocks, columns=columns, dim=cfg.dim, markov=cfg.markov, init=cfg.init, seed=cfg.seed,
-            first=start + 1, last=cfg.iterations, multiscale=cfg.multiscale, whiten=cfg.whiten,
-            residual=cfg.residual, start_vectors=start_vectors, threads=report["one_task"]["threads"],
-        )
+    return EngineReport(engine=engine, one_task=estimate["one_task"], resumed_from_iteration=start or None)
 
-        def task_report(task: dict[str, Any]) -> None:
-            report.update(entities=task["entities"], iteration_seconds=task["iteration_seconds"],
-                          seconds_to_embed=round(time.perf_counter() - t_all, 3))
-            report["one_task"].update({k: task[k] for k in ("read_seconds", "prepare_seconds") if k in task})
-            log.info("%s entities, iterations %d-%d in one task: %s s (%.1fs with reading and writing)",
-                     task["entities"], start + 1, cfg.iterations, task["iteration_seconds"], timer.lap())
 
-        if single_pass:  # the task's report is observed during the caller's one action
-            observed = Observation("spark_cleora_one_task")
-            emb = done.observe(observed, F.max("_report").alias("report")).drop("_report")
-            def finish() -> None:
-                got = observed.get.get("report")  # None only if the task wrote no row (no output column)
-                task_report(json.loads(got) if got else {"entities": None, "iteration_seconds": []})
-
-            return EmbedResult(emb, report, finish=finish)
-        with job_description(spark, f"spark_cleora: iterations {start + 1}-{cfg.iterations} in one task"):
-            done = materialise(done, "one-task")
-            task_report(json.loads(done.filter(F.col("_report").isNotNull()).select("_report").first()["_report"]))
-        return EmbedResult(done.drop("_report"), report)
-
+def _iterate_one_task(spark: SparkSession, cfg: EmbedConfig, graph: _Graph, work: _Work, entities: _Entities,
+                      given_table: tuple[DataFrame, int] | None, *, start: int, threads: int, t_all: float,
+                      timer: _Timer) -> tuple[DataFrame, Callable[[dict[str, Any]], IterationsReport]]:
+    """Stage 3 on the one-task engine: the computation (rows plus the task's JSON report in ``_report``)
+    and the function that turns the task's report into the :class:`IterationsReport`."""
+    start_vectors = None
+    init_report = None
     if start > 0:
         log.info("resuming from iteration %d", start)
-        entity_table(given_table is None)
+        start_vectors = work.store.read(work.store.iteration_name(start)).select("id", "vec")
+    elif given_table is not None:  # node features replace the hash init where given
+        given, init_report = given_start_vectors(*given_table, entities.get(False), dim=cfg.dim)
+        start_vectors = given.select("id", F.col("given").alias("vec"))
+    done = embed_in_one_task(
+        graph.blocks, columns=cfg.column_spec, dim=cfg.dim, markov=cfg.markov, init=cfg.init, seed=cfg.seed,
+        first=start + 1, last=cfg.iterations, multiscale=cfg.multiscale, whiten=cfg.whiten,
+        residual=cfg.residual, start_vectors=start_vectors, threads=threads,
+    )
+
+    def finish(task: dict[str, Any]) -> IterationsReport:
+        log.info("%s entities, iterations %d-%d in one task: %s s (%.1fs with reading and writing)",
+                 task["entities"], start + 1, cfg.iterations, task["iteration_seconds"], timer.lap())
+        return IterationsReport(
+            entities=task["entities"], iteration_seconds=task["iteration_seconds"],
+            seconds_to_embed=round(time.perf_counter() - t_all, 3), init_vectors=init_report,
+            one_task_seconds={k: task[k] for k in ("read_seconds", "prepare_seconds") if k in task})
+
+    return done, finish
+
+
+def _iterate_shuffle(spark: SparkSession, cfg: EmbedConfig, graph: _Graph, work: _Work, entities: _Entities,
+                     given_table: tuple[DataFrame, int] | None, *, start: int, t_all: float, timer: _Timer
+                     ) -> tuple[DataFrame, dict[int, DataFrame], dict[str, int] | None, list[float]]:
+    """Stage 3 on the shuffle engine: start vectors, then one distributed propagation per iteration.
+
+    Returns the last iteration's vectors, the ``--multiscale`` iterations kept, the ``--init-vectors``
+    report and each iteration's seconds.
+    """
+    store = work.store
+    init_report = None
+    if start > 0:
+        log.info("resuming from iteration %d", start)
+        entities.get(given_table is None)
         x = store.read(store.iteration_name(start)).select(*X_SCHEMA_COLUMNS)
     elif given_table is None:  # made with the entities (see with_start_vectors)
-        x = entity_table(True).select(*X_SCHEMA_COLUMNS)
+        x = entities.get(True).select(*X_SCHEMA_COLUMNS)
     else:
-        ent = entity_table(False)
+        ent = entities.get(False)
         with job_description(spark, "spark_cleora: start vectors"):
             init = with_start_vectors(ent, cfg).select(*X_SCHEMA_COLUMNS)
-            given, report["init_vectors"] = given_start_vectors(*given_table, ent, dim=cfg.dim)
-            x = materialise(override_start_vectors(init, given), "iter=0000")
+            given, init_report = given_start_vectors(*given_table, ent, dim=cfg.dim)
+            x = work.materialise(override_start_vectors(init, given), "iter=0000")
         log.info("start vectors (%s, seed %d, dim %d) in %.1fs", cfg.init, cfg.seed, cfg.dim, timer.lap())
     iteration_seconds: list[float] = []
     # --multiscale: the iterations to concatenate (kept in the store; earlier ones re-read on resume)
@@ -326,32 +454,34 @@ def run_embedding(
              for s in cfg.multiscale if s <= start and store is not None}
     for k in range(start + 1, cfg.iterations + 1):
         with job_description(spark, f"spark_cleora: iteration {k}/{cfg.iterations}"):
-            nxt = propagate(x, plans, dim=cfg.dim, num_blocks=num_blocks, residual=cfg.residual)
+            nxt = propagate(x, graph.plans, dim=cfg.dim, num_blocks=graph.num_blocks, residual=cfg.residual)
             if cfg.whiten == "every" or (cfg.whiten == "final" and k == cfg.iterations):
                 # pycleora 3.2.1 whitens after every iteration, 3.0/3.2.0 once at the end
-                nxt = whiten(checkpoint(nxt, "whiten-input"), dim=cfg.dim)
-            x = checkpoint(nxt, store.iteration_name(k) if store else "")
+                nxt = whiten(work.checkpoint(nxt, "whiten-input"), dim=cfg.dim)
+            x = work.checkpoint(nxt, store.iteration_name(k) if store else "")
             if k in cfg.multiscale:
                 parts[k] = x
             if store is not None and k - 1 > 0 and not cfg.keep_work and k - 1 not in cfg.multiscale:
                 store.drop_iteration(k - 1)  # only the last finished iteration is needed to resume
         dt = timer.lap()
         iteration_seconds.append(round(dt, 3))
-        log.info("iteration %d/%d: %d rows in %.1fs (elapsed %.1fs)", k, cfg.iterations, report["entities"], dt,
+        log.info("iteration %d/%d: %d rows in %.1fs (elapsed %.1fs)", k, cfg.iterations, entities.count, dt,
                  time.perf_counter() - t_all)
-    report["iteration_seconds"] = iteration_seconds
+    return x, parts, init_report, iteration_seconds
 
+
+def _assemble(cfg: EmbedConfig, x: DataFrame, parts: dict[int, DataFrame], entities: DataFrame | None
+              ) -> DataFrame:
+    """Stage 4: the output rows (``entity``, ``column``, ``degree``, ``occurrences``, ``embedding``)."""
     if cfg.multiscale:
         x = _concatenate([whiten(parts[s], dim=cfg.dim) if cfg.whiten == "final" and s < cfg.iterations
                           else parts[s] for s in cfg.multiscale])
-    emb = (
+    return (
         unpacked(x, dim=cfg.output_dim)
         .join(entities.filter(F.col("output")).select("id", "entity", "column", "degree", "occurrences"), "id")
         .select("entity", "column", F.col("degree").cast("double").alias("degree"),
                 F.col("occurrences").cast("double").alias("occurrences"), F.col("vec").alias("embedding"))
     )
-    report["seconds_to_embed"] = round(time.perf_counter() - t_all, 3)
-    return EmbedResult(emb, report)
 
 
 def choose_engine(spark: SparkSession, cfg: EmbedConfig, counts: GraphCounts, n_entities: int | None,

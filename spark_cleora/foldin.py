@@ -48,11 +48,12 @@ import pyarrow as pa
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from .config import ConfigError, EmbedConfig, field_names
+from .config import EmbedConfig, field_names
+from .errors import BadInputError, ConfigError
 from .graph import blocks_for, build_blocks, build_entities, graph_counts, plans_of
 from .hyperedges import REJECT as _REJECT
 from .hyperedges import ROWS as _ROWS
-from .hyperedges import BadInputError, cleora_text_to_memberships, events_to_memberships
+from .hyperedges import cleora_text_to_memberships, events_to_memberships
 from .io import parquet_footer_rows
 from .one_task import one_task_bytes, worker_memory_gb
 from .propagate import (SLICE_COLUMNS, X_SCHEMA, X_SCHEMA_COLUMNS, block_product, load_plan, normalize_rows, propagate,

@@ -9,7 +9,8 @@ import os
 from collections.abc import Iterator
 from typing import Any
 
-from .config import INPUT_FORMATS, ConfigError, EmbedConfig
+from .config import INPUT_FORMATS, EmbedConfig
+from .errors import BadInputError, ConfigError
 from .io import read_cleora_text, read_embeddings, read_events, write_atomically, write_json
 from .outputs import check_output_dir, guarded_dir, mark_output
 from .store import local_path
@@ -150,7 +151,7 @@ def _fold_in(ns: argparse.Namespace, cfg: EmbedConfig, manifest: dict[str, Any] 
     if manifest is None:  # the dimension from the table itself (one row)
         first = known.select(F.size("embedding").alias("d")).first()
         if first is None:
-            raise ValueError(f"embeddings {ns.embeddings!r} are empty")
+            raise BadInputError(f"embeddings {ns.embeddings!r} are empty")
         cfg = cfg.replace(dim=int(first["d"]))
     if "degree" not in known.columns and cfg.markov == "symmetric":
         raise ConfigError(f"{ns.embeddings!r} has no degree column, which the symmetric Markov kind needs")

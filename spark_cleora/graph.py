@@ -36,6 +36,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from .config import Column
+from .errors import EntityHashCollisionError, HyperedgeTooLargeError
 from .hyperedges import REJECT as _REJECT
 from .hyperedges import ROWS as _ROWS
 from .propagate import block_bytes_per_row_dim
@@ -43,10 +44,6 @@ from .propagate import block_bytes_per_row_dim
 log = logging.getLogger(__name__)
 
 MIN_BLOCK_MEMBERSHIPS = 20_000
-
-
-class EntityHashCollisionError(RuntimeError):
-    """Two different entity names have the same 64-bit key."""
 
 
 def default_block_memberships(dim: int, memory_gb: float) -> int:
@@ -364,10 +361,6 @@ def count_entities(entities: DataFrame) -> int:
         pairs = ", ".join(f"{r['entity']!r} vs {r['_entity_max']!r}" for r in bad)
         raise EntityHashCollisionError(f"different entity names share a 64-bit key ({pairs}); rename one of them")
     return int(row["n"])
-
-
-class HyperedgeTooLargeError(ValueError):
-    """One hyperedge needs more memory than a Python worker is allowed for one block."""
 
 
 @dataclass

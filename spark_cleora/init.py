@@ -22,6 +22,7 @@ import pyarrow as pa
 import xxhash
 from pyspark.sql import DataFrame
 
+from .errors import ConfigError, InitVectorsError
 from .vectors import pack
 
 INIT_METHODS = ("siphash", "fx")
@@ -98,7 +99,7 @@ def siphash13_u64(m: np.ndarray) -> np.ndarray:
 def init_vectors(hashes: np.ndarray, dim: int, *, seed: int = 0, method: str = "siphash") -> np.ndarray:
     """Start vectors ``float32[n, dim]`` for entities with XXH64 ``hashes`` (``uint64[n]``)."""
     if method not in INIT_METHODS:
-        raise ValueError(f"init must be one of {INIT_METHODS}, got {method!r}")
+        raise ConfigError(f"init must be one of {INIT_METHODS}, got {method!r}")
     hashes = np.asarray(hashes, dtype=np.uint64)
     offsets = np.arange(dim, dtype=np.uint64) + np.uint64(seed & _MASK64)
     with np.errstate(over="ignore"):
@@ -139,10 +140,6 @@ def init_for_names(names: Sequence[str], dim: int, *, seed: int = 0, method: str
 # --------------------------------------------------------------------------------------------
 
 _VECTOR_COLUMNS = ("vector", "embedding")  # "embedding": a previous spark-cleora output works as is
-
-
-class InitVectorsError(ValueError):
-    """The ``--init-vectors`` table is unusable (missing columns, wrong lengths, duplicates, nulls)."""
 
 
 def read_start_vectors(vectors: DataFrame, *, dim: int) -> tuple[DataFrame, int]:

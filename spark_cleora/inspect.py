@@ -1,25 +1,27 @@
 """What is in an embeddings output: counts, dimensions, norms, and a 2-D projection plot of a sample.
 
 The statistics are Spark aggregates (one pass, a handful of numbers reach the driver); only the plot
-sample (``sample`` rows at most) is collected. The plot is a PCA projection of that sample drawn as a
-PNG by a tiny built-in writer (numpy + zlib), so no plotting library is needed.
+sample (``sample`` rows at most) is collected. The plot is a PCA projection of that sample drawn with
+matplotlib (the optional ``plot`` extra).
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import struct
-import zlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from .compat import vector_norm
+from .errors import BadInputError, ConfigError, MissingExtraError
 from .outputs import FILE_MARK
 from .session import job_description
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +29,7 @@ UNIT_TOLERANCE = 1e-3  # |norm - 1| above this counts as "not unit length"
 # Tableau-10 colours, one per input column; viridis steps for the degree deciles of a single column
 PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
            "#bcbd22", "#17becf")
+PLOT_DPI = 120  # 10 x 7.5 inches: a 1200 x 900 PNG
 SEQUENTIAL = ("#440154", "#482878", "#3e4989", "#31688e", "#26828e", "#1f9e89", "#35b779", "#6ece58",
               "#b5de2b", "#fde725")
 
@@ -115,11 +118,11 @@ def sample_projection(emb: DataFrame, *, sample: int = 2000, seed: int = 0, rows
     dict
         ``xy`` float64[n, 2], ``entity`` and ``group`` (the input column, or the degree decile when
         there is one column) per point, ``groups`` (group names in palette order), ``palette``
-        (colours for the groups) and ``explained_variance`` (share of the sample's variance on each
-        axis).
+        (colours for the groups), ``colour_by`` (what the groups are) and ``explained_variance``
+        (share of the sample's variance on each axis).
     """
     if sample < 1:
-        raise ValueError(f"sample must be >= 1; got {sample}")
+        raise ConfigError(f"sample must be >= 1; got {sample}")
     n_rows = rows if rows is not None else emb.count()
     picked = emb.filter(F.col("embedding").isNotNull())
     if n_rows > sample:
@@ -133,7 +136,7 @@ def sample_projection(emb: DataFrame, *, sample: int = 2000, seed: int = 0, rows
     keep = [r for r, good in zip(got, ok) if good]
     x = x[ok]
     if len(keep) < 2:
-        raise ValueError(f"need at least 2 finite vectors to project, found {len(keep)}")
+        raise BadInputError(f"need at least 2 finite vectors to project, found {len(keep)}")
     centred = x - x.mean(axis=0)
     _, s, vt = np.linalg.svd(centred, full_matrices=False)
     axes = vt[:2]
@@ -147,82 +150,74 @@ def sample_projection(emb: DataFrame, *, sample: int = 2000, seed: int = 0, rows
     if multi:
         groups = sorted({str(r["column"]) for r in keep})
         group = [str(r["column"]) for r in keep]
+        colour_by = "input column"
     elif "degree" in cols:
         deg = np.log1p(np.asarray([float(r["degree"] or 0) for r in keep]))
         edges = np.quantile(deg, np.linspace(0, 1, 11)[1:-1])
         dec = np.searchsorted(edges, deg, side="right")
         groups = [f"degree decile {i + 1}" for i in range(10)]
         group = [groups[i] for i in dec]
-        palette = SEQUENTIAL
+        palette, colour_by = SEQUENTIAL, "degree decile (1 = lowest)"
     else:
-        groups, group = ["all"], ["all"] * len(keep)
+        groups, group, colour_by = ["all"], ["all"] * len(keep), "rows"
     return {"xy": xy, "entity": [r["entity"] for r in keep], "group": group, "groups": groups,
-            "palette": palette, "explained_variance": explained}
+            "palette": palette, "colour_by": colour_by, "explained_variance": explained}
 
 
-def _rgb(hex_colour: str) -> tuple[int, int, int]:
-    h = hex_colour.lstrip("#")
-    return int(h[0:2], 16), int(h[2:4], 16), int(h[4:6], 16)
+PLOT_INSTALL = "pip install 'spark-cleora[plot]'"
 
 
-def render_scatter(xy: np.ndarray, group_index: np.ndarray, *, palette: tuple[str, ...] = PALETTE,
-                   size: int = 640, point: int = 2) -> np.ndarray:
-    """An RGB ``uint8[size, size, 3]`` scatter plot: white background, grey frame and zero axes.
+def require_matplotlib() -> None:
+    """Stop with the install command (exit code 2) when matplotlib, the ``plot`` extra, is missing."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise MissingExtraError(f"--plot draws with matplotlib, which is not installed: {PLOT_INSTALL}") from None
 
-    Points are ``2 * point + 1`` pixels wide squares coloured ``palette[group_index % len(palette)]``;
-    the data range is padded by 5% and the aspect ratio is kept (both axes share one scale).
+
+def draw_projection(projection: dict[str, Any], *, source: str | None = None) -> Figure:
+    """:func:`sample_projection`'s points as a matplotlib figure (no file written, no pyplot state).
+
+    Title (the number of points and, when given, the ``source``), axes labelled with the share of the
+    sample's variance each principal axis explains, one colour per group with its legend, equal
+    scales on both axes, and fonts large enough for a slide.
     """
-    img = np.full((size, size, 3), 255, dtype=np.uint8)
-    margin = 12
-    lo, hi = xy.min(axis=0), xy.max(axis=0)
-    centre, half = (lo + hi) / 2, max(float((hi - lo).max()) / 2 * 1.05, 1e-12)
-    scale = (size - 2 * margin - 1) / (2 * half)
-    px = np.rint((xy[:, 0] - centre[0] + half) * scale).astype(int) + margin
-    py = size - 1 - (np.rint((xy[:, 1] - centre[1] + half) * scale).astype(int) + margin)  # y up
-    grey = np.array([170, 170, 170], dtype=np.uint8)
-    img[margin, margin:size - margin] = grey
-    img[size - margin - 1, margin:size - margin] = grey
-    img[margin:size - margin, margin] = grey
-    img[margin:size - margin, size - margin - 1] = grey
-    zx = int(round((0 - centre[0] + half) * scale)) + margin
-    zy = size - 1 - (int(round((0 - centre[1] + half) * scale)) + margin)
-    light = np.array([225, 225, 225], dtype=np.uint8)
-    if margin < zx < size - margin:
-        img[margin:size - margin, zx] = light
-    if margin < zy < size - margin:
-        img[zy, margin:size - margin] = light
-    colours = np.array([_rgb(c) for c in palette], dtype=np.uint8)
-    for dx in range(-point, point + 1):
-        for dy in range(-point, point + 1):
-            xs = np.clip(px + dx, 0, size - 1)
-            ys = np.clip(py + dy, 0, size - 1)
-            img[ys, xs] = colours[group_index % len(palette)]
-    return img
+    require_matplotlib()
+    from matplotlib.figure import Figure
+
+    groups, palette = projection["groups"], projection.get("palette", PALETTE)
+    xy, group = np.asarray(projection["xy"]), np.asarray(projection["group"], dtype=object)
+    ev = projection["explained_variance"]
+    fig = Figure(figsize=(10, 7.5), dpi=PLOT_DPI, layout="constrained")
+    ax = fig.add_subplot()
+    for i, g in enumerate(groups):
+        pts = xy[group == g]
+        ax.scatter(pts[:, 0], pts[:, 1], s=14, alpha=0.75, linewidths=0, color=palette[i % len(palette)],
+                   label=f"{g} ({len(pts)})")
+    title = f"PCA of {len(xy):,} sampled embeddings"
+    ax.set_title(title + (f"\n{source}" if source else ""), fontsize=16)
+    ax.set_xlabel(f"PC 1 ({ev[0]:.1%} of the variance)", fontsize=14)
+    ax.set_ylabel(f"PC 2 ({ev[1]:.1%} of the variance)", fontsize=14)
+    ax.tick_params(labelsize=12)
+    ax.axhline(0, color="0.85", linewidth=0.8, zorder=0)
+    ax.axvline(0, color="0.85", linewidth=0.8, zorder=0)
+    ax.set_aspect("equal", adjustable="datalim")  # both axes on one scale: distances read true
+    ax.legend(title=projection.get("colour_by"), fontsize=12, title_fontsize=12, markerscale=2, frameon=False,
+              loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    return fig
 
 
-def write_png(path: str, img: np.ndarray) -> None:
-    """Write an RGB ``uint8[h, w, 3]`` image as a PNG (8-bit truecolour, no interlace, filter 0)."""
-    h, w, _ = img.shape
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-
-    raw = np.hstack([np.zeros((h, 1), dtype=np.uint8), img.reshape(h, w * 3)]).tobytes()
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "wb") as fh:
-        fh.write(b"\x89PNG\r\n\x1a\n")
-        fh.write(chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)))
-        # the mark that lets a rerun replace this file (spark_cleora.outputs.is_tool_file)
-        fh.write(chunk(b"tEXt", b"Software\x00" + FILE_MARK.encode()))
-        fh.write(chunk(b"IDAT", zlib.compress(raw, 9)))
-        fh.write(chunk(b"IEND", b""))
-    os.replace(tmp, path)
-
-
-def plot_projection(projection: dict[str, Any], path: str, *, size: int = 640) -> dict[str, str]:
-    """Draw :func:`sample_projection`'s points to ``path`` (PNG); returns the legend {group: colour}."""
-    index = {g: i for i, g in enumerate(projection["groups"])}
-    gi = np.asarray([index[g] for g in projection["group"]], dtype=int)
+def legend_colours(projection: dict[str, Any]) -> dict[str, str]:
+    """``{group: colour}`` of :func:`draw_projection`."""
     palette = projection.get("palette", PALETTE)
-    write_png(path, render_scatter(projection["xy"], gi, palette=palette, size=size))
-    return {g: palette[i % len(palette)] for g, i in index.items()}
+    return {g: palette[i % len(palette)] for i, g in enumerate(projection["groups"])}
+
+
+def plot_projection(projection: dict[str, Any], path: str, *, source: str | None = None) -> Figure:
+    """Draw :func:`sample_projection`'s points to the PNG ``path`` (replaced atomically); returns the figure."""
+    fig = draw_projection(projection, source=source)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    # the mark that lets a rerun replace this file (spark_cleora.outputs.is_tool_file): a tEXt chunk
+    fig.savefig(tmp, format="png", metadata={"Software": FILE_MARK})
+    os.replace(tmp, path)
+    return fig

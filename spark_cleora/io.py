@@ -15,7 +15,8 @@ import numpy as np
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from .config import ConfigError, EmbedConfig
+from .config import EmbedConfig
+from .errors import ConfigError
 from .store import local_path
 
 log = logging.getLogger(__name__)
@@ -125,7 +126,7 @@ def check_parquet_inputs(inputs: tuple[str, ...] | list[str], what: str = "input
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from .hyperedges import BadInputError
+    from .errors import BadInputError
 
     files = _local_parquet_files(inputs)
     if not files:
@@ -185,7 +186,8 @@ def write_atomically(target: str, write: Callable[[str], None]) -> None:
     (:func:`spark_cleora.outputs.output_lock`): what is replaced here is a previous output of the tool,
     and staging directories beside it are a dead run's.
     """
-    from .outputs import RefusedError, check_output_dir
+    from .errors import RefusedError
+    from .outputs import check_output_dir
 
     lp = local_path(target)
     if lp is None:

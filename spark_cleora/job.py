@@ -11,8 +11,9 @@ from typing import Any
 
 from pyspark.sql import SparkSession
 
-from .config import TABLE_FORMATS, ConfigError, EmbedConfig
+from .config import TABLE_FORMATS, EmbedConfig
 from .embed import default_work_dir, run_embedding
+from .errors import EXIT_INPUT, EXIT_RESOURCE, EXIT_USAGE, ConfigError, ForeignWorkError, RefusedError, is_expected
 from .io import (
     check_local_inputs,
     check_parquet_inputs,
@@ -24,7 +25,6 @@ from .io import (
     write_json,
 )
 from .outputs import (
-    RefusedError,
     check_output_dir,
     check_table_name,
     check_work_dir,
@@ -32,7 +32,6 @@ from .outputs import (
     output_lock,
 )
 from .session import job_description
-from .spark_errors import input_error_message
 from .tables import default_table_work_dir, require_delta, write_output
 from .store import WorkStore, local_path
 
@@ -113,9 +112,10 @@ def _run_locked(spark: SparkSession, cfg: EmbedConfig, work_uri: str) -> dict[st
     try:
         return _embed_and_write(spark, cfg, store, t0)
     except Exception as exc:
-        if isinstance(exc, (ConfigError, ValueError)) or input_error_message(exc):
-            # an expected failure (exit 2/3): nothing here is worth resuming, and a kept graph of this
-            # config would block the rerun the message advises (e.g. another --on-bad-rows policy)
+        if is_expected(exc, EXIT_USAGE, EXIT_INPUT, EXIT_RESOURCE) and not isinstance(exc, ForeignWorkError):
+            # an expected failure (exit 2/3/5): nothing here is worth resuming, and a kept graph of this
+            # config would block the rerun the message advises (e.g. another --on-bad-rows policy); a
+            # work dir of another run (ResumeMismatchError) is the user's
             store.remove()
         raise
 
@@ -144,7 +144,7 @@ def _embed_and_write(spark: SparkSession, cfg: EmbedConfig, store: WorkStore, t0
                     export_npy(cached, target, dim=cfg.output_dim, n_rows=n)
                 else:
                     export_cleora_text(cached, target, dim=cfg.output_dim, n_rows=n, file_name=cleora_text_file_name(cfg))
-        result.finish()  # the one-task engine ran inside this write: its report is in now
+        report.update(result.finish())  # the one-task engine ran inside this write: its report is in now
         report["entities_written"] = n
         report["output"] = destination
         report["output_format"] = cfg.output_format

@@ -25,6 +25,7 @@ from pyspark.sql import functions as F
 
 from .config import EmbedConfig
 from .embed import embed
+from .errors import BadInputError, ConfigError
 
 #: Param name -> (EmbedConfig field, type converter, description). The defaults are EmbedConfig's.
 _EMBED_PARAMS: dict[str, tuple[str, Any, str]] = {
@@ -131,7 +132,7 @@ class _Reader:
         meta = json.loads(spark.read.text(_join(path, "metadata")).first()[0])
         expected = f"{self.cls.__module__}.{self.cls.__name__}"
         if meta.get("class") != expected:
-            raise ValueError(f"{path} holds a {meta.get('class')}, not a {expected}")
+            raise BadInputError(f"{path} holds a {meta.get('class')}, not a {expected}")
         inst = self.cls()
         inst._resetUid(meta["uid"])
         inst._set(**meta.get("paramMap", {}))
@@ -195,7 +196,7 @@ class CleoraModel(Model, _CleoraParams, _Persist, MLReadable):
         key = self.getOrDefault(self.inputCol) if self.isDefined(self.inputCol) else "entity"
         out = self.getOrDefault(self.outputCol)
         if out in dataset.columns:
-            raise ValueError(f"transform: the input already has a column {out!r}; set outputCol")
+            raise ConfigError(f"transform: the input already has a column {out!r}; set outputCol")
         # one vector per entity name: a name may appear under several spec columns; the first column wins
         vec = (self.embeddings.groupBy("entity")
                .agg(F.min_by("embedding", F.coalesce(F.col("column"), F.lit(""))).alias(out))

@@ -38,7 +38,8 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from .config import Column
-from .graph import ENTITY_PART, PLAN, EntityHashCollisionError
+from .errors import EntityHashCollisionError
+from .graph import ENTITY_PART, PLAN
 from .init import init_for_names
 from .machine import local_cores, local_worker_gib, memory_bytes
 from .propagate import NORM_EPS, _maybe_inject_failure, block_product, load_plan

@@ -38,7 +38,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 from . import __version__
-from .config import ConfigError
+from .errors import ConfigError, RefusedError
 from .store import local_path
 
 log = logging.getLogger(__name__)
@@ -52,10 +52,6 @@ HEARTBEAT_SECONDS = 30.0
 STALE_SECONDS = 600.0
 #: the text a file output (JSON report, PNG plot) carries so that a rerun may replace it
 FILE_MARK = "spark_cleora_output"
-
-
-class RefusedError(ConfigError):
-    """An output, work or rejects path the tool must not write (exit code 2)."""
 
 
 # --------------------------------------------------------------------------------------------

@@ -11,10 +11,13 @@ import shutil
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from importlib import resources
 
 from .compat import check_session
+from .errors import JavaNotFoundError
 from .machine import local_cores, local_driver_gib, memory_bytes
 
 log = logging.getLogger(__name__)
@@ -27,10 +30,6 @@ JAVA_HELP = (
     "  conda:          conda install -c conda-forge openjdk=17\n"
     "or point JAVA_HOME at an existing JDK/JRE."
 )
-
-
-class JavaNotFoundError(RuntimeError):
-    """No usable Java for an embedded Spark."""
 
 
 def check_java() -> str:
@@ -172,6 +171,30 @@ def driver_java_options(user: str, master: str, class_cache: str) -> str:
     return " ".join([user.strip(), *ours]).strip()
 
 
+#: Spark's logging for an embedded local driver: only errors while Spark starts (see the file)
+LOG_CONFIG = "log4j2.properties"
+_LOG_CONFIG_NAMES = ("log4j2.properties", "log4j2.xml", "log4j2.yaml", "log4j2.yml", "log4j2.json")
+
+
+def quiet_start_options(java_options: str) -> str:
+    """``-Dlog4j2.configurationFile`` naming the package's logging configuration (no banner, no WARN
+    lines while a local Spark starts), unless the driver's options or ``SPARK_CONF_DIR`` bring one.
+
+    ``SPARK_CLEORA_SPARK_LOG_LEVEL`` (e.g. ``WARN`` or ``INFO``) sets the level during the start too.
+    """
+    if "log4j" in java_options:
+        return ""
+    conf_dir = os.environ.get("SPARK_CONF_DIR")
+    if conf_dir and any(os.path.isfile(os.path.join(conf_dir, n)) for n in _LOG_CONFIG_NAMES):
+        return ""
+    path = str(resources.files("spark_cleora").joinpath("data", LOG_CONFIG))
+    options = [f'-Dlog4j2.configurationFile="{path}"' if " " in path else f"-Dlog4j2.configurationFile={path}"]
+    level = os.environ.get("SPARK_CLEORA_SPARK_LOG_LEVEL")
+    if level:
+        options.append(f"-Dspark_cleora.spark.log.level={level.strip().lower()}")
+    return " ".join(options)
+
+
 def _cores(master: str) -> int:
     """Cores of a local master, at least 2: local[4] -> 4, local[*] / local -> all."""
     return max(2, local_cores(master))
@@ -243,6 +266,8 @@ def get_spark(
         if not under_submit and SparkContext._gateway is None:  # we are about to start the driver JVM
             options, pending_archive = class_cache_options(conf)
             java_options = driver_java_options(conf.get("spark.driver.extraJavaOptions", ""), master or "", options)
+            if (master or "").startswith("local"):
+                java_options = " ".join(filter(None, [java_options, quiet_start_options(java_options)]))
             if java_options:
                 conf["spark.driver.extraJavaOptions"] = java_options
     for k, v in conf.items():
@@ -282,10 +307,12 @@ def warm_python_workers(spark, cores: int) -> threading.Thread | None:
             spark.sparkContext.setJobDescription("spark_cleora: start Python workers")
             (spark.range(0, cores, 1, cores).mapInArrow(_import_engine, "id long")
              .write.format("noop").mode("overwrite").save())
-        except Exception:  # best effort: the session may be stopping, the job was only a head start
+        except Exception as exc:  # best effort: the session may be stopping, the job was only a head start
+            thread.failure = exc
             log.debug("warming the Python workers failed", exc_info=True)
 
     thread = threading.Thread(target=warm, name="spark_cleora-warm-workers", daemon=True)
+    thread.failure = None  # the warm-up's exception, if it failed
     thread.start()
     return thread
 
@@ -300,6 +327,19 @@ def _quiet_spark(spark) -> None:
 def is_remote(spark) -> bool:
     """True for a Spark Connect session."""
     return type(spark).__module__.startswith("pyspark.sql.connect")
+
+
+@contextmanager
+def step(spark, text: str, logger: logging.Logger | None = None) -> Iterator[None]:
+    """:func:`job_description` that also logs the step's start and its time (INFO): a long command's
+    progress on the console, as ``embed`` logs its iterations."""
+    logger = logger or log
+    name = text.removeprefix("spark_cleora ")
+    logger.info("%s ...", name)
+    t0 = time.perf_counter()
+    with job_description(spark, text):
+        yield
+    logger.info("%s: done in %.1fs", name, time.perf_counter() - t0)
 
 
 @contextmanager

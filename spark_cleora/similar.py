@@ -8,15 +8,9 @@ from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
 from .compat import cosine_similarity
+from .errors import ConfigError, UnknownEntityError
 
 SIMILAR_SCHEMA = "query string, rank int, entity string, column string, cosine double"
-
-
-class UnknownEntityError(KeyError, ValueError):
-    """A queried entity is not in the embeddings (a ``ValueError``: the CLI reports it as bad input)."""
-
-    def __str__(self) -> str:  # KeyError would quote the whole message
-        return str(self.args[0]) if self.args else ""
 
 
 def similar(
@@ -59,10 +53,10 @@ def similar(
     vectors themselves, to check that every query exists.
     """
     if k < 1:
-        raise ValueError(f"k must be >= 1; got {k}")
+        raise ConfigError(f"k must be >= 1; got {k}")
     names = list(dict.fromkeys(entities))
     if not names:
-        raise ValueError("no query entity given")
+        raise ConfigError("no query entity given")
     if "column" not in emb.columns:
         emb = emb.withColumn("column", F.lit(None).cast("string"))
     # the query vectors only (len(entities) x dim floats) visit the driver, to check they exist

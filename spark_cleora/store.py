@@ -22,6 +22,8 @@ from urllib.parse import urlparse
 
 from pyspark.sql import DataFrame, SparkSession
 
+from .errors import ResumeMismatchError
+
 log = logging.getLogger(__name__)
 
 
@@ -31,10 +33,6 @@ def local_path(uri: str) -> str | None:
     if parsed.scheme in ("", "file") or (len(parsed.scheme) == 1 and os.name == "nt"):
         return parsed.path if parsed.scheme == "file" else uri
     return None
-
-
-class ResumeMismatchError(RuntimeError):
-    """The work directory holds a different run (config or input changed)."""
 
 
 class WorkStore:

@@ -8,7 +8,7 @@ import logging
 import os
 import sys
 
-from .config import ConfigError
+from .errors import EXIT_INPUT, EXIT_OK, ConfigError
 from .io import read_embeddings
 from .outputs import FILE_MARK, check_output_file, write_report
 from .session import job_description
@@ -60,7 +60,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         epilog=INSPECT_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("embeddings", metavar="DIR|TABLE", help="the Parquet output of spark-cleora embed, or a table")
-    p.add_argument("--plot", metavar="PNG", help="write a 2-D PCA projection of a sample to this PNG file")
+    p.add_argument("--plot", metavar="PNG", help="write a 2-D PCA projection of a sample to this PNG file "
+                   "(needs matplotlib: pip install 'spark-cleora[plot]')")
     p.add_argument("--sample", type=int, default=2000, help="rows in the plot sample (default 2000)")
     p.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
     p.add_argument("--json-out", metavar="FILE", help="also write the summary as JSON")
@@ -69,7 +70,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_similar(ns: argparse.Namespace) -> int:
-    from .cli import EXIT_OK, spark_from_args
+    from .cli import spark_from_args
     from .similar import similar
 
     if ns.k < 1:
@@ -95,11 +96,15 @@ def run_similar(ns: argparse.Namespace) -> int:
 
 
 def run_inspect(ns: argparse.Namespace) -> int:
-    from .cli import EXIT_INPUT, EXIT_OK, spark_from_args
-    from .inspect import plot_projection, problems, sample_projection, summarize
+    from .cli import spark_from_args
+    from .inspect import legend_colours, plot_projection, problems, require_matplotlib, sample_projection, summarize
 
     if ns.sample < 2:
         raise ConfigError(f"--sample must be >= 2; got {ns.sample}")
+    if ns.plot:
+        require_matplotlib()  # before Spark starts: the install command, exit code 2
+        if ns.json_out and os.path.realpath(ns.plot) == os.path.realpath(ns.json_out):
+            raise ConfigError(f"--plot and --json-out name the same file {ns.plot!r}; give each its own")
     for flag, path in (("--plot", ns.plot), ("--json-out", ns.json_out)):
         if path:  # replaced only when a previous run wrote it; never the embeddings
             check_output_file(path, inputs=[ns.embeddings], what=flag)
@@ -115,7 +120,8 @@ def run_inspect(ns: argparse.Namespace) -> int:
             print("plot: skipped (needs >= 2 rows of one vector length)", file=sys.stderr)
         else:
             proj = sample_projection(emb, sample=ns.sample, seed=ns.seed, rows=summary["rows"])
-            legend = plot_projection(proj, ns.plot)
+            plot_projection(proj, ns.plot, source=ns.embeddings)
+            legend = legend_colours(proj)
             ev = proj["explained_variance"]
             summary["plot"] = {"path": os.path.abspath(ns.plot), "points": len(proj["entity"]),
                                "explained_variance": ev, "legend": legend}

@@ -11,16 +11,17 @@ import sys
 import numpy as np
 import pytest
 from chispa.schema_comparer import assert_schema_equality
+from helpers import SampleRun
 from pyspark.sql import types as T
 from pyspark.testing import assertDataFrameEqual
 
 from spark_cleora.cli import main
 from spark_cleora.demo import sample_path
+from spark_cleora.errors import JavaNotFoundError
 from spark_cleora.io import parquet_footer_rows
-from spark_cleora.session import JavaNotFoundError, check_java
+from spark_cleora.session import check_java
 
-SAMPLE_ARGS = [sample_path(), "--input-format", "csv", "--hyperedge", "user_id", "--entity", "item",
-               "--timestamp", "ts", "--session-gap", "1800", "--dim", "16", "--iterations", "2"]
+SAMPLE_ARGS = [sample_path(), *SampleRun.ARGS]
 
 EXPECTED_SCHEMA = T.StructType([
     T.StructField("entity", T.StringType()),
@@ -32,10 +33,9 @@ EXPECTED_SCHEMA = T.StructType([
 
 
 @pytest.fixture(scope="module")
-def parquet_run(spark, tmp_path_factory):
-    out = str(tmp_path_factory.mktemp("cli") / "emb")
-    assert main(["embed", *SAMPLE_ARGS, "--output", out]) == 0
-    return out
+def parquet_run(sample_run):
+    """The sample embedded by ``spark-cleora embed SAMPLE_ARGS`` (once per test session)."""
+    return sample_run.output
 
 
 def test_parquet_output_schema_report_and_no_leftovers(spark, parquet_run):
@@ -200,3 +200,19 @@ def test_demo_prints_output_and_neighbours(spark, tmp_path, capsys):
     assert "nearest to coffee:espresso-beans:" in text
     first = text.split("nearest to coffee:espresso-beans:")[1].splitlines()[1]
     assert "coffee:" in first  # the bundled sample's aisles come out as neighbourhoods
+
+
+
+def test_a_newcomers_first_command_prints_no_spark_warnings(tmp_path):
+    """`spark-cleora embed` on the bundled sample in a fresh process: no Spark banner or WARN line before
+    the first spark_cleora line."""
+    env = {**os.environ, "PYSPARK_PYTHON": sys.executable, "SPARK_CLEORA_JVM_CACHE": "0"}
+    env.pop("SPARK_CLEORA_SPARK_LOG_LEVEL", None)
+    res = subprocess.run([sys.executable, "-m", "spark_cleora.cli", "embed", *SAMPLE_ARGS, "--output",
+                          str(tmp_path / "emb")], env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    lines = res.stderr.splitlines()
+    first = next(i for i, line in enumerate(lines) if "spark_cleora" in line)
+    # the one line left is the JVM's own (Spark 4 adds the incubating vector module; no option hides it)
+    assert all(line.startswith("WARNING: Using incubator modules") for line in lines[:first]), lines[:first]
+    assert not [line for line in lines if " WARN " in line], res.stderr

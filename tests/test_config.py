@@ -7,7 +7,8 @@ import os
 import pytest
 
 from spark_cleora.cli import build_parser, embed_config_from_args
-from spark_cleora.config import Column, ConfigError, EmbedConfig, load_toml, parse_columns
+from spark_cleora.config import Column, EmbedConfig, load_toml, parse_columns
+from spark_cleora.errors import ConfigError
 
 ROOT = os.path.dirname(os.path.dirname(__file__))
 

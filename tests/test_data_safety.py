@@ -15,12 +15,12 @@ import time
 import pytest
 
 from spark_cleora.cli import main
+from spark_cleora.errors import RefusedError
 from spark_cleora.outputs import (
     LOCK_SUFFIX,
     OUTPUT_MARKER,
     WORK_MARKER,
-    RefusedError,
-    output_lock,
+        output_lock,
     overlapping_input,
 )
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import subprocess
@@ -19,6 +20,7 @@ from spark_cleora.emde.config import (
     SketchConfig,
     load_emde_toml,
 )
+from spark_cleora.emde.store import read_meta
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXAMPLE = os.path.join(REPO, "conf", "emde.example.toml")
@@ -46,13 +48,15 @@ def run(*args):
     return main(["emde", *args, "--log-level", "WARNING"])
 
 
-def test_fit_sketch_refresh_recommend_similar(spark, files, capsys):
+def test_fit_sketch_refresh_recommend_similar(spark, files, capsys, caplog):
     tmp = str(files)
     coder, sk1, sk2, recs = (os.path.join(tmp, d) for d in ("coder", "sk1", "sk2", "recs"))
     assert run("fit", "--embeddings", f"{tmp}/emb", "--output", coder, "--depth", "3", "--bits", "3",
                "--seed", "1") == 0
     manifest = json.load(open(os.path.join(coder, "manifest.json")))
     assert manifest["items_coded"] == 20 and manifest["length"] == 24 and manifest["sources"][0]["fitted_on"] == 20
+    # a local manifest is read without Spark (so without Spark's warning about the "_emde" directory)
+    assert read_meta(None, coder, "coder")["coder_id"] == manifest["coder_id"]
     assert run("fit", "--embeddings", f"{tmp}/emb", "--output", coder) == 2, "never replace a coder silently"
     assert "already exists" in capsys.readouterr().err
 
@@ -63,7 +67,12 @@ def test_fit_sketch_refresh_recommend_similar(spark, files, capsys):
         'customer = "user"\nitem = "item"\ntimestamp = "ts"\nweight = "w"\nhalf_life = 1800.0\n'
         f"as_of = {T0 + 60 * 40}\n"
         "[emde.recommend]\nscoring = \"geometric\"\nk = 4\n")
+    caplog.set_level(logging.INFO, logger="spark_cleora.emde")
     assert run("sketch", "--config", str(conf), "--output", sk1) == 0
+    progress = [r.getMessage() for r in caplog.records if r.name == "spark_cleora.emde.sketch"]
+    steps = [m.split(": done in ")[0] for m in progress if m.endswith(" ...") or ": done in " in m]
+    assert steps == ["emde sketch: validate events ...", "emde sketch: validate events",
+                     "emde sketch: write sketches ...", "emde sketch: write sketches"]
     first = json.load(open(os.path.join(sk1, "_manifest.json")))
     assert first["rejected"] == {"null_item": 1, "unknown_item": 1, "after_as_of": 39}
     assert first["accepted"] == 41 and first["cutoff"] == T0 + 2400

@@ -5,10 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from spark_cleora.config import ConfigError
 from spark_cleora.emde import dlsh
 from spark_cleora.emde.coder import fit_coder, item_codes, load_coder, random_vectors, read_codes, save_coder
-from spark_cleora.hyperedges import BadInputError
+from spark_cleora.errors import BadInputError, ConfigError
 
 N, K = 5, 4
 W = 1 << K

@@ -10,7 +10,8 @@ import pytest
 
 from spark_cleora.cli import main
 from spark_cleora.combine import combine
-from spark_cleora.config import ConfigError, EmbedConfig
+from spark_cleora.config import EmbedConfig
+from spark_cleora.errors import ConfigError
 from spark_cleora.foldin import fold_in
 
 DIM = 8

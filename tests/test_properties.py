@@ -10,9 +10,9 @@ from helpers import max_abs_diff, run_events, run_text, spark_lines
 from oracle import random_hyperedges, reference
 from pyspark.sql import functions as F
 
-from spark_cleora import ConfigError, EmbedConfig, embed, run_embedding
+from spark_cleora import EmbedConfig, embed, run_embedding
+from spark_cleora.errors import BadInputError, ConfigError
 from spark_cleora.graph import block_keys
-from spark_cleora.hyperedges import BadInputError
 from spark_cleora.init import init_for_names
 from spark_cleora.store import WorkStore
 

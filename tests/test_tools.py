@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import json
-import struct
-import zlib
+import sys
 
 import numpy as np
 import pytest
 
 from spark_cleora.cli import main
-from spark_cleora.inspect import SEQUENTIAL, problems, sample_projection, summarize
-from spark_cleora.similar import UnknownEntityError, nearest_neighbours, similar
+from spark_cleora.errors import UnknownEntityError
+from spark_cleora.inspect import PALETTE, SEQUENTIAL, draw_projection, problems, sample_projection, summarize
+from spark_cleora.similar import nearest_neighbours, similar
 
 EMB_SCHEMA = "entity string, column string, degree double, occurrences double, embedding array<float>"
 
@@ -126,26 +126,11 @@ def test_inspect_flags_broken_tables(spark, tmp_path, capsys):
     assert not (tmp_path / "p.png").exists()
 
 
-def _read_png(path) -> np.ndarray:
-    """Decode the PNGs written by spark_cleora.inspect (8-bit RGB, filter 0), checking every CRC."""
-    data = open(path, "rb").read()
-    assert data[:8] == b"\x89PNG\r\n\x1a\n"
-    pos, chunks = 8, {}
-    while pos < len(data):
-        (n,) = struct.unpack(">I", data[pos:pos + 4])
-        kind, body = data[pos + 4:pos + 8], data[pos + 8:pos + 8 + n]
-        (crc,) = struct.unpack(">I", data[pos + 8 + n:pos + 12 + n])
-        assert crc == zlib.crc32(kind + body) & 0xFFFFFFFF, kind
-        chunks[kind] = body
-        pos += 12 + n
-    w, h, depth, ctype, _, _, _ = struct.unpack(">IIBBBBB", chunks[b"IHDR"])
-    assert (depth, ctype) == (8, 2) and b"IEND" in chunks
-    raw = np.frombuffer(zlib.decompress(chunks[b"IDAT"]), dtype=np.uint8).reshape(h, 1 + 3 * w)
-    assert (raw[:, 0] == 0).all()
-    return raw[:, 1:].reshape(h, w, 3)
-
-
 def test_inspect_cli_plot_is_the_pca_of_the_sample(spark, emb_dir, tmp_path, capsys):
+    from matplotlib.image import imread
+
+    from spark_cleora.outputs import is_tool_file
+
     names, cols, x = _table()
     png, report = tmp_path / "p.png", tmp_path / "inspect.json"
     rc = main(["inspect", emb_dir, "--plot", str(png), "--json-out", str(report), "--sample", "1000"])
@@ -153,12 +138,10 @@ def test_inspect_cli_plot_is_the_pca_of_the_sample(spark, emb_dir, tmp_path, cap
     out = capsys.readouterr().out
     assert "rows 61, distinct entities 61" in out and "plot: " in out
     summary = json.load(open(report))
-    assert summary["plot"]["points"] == 61 and set(summary["plot"]["legend"]) == {"product", "user"}
-    img = _read_png(png)
-    assert img.shape == (640, 640, 3)
-    colours = {tuple(c) for c in img.reshape(-1, 3)}
-    legend_rgb = {tuple(int(h[i:i + 2], 16) for i in (1, 3, 5)) for h in summary["plot"]["legend"].values()}
-    assert legend_rgb <= colours  # both groups drawn
+    assert summary["plot"]["points"] == 61
+    assert summary["plot"]["legend"] == {"product": PALETTE[0], "user": PALETTE[1]}
+    assert imread(str(png)).shape[:2] == (900, 1200)  # a PNG that decodes, 10 x 7.5 in at 120 dpi
+    assert is_tool_file(str(png))  # marked: a rerun may replace it
 
     # the projection is the PCA of the sampled rows (all 61 here), up to the sign of each axis
     proj = sample_projection(spark.read.parquet(emb_dir), sample=1000)
@@ -184,3 +167,33 @@ def test_projection_sample_is_bounded_and_single_column_uses_degree_deciles(spar
     assert proj["palette"] == SEQUENTIAL and proj["groups"][0] == "degree decile 1"
     again = sample_projection(df, sample=50, seed=3)
     assert again["entity"] == proj["entity"]  # seeded: the same rows every time
+
+
+def test_plot_has_a_title_labelled_axes_and_a_legend(spark, emb_dir):
+    proj = sample_projection(spark.read.parquet(emb_dir), sample=1000)
+    ev = proj["explained_variance"]
+    fig = draw_projection(proj, source="out/emb")
+    (ax,) = fig.axes
+    assert ax.get_title() == "PCA of 61 sampled embeddings\nout/emb"
+    assert ax.get_xlabel() == f"PC 1 ({ev[0]:.1%} of the variance)" and ax.get_ylabel().startswith("PC 2 (")
+    legend = ax.get_legend()
+    assert legend.get_title().get_text() == "input column"
+    assert [t.get_text() for t in legend.get_texts()] == ["product (41)", "user (20)"]
+    # one scatter per group, in the legend's colour, holding that group's points
+    from matplotlib.colors import to_hex
+
+    assert [(to_hex(c.get_facecolor()[0]), len(c.get_offsets())) for c in ax.collections] == [
+        (PALETTE[0], 41), (PALETTE[1], 20)]
+    assert fig.get_size_inches().tolist() == [10.0, 7.5]
+    assert min(ax.title.get_fontsize(), ax.xaxis.label.get_fontsize(), legend.get_texts()[0].get_fontsize()) >= 12
+
+
+def test_inspect_plot_refusals_before_spark(emb_dir, tmp_path, capsys, monkeypatch):
+    same = str(tmp_path / "same")
+    assert main(["inspect", emb_dir, "--plot", same, "--json-out", same]) == 2
+    assert "--plot and --json-out name the same file" in capsys.readouterr().err
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # not installed
+    assert main(["inspect", emb_dir, "--plot", str(tmp_path / "p.png")]) == 2
+    err = capsys.readouterr().err
+    assert err == "error: --plot draws with matplotlib, which is not installed: pip install 'spark-cleora[plot]'\n"
+    assert not list(tmp_path.iterdir())

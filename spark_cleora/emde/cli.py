@@ -10,7 +10,7 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from ..config import ConfigError
+from ..errors import ConfigError
 from .config import (
     BIAS_MODES,
     DECAY_ANCHORS,

@@ -24,9 +24,8 @@ import xxhash
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from ..config import ConfigError
-from ..hyperedges import BadInputError
-from ..session import job_description
+from ..errors import BadInputError, ConfigError
+from ..session import step
 from ..vectors import from_list_array
 from . import dlsh
 from .config import CodeConfig, FitConfig
@@ -223,13 +222,13 @@ def fit_coder(sources: Sequence[DataFrame], *, names: Sequence[str] | None = Non
     offset = 0
     for i, (df, name) in enumerate(zip(sources, names)):
         spark = df.sparkSession
-        with job_description(spark, f"spark_cleora emde fit: check {name}"):
+        with step(spark, f"spark_cleora emde fit: check {name}", log):
             n, dim = _check_source(df, name)
         fit_df = df
         if cfg.fit_sample is not None and n > cfg.fit_sample:
             # Bernoulli sample, seeded: about fit_sample rows; the exact count is recorded.
             fit_df = df.sample(withReplacement=False, fraction=cfg.fit_sample / n, seed=cfg.seed + i)
-        with job_description(spark, f"spark_cleora emde fit: {name}"):
+        with step(spark, f"spark_cleora emde fit: {name}", log):
             p = _fit_source(fit_df, index=i, name=name, dim=dim, offset=offset, depth=depths[i], cfg=cfg)
         log.info("fitted %s: %d items, dim %d, %d partitionings x %d bits", name, p.fitted_on, dim, depths[i], cfg.bits)
         params.append(p)
@@ -315,7 +314,7 @@ def item_codes(coder: Coder, sources: Sequence[DataFrame]) -> DataFrame:
 
 def _checked(col: pa.Array, index: int, dim: int) -> np.ndarray:
     if col.null_count or (len(col) and not np.all(np.diff(np.asarray(col.offsets)) == dim)):
-        raise ValueError(f"embedding source {index}: vectors must be non-null and of length {dim}")
+        raise BadInputError(f"embedding source {index}: vectors must be non-null and of length {dim}")
     return from_list_array(col, dim)
 
 
@@ -372,7 +371,7 @@ def save_coder(spark: SparkSession, coder: Coder, codes: DataFrame, output: str,
 
     def write(staging: str) -> dict[str, Any]:
         _params_frame(spark, coder).coalesce(1).write.parquet(join(staging, "params"))
-        with job_description(spark, "spark_cleora emde fit: write item codes"):
+        with step(spark, "spark_cleora emde fit: write item codes", log):
             codes.write.parquet(join(staging, "codes"))
             n = spark.read.parquet(join(staging, "codes")).count()
         return {**coder.manifest(), **(report or {}), "items_coded": n}
@@ -426,7 +425,7 @@ def run_code(spark: SparkSession, cfg: CodeConfig) -> dict[str, Any]:
                               f"{params.name!r} was fitted on dimension {params.dim}")
     codes, added = extend_codes(coder, read_codes(spark, cfg.coder), sources)
     old = read_meta(spark, cfg.coder, "coder")
-    with job_description(spark, "spark_cleora emde code: new items"):
+    with step(spark, "spark_cleora emde code: new items", log):
         n_added = added.count()
     keep = {k: old[k] for k in ("fit_sample", "quantile_accuracy", "column") if k in old}
     manifest = save_coder(spark, coder, codes, cfg.output,

@@ -8,7 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..config import ConfigError, check_seed, load_options
+from ..config import check_seed, load_options
+from ..errors import ConfigError
 
 BIAS_MODES = ("median", "random-quantile")
 DECAY_ANCHORS = ("as-of", "last-event")

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..errors import BadInputError
+
 
 @dataclass(frozen=True)
 class SourceParams:
@@ -106,7 +108,7 @@ def merge_moments(parts: list[tuple[int, np.ndarray, np.ndarray]]) -> tuple[int,
         m2 = m2 + sq + delta * delta * (n * cnt / tot)
         n = tot
     if mean is None:
-        raise ValueError("no rows to fit on")
+        raise BadInputError("no rows to fit on")
     return n, mean, m2
 
 

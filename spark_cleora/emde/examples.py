@@ -38,8 +38,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from ..compat import grouped_arrow, try_double
-from ..config import ConfigError
-from ..hyperedges import BadInputError
+from ..errors import BadInputError, ConfigError
 from ..session import job_description
 from .sketch import epoch_seconds
 from .store import require_columns

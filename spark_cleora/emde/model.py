@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from ..config import ConfigError
+from ..errors import ConfigError, MissingExtraError
 from ..store import local_path
 from .examples import InputSpec
 from .features import FeatureSpec, block_normalize, csr, sketch_inputs
@@ -31,16 +31,12 @@ MANIFEST = "manifest.json"
 INSTALL = "pip install 'spark-cleora[model]'"
 
 
-class TorchMissingError(ConfigError):
-    """The model commands need PyTorch (an optional dependency)."""
-
-
 def require_torch() -> Any:
     """The ``torch`` module, or a one-line error naming the install command."""
     try:
         import torch
     except ImportError:
-        raise TorchMissingError(f"the EMDE model needs PyTorch: {INSTALL} (CPU-only build: pip install torch "
+        raise MissingExtraError(f"the EMDE model needs PyTorch: {INSTALL} (CPU-only build: pip install torch "
                                 "--index-url https://download.pytorch.org/whl/cpu)") from None
     return torch
 

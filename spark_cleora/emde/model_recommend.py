@@ -23,7 +23,7 @@ import pyarrow as pa
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from ..config import ConfigError
+from ..errors import ConfigError
 from ..session import job_description
 from .coder import read_codes
 from .examples import build_examples

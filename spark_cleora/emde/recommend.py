@@ -23,8 +23,8 @@ import numpy as np
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from ..config import ConfigError
-from ..session import job_description
+from ..errors import ConfigError
+from ..session import step
 from .coder import read_codes
 from .config import RecommendConfig
 from .score import Kernel, top_k
@@ -192,7 +192,7 @@ def run_recommend(spark: SparkSession, cfg: RecommendConfig) -> dict[str, Any]:
         batch_size=cfg.batch_size, chunk_size=cfg.chunk_size, n_customers=sk_meta.get("customers"))
 
     def write(staging: str) -> dict[str, Any]:
-        with job_description(spark, "spark_cleora emde recommend: score and write"):
+        with step(spark, "spark_cleora emde recommend: score and write", log):
             recs.write.parquet(staging)
             r = spark.read.parquet(staging).agg(F.count(F.lit(1)).alias("n"),
                                                 F.sum((F.size("items") < cfg.k).cast("long")).alias("short")).collect()[0]

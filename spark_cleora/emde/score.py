@@ -32,7 +32,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from scipy import sparse
 
-from ..config import ConfigError
+from ..errors import BadInputError, ConfigError
 
 TOPK_SCHEMA = "id string, items array<string>, scores array<float>"
 TRANSFORMS = ("identity", "log_l1", "l2")
@@ -113,9 +113,9 @@ def _csr(idx: pa.Array, val: pa.Array, length: int) -> sparse.csr_matrix:
     flat_idx = idx.flatten().to_numpy(zero_copy_only=False).astype(np.int64)
     flat_val = val.flatten().to_numpy(zero_copy_only=False).astype(np.float64)
     if len(flat_idx) != len(flat_val):
-        raise ValueError("sparse vectors: idx and val arrays differ in length")
+        raise BadInputError("sparse vectors: idx and val arrays differ in length")
     if len(flat_idx) and (flat_idx.min() < 0 or flat_idx.max() >= length):
-        raise ValueError(f"sparse vectors have ids outside [0, {length}) -- built with another coder?")
+        raise BadInputError(f"sparse vectors have ids outside [0, {length}) -- built with another coder?")
     return sparse.csr_matrix((flat_val, flat_idx, indptr), shape=(n, length))
 
 

@@ -15,8 +15,8 @@ from typing import Any
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from ..config import ConfigError
-from ..session import job_description
+from ..errors import ConfigError
+from ..session import step
 from .config import SimilarCustomersConfig
 from .score import Kernel, top_k
 from .sketch import read_sketches
@@ -73,7 +73,7 @@ def run_similar_customers(spark: SparkSession, cfg: SimilarCustomersConfig) -> d
                             batch_size=cfg.batch_size, chunk_size=cfg.chunk_size)
 
     def write(staging: str) -> dict[str, Any]:
-        with job_description(spark, "spark_cleora emde similar-customers"):
+        with step(spark, "spark_cleora emde similar-customers"):
             out.write.parquet(staging)
             n = spark.read.parquet(staging).count()
         missing = {"customers_not_found": len(set(cfg.customers)) - n} if cfg.customers else {}

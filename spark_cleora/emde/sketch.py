@@ -24,9 +24,9 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from ..compat import try_double
-from ..config import ConfigError
-from ..hyperedges import MAX_WEIGHT, BadInputError
-from ..session import job_description
+from ..errors import BadInputError, ConfigError
+from ..hyperedges import MAX_WEIGHT
+from ..session import job_description, step
 from .coder import read_codes
 from .config import SketchConfig
 from .store import join, read_meta, read_table, require_columns, write_output
@@ -173,7 +173,7 @@ def build_sketches(
     classified = ev.join(codes.select(F.col("item").alias("i"), "codes"), "i", "left") \
         .withColumn("reason", reason).drop("codes")
 
-    with job_description(spark, "spark_cleora emde sketch: validate events"):
+    with step(spark, "spark_cleora emde sketch: validate events", log):
         counts = {r["reason"]: int(r["n"]) for r in classified.groupBy("reason").agg(F.count(F.lit(1)).alias("n")).collect()}
     accepted_n = counts.pop(None, 0)
     report.update(input_rows=accepted_n + sum(counts.values()), accepted=accepted_n,
@@ -270,7 +270,7 @@ def run_sketch(spark: SparkSession, cfg: SketchConfig) -> dict[str, Any]:
                          as_of=parse_as_of(spark, cfg.as_of), decay_anchor=cfg.decay_anchor, previous=previous)
 
     def write(staging: str) -> dict[str, Any]:
-        with job_description(spark, "spark_cleora emde sketch: write sketches"):
+        with step(spark, "spark_cleora emde sketch: write sketches", log):
             res.sketches.write.parquet(staging)
             res.items.write.parquet(join(staging, ITEMS))
             written = spark.read.parquet(staging).agg(

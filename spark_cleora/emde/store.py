@@ -19,7 +19,7 @@ from typing import Any
 from pyspark.sql import DataFrame, SparkSession
 
 from .. import __version__
-from ..config import ConfigError
+from ..errors import ConfigError
 from ..io import check_parquet_inputs, write_atomically, write_json
 from ..outputs import guarded_dir, mark_output
 from ..store import local_path
@@ -77,7 +77,14 @@ def read_meta(spark: SparkSession, directory: str, kind: str) -> dict[str, Any]:
     if lp is not None and not os.path.isdir(os.path.join(lp, META)):
         raise ConfigError(f"{directory!r} is not a complete EMDE {kind} output (no {META} manifest)")
     try:
-        rows = spark.read.parquet(join(directory, META)).collect()
+        if lp is not None:
+            # a local output: its one row without a Spark job (and without Spark's warning "All paths
+            # were ignored", which a directory named "_..." draws although Spark reads it)
+            import pyarrow.parquet as pq
+
+            rows = pq.read_table(os.path.join(lp, META)).to_pylist()
+        else:
+            rows = spark.read.parquet(join(directory, META)).collect()
     except Exception as exc:  # AnalysisException: path does not exist
         raise ConfigError(f"{directory!r} is not a complete EMDE {kind} output ({exc.__class__.__name__})") from exc
     meta = json.loads(rows[0]["manifest"])

@@ -39,11 +39,9 @@ from pyspark.sql import functions as F
 from scipy import sparse
 
 from .. import __version__
-from ..config import ConfigError
+from ..errors import EXIT_INPUT, EXIT_USAGE, BadInputError, ConfigError, ForeignWorkError, RunFailedError, is_expected
 from ..outputs import check_work_dir, claim_work_dir, clear_work_dir
-from ..hyperedges import BadInputError
 from ..session import job_description
-from ..spark_errors import input_error_message
 from ..store import local_path
 from .coder import read_codes
 from .config import TrainConfig
@@ -187,7 +185,7 @@ def train_worker(job: dict[str, Any]) -> dict[str, Any] | None:
         dist.all_reduce(t, op=dist.ReduceOp.MIN)
         n_batches = int(t.item())
     if n_batches == 0:
-        raise ValueError(f"process {rank}: fewer than 2 training examples in its shard")
+        raise BadInputError(f"process {rank}: fewer than 2 training examples in its shard")
     index, incidence = _catalogue(job["codes"], inputs.length)
     vt = None
     if val is not None and val.num_rows:
@@ -306,7 +304,7 @@ def run_training(job: dict[str, Any], *, processes: int, distributor: str, spark
         local = master == "local" or master.startswith("local[")
         out = TorchDistributor(num_processes=processes, local_mode=local, use_gpu=False).run(train_worker, job)
     if not out:
-        raise RuntimeError("training returned no result from rank 0")
+        raise RunFailedError("training returned no result from rank 0")
     return out
 
 
@@ -318,10 +316,6 @@ def _cores(spark: SparkSession) -> int:
     from ..machine import local_cores
 
     return local_cores(spark.conf.get("spark.master", "")) or os.cpu_count() or 1
-
-
-class ForeignWorkError(ConfigError):
-    """The work directory holds a checkpoint of a training with other options (never cleared by this run)."""
 
 
 def train_model(spark: SparkSession, config: TrainConfig | None = None, *,
@@ -430,10 +424,9 @@ def train_model(spark: SparkSession, config: TrainConfig | None = None, *,
 
         manifest = write_output(spark, cfg.output, write, json_name=MANIFEST)
     except Exception as exc:
-        # an expected failure (exit 2/3): nothing to resume, so nothing of the run is left behind
+        # an expected failure (exit 2/3/5): nothing to resume, so nothing of the run is left behind
         # (unless the work dir holds another training's checkpoint: that one is the user's to remove)
-        expected = isinstance(exc, (ConfigError, ValueError)) or input_error_message(exc)
-        if expected and not cfg.keep_work and not isinstance(exc, ForeignWorkError):
+        if is_expected(exc, EXIT_USAGE, EXIT_INPUT) and not cfg.keep_work and not isinstance(exc, ForeignWorkError):
             clear_work_dir(work)
         raise
     if not cfg.keep_work:

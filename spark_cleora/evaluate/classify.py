@@ -27,7 +27,7 @@ import numpy as np
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from ..config import ConfigError
+from ..errors import BadInputError, ConfigError
 from ..session import job_description
 from .graphs import add_edge_options, edge_source, embed_edges, embed_options, read_edges, write_report
 
@@ -48,7 +48,7 @@ def read_labels(spark: SparkSession, path: str, *, node: str | None, label: str 
         # the CSV reader keeps the first line's column count: extra labels on a line would vanish
         multi = spark.read.text(path).filter(F.size(F.split(F.trim("value"), " +")) > 2).count()
         if multi and label is None:
-            raise ValueError(f"labels: {multi} line(s) with more than one label; multi-label data needs "
+            raise BadInputError(f"labels: {multi} line(s) with more than one label; multi-label data needs "
                              "--labels-format space-multi")
     for c in (node_c, label_c):
         if c not in raw.columns:
@@ -57,11 +57,11 @@ def read_labels(spark: SparkSession, path: str, *, node: str | None, label: str 
                      F.trim(F.col(label_c).cast("string")).alias("label"))
     bad = lab.filter(F.col("node").isNull() | F.col("label").isNull() | (F.col("label") == "")).count()
     if bad:
-        raise ValueError(f"labels: {bad} row(s) without a node or a label")
+        raise BadInputError(f"labels: {bad} row(s) without a node or a label")
     lab = lab.distinct()
     clash = lab.groupBy("node").count().filter("count > 1").limit(1).collect()
     if clash:
-        raise ValueError(f"labels: node {clash[0]['node']!r} has several labels (multi-label data is not "
+        raise BadInputError(f"labels: node {clash[0]['node']!r} has several labels (multi-label data is not "
                          "supported; keep one label per node)")
     return lab, {"labelled_nodes": lab.count()}
 

@@ -27,8 +27,9 @@ from typing import Any
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
-from ..config import ConfigError, EmbedConfig
+from ..config import EmbedConfig
 from ..embed import run_embedding
+from ..errors import BadInputError, ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +67,7 @@ def _adjlist_pairs(spark: SparkSession, source: EdgeSource) -> tuple[DataFrame, 
     counts = lines.agg(F.count(F.lit(1)).alias("lines"),
                        F.sum((F.col("n") < 2).cast("long")).alias("malformed")).collect()[0]
     if counts["lines"] == 0:
-        raise ValueError(f"edges {source.paths[0]!r}: no lines")
+        raise BadInputError(f"edges {source.paths[0]!r}: no lines")
     pairs = lines.filter(F.col("n") >= 2).select(
         F.col("t")[0].alias("src"), "_row", F.posexplode(F.slice("t", 2, F.col("n") - 1)).alias("_pos", "dst"))
     counts = {"lines": int(counts["lines"]), "malformed_lines": int(counts["malformed"] or 0)}
@@ -114,9 +115,9 @@ def read_edges(spark: SparkSession, source: EdgeSource) -> tuple[DataFrame, dict
         F.sum((F.col("src").startswith(HUB_PREFIX) | F.col("dst").startswith(HUB_PREFIX)).cast("long")).alias("hub"),
     ).collect()[0]
     if stats["rows"] == 0:
-        raise ValueError(f"edges {source.paths[0]!r}: no rows")
+        raise BadInputError(f"edges {source.paths[0]!r}: no rows")
     if stats["bad"] or stats["hub"]:
-        raise ValueError(f"edges: {stats['bad'] or 0} null/empty node id(s), {stats['hub'] or 0} id(s) starting "
+        raise BadInputError(f"edges: {stats['bad'] or 0} null/empty node id(s), {stats['hub'] or 0} id(s) starting "
                          f"with the reserved {HUB_PREFIX!r}; fix the input")
     e = e.filter(F.col("src") != F.col("dst"))
     pair = Window.partitionBy(F.least("src", "dst"), F.greatest("src", "dst")).orderBy("_row", "_pos")
@@ -145,7 +146,7 @@ def check_ids_for_text(edges: DataFrame) -> None:
     """Cleora text separates entities by spaces and columns by tabs: ids must contain neither."""
     bad = edges.filter(F.col("src").rlike(r"\s") | F.col("dst").rlike(r"\s")).limit(1).collect()
     if bad:
-        raise ValueError(f"edges: node ids must not contain whitespace (e.g. {bad[0]['src']!r} - {bad[0]['dst']!r})")
+        raise BadInputError(f"edges: node ids must not contain whitespace (e.g. {bad[0]['src']!r} - {bad[0]['dst']!r})")
 
 
 def embed_edges(spark: SparkSession, edges: DataFrame, *, expansion: str,

@@ -31,6 +31,7 @@ import pyarrow as pa
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
+from ..errors import BadInputError
 from ..session import job_description
 from ..vectors import from_list_array
 from .graphs import add_edge_options, edge_source, embed_edges, embed_options, read_edges, write_report
@@ -113,7 +114,7 @@ def rank_test_edges(emb: DataFrame, train: DataFrame, test: DataFrame, *, seed: 
         cands = top_candidates(train, k=candidates).join(emb.withColumnRenamed("entity", "node"), "node")
         rows = cands.orderBy(F.col("degree").desc(), "node").collect()  # k x dim: 10 MB at 10k x 256
     if not rows:
-        raise ValueError("no candidate has an embedding")
+        raise BadInputError("no candidate has an embedding")
     names = [r["node"] for r in rows]
     dim = len(rows[0]["embedding"])
     cand = _normalised(np.array([r["embedding"] for r in rows], dtype=np.float32))

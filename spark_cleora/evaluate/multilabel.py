@@ -34,6 +34,7 @@ import pyarrow as pa
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
+from ..errors import BadInputError
 from ..session import job_description
 from ..vectors import from_list_array
 from .classify import TEST_FRACTION, split_nodes
@@ -49,7 +50,7 @@ def read_multilabels(spark: SparkSession, path: str) -> tuple[DataFrame, dict[st
     c = t.agg(F.count(F.lit(1)).alias("lines"), F.sum((F.col("n") == 0).cast("long")).alias("blank"),
               F.sum((F.col("n") == 1).cast("long")).alias("unlabelled")).collect()[0]
     if c["unlabelled"]:
-        raise ValueError(f"labels {path!r}: {c['unlabelled']} line(s) with a node but no label")
+        raise BadInputError(f"labels {path!r}: {c['unlabelled']} line(s) with a node but no label")
     lab = (t.filter(F.col("n") >= 2)
            .select(F.col("t")[0].alias("node"), F.explode(F.slice("t", 2, F.col("n") - 1)).alias("label"))
            .distinct().localCheckpoint(eager=True))
@@ -57,7 +58,7 @@ def read_multilabels(spark: SparkSession, path: str) -> tuple[DataFrame, dict[st
     s = per_node.agg(F.count(F.lit(1)).alias("nodes"), F.sum("count").alias("pairs"),
                      F.sum((F.col("count") > 1).cast("long")).alias("multi")).collect()[0]
     if not s["nodes"]:
-        raise ValueError(f"labels {path!r}: no labelled node")
+        raise BadInputError(f"labels {path!r}: no labelled node")
     return lab, {"lines": int(c["lines"]), "blank_lines": int(c["blank"] or 0), "labelled_nodes": int(s["nodes"]),
                  "node_label_pairs": int(s["pairs"]), "multi_label_nodes": int(s["multi"] or 0),
                  "labels": lab.select("label").distinct().count()}
@@ -203,7 +204,7 @@ def classify_multilabel(emb: DataFrame, labels: DataFrame, *, seed: int = 0, tes
     without_embedding = int(c["unknown"] or 0)
     train, test = data.filter(known & ~F.col("is_test")), data.filter(known & F.col("is_test"))
     if not n_train or not n_test:
-        raise ValueError(f"classify: {n_train} training and {n_test} test nodes; need both")
+        raise BadInputError(f"classify: {n_train} training and {n_test} test nodes; need both")
     model = fit_one_vs_rest(train, n_labels=len(names), dim=dim, reg=reg, max_iter=max_iter)
     tp, fp, fn = score_test_nodes(test, model, n_labels=len(names), dim=dim)
     micro, macro = multilabel_f1(tp, fp, fn)

@@ -31,7 +31,7 @@ from typing import Any
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
-from ..config import ConfigError
+from ..errors import ConfigError
 from ..outputs import claim_work_dir
 from ..emde.sketch import epoch_seconds
 from ..emde.store import read_table, require_columns

@@ -63,7 +63,7 @@ from typing import Any
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
-from ..config import ConfigError
+from ..errors import ConfigError
 
 
 def _no_embedding() -> DataFrame:
