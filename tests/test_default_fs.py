@@ -4,6 +4,8 @@ A viewfs mount table stands in for HDFS: ``viewfs://lakeXXXX/lake`` is a directo
 tmp dir, and ``/lake/...`` (no scheme) means that filesystem, not the driver's ``/lake``. The default
 filesystem is set on the shared session at runtime (Spark applies session settings to every read and
 write), under a fresh authority per test so that Hadoop's cached filesystem objects never mix.
+
+The quick ones are marked ``compat`` (also run on PySpark 3.5, whose errors the probe reads too).
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ def lake(tmp_path):
     return root
 
 
+@pytest.mark.compat
 def test_default_fs_is_learned_through_spark(spark, lake):
     assert default_fs(spark)[0] == "file:"
     assert qualify(spark, "/lake/x") == "/lake/x" and qualify(spark, "rel/x") == "rel/x"  # local: as given
@@ -83,6 +86,7 @@ def test_embed_and_emde_fit_with_scheme_less_paths(spark, lake, tmp_path):
     assert sorted(os.listdir(work)) and not [n for n in os.listdir(work) if n.startswith(("iter=", "graph"))]
 
 
+@pytest.mark.compat
 def test_refused_outputs_leave_nothing_behind(spark, lake, capsys):
     mine = lake / "mine"
     mine.mkdir()
