@@ -207,6 +207,20 @@ def session_for_paths(ns: argparse.Namespace, paths: Sequence[str | None]):
     return spark_from_args(ns) if needs_session(conf, paths, remote=ns.remote) else None
 
 
+def qualify_namespace(ns: argparse.Namespace, fields: Sequence[str]):
+    """The path options ``fields`` of a subcommand as Spark resolves them (in place), when that needs the
+    session (:func:`session_for_paths`); returns the session, or None (paths checked before Spark starts)."""
+    from .filesystem import qualify
+
+    values = {f: getattr(ns, f, None) for f in fields}
+    spark = session_for_paths(ns, [p for v in values.values() if v for p in ([v] if isinstance(v, str) else v)])
+    if spark is not None:
+        for f, v in values.items():
+            if v:
+                setattr(ns, f, qualify(spark, v) if isinstance(v, str) else [qualify(spark, p) for p in v])
+    return spark
+
+
 def _run_embed(ns: argparse.Namespace) -> int:
     from .job import PATH_FIELDS, check_embed_paths, embed_locks, qualified_config, run_embed_job
 

@@ -74,6 +74,12 @@ def test_embed_and_emde_fit_with_scheme_less_paths(spark, lake, tmp_path):
             assert main(["embed", "/lake/events", *ARGS, "--output", "/lake/emb"]) == 0
         assert main(["emde", "fit", "--embeddings", "/lake/emb", "--depth", "2", "--bits", "2",
                      "--output", "/lake/coder", "--log-level", "ERROR"]) == 0
+        (lake / "new").mkdir()
+        (lake / "new" / "ev.csv").write_text("user,item\nu9,a\nu9,zz\n")
+        assert main(["fold-in", "--embeddings", "/lake/emb", "--events", "/lake/new", "--output", "/lake/fold",
+                     "--markov", "left", "--input-format", "csv", "--hyperedge", "user", "--entity", "item",
+                     "--log-level", "ERROR"]) == 0
+    assert [r["entity"] for r in spark.read.parquet(str(lake / "fold")).collect()] == ["zz"]
     got = {r["entity"]: list(r["embedding"]) for r in spark.read.parquet(str(lake / "emb")).collect()}
     assert got == expected and len(got) == 3
     assert os.path.isdir(lake / "emb" / "_spark_cleora_output") and os.path.isdir(lake / "coder" / "_emde")
@@ -82,7 +88,7 @@ def test_embed_and_emde_fit_with_scheme_less_paths(spark, lake, tmp_path):
     assert not [n for n in names if ".staging-" in n or n.endswith(".spark_cleora_lock")], names
     # the work directory beside the output: emptied (no JVM handle to delete it), still marked as the tool's
     work = lake / "emb.spark_cleora_work"
-    assert names == ["coder", "emb", "emb.spark_cleora_work", "events"]
+    assert names == ["coder", "emb", "emb.spark_cleora_work", "events", "fold", "new"]
     assert sorted(os.listdir(work)) and not [n for n in os.listdir(work) if n.startswith(("iter=", "graph"))]
 
 
