@@ -90,11 +90,6 @@ def _conf(spark: Any, key: str) -> str | None:
         return None
 
 
-def is_local_fs(spark: Any) -> bool:
-    """True when scheme-less paths are on the local filesystem (``fs.defaultFS`` is ``file:``)."""
-    return default_fs(spark)[0].startswith("file:")
-
-
 def qualify(spark: Any, path: str | None) -> str | None:
     """``path`` as Spark resolves it: unchanged when it has a scheme or the default filesystem is local;
     else the full URI on the default filesystem (relative paths below its working directory)."""
