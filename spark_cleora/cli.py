@@ -194,13 +194,41 @@ def spark_from_args(ns: argparse.Namespace):
     return get_spark(master=ns.master, remote=ns.remote, conf=parse_conf(ns.conf))
 
 
+def session_for_paths(ns: argparse.Namespace, paths: Sequence[str | None]):
+    """The session when checking ``paths`` needs one (the default filesystem may not be local, or a path
+    is a non-local URI, :func:`spark_cleora.filesystem.needs_session`); None when they are checked
+    before Spark starts."""
+    from .filesystem import needs_session
+
+    conf = parse_conf(ns.conf)
+    return spark_from_args(ns) if needs_session(conf, paths, remote=ns.remote) else None
+
+
+def qualify_namespace(ns: argparse.Namespace, fields: Sequence[str]):
+    """The path options ``fields`` of a subcommand as Spark resolves them (in place), when that needs the
+    session (:func:`session_for_paths`); returns the session, or None (paths checked before Spark starts)."""
+    from .filesystem import qualify
+
+    values = {f: getattr(ns, f, None) for f in fields}
+    spark = session_for_paths(ns, [p for v in values.values() if v for p in ([v] if isinstance(v, str) else v)])
+    if spark is not None:
+        for f, v in values.items():
+            if v:
+                setattr(ns, f, qualify(spark, v) if isinstance(v, str) else [qualify(spark, p) for p in v])
+    return spark
+
+
 def _run_embed(ns: argparse.Namespace) -> int:
-    from .job import check_embed_paths, embed_locks, run_embed_job
+    from .job import PATH_FIELDS, check_embed_paths, embed_locks, qualified_config, run_embed_job
 
     cfg = embed_config_from_args(ns)
-    check_embed_paths(cfg)  # before the JVM starts: inputs exist, outputs may be written
+    paths = [p for f in PATH_FIELDS for p in ([getattr(cfg, f)] if f != "inputs" else cfg.inputs)]
+    spark = session_for_paths(ns, paths)
+    if spark is not None:  # scheme-less paths are on the session's default filesystem
+        cfg = qualified_config(spark, cfg)
+    check_embed_paths(cfg)  # inputs exist, outputs may be written (local paths: before the JVM starts)
     with embed_locks(cfg):  # a second run on the same output refuses before starting Spark
-        report = run_embed_job(spark_from_args(ns), cfg, locked=True)
+        report = run_embed_job(spark or spark_from_args(ns), cfg, locked=True)
     print(f"embeddings: {report['output']} ({report['entities_written']} entities, dim {cfg.dim}, "
           f"{report['seconds_total']:.1f}s)")
     return EXIT_OK

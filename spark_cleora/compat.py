@@ -52,8 +52,13 @@ def _major_minor(version: str) -> tuple[int, int]:
 
 
 def spark_supported(version: str) -> bool:
-    """Whether a Spark version string (``3.5.9``, ``4.1.0.dev1``, ``15.4.x-scala2.12``-style runtime
-    strings are read as their first two numbers) is in the supported range."""
+    """Whether an Apache Spark version (``3.5.9``, ``4.1.0.dev1``: major and minor are compared) is in the
+    supported range.
+
+    The versions checked are PySpark's own (``pyspark.__version__``) and the running session's
+    ``spark.version``, which are Spark versions on every platform. A platform's runtime name (Databricks'
+    ``15.4.x-scala2.12``) is not one and is never read: on Databricks 15.4 the check sees Spark 3.5.
+    """
     return SPARK_MIN <= _major_minor(version) < SPARK_BELOW
 
 

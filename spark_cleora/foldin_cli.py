@@ -135,6 +135,10 @@ def original_config(ns: argparse.Namespace) -> tuple[EmbedConfig, dict[str, Any]
 
 
 def run_fold_in(ns: argparse.Namespace) -> int:
+    from .cli import qualify_namespace
+
+    tables = getattr(ns, "input_format", None) == "table"
+    qualify_namespace(ns, ("embeddings", "output", "rejects", *(() if tables else ("events",))))
     cfg, manifest = original_config(ns)
     with _guarded(ns.output, [ns.embeddings, *ns.events], cfg.rejects if cfg.on_bad_rows == "quarantine" else None):
         return _fold_in(ns, cfg, manifest)
@@ -184,6 +188,9 @@ def run_combine(ns: argparse.Namespace) -> int:
     from .combine import check_compatible, check_weights
     from .foldin import read_run_manifest
 
+    from .cli import qualify_namespace
+
+    qualify_namespace(ns, ("inputs", "output"))
     weights = check_weights(ns.weights, len(ns.inputs))
     configs = []
     for d in ns.inputs:

@@ -27,12 +27,21 @@ def read_events(spark: SparkSession, cfg: EmbedConfig) -> DataFrame:
     if not cfg.inputs:
         raise ConfigError("no input given")
     fmt = cfg.input_format
-    check_local_inputs(cfg.inputs, fmt)
     if fmt == "table":
         return spark.read.table(cfg.inputs[0])
+    inputs = qualified_inputs(spark, cfg.inputs)
+    check_local_inputs(inputs, fmt)
     if fmt == "parquet":
-        return spark.read.parquet(*cfg.inputs)
-    return read_csv(spark, cfg.inputs, sep=cfg.csv_delimiter or ("\t" if fmt == "tsv" else ","))
+        return spark.read.parquet(*inputs)
+    return read_csv(spark, inputs, sep=cfg.csv_delimiter or ("\t" if fmt == "tsv" else ","))
+
+
+def qualified_inputs(spark: SparkSession, paths: tuple[str, ...] | list[str]) -> tuple[str, ...]:
+    """Input paths as Spark resolves them (see :func:`spark_cleora.filesystem.qualify`): a scheme-less
+    path on a non-local default filesystem is not looked for on the driver's disk."""
+    from .filesystem import qualify
+
+    return tuple(qualify(spark, p) for p in paths)
 
 
 #: the charset the CSV files are decoded with: one character per byte, so every byte survives (see read_csv)
@@ -72,8 +81,9 @@ def read_cleora_text(spark: SparkSession, cfg: EmbedConfig) -> DataFrame:
     """Cleora's text input: one line = one hyperedge (``value`` column)."""
     if not cfg.inputs:
         raise ConfigError("no input given")
-    check_local_inputs(cfg.inputs, "cleora-tsv")
-    return spark.read.option("lineSep", "\n").text(list(cfg.inputs))
+    inputs = qualified_inputs(spark, cfg.inputs)
+    check_local_inputs(inputs, "cleora-tsv")
+    return spark.read.option("lineSep", "\n").text(list(inputs))
 
 
 #: above this many files the footers are left to Spark (one job reads them in parallel)
@@ -179,8 +189,11 @@ def write_atomically(target: str, write: Callable[[str], None]) -> None:
     """Write into a staging directory beside ``target`` and move it into place only when complete.
 
     On a local filesystem the final step is a rename, so readers see the old result or the new one,
-    never a partial directory. On object stores (no atomic rename) Spark writes ``target`` directly and
-    its ``_SUCCESS`` marker, written last, is the completion signal.
+    never a partial directory. On other stores (object stores, or HDFS as the session's default
+    filesystem: no rename is reachable without a JVM handle) ``target`` is written in place: a previous
+    output there is first emptied and marked as an unfinished output of the tool (so a run that dies
+    leaves a directory the next run may replace), and the markers written last (``_SUCCESS``, the output
+    marker, EMDE's ``_emde``) are the completion signal.
 
     Callers check ``target`` first (:func:`spark_cleora.outputs.check_output_dir`) and hold its lock
     (:func:`spark_cleora.outputs.output_lock`): what is replaced here is a previous output of the tool,
@@ -191,7 +204,7 @@ def write_atomically(target: str, write: Callable[[str], None]) -> None:
 
     lp = local_path(target)
     if lp is None:
-        write(target)
+        _write_in_place(target, write)
         return
     check_output_dir(target)  # again, just before replacing: the path may have changed since the start
     lp = os.path.abspath(lp)
@@ -217,6 +230,19 @@ def write_atomically(target: str, write: Callable[[str], None]) -> None:
     finally:
         if os.path.exists(staging):
             shutil.rmtree(staging, ignore_errors=True)
+
+
+def _write_in_place(target: str, write: Callable[[str], None]) -> None:
+    """:func:`write_atomically` on a store without a reachable rename (see there)."""
+    from .filesystem import active_session, empty_directory, path_state
+    from .outputs import check_output_dir, mark_output
+
+    check_output_dir(target)  # again, just before replacing: the path may have changed since the start
+    spark = active_session()
+    if spark is not None and path_state(spark, target) == "dir":  # a previous output (checked above)
+        empty_directory(spark, target)
+        mark_output(target, "unfinished")
+    write(target)
 
 
 def write_json(path: str, data: dict[str, Any]) -> None:
@@ -313,6 +339,12 @@ def read_embeddings(spark: SparkSession, source: str) -> DataFrame:
     """
     from pyspark.errors import AnalysisException
 
+    from .filesystem import exists, qualify
+
+    if "/" in source or not _looks_like_table(source):
+        source = qualify(spark, source)
+    elif qualify(spark, source) != source and exists(spark, qualify(spark, source)):
+        source = qualify(spark, source)  # a relative directory on the default filesystem, not a table
     lp = local_path(source)
     if lp is not None and not os.path.exists(lp):
         if not _looks_like_table(source):

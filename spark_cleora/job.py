@@ -52,10 +52,29 @@ def path_inputs(cfg: EmbedConfig) -> list[str]:
     return paths + ([cfg.init_vectors] if cfg.init_vectors else [])
 
 
+#: the config fields of ``embed`` that are paths (qualified on a non-local default filesystem)
+PATH_FIELDS = ("inputs", "init_vectors", "output", "work_dir", "rejects")
+
+
+def qualified_config(spark: SparkSession, cfg: EmbedConfig) -> EmbedConfig:
+    """``cfg`` with its paths as Spark resolves them (:func:`spark_cleora.filesystem.qualify`): unchanged
+    on a local default filesystem; full URIs on another one, so the checks read through Spark."""
+    from .filesystem import qualify_fields
+
+    return qualify_fields(spark, cfg, PATH_FIELDS, skip=("inputs",) if cfg.input_format == "table" else ())
+
+
 def check_embed_paths(cfg: EmbedConfig, work_uri: str | None = None) -> None:
-    """Every path rule of the run, checked before Spark starts (see :mod:`spark_cleora.outputs`):
-    inputs exist, the output, work and rejects paths may be written, a table name parses."""
+    """Every path rule of the run, checked before any work (see :mod:`spark_cleora.outputs`): inputs
+    exist, the output, work and rejects paths may be written, a table name parses. Local paths are
+    checked before Spark starts; others through the active session (qualify them first,
+    :func:`qualified_config`)."""
+    if cfg.output and cfg.output_format not in TABLE_FORMATS and local_path(cfg.output) is None:
+        raise ConfigError(f"--output-format {cfg.output_format} writes single files through the driver; use a "
+                          f"local --output path (got {cfg.output!r}) or parquet")
     check_local_inputs(cfg.inputs, cfg.input_format)
+    if cfg.input_format != "table":
+        check_remote_inputs(cfg.inputs)
     if cfg.input_format == "parquet":
         check_parquet_inputs(cfg.inputs, "events")
     inputs = path_inputs(cfg)
@@ -73,6 +92,17 @@ def check_embed_paths(cfg: EmbedConfig, work_uri: str | None = None) -> None:
         check_output_dir(cfg.rejects, inputs=[*inputs, cfg.output, work], what="--rejects")
 
 
+def check_remote_inputs(inputs: tuple[str, ...] | list[str]) -> None:
+    """A missing input on a non-local store (not a glob) is a usage error too, found with a Spark listing
+    of the active session before any work."""
+    from .filesystem import active_session, exists
+
+    spark = active_session()
+    for p in inputs:
+        if spark is not None and local_path(p) is None and not any(c in p for c in "*?[{") and not exists(spark, p):
+            raise ConfigError(f"input {p!r} does not exist")
+
+
 def run_embed_job(spark: SparkSession, cfg: EmbedConfig, *, locked: bool = False) -> dict[str, Any]:
     """Run the whole job; returns the run report (also written to ``OUTPUT/_run.json``).
 
@@ -80,6 +110,7 @@ def run_embed_job(spark: SparkSession, cfg: EmbedConfig, *, locked: bool = False
     ``locked``) before anything runs; a run that fails with a usage or input error (exit 2/3) leaves no
     work directory behind.
     """
+    cfg = qualified_config(spark, cfg)
     destination = cfg.output or cfg.output_table
     assert destination
     work_uri = cfg.work_dir or (default_work_dir(cfg.output) if cfg.output
@@ -155,6 +186,8 @@ def _embed_and_write(spark: SparkSession, cfg: EmbedConfig, store: WorkStore, t0
             mark_output(lp, f"embeddings-{cfg.output_format}")
             with open(os.path.join(lp, "_SUCCESS"), "w", encoding="utf-8"):  # (re)written: newest file
                 pass
+        elif not cfg.output_table:  # a non-local store: the marker, written last
+            mark_output(target, f"embeddings-{cfg.output_format}")
 
     t_write = time.perf_counter()
     if cfg.output_table or cfg.output_format == "delta":

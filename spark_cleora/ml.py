@@ -1,8 +1,10 @@
 """Spark ML face: a ``Cleora`` Estimator whose ``fit`` returns a ``CleoraModel`` (the embeddings table).
 
 Both are ``pyspark.ml`` stages (usable in a ``Pipeline``) over the same :func:`spark_cleora.embed`.
-``write().save(path)`` / ``load(path)`` go through the session's DataFrame reader and writer only: the
-metadata is one JSON line in ``path/metadata`` (the layout of ``pyspark.ml``'s ``DefaultParamsWriter``, so
+``write().save(path)`` / ``load(path)`` go through the session's DataFrame reader and writer only (and
+follow the output rules of :mod:`spark_cleora.outputs`: ``overwrite()`` replaces only a previous
+output of the tool, atomically where the filesystem can rename): the metadata is one JSON line in
+``path/metadata`` (the layout of ``pyspark.ml``'s ``DefaultParamsWriter``, so
 a saved ``Pipeline``/``PipelineModel`` reads its stages back) and the model's embeddings are Parquet in
 ``path/embeddings``. No JVM and no RDD: the same files work on classic Spark and on Spark Connect.
 
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import time
 from typing import Any
 
@@ -83,8 +86,9 @@ class _Persist(MLWritable):
     def load(cls, path: str) -> Any:
         return cls.read().load(path)
 
-    def _save_data(self, spark: SparkSession, path: str, mode: str) -> None:
-        """Data beside the metadata (the model's embeddings); nothing for the Estimator."""
+    def _save_data(self, spark: SparkSession, path: str) -> None:
+        """Data beside the metadata (the model's embeddings) in the new directory ``path``; nothing for
+        the Estimator."""
 
     def _load_data(self, spark: SparkSession, path: str) -> None:
         pass
@@ -105,7 +109,20 @@ class _Writer:
         return self
 
     def save(self, path: str) -> None:
+        """Write the stage into ``path`` as an output of the tool (docs/data-safety.md): refused when
+        ``path`` exists, unless ``overwrite()`` was asked for and ``path`` holds a previous save (or any
+        output of spark_cleora) or is empty; written atomically where the filesystem can rename."""
+        from .filesystem import path_state, qualify
+        from .io import write_atomically
+        from .outputs import RefusedError, guarded_dir, mark_output
+        from .store import local_path
+
         spark = self._spark or SparkSession.active()
+        target = qualify(spark, path) or path
+        lp = local_path(target)
+        taken = path_state(spark, target) != "missing" if lp is None else os.path.lexists(lp)
+        if taken and not self._overwrite:
+            raise RefusedError(f"{path!r} already exists; write().overwrite().save(path) replaces a previous save")
         inst = self.instance
         meta = {
             "class": f"{type(inst).__module__}.{type(inst).__name__}", "timestamp": int(time.time() * 1000),
@@ -113,10 +130,15 @@ class _Writer:
             "paramMap": {p.name: v for p, v in inst._paramMap.items()},
             "defaultParamMap": {p.name: v for p, v in inst._defaultParamMap.items()},
         }
-        mode = "overwrite" if self._overwrite else "error"  # (Connect refuses the spelling "errorifexists")
-        spark.createDataFrame([(json.dumps(meta),)], "value string").coalesce(1).write.mode(mode).text(
-            _join(path, "metadata"))
-        inst._save_data(spark, path, mode)
+
+        def write(staging: str) -> None:
+            spark.createDataFrame([(json.dumps(meta),)], "value string").coalesce(1).write.text(
+                _join(staging, "metadata"))
+            inst._save_data(spark, staging)
+            mark_output(staging, "spark-ml-stage")
+
+        with guarded_dir(target, what="save path"):  # someone's directory is refused, even with overwrite()
+            write_atomically(target, write)
 
 
 class _Reader:
@@ -140,11 +162,30 @@ class _Reader:
         return inst
 
 
+def _fitted(model: Any, attr: str, what: str) -> Any:
+    """A model's data, or the reason it has none."""
+    value = getattr(model, attr)
+    if value is None:
+        raise ValueError(f"this {type(model).__name__} has no {what} (construct it by fit or load)")
+    return value
+
+
 def _join(path: str, name: str) -> str:
     return path.rstrip("/") + "/" + name
 
 
-class Cleora(Estimator, _CleoraParams, _Persist, MLReadable):
+class _Settable:
+    """An Estimator's constructor and ``setParams``: keyword Params, typed by their converters."""
+
+    def __init__(self, **params: Any) -> None:
+        super().__init__()
+        self._set(**params)  # type: ignore[attr-defined]
+
+    def setParams(self, **params: Any) -> Any:
+        return self._set(**params)  # type: ignore[attr-defined]
+
+
+class Cleora(_Settable, Estimator, _CleoraParams, _Persist, MLReadable):
     """Cleora embeddings as a Spark ML Estimator.
 
     ``fit(events)`` embeds the entities of an event table (``hyperedgeCol``, ``entityCol``) and returns a
@@ -155,13 +196,6 @@ class Cleora(Estimator, _CleoraParams, _Persist, MLReadable):
     >>> model = Cleora(hyperedgeCol="user_id", entityCol="item_id", dim=128, iterations=3).fit(events)  # doctest: +SKIP
     >>> model.transform(events).select("item_id", "embedding")  # doctest: +SKIP
     """
-
-    def __init__(self, **params: Any) -> None:
-        super().__init__()
-        self._set(**params)
-
-    def setParams(self, **params: Any) -> Cleora:
-        return self._set(**params)
 
     def _fit(self, dataset: DataFrame) -> CleoraModel:
         model = self._copyValues(CleoraModel(embeddings=embed(dataset, **self.embed_options())))
@@ -188,9 +222,7 @@ class CleoraModel(Model, _CleoraParams, _Persist, MLReadable):
     @property
     def embeddings(self) -> DataFrame:
         """The embeddings table."""
-        if self._embeddings is None:
-            raise ValueError("this CleoraModel has no embeddings (construct it by fit or load)")
-        return self._embeddings
+        return _fitted(self, "_embeddings", "embeddings")
 
     def _transform(self, dataset: DataFrame) -> DataFrame:
         key = self.getOrDefault(self.inputCol) if self.isDefined(self.inputCol) else "entity"
@@ -203,8 +235,8 @@ class CleoraModel(Model, _CleoraParams, _Persist, MLReadable):
                .withColumnRenamed("entity", "_cleora_key"))
         return dataset.join(vec, F.col(key).cast("string") == F.col("_cleora_key"), "left").drop("_cleora_key")
 
-    def _save_data(self, spark: SparkSession, path: str, mode: str) -> None:
-        self.embeddings.write.mode(mode).parquet(_join(path, "embeddings"))
+    def _save_data(self, spark: SparkSession, path: str) -> None:
+        self.embeddings.write.parquet(_join(path, "embeddings"))
 
     def _load_data(self, spark: SparkSession, path: str) -> None:
         self._embeddings = spark.read.parquet(_join(path, "embeddings"))

@@ -18,8 +18,11 @@ The rules (docs/data-safety.md states them for users):
   :data:`HEARTBEAT_SECONDS`. A second run refuses while the lock is live; a lock whose owner is a dead
   process on this host, or whose heartbeat is older than :data:`STALE_SECONDS`, is taken over.
 
-The checks work on local paths (``/x``, ``file:/x``). Remote stores (``s3a://`` ...) are written
-through Spark's writers as before; only the glob and overlap rules apply to them.
+The checks work on local paths (``/x``, ``file:/x``) with the driver's file system calls. On other
+stores (``s3a://``, ``hdfs://``, and scheme-less paths when the session's default filesystem is not
+local, see :mod:`spark_cleora.filesystem`) they go through Spark reads of the active session: the
+existing-content rule holds (markers are the directories :data:`REMOTE_OUTPUT_MARKER` and
+:data:`REMOTE_WORK_MARKER`), the lock and the parent's permissions are not checked there.
 """
 
 from __future__ import annotations
@@ -39,12 +42,16 @@ from typing import Any
 
 from . import __version__
 from .errors import ConfigError, RefusedError
+from .filesystem import active_session, empty_directory, exists, join, path_state, read_marker, write_marker
 from .store import local_path
 
 log = logging.getLogger(__name__)
 
 OUTPUT_MARKER = "_spark_cleora_output.json"
 WORK_MARKER = "_spark_cleora_work.json"
+#: the markers on non-local stores: one-line Spark tables (Spark cannot read a file named ``_...``)
+REMOTE_OUTPUT_MARKER = "_spark_cleora_output"
+REMOTE_WORK_MARKER = "_spark_cleora_work"
 LOCK_SUFFIX = ".spark_cleora_lock"
 GLOB_CHARS = "*?[{"
 #: a live run touches its lock this often; a lock untouched for STALE_SECONDS is taken over
@@ -139,14 +146,23 @@ def is_tool_output(lp: str) -> bool:
 
 
 def mark_output(directory: str, kind: str) -> None:
-    """Write the output marker into ``directory`` (a local path; remote: nothing to do)."""
+    """Write the output marker into ``directory`` (on a non-local store through the active session)."""
+    data = {"kind": kind, "spark_cleora_version": __version__,
+            "written_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     lp = local_path(directory)
     if lp is None:
+        spark = active_session()
+        if spark is not None:
+            write_marker(spark, directory, REMOTE_OUTPUT_MARKER, data)
         return
     with open(os.path.join(lp, OUTPUT_MARKER), "w", encoding="utf-8") as fh:
-        json.dump({"kind": kind, "spark_cleora_version": __version__,
-                   "written_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}, fh, sort_keys=True)
+        json.dump(data, fh, sort_keys=True)
         fh.write("\n")
+
+
+def is_remote_tool_output(spark: Any, uri: str) -> bool:
+    """:func:`is_tool_output` for a directory on a non-local store (its marker, or an EMDE manifest)."""
+    return exists(spark, join(uri, REMOTE_OUTPUT_MARKER)) or exists(spark, join(uri, "_emde"))
 
 
 def is_tool_file(lp: str) -> bool:
@@ -183,6 +199,7 @@ def check_output_dir(path: str, *, inputs: Iterable[str | None] = (), what: str 
     """Refuse (exit 2) an output directory the tool must not replace; see the module docstring."""
     lp = _plain_and_apart(path, inputs, what)
     if lp is None:
+        _check_remote_dir(path, what)
         return
     if os.path.isfile(lp) or os.path.islink(lp) and not os.path.isdir(lp):
         raise RefusedError(f"{what} {path!r} is an existing file; refusing to replace it")
@@ -190,6 +207,20 @@ def check_output_dir(path: str, *, inputs: Iterable[str | None] = (), what: str 
         raise RefusedError(f"{what} {path!r} exists and is not an output of spark_cleora (no {OUTPUT_MARKER}); "
                            "refusing to replace it: choose a new path or remove it yourself")
     _check_parent(lp, what, path)
+
+
+def _check_remote_dir(path: str, what: str) -> None:
+    """The existing-content rule of :func:`check_output_dir` on a non-local store, read through Spark
+    (no active session: nothing to read with, Spark's writer is left to fail)."""
+    spark = active_session()
+    if spark is None:
+        return
+    state = path_state(spark, path)
+    if state == "file":
+        raise RefusedError(f"{what} {path!r} is an existing file; refusing to replace it")
+    if state == "dir" and not is_remote_tool_output(spark, path):
+        raise RefusedError(f"{what} {path!r} exists and is not an output of spark_cleora (no "
+                           f"{REMOTE_OUTPUT_MARKER}); refusing to replace it: choose a new path or remove it yourself")
 
 
 def check_output_file(path: str, *, inputs: Iterable[str | None] = (), what: str) -> None:
@@ -215,6 +246,13 @@ def check_work_dir(path: str, *, outputs: Iterable[str | None] = (), inputs: Ite
                                "after the run, so it must be a path of its own")
     lp = _plain_and_apart(path, inputs, what)
     if lp is None:
+        spark = active_session()
+        state = path_state(spark, path) if spark is not None else "missing"
+        if state == "file":
+            raise RefusedError(f"{what} {path!r} is an existing file")
+        if state == "dir" and read_marker(spark, path, REMOTE_WORK_MARKER) is None:
+            raise RefusedError(f"{what} {path!r} exists and is not a spark_cleora work directory (no "
+                               f"{REMOTE_WORK_MARKER}); refusing to use it: its contents would be overwritten")
         return
     if os.path.exists(lp) and not os.path.isdir(lp):
         raise RefusedError(f"{what} {path!r} is an existing file")
@@ -243,6 +281,10 @@ def claim_work_dir(path: str, what: str = "--work-dir") -> None:
     """Create ``path`` (or adopt it when empty or already ours) and put the marker in it."""
     lp = local_path(path)
     if lp is None:
+        spark = active_session()
+        check_work_dir(path, what=what)
+        if spark is not None and read_marker(spark, path, REMOTE_WORK_MARKER) is None:
+            write_marker(spark, path, REMOTE_WORK_MARKER, {"host": socket.gethostname(), "pid": os.getpid()})
         return
     check_work_dir(path, what=what)
     marker = os.path.join(lp, WORK_MARKER)
@@ -261,7 +303,10 @@ def clear_work_dir(path: str, *, remove_dir: bool = True) -> None:
     """Delete what the tool put in the work directory ``path`` (only one carrying the marker); the
     directory itself too when the tool created it and ``remove_dir``. Others are left untouched."""
     lp = local_path(path)
-    if lp is None or not os.path.isdir(lp):
+    if lp is None:
+        _clear_remote_work_dir(path)
+        return
+    if not os.path.isdir(lp):
         return
     marker = os.path.join(lp, WORK_MARKER)
     if not os.path.isfile(marker):
@@ -285,6 +330,22 @@ def clear_work_dir(path: str, *, remove_dir: bool = True) -> None:
         shutil.rmtree(p, ignore_errors=True) if os.path.isdir(p) and not os.path.islink(p) else os.remove(p)
     if remove_dir:
         os.remove(marker)  # an adopted (pre-existing, empty) directory stays, empty again
+
+
+def _clear_remote_work_dir(path: str) -> None:
+    """On a non-local store nothing can be deleted without a JVM handle: the contents of a marked work
+    directory are replaced by an empty table (Spark's overwrite deletes them) and the marker is put
+    back, so a few bytes remain and a later run still recognises the directory."""
+    spark = active_session()
+    if spark is None or path_state(spark, path) != "dir":
+        return
+    marker = read_marker(spark, path, REMOTE_WORK_MARKER)
+    if marker is None:
+        log.warning("%s is not a spark_cleora work directory; left as it is", path)
+        return
+    empty_directory(spark, path)
+    write_marker(spark, path, REMOTE_WORK_MARKER, marker)
+    log.info("work directory %s emptied (a non-local store: remove the directory with your storage tools)", path)
 
 
 # --------------------------------------------------------------------------------------------

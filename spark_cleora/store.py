@@ -39,8 +39,10 @@ class WorkStore:
     """A work directory on a local or remote filesystem reachable by every executor."""
 
     def __init__(self, spark: SparkSession, uri: str) -> None:
+        from .filesystem import qualify  # (imports this module)
+
         self.spark = spark
-        self.uri = uri.rstrip("/")
+        self.uri = (qualify(spark, uri) or uri).rstrip("/")  # scheme-less: the default filesystem's
         self.local = local_path(self.uri)
 
     # -- paths ---------------------------------------------------------------------------------
@@ -83,11 +85,11 @@ class WorkStore:
     # -- manifest ------------------------------------------------------------------------------
     def check_or_write_manifest(self, manifest: dict[str, Any]) -> dict[str, Any]:
         """Return the stored manifest if it matches ``manifest['fingerprint']``; write it if absent."""
-        if self.local is None:
-            return manifest  # remote stores: no resume check (documented), iterations still cut lineage
         from .outputs import claim_work_dir
 
         claim_work_dir(self.uri)  # refuses someone's non-empty directory; marks ours for deletion later
+        if self.local is None:
+            return manifest  # remote stores: no resume check (documented), iterations still cut lineage
         path = os.path.join(self.local, "manifest.json")
         if os.path.exists(path):
             with open(path, encoding="utf-8") as fh:
@@ -124,9 +126,6 @@ class WorkStore:
 
     def remove(self, *, keep_dir: bool = False) -> None:
         """Delete what this tool wrote here (only in a directory carrying its work marker)."""
-        if self.local is not None:
-            from .outputs import clear_work_dir
+        from .outputs import clear_work_dir
 
-            clear_work_dir(self.uri, remove_dir=not keep_dir)
-        else:
-            log.info("work directory %s is on a remote store; remove it with your storage tools", self.uri)
+        clear_work_dir(self.uri, remove_dir=not keep_dir)  # (a non-local store: emptied, see there)

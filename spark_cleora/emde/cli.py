@@ -249,11 +249,16 @@ def _finish(ns: argparse.Namespace, manifest: dict[str, Any], summary: str) -> i
 
 
 def _run_guarded(ns: argparse.Namespace, cfg: Any, step: Callable[[Any, Any], dict[str, Any]]) -> dict[str, Any]:
-    """``step(spark, cfg)`` with the step's ``--output`` checked before Spark starts and locked while it runs."""
-    from ..cli import spark_from_args
+    """``step(spark, cfg)`` with the step's ``--output`` checked (local paths: before Spark starts) and
+    locked while it runs; on a non-local default filesystem its paths are qualified first."""
+    from ..cli import session_for_paths, spark_from_args
+    from .store import OUTPUT_FIELDS, input_paths, qualified_config
 
+    spark = session_for_paths(ns, [*input_paths(cfg), *(getattr(cfg, f, None) for f in OUTPUT_FIELDS)])
+    if spark is not None:
+        cfg = qualified_config(spark, cfg)
     with guarded_output(cfg):
-        return step(spark_from_args(ns), cfg)
+        return step(spark or spark_from_args(ns), cfg)
 
 
 def _run_fit(ns: argparse.Namespace) -> int:

@@ -22,6 +22,7 @@ from .. import __version__
 from ..errors import ConfigError
 from ..io import check_parquet_inputs, write_atomically, write_json
 from ..outputs import guarded_dir, mark_output
+from ..filesystem import active_session, path_state, qualify
 from ..store import local_path
 
 log = logging.getLogger(__name__)
@@ -39,6 +40,8 @@ def read_table(spark: SparkSession, paths: Sequence[str], fmt: str = "parquet") 
     """A table from Parquet, CSV/TSV with a header row, or a catalog table name."""
     if not paths:
         raise ConfigError("no input path given")
+    if fmt != "table":
+        paths = [qualify(spark, p) for p in paths]  # scheme-less: on the session's default filesystem
     for p in paths:
         lp = local_path(p)
         if fmt != "table" and lp is not None and not any(c in lp for c in "*?[") and not os.path.exists(lp):
@@ -73,6 +76,7 @@ def write_meta(spark: SparkSession, directory: str, meta: dict[str, Any], *, jso
 
 def read_meta(spark: SparkSession, directory: str, kind: str) -> dict[str, Any]:
     """The manifest of an EMDE output of ``kind`` (coder, sketches, ...), or a clear error."""
+    directory = qualify(spark, directory)
     lp = local_path(directory)
     if lp is not None and not os.path.isdir(os.path.join(lp, META)):
         raise ConfigError(f"{directory!r} is not a complete EMDE {kind} output (no {META} manifest)")
@@ -100,6 +104,7 @@ def write_output(spark: SparkSession, target: str, write_data: Callable[[str], d
     """Write data with ``write_data(staging) -> manifest``, then the manifest, then ``_SUCCESS``,
     all into a staging directory renamed into place (see :func:`spark_cleora.io.write_atomically`)."""
     out: dict[str, Any] = {}
+    target = qualify(spark, target)
 
     def write(staging: str) -> None:
         meta = write_data(staging)
@@ -141,9 +146,30 @@ def guarded_output(cfg: Any) -> Iterator[None]:
         yield
 
 
+#: the config fields of an EMDE step that are paths besides its inputs
+OUTPUT_FIELDS = ("output", "work_dir")
+
+
+def qualified_config(spark: SparkSession, cfg: Any) -> Any:
+    """An EMDE step's config with its paths as Spark resolves them (see
+    :func:`spark_cleora.filesystem.qualify`); events given as table names stay names."""
+    from ..filesystem import qualify_fields
+
+    table = getattr(cfg, "events_format", "parquet") == "table"
+    fields = [f for f in (*INPUT_FIELDS, *OUTPUT_FIELDS) if hasattr(cfg, f)]
+    return qualify_fields(spark, cfg, fields, skip=("events",) if table else ())
+
+
 def refuse_existing(target: str, *, overwrite: bool, what: str) -> None:
-    """Refuse to replace an existing local output unless asked to (codes must never change silently)."""
+    """Refuse to replace an existing output unless asked to (codes must never change silently)."""
     lp = local_path(target)
-    if not overwrite and lp is not None and os.path.exists(lp) and os.listdir(lp):
+    if overwrite:
+        return
+    if lp is None:
+        spark = active_session()
+        taken = spark is not None and path_state(spark, target) == "dir"
+    else:
+        taken = os.path.exists(lp) and bool(os.listdir(lp))
+    if taken:
         raise ConfigError(f"{what} {target!r} already exists; refit into a new directory or pass --overwrite "
                           "(sketches built with the old coder can then no longer be scored)")
