@@ -77,9 +77,9 @@ def quality(args) -> dict:
     import pandas as pd
 
     from spark_cleora import embed
-    from spark_cleora.combine import combine
+    from spark_cleora.engine.combine import combine
     from spark_cleora.config import EmbedConfig
-    from spark_cleora.foldin import fold_in
+    from spark_cleora.engine.foldin import fold_in
 
     data = args.data or os.path.join(os.environ.get("SPARK_CLEORA_SHARED_DATA", ""), "yoochoose-rsc15-100k")
     read = lambda f: pd.read_csv(os.path.join(data, f), sep="\t", dtype={"SessionId": str, "ItemId": str})  # noqa: E731
@@ -149,7 +149,7 @@ def scale(args) -> dict:
 
     from scripts.bench import generate
     from spark_cleora.config import EmbedConfig
-    from spark_cleora.foldin import fold_in
+    from spark_cleora.engine.foldin import fold_in
     from spark_cleora.job import run_embed_job
 
     work = args.workdir or tempfile.mkdtemp(prefix="foldin_scale_")
@@ -197,7 +197,7 @@ def scale(args) -> dict:
 
 
 def _fold_in_only(args, emb: str, new_path: str) -> dict:
-    from spark_cleora.foldin import fold_in, read_run_manifest, run_config
+    from spark_cleora.engine.foldin import fold_in, read_run_manifest, run_config
 
     spark = _spark()
     manifest = read_run_manifest(emb)

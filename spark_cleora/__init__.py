@@ -7,8 +7,8 @@ __version__ = "0.1.0"
 import os as _os
 import sys as _sys
 
-from .compat import UnsupportedEnvironmentError as _Unsupported
-from .compat import check_environment as _check_environment
+from .runtime.compat import UnsupportedEnvironmentError as _Unsupported
+from .runtime.compat import check_environment as _check_environment
 
 try:  # before anything imports pyspark: one line on what is installed and what is supported
     _check_environment()
@@ -19,6 +19,6 @@ except _Unsupported as _exc:
     raise
 
 from .config import ConfigError, EmbedConfig, parse_columns  # noqa: E402
-from .embed import EmbedResult, embed, run_embedding  # noqa: E402
+from .engine.embed import EmbedResult, embed, run_embedding  # noqa: E402
 
 __all__ = ["ConfigError", "EmbedConfig", "EmbedResult", "embed", "parse_columns", "run_embedding", "__version__"]

@@ -12,8 +12,8 @@ from typing import Any
 from pyspark.sql import SparkSession
 
 from .config import TABLE_FORMATS, ConfigError, EmbedConfig
-from .embed import default_work_dir, run_embedding
-from .io import (
+from .engine.embed import default_work_dir, run_embedding
+from .storage.readers import (
     check_local_inputs,
     check_parquet_inputs,
     export_cleora_text,
@@ -23,7 +23,7 @@ from .io import (
     write_atomically,
     write_json,
 )
-from .outputs import (
+from .storage.outputs import (
     RefusedError,
     check_output_dir,
     check_table_name,
@@ -31,10 +31,10 @@ from .outputs import (
     mark_output,
     output_lock,
 )
-from .session import job_description
-from .spark_errors import input_error_message
-from .tables import default_table_work_dir, require_delta, write_output
-from .store import WorkStore, local_path
+from .runtime.session import job_description
+from .runtime.spark_errors import input_error_message
+from .storage.tables import default_table_work_dir, require_delta, write_output
+from .engine.work_store import WorkStore, local_path
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ def path_inputs(cfg: EmbedConfig) -> list[str]:
 
 
 def check_embed_paths(cfg: EmbedConfig, work_uri: str | None = None) -> None:
-    """Every path rule of the run, checked before Spark starts (see :mod:`spark_cleora.outputs`):
+    """Every path rule of the run, checked before Spark starts (see :mod:`spark_cleora.storage.outputs`):
     inputs exist, the output, work and rejects paths may be written, a table name parses."""
     check_local_inputs(cfg.inputs, cfg.input_format)
     if cfg.input_format == "parquet":
@@ -124,7 +124,7 @@ def _embed_and_write(spark: SparkSession, cfg: EmbedConfig, store: WorkStore, t0
     destination = cfg.output or cfg.output_table
     work_uri = store.uri
     if cfg.output_format not in TABLE_FORMATS:  # npy/cleora-text stage the rows in the work dir
-        from .outputs import claim_work_dir
+        from .storage.outputs import claim_work_dir
 
         claim_work_dir(work_uri)
     source = read_cleora_text(spark, cfg) if cfg.input_format == "cleora-tsv" else read_events(spark, cfg)

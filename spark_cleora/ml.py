@@ -24,7 +24,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from .config import EmbedConfig
-from .embed import embed
+from .engine.embed import embed
 
 #: Param name -> (EmbedConfig field, type converter, description). The defaults are EmbedConfig's.
 _EMBED_PARAMS: dict[str, tuple[str, Any, str]] = {

@@ -21,7 +21,7 @@ import time
 import pytest
 from pyspark.testing import assertDataFrameEqual
 
-from spark_cleora.session import JavaNotFoundError, check_java
+from spark_cleora.runtime.session import JavaNotFoundError, check_java
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), os.pardir))
 SAMPLE = os.path.join(ROOT, "spark_cleora", "data", "sample_events.csv")

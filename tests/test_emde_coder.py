@@ -8,7 +8,7 @@ import pytest
 from spark_cleora.config import ConfigError
 from spark_cleora.emde import dlsh
 from spark_cleora.emde.coder import fit_coder, item_codes, load_coder, random_vectors, read_codes, save_coder
-from spark_cleora.hyperedges import BadInputError
+from spark_cleora.engine.hyperedges import BadInputError
 
 N, K = 5, 4
 W = 1 << K

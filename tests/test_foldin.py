@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from spark_cleora.cli import main
-from spark_cleora.combine import combine
+from spark_cleora.engine.combine import combine
 from spark_cleora.config import ConfigError, EmbedConfig
-from spark_cleora.foldin import fold_in
+from spark_cleora.engine.foldin import fold_in
 
 DIM = 8
 

@@ -13,11 +13,11 @@ import pytest
 
 from spark_cleora.cli import main
 from spark_cleora.config import FINGERPRINTED, NOT_FINGERPRINTED, ConfigError, EmbedConfig, load_toml
-from spark_cleora.embed import fingerprint, run_embedding
+from spark_cleora.engine.embed import fingerprint, run_embedding
 from spark_cleora.emde.coder import fit_coder
 from spark_cleora.emde.config import FitConfig, load_emde_toml
 from spark_cleora.emde.sketch import build_sketches
-from spark_cleora.hyperedges import BadInputError
+from spark_cleora.engine.hyperedges import BadInputError
 
 # --------------------------------------------------------------------------------------------
 # TOML: values have their option's type
@@ -274,7 +274,7 @@ def test_dedupe_with_cleora_tsv_and_emde_seed_range_are_refused(capsys):
 
 def test_a_listed_store_fingerprints_each_files_size_and_modification_time(spark, tmp_path):
     """Stores without local paths are identified by their listing (here a file:// URI, listed the same way)."""
-    from spark_cleora.embed import _listing_fingerprint
+    from spark_cleora.engine.embed import _listing_fingerprint
 
     src = tmp_path / "ev"
     src.mkdir()

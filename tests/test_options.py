@@ -10,8 +10,8 @@ from oracle import random_hyperedges
 
 from spark_cleora.cli import build_parser, embed_config_from_args
 from spark_cleora.config import ConfigError, EmbedConfig
-from spark_cleora.embed import run_embedding
-from spark_cleora.init import InitVectorsError, init_for_names
+from spark_cleora.engine.embed import run_embedding
+from spark_cleora.engine.start_vectors import InitVectorsError, init_for_names
 
 ROWS = [" ".join(h) for h in random_hyperedges(300, 120, seed=43)]
 COLS = "complex::reflexive::node"
@@ -119,7 +119,7 @@ def test_rewritten_init_vectors_change_the_resume_fingerprint(tmp_path):
     """Resuming must not reuse iteration 0 made from an older --init-vectors table."""
     import time
 
-    from spark_cleora.embed import fingerprint
+    from spark_cleora.engine.embed import fingerprint
 
     table = tmp_path / "vectors.parquet"
     table.mkdir()

@@ -20,7 +20,7 @@ from pyspark.sql import functions as F
 from spark_cleora.cli import build_parser, embed_config_from_args, main
 from spark_cleora.config import ConfigError, EmbedConfig
 from spark_cleora.demo import sample_path
-from spark_cleora.tables import delta_available, require_delta, write_delta, write_table
+from spark_cleora.storage.tables import delta_available, require_delta, write_delta, write_table
 
 EMBED_ARGS = ["--hyperedge", "user_id", "--entity", "item", "--timestamp", "ts", "--session-gap", "1800",
               "--dim", "8", "--iterations", "2"]
@@ -108,7 +108,7 @@ class _Recorder:
 
 
 def test_delta_goes_through_sparks_own_delta_writer(monkeypatch):
-    import spark_cleora.tables as tables
+    import spark_cleora.storage.tables as tables
 
     monkeypatch.setattr(tables, "delta_available", lambda spark: True)
     calls: list = []
@@ -148,7 +148,7 @@ def dump(name):
 WRITE = SESSION + """
 from pyspark.sql import functions as F
 from spark_cleora.cli import main
-from spark_cleora.tables import write_table
+from spark_cleora.storage.tables import write_table
 spark.sql("CREATE DATABASE shop")
 spark.read.option("header", "true").csv(sys.argv[2]).write.saveAsTable("shop.events")
 args = ["embed", "--input-table", "shop.events", *json.loads(sys.argv[3]), "--output-table", "shop.item_emb",

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from spark_cleora.cli import main
-from spark_cleora.inspect import SEQUENTIAL, problems, sample_projection, summarize
+from spark_cleora.explore import SEQUENTIAL, problems, sample_projection, summarize
 from spark_cleora.similar import UnknownEntityError, nearest_neighbours, similar
 
 EMB_SCHEMA = "entity string, column string, degree double, occurrences double, embedding array<float>"
@@ -127,7 +127,7 @@ def test_inspect_flags_broken_tables(spark, tmp_path, capsys):
 
 
 def _read_png(path) -> np.ndarray:
-    """Decode the PNGs written by spark_cleora.inspect (8-bit RGB, filter 0), checking every CRC."""
+    """Decode the PNGs written by spark_cleora.explore (8-bit RGB, filter 0), checking every CRC."""
     data = open(path, "rb").read()
     assert data[:8] == b"\x89PNG\r\n\x1a\n"
     pos, chunks = 8, {}

@@ -25,9 +25,9 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from ..config import ConfigError
-from ..hyperedges import BadInputError
-from ..session import job_description
-from ..vectors import from_list_array
+from ..engine.hyperedges import BadInputError
+from ..runtime.session import job_description
+from ..engine.vectors import from_list_array
 from . import dlsh
 from .config import CodeConfig, FitConfig
 from .store import join, read_meta, read_table, refuse_existing, require_columns, write_output

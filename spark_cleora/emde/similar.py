@@ -16,7 +16,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from ..config import ConfigError
-from ..session import job_description
+from ..runtime.session import job_description
 from .config import SimilarCustomersConfig
 from .score import Kernel, top_k
 from .sketch import read_sketches

@@ -7,7 +7,7 @@ happens when scoring.
 
 Events are validated and every rejected row is counted by rule (null customer/item, unreadable
 timestamp, after ``as_of``, already in ``--previous``, item without codes). Null, NaN, infinite,
-negative or too large (> 1e18, :data:`spark_cleora.hyperedges.MAX_WEIGHT`) weights stop the job with a
+negative or too large (> 1e18, :data:`spark_cleora.engine.hyperedges.MAX_WEIGHT`) weights stop the job with a
 clear error instead: a sketch must be a non-negative, finite float32 sum.
 """
 
@@ -23,10 +23,10 @@ from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from ..compat import try_double
+from ..runtime.compat import try_double
 from ..config import ConfigError
-from ..hyperedges import MAX_WEIGHT, BadInputError
-from ..session import job_description
+from ..engine.hyperedges import MAX_WEIGHT, BadInputError
+from ..runtime.session import job_description
 from .coder import read_codes
 from .config import SketchConfig
 from .store import join, read_meta, read_table, require_columns, write_output

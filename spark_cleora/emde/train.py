@@ -40,11 +40,11 @@ from scipy import sparse
 
 from .. import __version__
 from ..config import ConfigError
-from ..outputs import check_work_dir, claim_work_dir, clear_work_dir
-from ..hyperedges import BadInputError
-from ..session import job_description
-from ..spark_errors import input_error_message
-from ..store import local_path
+from ..storage.outputs import check_work_dir, claim_work_dir, clear_work_dir
+from ..engine.hyperedges import BadInputError
+from ..runtime.session import job_description
+from ..runtime.spark_errors import input_error_message
+from ..engine.work_store import local_path
 from .coder import read_codes
 from .config import TrainConfig
 from .examples import InputSpec, build_examples
@@ -315,7 +315,7 @@ def run_training(job: dict[str, Any], *, processes: int, distributor: str, spark
 # --------------------------------------------------------------------------------------------
 
 def _cores(spark: SparkSession) -> int:
-    from ..machine import local_cores
+    from ..runtime.machine import local_cores
 
     return local_cores(spark.conf.get("spark.master", "")) or os.cpu_count() or 1
 

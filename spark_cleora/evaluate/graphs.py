@@ -28,7 +28,7 @@ from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
 from ..config import ConfigError, EmbedConfig
-from ..embed import run_embedding
+from ..engine.embed import run_embedding
 
 log = logging.getLogger(__name__)
 
@@ -206,7 +206,7 @@ def write_report(path: str | None, report: dict[str, Any]) -> None:
     """Write ``report`` as JSON atomically (temporary file + rename), marked as the tool's output."""
     if not path:
         return
-    from ..outputs import FILE_MARK
-    from ..outputs import write_report as write_json_report
+    from ..storage.outputs import FILE_MARK
+    from ..storage.outputs import write_report as write_json_report
 
     write_json_report(path, {**report, FILE_MARK: "evaluate"})

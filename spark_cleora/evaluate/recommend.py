@@ -39,15 +39,15 @@ import pyarrow as pa
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
-from ..compat import grouped_arrow
+from ..runtime.compat import grouped_arrow
 from ..config import ConfigError
-from ..embed import embed
+from ..engine.embed import embed
 from ..emde.coder import fit_coder, item_codes
 from ..emde.recommend import recommend
 from ..emde.score import Kernel, top_k
 from ..emde.sketch import build_sketches, decay_factor, epoch_seconds
-from ..session import job_description
-from ..vectors import from_list_array
+from ..runtime.session import job_description
+from ..engine.vectors import from_list_array
 from .graphs import add_output_options, embed_options, write_report
 
 log = logging.getLogger(__name__)
@@ -431,7 +431,7 @@ def _run(ns: argparse.Namespace) -> int:
     exclude = preset_exclude if ns.exclude_seen is None else ns.exclude_seen
     work = ns.work_dir or tempfile.mkdtemp(prefix="spark_cleora_evalrec_")
     if ns.work_dir:  # someone's non-empty directory is refused; ours is marked (it is not deleted)
-        from ..outputs import claim_work_dir
+        from ..storage.outputs import claim_work_dir
 
         claim_work_dir(work)
     try:

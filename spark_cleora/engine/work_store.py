@@ -87,7 +87,7 @@ class WorkStore:
         """Return the stored manifest if it matches ``manifest['fingerprint']``; write it if absent."""
         if self.local is None:
             return manifest  # remote stores: no resume check (documented), iterations still cut lineage
-        from .outputs import claim_work_dir
+        from ..storage.outputs import claim_work_dir
 
         claim_work_dir(self.uri)  # refuses someone's non-empty directory; marks ours for deletion later
         path = os.path.join(self.local, "manifest.json")
@@ -127,7 +127,7 @@ class WorkStore:
     def remove(self, *, keep_dir: bool = False) -> None:
         """Delete what this tool wrote here (only in a directory carrying its work marker)."""
         if self.local is not None:
-            from .outputs import clear_work_dir
+            from ..storage.outputs import clear_work_dir
 
             clear_work_dir(self.uri, remove_dir=not keep_dir)
         else:

@@ -8,10 +8,10 @@ import logging
 import os
 import sys
 
-from .config import ConfigError
-from .io import read_embeddings
-from .outputs import FILE_MARK, check_output_file, write_report
-from .session import job_description
+from ..config import ConfigError
+from ..storage.readers import read_embeddings
+from ..storage.outputs import FILE_MARK, check_output_file, write_report
+from ..runtime.session import job_description
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ examples:
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add ``similar`` and ``inspect`` to the ``spark-cleora`` subcommands."""
-    from .cli import add_spark_options
+    from . import add_spark_options
 
     p = sub.add_parser(
         "similar", help="nearest neighbours of entities (cosine, distributed)",
@@ -69,8 +69,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_similar(ns: argparse.Namespace) -> int:
-    from .cli import EXIT_OK, spark_from_args
-    from .similar import similar
+    from . import EXIT_OK, spark_from_args
+    from ..similar import similar
 
     if ns.k < 1:
         raise ConfigError(f"--k must be >= 1; got {ns.k}")
@@ -95,8 +95,8 @@ def run_similar(ns: argparse.Namespace) -> int:
 
 
 def run_inspect(ns: argparse.Namespace) -> int:
-    from .cli import EXIT_INPUT, EXIT_OK, spark_from_args
-    from .inspect import plot_projection, problems, sample_projection, summarize
+    from . import EXIT_INPUT, EXIT_OK, spark_from_args
+    from ..explore import plot_projection, problems, sample_projection, summarize
 
     if ns.sample < 2:
         raise ConfigError(f"--sample must be >= 2; got {ns.sample}")

@@ -19,8 +19,8 @@ from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from .compat import is_valid_utf8, try_double
-from .config import ConfigError, EmbedConfig, parse_columns
+from ..runtime.compat import is_valid_utf8, try_double
+from ..config import ConfigError, EmbedConfig, parse_columns
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +107,7 @@ class Validation:
         if rej.counts and self.policy == "quarantine":
             if not self.rejects:
                 raise ValueError("--on-bad-rows quarantine needs --rejects DIR")
-            from .outputs import write_rejects  # replaces only a previous rejects output, atomically
+            from ..storage.outputs import write_rejects  # replaces only a previous rejects output, atomically
 
             write_rejects(self.flagged.filter(F.col(_REJECT).isNotNull())
                           .select(*self.show_cols, F.col(_REJECT).alias("rule")), self.rejects)
@@ -164,7 +164,7 @@ def events_to_memberships(events: DataFrame, cfg: EmbedConfig) -> tuple[DataFram
     """Group events into hyperedges (optionally split into sessions by a time gap), lazily.
 
     The raw rows keep the rejected ones, flagged (``_reject``, with ``_rows`` input rows per raw row,
-    >1 after ``dedupe``): the graph build counts them (:func:`spark_cleora.graph.build_blocks`) and
+    >1 after ``dedupe``): the graph build counts them (:func:`spark_cleora.engine.graph.build_blocks`) and
     the caller settles the policy with the counts (:meth:`Validation.settle`).
     """
     hcol, ecol, tcol, wcol = cfg.hyperedge, cfg.entity, cfg.timestamp, cfg.weight

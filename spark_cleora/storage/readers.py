@@ -15,8 +15,8 @@ import numpy as np
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from .config import ConfigError, EmbedConfig
-from .store import local_path
+from ..config import ConfigError, EmbedConfig
+from ..engine.work_store import local_path
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +125,7 @@ def check_parquet_inputs(inputs: tuple[str, ...] | list[str], what: str = "input
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from .hyperedges import BadInputError
+    from ..engine.hyperedges import BadInputError
 
     files = _local_parquet_files(inputs)
     if not files:
@@ -181,8 +181,8 @@ def write_atomically(target: str, write: Callable[[str], None]) -> None:
     never a partial directory. On object stores (no atomic rename) Spark writes ``target`` directly and
     its ``_SUCCESS`` marker, written last, is the completion signal.
 
-    Callers check ``target`` first (:func:`spark_cleora.outputs.check_output_dir`) and hold its lock
-    (:func:`spark_cleora.outputs.output_lock`): what is replaced here is a previous output of the tool,
+    Callers check ``target`` first (:func:`spark_cleora.storage.outputs.check_output_dir`) and hold its lock
+    (:func:`spark_cleora.storage.outputs.output_lock`): what is replaced here is a previous output of the tool,
     and staging directories beside it are a dead run's.
     """
     from .outputs import RefusedError, check_output_dir

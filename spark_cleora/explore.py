@@ -17,9 +17,9 @@ import numpy as np
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from .compat import vector_norm
-from .outputs import FILE_MARK
-from .session import job_description
+from .runtime.compat import vector_norm
+from .storage.outputs import FILE_MARK
+from .runtime.session import job_description
 
 log = logging.getLogger(__name__)
 
@@ -212,7 +212,7 @@ def write_png(path: str, img: np.ndarray) -> None:
     with open(tmp, "wb") as fh:
         fh.write(b"\x89PNG\r\n\x1a\n")
         fh.write(chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)))
-        # the mark that lets a rerun replace this file (spark_cleora.outputs.is_tool_file)
+        # the mark that lets a rerun replace this file (spark_cleora.storage.outputs.is_tool_file)
         fh.write(chunk(b"tEXt", b"Software\x00" + FILE_MARK.encode()))
         fh.write(chunk(b"IDAT", zlib.compress(raw, 9)))
         fh.write(chunk(b"IEND", b""))

@@ -26,8 +26,8 @@ touch the same known neighbours (folding in day by day or all at once gives the 
 entity whose hyperedges hold only known entities).
 
 The computation is the embedding engine's own: the new events' memberships become blocks and plans
-(:func:`spark_cleora.graph.build_blocks`), the vectors are routed to them and multiplied
-(:func:`spark_cleora.propagate.propagate`), and only the new rows are kept. The cost is linear in the
+(:func:`spark_cleora.engine.graph.build_blocks`), the vectors are routed to them and multiplied
+(:func:`spark_cleora.engine.propagate.propagate`), and only the new rows are kept. The cost is linear in the
 new events; the known table is only joined by entity.
 """
 
@@ -45,16 +45,16 @@ import pyarrow as pa
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from .compat import cogrouped_arrow
-from .config import ConfigError, EmbedConfig, field_names
+from ..runtime.compat import cogrouped_arrow
+from ..config import ConfigError, EmbedConfig, field_names
 from .graph import blocks_for, build_blocks, build_entities, graph_counts, plans_of
 from .hyperedges import BadInputError, cleora_text_to_memberships, events_to_memberships
-from .io import parquet_footer_rows
+from ..storage.readers import parquet_footer_rows
 from .one_task import one_task_bytes, worker_memory_gb
 from .propagate import (SLICE_COLUMNS, X_SCHEMA, X_SCHEMA_COLUMNS, block_product, load_plan, normalize_rows, propagate,
                         route_scalings, unpacked)
-from .session import job_description
-from .store import local_path
+from ..runtime.session import job_description
+from .work_store import local_path
 from .vectors import from_list_array, pack, unpack
 
 log = logging.getLogger(__name__)
@@ -163,7 +163,7 @@ _ONE_TASK_SCHEMA = f"id long, pre double, post double, blocks array<int>, vec bi
 def iterate_in_one_task(start: DataFrame, plans: DataFrame, *, dim: int, iterations: int,
                         residual: float) -> DataFrame:
     """All fold-in iterations in one Python task (small new-event graphs): the same block products and
-    row normalisation as :func:`spark_cleora.propagate.propagate`, without a shuffle per iteration.
+    row normalisation as :func:`spark_cleora.engine.propagate.propagate`, without a shuffle per iteration.
     Returns the new rows (``X_SCHEMA`` plus ``fold_in_iteration``, null where still unreached)."""
     key = F.lit(0).alias("_task")
     left = start.select(key, "id", "pre", "post", "blocks", "known", "vec")

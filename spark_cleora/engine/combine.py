@@ -24,7 +24,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from scipy import sparse
 
-from .config import ConfigError
+from ..config import ConfigError
 from .propagate import normalize_rows
 from .vectors import from_list_array, to_list_array
 

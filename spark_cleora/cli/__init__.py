@@ -10,19 +10,19 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from . import __version__
-from .compat import UnsupportedEnvironmentError
-from .config import OUTPUT_FORMATS, ConfigError, EmbedConfig, load_toml
-from .session import JavaNotFoundError, get_spark
-from .store import ResumeMismatchError
+from .. import __version__
+from ..runtime.compat import UnsupportedEnvironmentError
+from ..config import OUTPUT_FORMATS, ConfigError, EmbedConfig, load_toml
+from ..runtime.session import JavaNotFoundError, get_spark
+from ..engine.work_store import ResumeMismatchError
 
 log = logging.getLogger("spark_cleora")
 
 EXIT_OK, EXIT_USAGE, EXIT_INPUT, EXIT_RUNTIME, EXIT_ENV = 0, 2, 3, 1, 4
 
 # Modules that add subcommands (see build_parser).
-_SUBCOMMAND_MODULES: list[str] = ["spark_cleora.evaluate.cli", "spark_cleora.tools_cli", "spark_cleora.emde.cli",
-                                     "spark_cleora.foldin_cli"]
+_SUBCOMMAND_MODULES: list[str] = ["spark_cleora.cli.evaluate", "spark_cleora.cli.tools", "spark_cleora.cli.emde",
+                                     "spark_cleora.cli.foldin"]
 
 EMBED_EXAMPLES = """\
 examples:
@@ -198,7 +198,7 @@ def spark_from_args(ns: argparse.Namespace):
 
 
 def _run_embed(ns: argparse.Namespace) -> int:
-    from .job import check_embed_paths, embed_locks, run_embed_job
+    from ..job import check_embed_paths, embed_locks, run_embed_job
 
     cfg = embed_config_from_args(ns)
     check_embed_paths(cfg)  # before the JVM starts: inputs exist, outputs may be written
@@ -210,7 +210,7 @@ def _run_embed(ns: argparse.Namespace) -> int:
 
 
 def _run_demo(ns: argparse.Namespace) -> int:
-    from .demo import run_demo
+    from ..demo import run_demo
 
     run_demo(spark_from_args(ns), output=ns.output, dim=ns.dim, iterations=ns.iterations)
     return EXIT_OK
@@ -235,7 +235,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     except Exception as exc:  # Spark's errors about the input data: one line, exit 3; others propagate
-        from .spark_errors import input_error_message, is_spark_error
+        from ..runtime.spark_errors import input_error_message, is_spark_error
 
         message = input_error_message(exc) if is_spark_error(exc) else None
         if message is None:

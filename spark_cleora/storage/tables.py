@@ -24,8 +24,8 @@ from collections.abc import Mapping, Sequence
 
 from pyspark.sql import DataFrame, DataFrameWriter, SparkSession
 
-from . import __version__
-from .config import ConfigError, EmbedConfig
+from .. import __version__
+from ..config import ConfigError, EmbedConfig
 
 log = logging.getLogger(__name__)
 
