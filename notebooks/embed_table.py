@@ -92,9 +92,9 @@ print("parameters:", params)
 from spark_cleora import EmbedConfig, embed  # noqa: E402
 from spark_cleora.demo import sample_path  # noqa: E402
 from spark_cleora.emde import build_sketches, fit_coder, item_codes  # noqa: E402
-from spark_cleora.inspect import problems, summarize  # noqa: E402
+from spark_cleora.explore import problems, summarize  # noqa: E402
 from spark_cleora.similar import similar  # noqa: E402
-from spark_cleora.tables import delta_available, write_table  # noqa: E402
+from spark_cleora.storage.tables import delta_available, write_table  # noqa: E402
 
 # Databricks provides `spark`; elsewhere the active session, or a new local one.
 spark = globals().get("spark") or SparkSession.getActiveSession() or SparkSession.builder.getOrCreate()

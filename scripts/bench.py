@@ -48,7 +48,7 @@ import time
 
 import numpy as np
 
-from spark_cleora.machine import memory_cgroups
+from spark_cleora.runtime.machine import memory_cgroups
 
 PYCLEORA_SCRIPT = r"""
 import sys, time, json

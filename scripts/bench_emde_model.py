@@ -47,7 +47,7 @@ def coder_from(spark, emb, work: Path) -> str:
 
 
 def rsc15(spark, data: Path, work: Path, ns) -> dict:
-    from spark_cleora.embed import embed
+    from spark_cleora.engine.embed import embed
     from spark_cleora.emde.model import load_model
     from spark_cleora.emde.model_recommend import recommend_with_model
     from spark_cleora.emde.train import train_model
@@ -85,7 +85,7 @@ def rsc15(spark, data: Path, work: Path, ns) -> dict:
 
 
 def ml100k(spark, data: Path, work: Path, ns) -> dict:
-    from spark_cleora.embed import embed
+    from spark_cleora.engine.embed import embed
     from spark_cleora.emde.model import load_model
     from spark_cleora.emde.model_recommend import recommend_with_model
     from spark_cleora.emde.train import train_model

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from spark_cleora.evaluate.recommend import DATASETS, evaluate_recommend, read_dataset
-from spark_cleora.session import get_spark
+from spark_cleora.runtime.session import get_spark
 
 # Half-lives tried on the validation split (seconds; events for amazon-games, which has only an order).
 GRID = {

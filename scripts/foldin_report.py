@@ -74,9 +74,9 @@ def quality(args) -> dict:
     import pandas as pd
 
     from spark_cleora import embed
-    from spark_cleora.combine import combine
+    from spark_cleora.engine.combine import combine
     from spark_cleora.config import EmbedConfig
-    from spark_cleora.foldin import fold_in
+    from spark_cleora.engine.foldin import fold_in
 
     data = args.data or os.path.join(os.environ.get("SPARK_CLEORA_SHARED_DATA", ""), "yoochoose-rsc15-100k")
     read = lambda f: pd.read_csv(os.path.join(data, f), sep="\t", dtype={"SessionId": str, "ItemId": str})  # noqa: E731

@@ -220,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     if not root.exists():
         print(f"no data directory at {root}; nothing to do", file=sys.stderr)
         return 0
-    from spark_cleora.session import get_spark
+    from spark_cleora.runtime.session import get_spark
 
     spark = get_spark(master=ns.master, conf={"spark.sql.shuffle.partitions": "4", "spark.driver.memory": "6g"})
     spark.sparkContext.setLogLevel("ERROR")

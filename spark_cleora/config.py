@@ -135,7 +135,7 @@ class EmbedConfig:
         Engine: the hyperedges are split into blocks that each Python worker multiplies in one go;
         by default a block holds as many memberships as fit ``block_memory_gb`` (its tasks work on
         64 dimensions at a time: at most 25 bytes per membership x dim at dim 256, 56 up to dim 64,
-        see :func:`spark_cleora.propagate.block_bytes_per_row_dim`; e.g. ~670k memberships at dim 256
+        see :func:`spark_cleora.engine.propagate.block_bytes_per_row_dim`; e.g. ~670k memberships at dim 256
         and 4 GiB).
     block_memory_gb
         Memory one Python worker may use (for one block; with the one-task engine, for the whole graph).
@@ -317,7 +317,7 @@ class EmbedConfig:
 #: of any of them is not resumed from. Every field of :class:`EmbedConfig` is in exactly one of the two
 #: tables (a test checks it), so a new option needs a decision here.
 FINGERPRINTED: dict[str, str] = {
-    "inputs": "the rows read (with a checksum of local files, see spark_cleora.embed.fingerprint)",
+    "inputs": "the rows read (with a checksum of local files, see spark_cleora.engine.embed.fingerprint)",
     "input_format": "how the rows are parsed",
     "hyperedge": "groups the events into hyperedges",
     "entity": "the entities",

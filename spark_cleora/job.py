@@ -155,7 +155,7 @@ def _embed_and_write(spark: SparkSession, cfg: EmbedConfig, store: WorkStore, t0
     destination = cfg.output or cfg.output_table
     work_uri = store.uri
     if cfg.output_format not in TABLE_FORMATS:  # npy/cleora-text stage the rows in the work dir
-        from .outputs import claim_work_dir
+        from .storage.outputs import claim_work_dir
 
         claim_work_dir(work_uri)
     source = read_cleora_text(spark, cfg) if cfg.input_format == "cleora-tsv" else read_events(spark, cfg)

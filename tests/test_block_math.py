@@ -11,9 +11,9 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from spark_cleora.propagate import (SLICE_COLUMNS, block_bytes_per_row_dim, block_product, build_plan, load_plan,
+from spark_cleora.engine.propagate import (SLICE_COLUMNS, block_bytes_per_row_dim, block_product, build_plan, load_plan,
                                     multiply_block, sum_and_normalize)
-from spark_cleora.vectors import pack, unpack
+from spark_cleora.engine.vectors import pack, unpack
 
 
 def dense_markov(hyperedges, n, reflexive, markov):
@@ -110,7 +110,7 @@ def test_sum_and_normalize_groups_partials_by_entity():
 
 def test_block_builder_counts_input_rows_per_rule_and_builds_from_accepted_rows_only():
     """Deferred validation: rejected rows are counted by rule (with their dedupe multiplicity) and dropped."""
-    from spark_cleora.graph import ENTITY_PART, INPUT_ROWS, PLAN, blocks_of_partition
+    from spark_cleora.engine.graph import ENTITY_PART, INPUT_ROWS, PLAN, blocks_of_partition
 
     rows = pa.table({
         "h": pa.array([1, 1, 2, 2, 9, 9, 9], pa.int64()),
@@ -174,8 +174,8 @@ def test_block_memory_bound_per_row_and_dimension():
 
 _PEAK_SCRIPT = r"""
 import json, numpy as np, pyarrow as pa
-from spark_cleora.propagate import build_plan, load_plan, multiply_block, sum_and_normalize
-from spark_cleora.vectors import pack
+from spark_cleora.engine.propagate import build_plan, load_plan, multiply_block, sum_and_normalize
+from spark_cleora.engine.vectors import pack
 
 def rss(field):
     with open("/proc/self/status") as fh:

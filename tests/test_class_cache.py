@@ -8,11 +8,11 @@ import sys
 
 import pytest
 
-from spark_cleora import session
-from spark_cleora.session import CLASS_CACHE_ENV, check_java, class_cache_dir, class_cache_options
+from spark_cleora.runtime import session
+from spark_cleora.runtime.session import CLASS_CACHE_ENV, check_java, class_cache_dir, class_cache_options
 
 SCRIPT = """
-from spark_cleora.session import get_spark
+from spark_cleora.runtime.session import get_spark
 spark = get_spark(master="local[1]", conf={"spark.ui.enabled": "false"})
 assert spark.range(5).count() == 5
 print("jvm options:", spark.sparkContext.getConf().get("spark.driver.extraJavaOptions", ""))

@@ -65,7 +65,7 @@ def test_parquet_input_rows_come_from_the_footers_and_a_miscount_is_recounted(sp
     assert parquet_footer_rows([src + "/*.parquet"]) is None  # a glob: Spark counts
     assert parquet_footer_rows(["s3a://bucket/events"]) is None
     # a walk that miscounts: the build's own total disagrees, Spark recounts, and the run goes on
-    monkeypatch.setattr(sys.modules["spark_cleora.embed"], "parquet_footer_rows", lambda inputs: 5)
+    monkeypatch.setattr(sys.modules["spark_cleora.engine.embed"], "parquet_footer_rows", lambda inputs: 5)
     out = str(tmp_path / "emb")
     with caplog.at_level(logging.WARNING, logger="spark_cleora"):
         assert main(["embed", src, "--hyperedge", "user_id", "--entity", "item", "--dim", "8", "--iterations", "1",

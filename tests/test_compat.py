@@ -1,4 +1,4 @@
-"""The supported-version check and the version shims (spark_cleora.compat): each shim's two forms give the
+"""The supported-version check and the version shims (spark_cleora.runtime.compat): each shim's two forms give the
 same values, and the end-to-end chain gives pycleora's numbers, on whatever PySpark runs the suite.
 
 Marked ``compat``: scripts/test.sh runs these on the oldest supported PySpark (3.5) as well, where the
@@ -13,7 +13,7 @@ import pytest
 from helpers import max_abs_diff, run_text
 from oracle import random_hyperedges, reference
 
-from spark_cleora import compat
+from spark_cleora.runtime import compat
 
 pytestmark = pytest.mark.compat
 
@@ -85,7 +85,7 @@ def test_vector_norm_and_cosine(spark):
 
 def test_string_times_and_weights_parse_on_every_version(spark):
     """String event times and weights (CSV) parse with one spelling on 3.5 and 4.x; what does not parse is null."""
-    from spark_cleora.compat import try_double
+    from spark_cleora.runtime.compat import try_double
     from spark_cleora.emde.sketch import epoch_seconds
 
     df = spark.createDataFrame([("1.5", "2"), ("1970-01-01 00:01:00", "x"), ("soon", None)], "t string, `w`` x` string")
@@ -157,7 +157,7 @@ def test_similar_inspect_and_emde_chain(spark):
     from spark_cleora import embed
     from spark_cleora.emde import build_sketches, fit_coder, item_codes
     from spark_cleora.emde.recommend import recommend
-    from spark_cleora.inspect import summarize
+    from spark_cleora.explore import summarize
     from spark_cleora.similar import similar
 
     events = spark.createDataFrame([(f"u{u}", i) for u, h in enumerate(random_hyperedges(40, 30, seed=5)) for i in h],

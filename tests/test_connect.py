@@ -29,8 +29,8 @@ SCRIPT = textwrap.dedent(
     from pyspark.sql import SparkSession
     from spark_cleora import embed
     from spark_cleora.cli import main
-    from spark_cleora.session import is_remote
-    from spark_cleora.tables import write_table
+    from spark_cleora.runtime.session import is_remote
+    from spark_cleora.storage.tables import write_table
 
     out, sample, args = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
     remote = ["--remote", "local[2]", "--conf", "spark.sql.shuffle.partitions=4"]
@@ -109,7 +109,7 @@ def test_cli_on_connect_equals_classic(case, connect, sample_run, spark):
         classic = similar(spark.read.parquet(sample_run.output), ["coffee:espresso-beans"], k=5).orderBy("rank")
         assert rc == 0 and [h["entity"] for h in hits] == [r["entity"] for r in classic.collect()]
     elif case == "inspect":
-        from spark_cleora.inspect import summarize
+        from spark_cleora.explore import summarize
 
         report = json.load(open(os.path.join(out, "inspect.json")))
         assert res["inspect_rc"] == 0 and report["plot"]["points"] == 48

@@ -269,7 +269,7 @@ def test_two_runs_racing_on_one_output(spark, tmp_path, events):
 
 
 def test_partition_value_with_a_quote_and_a_failed_swap_keeps_the_old_table(spark, tmp_path, monkeypatch):
-    import spark_cleora.tables as tables
+    import spark_cleora.storage.tables as tables
 
     ev = tmp_path / "ev.csv"
     ev.write_text(EVENTS.replace("item", "it'em"))
@@ -300,7 +300,7 @@ def test_partition_value_with_a_quote_and_a_failed_swap_keeps_the_old_table(spar
 
 
 def test_class_archive_used_only_when_owned_and_private(monkeypatch, tmp_path):
-    from spark_cleora import session
+    from spark_cleora.runtime import session
 
     session.check_java()
     monkeypatch.setenv(session.CLASS_CACHE_ENV, str(tmp_path / "cache"))

@@ -9,9 +9,9 @@ from helpers import spark_lines
 from oracle import random_hyperedges
 
 from spark_cleora.config import EmbedConfig
-from spark_cleora.embed import run_embedding
-from spark_cleora.one_task import one_task_bytes
-from spark_cleora.store import WorkStore
+from spark_cleora.engine.embed import run_embedding
+from spark_cleora.engine.one_task import one_task_bytes
+from spark_cleora.engine.work_store import WorkStore
 
 ROWS = [" ".join(h) for h in random_hyperedges(400, 150, seed=71)]
 BIPARTITE = [f"U{i % 60}\t{' '.join(h)}" for i, h in enumerate(random_hyperedges(300, 120, seed=72))]
@@ -98,8 +98,8 @@ def test_one_task_resumes_a_shuffle_run(spark, tmp_path):
 def test_entity_estimate_is_within_three_percent(spark):
     """The HyperLogLog count that sizes the engine when the share-row bound does not fit."""
     from spark_cleora.config import parse_columns
-    from spark_cleora.graph import build_blocks, build_entities, count_entities, estimate_entities
-    from spark_cleora.hyperedges import cleora_text_to_memberships
+    from spark_cleora.engine.graph import build_blocks, build_entities, count_entities, estimate_entities
+    from spark_cleora.engine.hyperedges import cleora_text_to_memberships
 
     rows = [" ".join(h) for h in random_hyperedges(3000, 2500, seed=73)]
     cfg = EmbedConfig(input_format="cleora-tsv", columns="complex::reflexive::node")

@@ -7,8 +7,8 @@ import pycleora
 import pytest
 from oracle import PYCLEORA2_PYTHON
 
-from spark_cleora.init import init_for_names, siphash13_u64
-from spark_cleora.vectors import from_list_array, pack, to_list_array, unpack
+from spark_cleora.engine.start_vectors import init_for_names, siphash13_u64
+from spark_cleora.engine.vectors import from_list_array, pack, to_list_array, unpack
 
 NAMES = ["a", "b", "c", "d", "e", "ü", "日本語", "🙂", "", "x" * 300, "tab\tin", "user 1"]
 

@@ -274,7 +274,7 @@ def test_dedupe_with_cleora_tsv_and_emde_seed_range_are_refused(capsys):
 
 def test_a_listed_store_fingerprints_each_files_size_and_modification_time(spark, tmp_path):
     """Stores without local paths are identified by their listing (here a file:// URI, listed the same way)."""
-    from spark_cleora.embed import _listing_fingerprint
+    from spark_cleora.engine.embed import _listing_fingerprint
 
     src = tmp_path / "ev"
     src.mkdir()

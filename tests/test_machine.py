@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from spark_cleora import machine
-from spark_cleora.machine import cgroup_memory_limit
+from spark_cleora.runtime import machine
+from spark_cleora.runtime.machine import cgroup_memory_limit
 
 
 def _write(path, text):
@@ -44,7 +44,8 @@ def test_no_cgroup_information_means_no_limit(tmp_path):
 ])
 def test_local_driver_and_worker_memory_follow_the_limit(monkeypatch, master, limit_gib, driver, worker):
     """Driver heap plus every worker's budget stays within the memory (RAM or the cgroup's limit)."""
-    from spark_cleora import one_task, session
+    from spark_cleora.engine import one_task
+    from spark_cleora.runtime import session
 
     physical = 64 * 2**30
     monkeypatch.setattr(machine, "physical_memory_bytes", lambda: physical)
@@ -70,8 +71,8 @@ def test_local_driver_and_worker_memory_follow_the_limit(monkeypatch, master, li
 
 
 def test_local_cores_and_memory_cgroups(tmp_path, monkeypatch):
-    from spark_cleora import session
-    from spark_cleora.machine import local_cores, memory_cgroups
+    from spark_cleora.runtime import session
+    from spark_cleora.runtime.machine import local_cores, memory_cgroups
 
     monkeypatch.setattr("os.cpu_count", lambda: 6)
     assert (local_cores("local[3]"), local_cores("local[*]"), local_cores("local")) == (3, 6, 6)

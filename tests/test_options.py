@@ -120,7 +120,7 @@ def test_rewritten_init_vectors_change_the_resume_fingerprint(tmp_path):
     """Resuming must not reuse iteration 0 made from an older --init-vectors table."""
     import time
 
-    from spark_cleora.embed import fingerprint
+    from spark_cleora.engine.embed import fingerprint
 
     table = tmp_path / "vectors.parquet"
     table.mkdir()

@@ -18,8 +18,8 @@ from pyspark.testing import assertDataFrameEqual
 from spark_cleora import EmbedConfig, run_embedding
 from spark_cleora.cli import main
 from spark_cleora.demo import sample_path
-from spark_cleora.init import init_for_names
-from spark_cleora.propagate import FAIL_SWITCH
+from spark_cleora.engine.start_vectors import init_for_names
+from spark_cleora.engine.propagate import FAIL_SWITCH
 
 ARGS = [sample_path(), "--input-format", "csv", "--hyperedge", "user_id", "--entity", "item",
         "--dim", "16", "--iterations", "6", "--log-level", "INFO"]
@@ -104,7 +104,7 @@ def test_single_user_with_all_events_and_all_duplicate_input(spark):
 
 
 def test_a_hyperedge_too_large_for_a_worker_is_refused_up_front(spark):
-    from spark_cleora.graph import HyperedgeTooLargeError
+    from spark_cleora.engine.graph import HyperedgeTooLargeError
 
     rows = [" ".join(f"e{i}" for i in range(1000)), "a b"]
     with pytest.raises(HyperedgeTooLargeError, match="1,000 distinct members.*--block-memory-gb"):

@@ -109,7 +109,7 @@ class _Recorder:
 
 
 def test_delta_goes_through_sparks_own_delta_writer(monkeypatch):
-    import spark_cleora.tables as tables
+    import spark_cleora.storage.tables as tables
 
     monkeypatch.setattr(tables, "delta_available", lambda spark: True)
     calls: list = []
@@ -149,7 +149,7 @@ def dump(name):
 WRITE = SESSION + """
 from pyspark.sql import functions as F
 from spark_cleora.cli import main
-from spark_cleora.tables import write_table
+from spark_cleora.storage.tables import write_table
 spark.sql("CREATE DATABASE shop")
 spark.read.option("header", "true").csv(sys.argv[2]).write.saveAsTable("shop.events")
 args = ["embed", "--input-table", "shop.events", *json.loads(sys.argv[3]), "--output-table", "shop.item_emb",

@@ -7,7 +7,7 @@ happens when scoring.
 
 Events are validated and every rejected row is counted by rule (null customer/item, unreadable
 timestamp, after ``as_of``, already in ``--previous``, item without codes). Null, NaN, infinite,
-negative or too large (> 1e18, :data:`spark_cleora.hyperedges.MAX_WEIGHT`) weights stop the job with a
+negative or too large (> 1e18, :data:`spark_cleora.engine.hyperedges.MAX_WEIGHT`) weights stop the job with a
 clear error instead: a sketch must be a non-negative, finite float32 sum.
 """
 

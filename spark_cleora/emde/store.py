@@ -102,7 +102,7 @@ def read_meta(spark: SparkSession, directory: str, kind: str) -> dict[str, Any]:
 def write_output(spark: SparkSession, target: str, write_data: Callable[[str], dict[str, Any]], *,
                  json_name: str = "_manifest.json") -> dict[str, Any]:
     """Write data with ``write_data(staging) -> manifest``, then the manifest, then ``_SUCCESS``,
-    all into a staging directory renamed into place (see :func:`spark_cleora.io.write_atomically`)."""
+    all into a staging directory renamed into place (see :func:`spark_cleora.storage.readers.write_atomically`)."""
     out: dict[str, Any] = {}
     target = qualify(spark, target)
 

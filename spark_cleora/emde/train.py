@@ -313,7 +313,7 @@ def run_training(job: dict[str, Any], *, processes: int, distributor: str, spark
 # --------------------------------------------------------------------------------------------
 
 def _cores(spark: SparkSession) -> int:
-    from ..machine import local_cores
+    from ..runtime.machine import local_cores
 
     return local_cores(spark.conf.get("spark.master", "")) or os.cpu_count() or 1
 

@@ -207,7 +207,7 @@ def write_report(path: str | None, report: dict[str, Any]) -> None:
     """Write ``report`` as JSON atomically (temporary file + rename), marked as the tool's output."""
     if not path:
         return
-    from ..outputs import FILE_MARK
-    from ..outputs import write_report as write_json_report
+    from ..storage.outputs import FILE_MARK
+    from ..storage.outputs import write_report as write_json_report
 
     write_json_report(path, {**report, FILE_MARK: "evaluate"})

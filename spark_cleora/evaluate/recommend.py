@@ -431,7 +431,7 @@ def _run(ns: argparse.Namespace) -> int:
     exclude = preset_exclude if ns.exclude_seen is None else ns.exclude_seen
     work = ns.work_dir or tempfile.mkdtemp(prefix="spark_cleora_evalrec_")
     if ns.work_dir:  # someone's non-empty directory is refused; ours is marked (it is not deleted)
-        from ..outputs import claim_work_dir
+        from ..storage.outputs import claim_work_dir
 
         claim_work_dir(work)
     try:

@@ -35,7 +35,7 @@ from ..errors import ConfigError
 from ..outputs import claim_work_dir
 from ..emde.sketch import epoch_seconds
 from ..emde.store import read_table, require_columns
-from ..session import job_description
+from ..runtime.session import job_description
 from .graphs import add_output_options, embed_options, write_report
 from .session_methods import METHODS, MethodContext, keep_top
 
@@ -147,7 +147,7 @@ def evaluate_session(
 
     def embedding() -> DataFrame:
         if "emb" not in cache:
-            from ..embed import embed
+            from ..engine.embed import embed
 
             t1 = time.perf_counter()
             with job_description(spark, "spark_cleora evaluate session: embed training sessions"):

@@ -13,7 +13,7 @@ vectors, so an iteration costs O(memberships) whatever the hyperedge sizes.
 Tables (keyed by ``id`` = Spark ``xxhash64(entity)``, a 64-bit key; collisions are detected):
 
 * ``blocks``: hyperedges are hashed into blocks; per block one *plan* row (its sparse incidence
-  matrices and per-hyperedge factors, see :mod:`spark_cleora.propagate`, plus its counts) and one
+  matrices and per-hyperedge factors, see :mod:`spark_cleora.engine.propagate`, plus its counts) and one
   *share* row per entity (occurrences and degree share within the block)
 * ``entities``: id, entity, column, output, occurrences, degree, blocks (the blocks that need its vector)
 
@@ -139,7 +139,7 @@ def build_blocks(raw: DataFrame, *, reflexive: bool, num_blocks: int) -> DataFra
 
     One shuffle puts every hyperedge in one partition, and that partition *is* its block: numpy sorts it
     once, derives multiplicities, hyperedge sizes and degree shares, compiles the block's plan (see
-    :func:`spark_cleora.propagate.build_plan`) and emits each entity's share of the block. Nothing
+    :func:`spark_cleora.engine.propagate.build_plan`) and emits each entity's share of the block. Nothing
     per-membership is written: the entities come from the shares, the iterations from the plans.
     """
     # the keys are computed after the shuffle (same stage as the numpy pass): fewer bytes to shuffle

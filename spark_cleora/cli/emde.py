@@ -26,7 +26,7 @@ from .config import (
     TrainConfig,
     load_emde_toml,
 )
-from .store import guarded_output
+from ..emde.store import guarded_output
 
 EXAMPLES = """\
 examples:
@@ -262,7 +262,7 @@ def _run_guarded(ns: argparse.Namespace, cfg: Any, step: Callable[[Any, Any], di
 
 
 def _run_fit(ns: argparse.Namespace) -> int:
-    from .coder import run_fit
+    from ..emde.coder import run_fit
 
     cfg = _config(ns, "fit", FitConfig)
     if not -(2**63) <= cfg.seed < 2**63:  # Spark's sample seed is a long: refuse before any work
@@ -275,7 +275,7 @@ def _run_fit(ns: argparse.Namespace) -> int:
 
 
 def _run_code(ns: argparse.Namespace) -> int:
-    from .coder import run_code
+    from ..emde.coder import run_code
 
     cfg = _config(ns, "code", CodeConfig)
     m = _run_guarded(ns, cfg, run_code)
@@ -284,7 +284,7 @@ def _run_code(ns: argparse.Namespace) -> int:
 
 
 def _run_sketch(ns: argparse.Namespace) -> int:
-    from .sketch import run_sketch
+    from ..emde.sketch import run_sketch
 
     cfg = _config(ns, "sketch", SketchConfig)
     m = _run_guarded(ns, cfg, run_sketch)
@@ -294,11 +294,11 @@ def _run_sketch(ns: argparse.Namespace) -> int:
 
 
 def _run_recommend(ns: argparse.Namespace) -> int:
-    from .recommend import run_recommend
+    from ..emde.recommend import run_recommend
 
     cfg = _config(ns, "recommend", RecommendConfig)
     if cfg.model:
-        from .model import require_torch
+        from ..emde.model import require_torch
 
         require_torch()
     m = _run_guarded(ns, cfg, run_recommend)
@@ -307,7 +307,7 @@ def _run_recommend(ns: argparse.Namespace) -> int:
 
 
 def _run_examples(ns: argparse.Namespace) -> int:
-    from .train import run_examples
+    from ..emde.train import run_examples
 
     cfg = _config(ns, "examples", TrainConfig)
     m = _run_guarded(ns, cfg, run_examples)
@@ -316,8 +316,8 @@ def _run_examples(ns: argparse.Namespace) -> int:
 
 
 def _run_train(ns: argparse.Namespace) -> int:
-    from .model import require_torch
-    from .train import train_model
+    from ..emde.model import require_torch
+    from ..emde.train import train_model
 
     require_torch()
     cfg = _config(ns, "train", TrainConfig)
@@ -330,7 +330,7 @@ def _run_train(ns: argparse.Namespace) -> int:
 
 
 def _run_similar(ns: argparse.Namespace) -> int:
-    from .similar import run_similar_customers
+    from ..emde.similar import run_similar_customers
 
     cfg = _config(ns, "similar-customers", SimilarCustomersConfig)
     m = _run_guarded(ns, cfg, run_similar_customers)

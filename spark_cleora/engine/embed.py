@@ -42,8 +42,8 @@ from .init import given_start_vectors, init_for_names, override_start_vectors, r
 from .io import parquet_footer_rows
 from .one_task import embed_in_one_task, one_task_bytes, worker_memory_gb, worker_threads
 from .propagate import X_SCHEMA_COLUMNS, propagate, route_scalings, unpacked
-from .session import job_description
-from .store import WorkStore, local_path
+from ..runtime.session import job_description
+from .work_store import WorkStore, local_path
 from .vectors import pack
 from .whiten import whiten
 

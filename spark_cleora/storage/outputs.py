@@ -462,7 +462,7 @@ def _take_over(lock: str, stale: dict[str, Any]) -> None:
 
 def write_rejects(df: Any, path: str) -> None:
     """Write the rejected rows as Parquet to ``path`` atomically, marked as an output of the tool."""
-    from .io import write_atomically
+    from .readers import write_atomically
 
     check_output_dir(path, what="--rejects")
 
@@ -485,7 +485,7 @@ def check_table_name(name: str, what: str = "--output-table") -> None:
 
 def write_report(path: str, data: dict[str, Any]) -> None:
     """Write a JSON report (or summary) atomically: a temporary file beside it, then a rename."""
-    from .io import write_json
+    from .readers import write_json
 
     lp = local_path(path) or path
     os.makedirs(os.path.dirname(os.path.abspath(lp)), exist_ok=True)

@@ -161,7 +161,7 @@ def events_to_memberships(events: DataFrame, cfg: EmbedConfig) -> tuple[DataFram
     """Group events into hyperedges (optionally split into sessions by a time gap), lazily.
 
     The raw rows keep the rejected ones, flagged (``_reject``, with ``_rows`` input rows per raw row,
-    >1 after ``dedupe``): the graph build counts them (:func:`spark_cleora.graph.build_blocks`) and
+    >1 after ``dedupe``): the graph build counts them (:func:`spark_cleora.engine.graph.build_blocks`) and
     the caller settles the policy with the counts (:meth:`Validation.settle`).
     """
     hcol, ecol, tcol, wcol = cfg.hyperedge, cfg.entity, cfg.timestamp, cfg.weight

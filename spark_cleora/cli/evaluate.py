@@ -23,10 +23,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _checked(handler: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
-    """``handler`` after the output rules (:mod:`spark_cleora.outputs`), before Spark starts."""
+    """``handler`` after the output rules (:mod:`spark_cleora.storage.outputs`), before Spark starts."""
 
     def run(ns: argparse.Namespace) -> int:
-        from ..outputs import check_output_file, check_work_dir
+        from ..storage.outputs import check_output_file, check_work_dir
 
         inputs = [p for name in ("edges", "events", "embeddings", "data_dir", "train", "test")
                   for p in ([getattr(ns, name, None)] if isinstance(getattr(ns, name, None), str)

@@ -195,8 +195,8 @@ def write_atomically(target: str, write: Callable[[str], None]) -> None:
     leaves a directory the next run may replace), and the markers written last (``_SUCCESS``, the output
     marker, EMDE's ``_emde``) are the completion signal.
 
-    Callers check ``target`` first (:func:`spark_cleora.outputs.check_output_dir`) and hold its lock
-    (:func:`spark_cleora.outputs.output_lock`): what is replaced here is a previous output of the tool,
+    Callers check ``target`` first (:func:`spark_cleora.storage.outputs.check_output_dir`) and hold its lock
+    (:func:`spark_cleora.storage.outputs.output_lock`): what is replaced here is a previous output of the tool,
     and staging directories beside it are a dead run's.
     """
     from .errors import RefusedError

@@ -1,15 +1,15 @@
 """The one-task engine: entities, start vectors and every iteration of a graph that fits one Python
 worker, in that worker.
 
-The shuffle engine (:mod:`spark_cleora.propagate`) pays two Python stages and two shuffles per
+The shuffle engine (:mod:`spark_cleora.engine.propagate`) pays two Python stages and two shuffles per
 iteration, and the entity table, the start vectors and the output join are jobs of their own; on a
 graph of a few million memberships those fixed costs are most of the run. When the whole state fits
 the memory one worker may use (``--block-memory-gb``, see :func:`one_task_bytes`), this engine reads
 the graph's blocks (the entities' per-block shares and the compiled plans) once into a single task and
 does the rest there, with the same arithmetic as the other path: the entity aggregate of
-:func:`~spark_cleora.graph.build_entities`, the hash start vectors of :mod:`spark_cleora.init`, the
-product of :func:`~spark_cleora.propagate.block_product` in float64 (over the blocks' plans merged
-into one plan, so no vector is copied per block), :func:`~spark_cleora.propagate.normalize_rows`,
+:func:`~spark_cleora.engine.graph.build_entities`, the hash start vectors of :mod:`spark_cleora.engine.start_vectors`, the
+product of :func:`~spark_cleora.engine.propagate.block_product` in float64 (over the blocks' plans merged
+into one plan, so no vector is copied per block), :func:`~spark_cleora.engine.propagate.normalize_rows`,
 and the same whitening. The product and the start vectors run on a thread pool, one slice of the
 dimensions (or of the entities) per thread (numpy and scipy release the GIL), so the task uses the
 worker's cores: while it runs it is the only task of the job.
@@ -78,7 +78,7 @@ def worker_threads(spark: SparkSession) -> int:
 
 
 #: memory a Python worker may use by default (``--block-memory-gb``) off local mode; local mode:
-#: :func:`spark_cleora.machine.local_worker_gib`
+#: :func:`spark_cleora.runtime.machine.local_worker_gib`
 DEFAULT_WORKER_GB = 4.0
 
 
@@ -158,7 +158,7 @@ def embed_in_one_task(
 
 
 def _entities(shares: pa.Table, outputs: list[bool]):
-    """The entity aggregate of :func:`spark_cleora.graph.build_entities`, sorted by id."""
+    """The entity aggregate of :func:`spark_cleora.engine.graph.build_entities`, sorted by id."""
     order = pc.sort_indices(shares, sort_keys=[("id", "ascending"), ("entity", "ascending")])
     ids = shares.column("id").to_numpy()[order]
     starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]])
@@ -245,7 +245,7 @@ def _embed(batches, *, col_names, outputs, dim, markov, init, seed, first, last,
 
 
 def _merged_plan(plans: list[tuple[dict, np.ndarray]], n: int) -> dict:
-    """The blocks' plans as one plan over the whole graph (the shape :func:`~spark_cleora.propagate.load_plan`
+    """The blocks' plans as one plan over the whole graph (the shape :func:`~spark_cleora.engine.propagate.load_plan`
     returns): incidence matrices A (and B) over (hyperedge, entity index) and the per-hyperedge factors,
     hyperedges stacked block after block."""
     from scipy import sparse
@@ -265,9 +265,9 @@ def _iterate(x, plans, pre, post, *, dim, first, last, keep, residual, whiten_af
     """Iterations ``first..last`` from ``x`` (float32 [n, dim]): ({kept iteration: float32 rows}, seconds);
     ``plans`` ((plan, entity indices) per block) is consumed.
 
-    One :func:`~spark_cleora.propagate.block_product` per iteration over the merged plan; the threads
+    One :func:`~spark_cleora.engine.propagate.block_product` per iteration over the merged plan; the threads
     split the dimensions (each owns a slice of columns: no shared sums, no locks). Rows are then divided
-    by max(‖row‖, 1e-10) as :func:`~spark_cleora.propagate.normalize_rows` does, the norms summed over the
+    by max(‖row‖, 1e-10) as :func:`~spark_cleora.engine.propagate.normalize_rows` does, the norms summed over the
     slices (no n x dim float64 matrix of its own).
     """
     n = len(x)

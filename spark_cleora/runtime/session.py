@@ -285,8 +285,8 @@ def get_spark(
 
 def _import_engine(batches):
     """``mapInArrow`` body that only imports what the engine's Python tasks import."""
-    import spark_cleora.graph  # noqa: F401  (numpy, pyarrow)
-    import spark_cleora.one_task  # noqa: F401  (scipy)
+    import spark_cleora.engine.graph  # noqa: F401  (numpy, pyarrow)
+    import spark_cleora.engine.one_task  # noqa: F401  (scipy)
 
     yield from batches
 

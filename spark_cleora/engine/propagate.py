@@ -11,7 +11,7 @@ worker then multiplies a whole block with scipy sparse matrices:
 
 and emits one partial vector per (entity, block). A second step, partitioned by entity, sums the
 partials of each entity (one numpy ``reduceat`` per partition) and L2-normalises the rows. Vectors
-travel packed (see :mod:`spark_cleora.vectors`); all arithmetic is float64, stored float32.
+travel packed (see :mod:`spark_cleora.engine.vectors`); all arithmetic is float64, stored float32.
 
 The embedding table carries each entity's *route* next to its vector (``X_SCHEMA``: the blocks that
 need it and its Markov scalings), and both steps pass the route through, so an iteration is
@@ -32,7 +32,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from scipy import sparse
 
-from .compat import cogrouped_arrow
+from ..runtime.compat import cogrouped_arrow
 from .vectors import PACKED, pack, to_list_array, unpack
 
 #: the embedding table during the iterations: vector plus route (see the module docstring)
@@ -215,8 +215,8 @@ def route_scalings(markov: str) -> tuple[Any, Any]:
 def propagate(x: DataFrame, plans: DataFrame, *, dim: int, num_blocks: int, residual: float = 0.0) -> DataFrame:
     """``x`` (``X_SCHEMA``) -> the next iteration's ``x``, lazily.
 
-    ``plans``: (block, plan) from :func:`spark_cleora.graph.plans_of`, ``num_blocks`` of them (their ids
-    from :func:`spark_cleora.graph.block_keys`). ``residual`` is pycleora's residual mixing
+    ``plans``: (block, plan) from :func:`spark_cleora.engine.graph.plans_of`, ``num_blocks`` of them (their ids
+    from :func:`spark_cleora.engine.graph.block_keys`). ``residual`` is pycleora's residual mixing
     ``rownorm((1-α)·MX + α·X)`` = ``rownorm(MX + α/(1-α)·X)``: the rows ``α/(1-α)·x`` join the partial
     sums before the row normalisation.
 

@@ -18,8 +18,8 @@ from .session import get_spark
 log = logging.getLogger("spark_cleora")
 
 # Modules that add subcommands (see build_parser).
-_SUBCOMMAND_MODULES: list[str] = ["spark_cleora.evaluate.cli", "spark_cleora.tools_cli", "spark_cleora.emde.cli",
-                                     "spark_cleora.foldin_cli"]
+_SUBCOMMAND_MODULES: list[str] = ["spark_cleora.cli.evaluate", "spark_cleora.cli.tools", "spark_cleora.cli.emde",
+                                     "spark_cleora.cli.foldin"]
 
 EMBED_EXAMPLES = """\
 examples:
@@ -235,7 +235,7 @@ def _run_embed(ns: argparse.Namespace) -> int:
 
 
 def _run_demo(ns: argparse.Namespace) -> int:
-    from .demo import run_demo
+    from ..demo import run_demo
 
     run_demo(spark_from_args(ns), output=ns.output, dim=ns.dim, iterations=ns.iterations)
     return EXIT_OK

@@ -36,7 +36,7 @@ examples:
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add ``similar`` and ``inspect`` to the ``spark-cleora`` subcommands."""
-    from .cli import add_spark_options
+    from . import add_spark_options
 
     p = sub.add_parser(
         "similar", help="nearest neighbours of entities (cosine, distributed)",

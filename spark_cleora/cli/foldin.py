@@ -40,7 +40,7 @@ _EVENT_OPTIONS = ("input_format", "hyperedge", "entity", "timestamp", "session_g
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add ``fold-in`` and ``combine`` to the ``spark-cleora`` subcommands."""
-    from .cli import add_spark_options
+    from . import add_spark_options
 
     S = argparse.SUPPRESS
     p = sub.add_parser(
@@ -91,7 +91,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 @contextlib.contextmanager
 def _guarded(output: str, inputs: list[str], rejects: str | None = None) -> Iterator[None]:
-    """The output rules of :mod:`spark_cleora.outputs`: checked before Spark starts, locked while writing;
+    """The output rules of :mod:`spark_cleora.storage.outputs`: checked before Spark starts, locked while writing;
     a quarantine directory is checked against the inputs and the output too."""
     if rejects:  # checked first: nothing is locked when it is refused
         check_output_dir(rejects, inputs=[*inputs, output], what="--rejects")
@@ -102,7 +102,7 @@ def _guarded(output: str, inputs: list[str], rejects: str | None = None) -> Iter
 def original_config(ns: argparse.Namespace) -> tuple[EmbedConfig, dict[str, Any] | None]:
     """The original run's config (from its ``_run.json``, or ``--markov``/``--residual`` and defaults)
     with the new events' options from the command line."""
-    from .foldin import read_run_manifest, run_config
+    from ..engine.foldin import read_run_manifest, run_config
 
     manifest = read_run_manifest(ns.embeddings)
     given = {k: getattr(ns, k) for k in ("markov", "residual") if hasattr(ns, k)}
@@ -147,8 +147,8 @@ def run_fold_in(ns: argparse.Namespace) -> int:
 def _fold_in(ns: argparse.Namespace, cfg: EmbedConfig, manifest: dict[str, Any] | None) -> int:
     from pyspark.sql import functions as F
 
-    from .cli import spark_from_args
-    from .foldin import fold_in
+    from . import spark_from_args
+    from ..engine.foldin import fold_in
 
     spark = spark_from_args(ns)
     known = read_embeddings(spark, ns.embeddings)
@@ -185,8 +185,8 @@ def _fold_in(ns: argparse.Namespace, cfg: EmbedConfig, manifest: dict[str, Any] 
 
 
 def run_combine(ns: argparse.Namespace) -> int:
-    from .combine import check_compatible, check_weights
-    from .foldin import read_run_manifest
+    from ..engine.combine import check_compatible, check_weights
+    from ..engine.foldin import read_run_manifest
 
     from .cli import qualify_namespace
 
@@ -207,8 +207,8 @@ def run_combine(ns: argparse.Namespace) -> int:
 def _combine(ns: argparse.Namespace, weights: list[float], configs: list[dict[str, Any]]) -> int:
     from pyspark.sql import functions as F
 
-    from .cli import spark_from_args
-    from .combine import combine, presence_counts
+    from . import spark_from_args
+    from ..engine.combine import combine, presence_counts
 
     spark = spark_from_args(ns)
     frames = [read_embeddings(spark, d) for d in ns.inputs]

@@ -1,0 +1,1 @@
+"""Where data lives: paths, reading inputs, writing outputs atomically and safely, catalog tables."""
