@@ -149,7 +149,7 @@ def main() -> None:
     args = ap.parse_args()
     if not args.data:
         raise SystemExit("give --data DIR (or set SPARK_CLEORA_SHARED_DATA): the directory holding the datasets")
-    from spark_cleora.session import get_spark
+    from spark_cleora.runtime.session import get_spark
 
     spark = get_spark(master=f"local[{args.cores}]", conf=dict(c.split("=", 1) for c in args.conf))
     epochs = [int(e) for e in args.epochs.split(",")]

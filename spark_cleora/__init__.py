@@ -7,7 +7,7 @@ __version__ = "0.1.0"
 import os as _os
 import sys as _sys
 
-from .compat import check_environment as _check_environment
+from .runtime.compat import check_environment as _check_environment
 from .errors import EXIT_ENV as _EXIT_ENV
 from .errors import ConfigError
 from .errors import UnsupportedEnvironmentError as _Unsupported
@@ -21,6 +21,6 @@ except _Unsupported as _exc:
     raise
 
 from .config import EmbedConfig, parse_columns  # noqa: E402
-from .embed import EmbedResult, embed, run_embedding  # noqa: E402
+from .engine.embed import EmbedResult, embed, run_embedding  # noqa: E402
 
 __all__ = ["ConfigError", "EmbedConfig", "EmbedResult", "embed", "parse_columns", "run_embedding", "__version__"]

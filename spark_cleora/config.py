@@ -9,9 +9,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .compat import tomllib
+from .runtime.compat import tomllib
 from .errors import ConfigError
-from .init import INIT_METHODS
+from .engine.start_vectors import INIT_METHODS
 
 MARKOV_KINDS = ("left", "symmetric")
 INPUT_FORMATS = ("parquet", "csv", "tsv", "table", "cleora-tsv", "dataframe")  # dataframe: library calls

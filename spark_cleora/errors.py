@@ -148,7 +148,7 @@ def exit_status(exc: BaseException) -> tuple[int, str] | None:
     """The exit code and one-line message of an expected failure, or None for a bug (keep its traceback).
 
     Expected: the classes of this module, the same raised inside a Spark task, Spark's errors about the
-    input data (exit code 3, see :mod:`spark_cleora.spark_errors`), and an interruption (130).
+    input data (exit code 3, see :mod:`spark_cleora.runtime.spark_errors`), and an interruption (130).
     """
     if isinstance(exc, KeyboardInterrupt):
         return EXIT_INTERRUPTED, "interrupted"
@@ -156,7 +156,7 @@ def exit_status(exc: BaseException) -> tuple[int, str] | None:
         return exc.exit_code, str(exc)
     if not isinstance(exc, Exception):
         return None
-    from .spark_errors import input_error_message, is_spark_error
+    from .runtime.spark_errors import input_error_message, is_spark_error
 
     if not is_spark_error(exc):
         return None

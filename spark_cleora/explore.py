@@ -15,10 +15,10 @@ import numpy as np
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from .compat import vector_norm
+from .runtime.compat import vector_norm
 from .errors import BadInputError, ConfigError, MissingExtraError
-from .outputs import FILE_MARK
-from .session import job_description
+from .storage.outputs import FILE_MARK
+from .runtime.session import job_description
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -217,7 +217,7 @@ def plot_projection(projection: dict[str, Any], path: str, *, source: str | None
     """Draw :func:`sample_projection`'s points to the PNG ``path`` (replaced atomically); returns the figure."""
     fig = draw_projection(projection, source=source)
     tmp = f"{path}.tmp-{os.getpid()}"
-    # the mark that lets a rerun replace this file (spark_cleora.outputs.is_tool_file): a tEXt chunk
+    # the mark that lets a rerun replace this file (spark_cleora.storage.outputs.is_tool_file): a tEXt chunk
     fig.savefig(tmp, format="png", metadata={"Software": FILE_MARK})
     os.replace(tmp, path)
     return fig

@@ -12,9 +12,9 @@ from typing import Any
 from pyspark.sql import SparkSession
 
 from .config import TABLE_FORMATS, EmbedConfig
-from .embed import default_work_dir, run_embedding
+from .engine.embed import default_work_dir, run_embedding
 from .errors import EXIT_INPUT, EXIT_RESOURCE, EXIT_USAGE, ConfigError, ForeignWorkError, RefusedError, is_expected
-from .io import (
+from .storage.readers import (
     check_local_inputs,
     check_parquet_inputs,
     export_cleora_text,
@@ -24,16 +24,16 @@ from .io import (
     write_atomically,
     write_json,
 )
-from .outputs import (
+from .storage.outputs import (
     check_output_dir,
     check_table_name,
     check_work_dir,
     mark_output,
     output_lock,
 )
-from .session import job_description
-from .tables import default_table_work_dir, require_delta, write_output
-from .store import WorkStore, local_path
+from .runtime.session import job_description
+from .storage.tables import default_table_work_dir, require_delta, write_output
+from .engine.work_store import WorkStore, local_path
 
 log = logging.getLogger(__name__)
 
@@ -57,15 +57,15 @@ PATH_FIELDS = ("inputs", "init_vectors", "output", "work_dir", "rejects")
 
 
 def qualified_config(spark: SparkSession, cfg: EmbedConfig) -> EmbedConfig:
-    """``cfg`` with its paths as Spark resolves them (:func:`spark_cleora.filesystem.qualify`): unchanged
+    """``cfg`` with its paths as Spark resolves them (:func:`spark_cleora.storage.filesystem.qualify`): unchanged
     on a local default filesystem; full URIs on another one, so the checks read through Spark."""
-    from .filesystem import qualify_fields
+    from .storage.filesystem import qualify_fields
 
     return qualify_fields(spark, cfg, PATH_FIELDS, skip=("inputs",) if cfg.input_format == "table" else ())
 
 
 def check_embed_paths(cfg: EmbedConfig, work_uri: str | None = None) -> None:
-    """Every path rule of the run, checked before any work (see :mod:`spark_cleora.outputs`): inputs
+    """Every path rule of the run, checked before any work (see :mod:`spark_cleora.storage.outputs`): inputs
     exist, the output, work and rejects paths may be written, a table name parses. Local paths are
     checked before Spark starts; others through the active session (qualify them first,
     :func:`qualified_config`)."""
@@ -95,7 +95,7 @@ def check_embed_paths(cfg: EmbedConfig, work_uri: str | None = None) -> None:
 def check_remote_inputs(inputs: tuple[str, ...] | list[str]) -> None:
     """A missing input on a non-local store (not a glob) is a usage error too, found with a Spark listing
     of the active session before any work."""
-    from .filesystem import active_session, exists
+    from .storage.filesystem import active_session, exists
 
     spark = active_session()
     for p in inputs:

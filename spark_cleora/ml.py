@@ -2,7 +2,7 @@
 
 Both are ``pyspark.ml`` stages (usable in a ``Pipeline``) over the same :func:`spark_cleora.embed`.
 ``write().save(path)`` / ``load(path)`` go through the session's DataFrame reader and writer only (and
-follow the output rules of :mod:`spark_cleora.outputs`: ``overwrite()`` replaces only a previous
+follow the output rules of :mod:`spark_cleora.storage.outputs`: ``overwrite()`` replaces only a previous
 output of the tool, atomically where the filesystem can rename): the metadata is one JSON line in
 ``path/metadata`` (the layout of ``pyspark.ml``'s ``DefaultParamsWriter``, so
 a saved ``Pipeline``/``PipelineModel`` reads its stages back) and the model's embeddings are Parquet in
@@ -27,7 +27,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from .config import EmbedConfig
-from .embed import embed
+from .engine.embed import embed
 from .errors import BadInputError, ConfigError
 
 #: Param name -> (EmbedConfig field, type converter, description). The defaults are EmbedConfig's.
@@ -112,10 +112,10 @@ class _Writer:
         """Write the stage into ``path`` as an output of the tool (docs/data-safety.md): refused when
         ``path`` exists, unless ``overwrite()`` was asked for and ``path`` holds a previous save (or any
         output of spark_cleora) or is empty; written atomically where the filesystem can rename."""
-        from .filesystem import path_state, qualify
-        from .io import write_atomically
-        from .outputs import RefusedError, guarded_dir, mark_output
-        from .store import local_path
+        from .storage.filesystem import path_state, qualify
+        from .storage.readers import write_atomically
+        from .storage.outputs import RefusedError, guarded_dir, mark_output
+        from .engine.work_store import local_path
 
         spark = self._spark or SparkSession.active()
         target = qualify(spark, path) or path

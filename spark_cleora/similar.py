@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
-from .compat import cosine_similarity
+from .runtime.compat import cosine_similarity
 from .errors import ConfigError, UnknownEntityError
 
 SIMILAR_SCHEMA = "query string, rank int, entity string, column string, cosine double"

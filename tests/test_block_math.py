@@ -220,7 +220,7 @@ def test_one_column_block_builds_the_general_paths_rows_to_the_byte(collide):
     """The block builder's one-column fast path (rank the keys once, one stable sort) gives the general
     five-key path's rows: the same shares in the same order, the same sums, the same plan bytes; a block
     where two names share a 64-bit key falls back to the general path."""
-    from spark_cleora.graph import _general_block, _one_column_block
+    from spark_cleora.engine.graph import _general_block, _one_column_block
 
     rng = np.random.default_rng(11)
     n = 5000

@@ -22,7 +22,7 @@ import pytest
 from pyspark.testing import assertDataFrameEqual
 
 from spark_cleora.errors import JavaNotFoundError
-from spark_cleora.session import check_java
+from spark_cleora.runtime.session import check_java
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), os.pardir))
 SAMPLE = os.path.join(ROOT, "spark_cleora", "data", "sample_events.csv")

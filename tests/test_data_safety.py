@@ -16,7 +16,7 @@ import pytest
 
 from spark_cleora.cli import main
 from spark_cleora.errors import RefusedError
-from spark_cleora.outputs import (
+from spark_cleora.storage.outputs import (
     LOCK_SUFFIX,
     OUTPUT_MARKER,
     WORK_MARKER,

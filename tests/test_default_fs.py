@@ -17,7 +17,7 @@ import uuid
 import pytest
 
 from spark_cleora.cli import main
-from spark_cleora.filesystem import default_fs, path_state, qualify
+from spark_cleora.storage.filesystem import default_fs, path_state, qualify
 from test_data_safety import ARGS, EVENTS, _tree  # the same tiny run
 
 

@@ -12,7 +12,7 @@ from pyspark.ml import Pipeline, PipelineModel
 from spark_cleora.emde.coder import fit_coder, item_codes, load_coder
 from spark_cleora.emde.ml import EmdeCoder, EmdeCoderModel, EmdeTrainer, EmdeTrainedModel
 from spark_cleora.ml import Cleora
-from spark_cleora.outputs import RefusedError
+from spark_cleora.storage.outputs import RefusedError
 
 EVENTS = [("u1", "a"), ("u1", "b"), ("u2", "b"), ("u2", "c"), ("u3", "a"), ("u3", "c"), ("u3", "d"), ("u4", "d"),
           ("u4", "e"), ("u5", "e"), ("u5", "f"), ("u6", "f"), ("u6", "a")]

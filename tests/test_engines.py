@@ -110,8 +110,8 @@ def test_entity_estimate_is_within_three_percent(spark):
 
 
 def test_python_workers_are_warmed_in_the_background(spark, monkeypatch):
-    from spark_cleora import session
-    from spark_cleora.session import warm_python_workers
+    from spark_cleora.runtime import session
+    from spark_cleora.runtime.session import warm_python_workers
 
     thread = warm_python_workers(spark, 2)
     thread.join(timeout=120)

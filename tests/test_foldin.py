@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 
 from spark_cleora.cli import main
-from spark_cleora.combine import combine
+from spark_cleora.engine.combine import combine
 from spark_cleora.config import EmbedConfig
 from spark_cleora.errors import ConfigError
-from spark_cleora.foldin import fold_in
+from spark_cleora.engine.foldin import fold_in
 
 DIM = 8
 

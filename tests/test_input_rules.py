@@ -13,7 +13,7 @@ import pytest
 
 from spark_cleora.cli import main
 from spark_cleora.config import FINGERPRINTED, NOT_FINGERPRINTED, EmbedConfig, load_toml
-from spark_cleora.embed import fingerprint, run_embedding
+from spark_cleora.engine.embed import fingerprint, run_embedding
 from spark_cleora.emde.coder import fit_coder
 from spark_cleora.emde.config import FitConfig, load_emde_toml
 from spark_cleora.emde.sketch import build_sketches

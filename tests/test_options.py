@@ -10,9 +10,9 @@ from oracle import random_hyperedges
 
 from spark_cleora.cli import build_parser, embed_config_from_args
 from spark_cleora.config import EmbedConfig
-from spark_cleora.embed import run_embedding
+from spark_cleora.engine.embed import run_embedding
 from spark_cleora.errors import ConfigError, InitVectorsError
-from spark_cleora.init import init_for_names
+from spark_cleora.engine.start_vectors import init_for_names
 
 ROWS = [" ".join(h) for h in random_hyperedges(300, 120, seed=43)]
 COLS = "complex::reflexive::node"

@@ -12,9 +12,9 @@ from pyspark.sql import functions as F
 
 from spark_cleora import EmbedConfig, embed, run_embedding
 from spark_cleora.errors import BadInputError, ConfigError
-from spark_cleora.graph import block_keys
-from spark_cleora.init import init_for_names
-from spark_cleora.store import WorkStore
+from spark_cleora.engine.graph import block_keys
+from spark_cleora.engine.start_vectors import init_for_names
+from spark_cleora.engine.work_store import WorkStore
 
 CLIQUE_ROWS = [" ".join(h) for h in random_hyperedges(250, 120, seed=21)]
 

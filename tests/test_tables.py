@@ -21,7 +21,7 @@ from spark_cleora.cli import build_parser, embed_config_from_args, main
 from spark_cleora.config import EmbedConfig
 from spark_cleora.demo import sample_path
 from spark_cleora.errors import ConfigError
-from spark_cleora.tables import delta_available, require_delta, write_delta, write_table
+from spark_cleora.storage.tables import delta_available, require_delta, write_delta, write_table
 
 EMBED_ARGS = ["--hyperedge", "user_id", "--entity", "item", "--timestamp", "ts", "--session-gap", "1800",
               "--dim", "8", "--iterations", "2"]

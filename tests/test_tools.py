@@ -10,7 +10,7 @@ import pytest
 
 from spark_cleora.cli import main
 from spark_cleora.errors import UnknownEntityError
-from spark_cleora.inspect import PALETTE, SEQUENTIAL, draw_projection, problems, sample_projection, summarize
+from spark_cleora.explore import PALETTE, SEQUENTIAL, draw_projection, problems, sample_projection, summarize
 from spark_cleora.similar import nearest_neighbours, similar
 
 EMB_SCHEMA = "entity string, column string, degree double, occurrences double, embedding array<float>"
@@ -129,7 +129,7 @@ def test_inspect_flags_broken_tables(spark, tmp_path, capsys):
 def test_inspect_cli_plot_is_the_pca_of_the_sample(spark, emb_dir, tmp_path, capsys):
     from matplotlib.image import imread
 
-    from spark_cleora.outputs import is_tool_file
+    from spark_cleora.storage.outputs import is_tool_file
 
     names, cols, x = _table()
     png, report = tmp_path / "p.png", tmp_path / "inspect.json"

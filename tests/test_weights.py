@@ -8,7 +8,7 @@ import pytest
 from helpers import max_abs_diff, run_events
 from spark_cleora import embed
 from spark_cleora.errors import BadInputError
-from spark_cleora.init import init_for_names
+from spark_cleora.engine.start_vectors import init_for_names
 
 EVENTS = [  # (user, item, weight)
     ("u1", "a", 0.5), ("u1", "b", 2.0), ("u1", "c", 1.0),

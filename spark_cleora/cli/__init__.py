@@ -10,10 +10,10 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from . import __version__
-from .config import OUTPUT_FORMATS, EmbedConfig, load_toml
-from .errors import EXIT_OK, ConfigError, exit_status
-from .session import get_spark
+from .. import __version__
+from ..config import OUTPUT_FORMATS, EmbedConfig, load_toml
+from ..errors import EXIT_OK, ConfigError, exit_status
+from ..runtime.session import get_spark
 
 log = logging.getLogger("spark_cleora")
 
@@ -196,9 +196,9 @@ def spark_from_args(ns: argparse.Namespace):
 
 def session_for_paths(ns: argparse.Namespace, paths: Sequence[str | None]):
     """The session when checking ``paths`` needs one (the default filesystem may not be local, or a path
-    is a non-local URI, :func:`spark_cleora.filesystem.needs_session`); None when they are checked
+    is a non-local URI, :func:`spark_cleora.storage.filesystem.needs_session`); None when they are checked
     before Spark starts."""
-    from .filesystem import needs_session
+    from ..storage.filesystem import needs_session
 
     conf = parse_conf(ns.conf)
     return spark_from_args(ns) if needs_session(conf, paths, remote=ns.remote) else None
@@ -207,7 +207,7 @@ def session_for_paths(ns: argparse.Namespace, paths: Sequence[str | None]):
 def qualify_namespace(ns: argparse.Namespace, fields: Sequence[str]):
     """The path options ``fields`` of a subcommand as Spark resolves them (in place), when that needs the
     session (:func:`session_for_paths`); returns the session, or None (paths checked before Spark starts)."""
-    from .filesystem import qualify
+    from ..storage.filesystem import qualify
 
     values = {f: getattr(ns, f, None) for f in fields}
     spark = session_for_paths(ns, [p for v in values.values() if v for p in ([v] if isinstance(v, str) else v)])
@@ -219,7 +219,7 @@ def qualify_namespace(ns: argparse.Namespace, fields: Sequence[str]):
 
 
 def _run_embed(ns: argparse.Namespace) -> int:
-    from .job import PATH_FIELDS, check_embed_paths, embed_locks, qualified_config, run_embed_job
+    from ..job import PATH_FIELDS, check_embed_paths, embed_locks, qualified_config, run_embed_job
 
     cfg = embed_config_from_args(ns)
     paths = [p for f in PATH_FIELDS for p in ([getattr(cfg, f)] if f != "inputs" else cfg.inputs)]

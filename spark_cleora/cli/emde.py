@@ -11,7 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..errors import ConfigError
-from .config import (
+from ..emde.config import (
     BIAS_MODES,
     DECAY_ANCHORS,
     DISTRIBUTORS,
@@ -252,7 +252,7 @@ def _run_guarded(ns: argparse.Namespace, cfg: Any, step: Callable[[Any, Any], di
     """``step(spark, cfg)`` with the step's ``--output`` checked (local paths: before Spark starts) and
     locked while it runs; on a non-local default filesystem its paths are qualified first."""
     from ..cli import session_for_paths, spark_from_args
-    from .store import OUTPUT_FIELDS, input_paths, qualified_config
+    from ..emde.store import OUTPUT_FIELDS, input_paths, qualified_config
 
     spark = session_for_paths(ns, [*input_paths(cfg), *(getattr(cfg, f, None) for f in OUTPUT_FIELDS)])
     if spark is not None:

@@ -9,11 +9,11 @@ import os
 from collections.abc import Iterator
 from typing import Any
 
-from .config import INPUT_FORMATS, EmbedConfig
-from .errors import BadInputError, ConfigError
-from .io import read_cleora_text, read_embeddings, read_events, write_atomically, write_json
-from .outputs import check_output_dir, guarded_dir, mark_output
-from .store import local_path
+from ..config import INPUT_FORMATS, EmbedConfig
+from ..errors import BadInputError, ConfigError
+from ..storage.readers import read_cleora_text, read_embeddings, read_events, write_atomically, write_json
+from ..storage.outputs import check_output_dir, guarded_dir, mark_output
+from ..engine.work_store import local_path
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +135,7 @@ def original_config(ns: argparse.Namespace) -> tuple[EmbedConfig, dict[str, Any]
 
 
 def run_fold_in(ns: argparse.Namespace) -> int:
-    from .cli import qualify_namespace
+    from . import qualify_namespace
 
     tables = getattr(ns, "input_format", None) == "table"
     qualify_namespace(ns, ("embeddings", "output", "rejects", *(() if tables else ("events",))))
@@ -188,7 +188,7 @@ def run_combine(ns: argparse.Namespace) -> int:
     from ..engine.combine import check_compatible, check_weights
     from ..engine.foldin import read_run_manifest
 
-    from .cli import qualify_namespace
+    from . import qualify_namespace
 
     qualify_namespace(ns, ("inputs", "output"))
     weights = check_weights(ns.weights, len(ns.inputs))

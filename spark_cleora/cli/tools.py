@@ -8,10 +8,10 @@ import logging
 import os
 import sys
 
-from .errors import EXIT_INPUT, EXIT_OK, ConfigError
-from .io import read_embeddings
-from .outputs import FILE_MARK, check_output_file, write_report
-from .session import job_description
+from ..errors import EXIT_INPUT, EXIT_OK, ConfigError
+from ..storage.readers import read_embeddings
+from ..storage.outputs import FILE_MARK, check_output_file, write_report
+from ..runtime.session import job_description
 
 log = logging.getLogger(__name__)
 
@@ -70,8 +70,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_similar(ns: argparse.Namespace) -> int:
-    from .cli import spark_from_args
-    from .similar import similar
+    from . import spark_from_args
+    from ..similar import similar
 
     if ns.k < 1:
         raise ConfigError(f"--k must be >= 1; got {ns.k}")
@@ -96,8 +96,8 @@ def run_similar(ns: argparse.Namespace) -> int:
 
 
 def run_inspect(ns: argparse.Namespace) -> int:
-    from .cli import spark_from_args
-    from .inspect import legend_colours, plot_projection, problems, require_matplotlib, sample_projection, summarize
+    from . import spark_from_args
+    from ..explore import legend_colours, plot_projection, problems, require_matplotlib, sample_projection, summarize
 
     if ns.sample < 2:
         raise ConfigError(f"--sample must be >= 2; got {ns.sample}")

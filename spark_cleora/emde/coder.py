@@ -25,8 +25,8 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from ..errors import BadInputError, ConfigError
-from ..session import step
-from ..vectors import from_list_array
+from ..runtime.session import step
+from ..engine.vectors import from_list_array
 from . import dlsh
 from .config import CodeConfig, FitConfig
 from .store import join, read_meta, read_table, refuse_existing, require_columns, write_output

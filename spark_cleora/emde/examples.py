@@ -37,9 +37,9 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from ..compat import grouped_arrow, try_double
+from ..runtime.compat import grouped_arrow, try_double
 from ..errors import BadInputError, ConfigError
-from ..session import job_description
+from ..runtime.session import job_description
 from .sketch import epoch_seconds
 from .store import require_columns
 

@@ -9,7 +9,7 @@
   (:func:`spark_cleora.emde.model_recommend.recommend_with_model`).
 
 Saving and loading go through :class:`spark_cleora.ml` 's writer (metadata as ``pyspark.ml`` lays it
-out, DataFrame reads and writes only, the output rules of :mod:`spark_cleora.outputs`). A saved coder
+out, DataFrame reads and writes only, the output rules of :mod:`spark_cleora.storage.outputs`). A saved coder
 model holds a coder directory at ``PATH/coder`` that ``spark-cleora emde sketch --coder PATH/coder``
 reads as it is; a saved trained model holds the ``emde train`` model directory at ``PATH/model``.
 """
@@ -266,7 +266,7 @@ class EmdeTrainedModel(Model, _TrainParams, _Persist, MLReadable):
         return recs
 
     def _save_data(self, spark: SparkSession, path: str) -> None:
-        from ..store import local_path
+        from ..engine.work_store import local_path
 
         lp = local_path(path)
         if lp is None:

@@ -24,7 +24,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from ..errors import ConfigError
-from ..session import job_description
+from ..runtime.session import job_description
 from .coder import read_codes
 from .examples import build_examples
 from .model import EmdeModel, load_model, network_from_state

@@ -24,7 +24,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from ..errors import ConfigError
-from ..session import step
+from ..runtime.session import step
 from .coder import read_codes
 from .config import RecommendConfig
 from .score import Kernel, top_k

@@ -16,7 +16,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from ..errors import ConfigError
-from ..session import step
+from ..runtime.session import step
 from .config import SimilarCustomersConfig
 from .score import Kernel, top_k
 from .sketch import read_sketches

@@ -23,10 +23,10 @@ from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from ..compat import try_double
+from ..runtime.compat import try_double
 from ..errors import BadInputError, ConfigError
-from ..hyperedges import MAX_WEIGHT
-from ..session import job_description, step
+from ..engine.hyperedges import MAX_WEIGHT
+from ..runtime.session import job_description, step
 from .coder import read_codes
 from .config import SketchConfig
 from .store import join, read_meta, read_table, require_columns, write_output

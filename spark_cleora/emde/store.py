@@ -20,10 +20,10 @@ from pyspark.sql import DataFrame, SparkSession
 
 from .. import __version__
 from ..errors import ConfigError
-from ..io import check_parquet_inputs, write_atomically, write_json
-from ..outputs import guarded_dir, mark_output
-from ..filesystem import active_session, path_state, qualify
-from ..store import local_path
+from ..storage.readers import check_parquet_inputs, write_atomically, write_json
+from ..storage.outputs import guarded_dir, mark_output
+from ..storage.filesystem import active_session, path_state, qualify
+from ..engine.work_store import local_path
 
 log = logging.getLogger(__name__)
 
@@ -152,8 +152,8 @@ OUTPUT_FIELDS = ("output", "work_dir")
 
 def qualified_config(spark: SparkSession, cfg: Any) -> Any:
     """An EMDE step's config with its paths as Spark resolves them (see
-    :func:`spark_cleora.filesystem.qualify`); events given as table names stay names."""
-    from ..filesystem import qualify_fields
+    :func:`spark_cleora.storage.filesystem.qualify`); events given as table names stay names."""
+    from ..storage.filesystem import qualify_fields
 
     table = getattr(cfg, "events_format", "parquet") == "table"
     fields = [f for f in (*INPUT_FIELDS, *OUTPUT_FIELDS) if hasattr(cfg, f)]

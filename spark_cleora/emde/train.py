@@ -40,9 +40,9 @@ from scipy import sparse
 
 from .. import __version__
 from ..errors import EXIT_INPUT, EXIT_USAGE, BadInputError, ConfigError, ForeignWorkError, RunFailedError, is_expected
-from ..outputs import check_work_dir, claim_work_dir, clear_work_dir
-from ..session import job_description
-from ..store import local_path
+from ..storage.outputs import check_work_dir, claim_work_dir, clear_work_dir
+from ..runtime.session import job_description
+from ..engine.work_store import local_path
 from .coder import read_codes
 from .config import TrainConfig
 from .examples import InputSpec, build_examples

@@ -24,7 +24,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from scipy import sparse
 
-from .errors import BadInputError, ConfigError
+from ..errors import BadInputError, ConfigError
 from .propagate import normalize_rows
 from .vectors import from_list_array, to_list_array
 

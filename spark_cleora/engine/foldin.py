@@ -26,12 +26,12 @@ touch the same known neighbours (folding in day by day or all at once gives the 
 entity whose hyperedges hold only known entities).
 
 The computation is the embedding engine's own: the new events' memberships become blocks and plans
-(:func:`spark_cleora.graph.blocks_of_partition`), the known vectors of their entities are multiplied
-through them (:func:`spark_cleora.propagate.block_product`), and only the new rows are kept. New
+(:func:`spark_cleora.engine.graph.blocks_of_partition`), the known vectors of their entities are multiplied
+through them (:func:`spark_cleora.engine.propagate.block_product`), and only the new rows are kept. New
 events small enough for one Python task (the default) take one Spark job: the known table is scanned
 once, semi-joined map-side with the new events' entity names, and only those known neighbours meet
 the new events in the task. Larger new events take the shuffle engine (blocks, then one
-:func:`spark_cleora.propagate.propagate` per iteration). The known table is never shuffled or rewritten.
+:func:`spark_cleora.engine.propagate.propagate` per iteration). The known table is never shuffled or rewritten.
 """
 
 from __future__ import annotations
@@ -48,18 +48,18 @@ import pyarrow as pa
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from .config import EmbedConfig, field_names
-from .errors import BadInputError, ConfigError
+from ..config import EmbedConfig, field_names
+from ..errors import BadInputError, ConfigError
 from .graph import blocks_for, build_blocks, build_entities, graph_counts, plans_of
 from .hyperedges import REJECT as _REJECT
 from .hyperedges import ROWS as _ROWS
 from .hyperedges import cleora_text_to_memberships, events_to_memberships
-from .io import parquet_footer_rows
+from ..storage.readers import parquet_footer_rows
 from .one_task import one_task_bytes, worker_memory_gb
 from .propagate import (SLICE_COLUMNS, X_SCHEMA, X_SCHEMA_COLUMNS, block_product, load_plan, normalize_rows, propagate,
                         route_scalings, unpacked)
-from .session import job_description
-from .store import local_path
+from ..runtime.session import job_description
+from .work_store import local_path
 from .vectors import from_list_array, pack, to_list_array, unpack
 
 log = logging.getLogger(__name__)
@@ -182,7 +182,7 @@ def fold_in_one_pass(raw: DataFrame, known: DataFrame, *, columns: tuple, markov
     One Spark job: the known table is scanned once and joined map-side with the new events' entity
     names (broadcast), so only the new events' known neighbours leave the scan; they and the new
     events' memberships meet in one task, which builds the new events' graph (one block, the engine's
-    own :func:`spark_cleora.graph.blocks_of_partition`), runs the iterations and emits the new rows
+    own :func:`spark_cleora.engine.graph.blocks_of_partition`), runs the iterations and emits the new rows
     plus a report row. Nothing else of the known table is read, shuffled or written.
     """
     flags = [c for c in (_REJECT, _ROWS) if c in raw.columns]
@@ -297,7 +297,7 @@ def _report_batch(report: dict[str, Any]) -> pa.RecordBatch:
 def _iterate_new_rows(x: np.ndarray, known: np.ndarray, plan: dict[str, Any], where: np.ndarray, pre: np.ndarray,
                       post: np.ndarray, *, dim: int, iterations: int, residual: float) -> np.ndarray:
     """The fold-in iterations on ``x`` (float64 [n, dim], in place: the new rows are replaced, the known
-    rows kept): the same block product and row normalisation as :func:`spark_cleora.propagate.propagate`.
+    rows kept): the same block product and row normalisation as :func:`spark_cleora.engine.propagate.propagate`.
     Returns per row the iteration that first gave it a non-zero vector (0: none)."""
     made = np.zeros(len(x), dtype=np.int32)
     factor = residual / (1.0 - residual) if residual else 0.0
@@ -395,7 +395,7 @@ def fold_in(spark: SparkSession, known: DataFrame, source: DataFrame, cfg: Embed
 def _fold_in_shuffle(spark: SparkSession, raw: DataFrame, known: DataFrame, cfg: EmbedConfig, validation: Any,
                      rej: Any, units: int | None, *, iterations: int, report: dict[str, Any], t0: float) -> DataFrame:
     """The fold-in with the shuffle engine (new events too large for one task): the new events' blocks
-    and plans, the known rows of their entities joined in, one :func:`spark_cleora.propagate.propagate`
+    and plans, the known rows of their entities joined in, one :func:`spark_cleora.engine.propagate.propagate`
     per iteration. Returns the new rows; fills ``report``."""
     dim, columns = cfg.dim, cfg.column_spec
     first = known.select(F.size("embedding").alias("d")).first()  # one row: the known table's dimension

@@ -35,8 +35,8 @@ from pyspark.sql import Column as SparkColumn
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from .config import Column
-from .errors import EntityHashCollisionError, HyperedgeTooLargeError
+from ..config import Column
+from ..errors import EntityHashCollisionError, HyperedgeTooLargeError
 from .hyperedges import REJECT as _REJECT
 from .hyperedges import ROWS as _ROWS
 from .propagate import block_bytes_per_row_dim

@@ -19,9 +19,9 @@ from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from .compat import is_valid_utf8, try_double
-from .config import EmbedConfig, parse_columns
-from .errors import BadInputError, ConfigError
+from ..runtime.compat import is_valid_utf8, try_double
+from ..config import EmbedConfig, parse_columns
+from ..errors import BadInputError, ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +104,7 @@ class Validation:
         if rej.counts and self.policy == "quarantine":
             if not self.rejects:
                 raise ConfigError("--on-bad-rows quarantine needs --rejects DIR")
-            from .outputs import write_rejects  # replaces only a previous rejects output, atomically
+            from ..storage.outputs import write_rejects  # replaces only a previous rejects output, atomically
 
             write_rejects(self.flagged.filter(F.col(_REJECT).isNotNull())
                           .select(*self.show_cols, F.col(_REJECT).alias("rule")), self.rejects)

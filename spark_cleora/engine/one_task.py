@@ -37,11 +37,11 @@ import pyarrow.compute as pc
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from .config import Column
-from .errors import EntityHashCollisionError
+from ..config import Column
+from ..errors import EntityHashCollisionError
 from .graph import ENTITY_PART, PLAN
-from .init import init_for_names
-from .machine import local_cores, local_worker_gib, memory_bytes
+from .start_vectors import init_for_names
+from ..runtime.machine import local_cores, local_worker_gib, memory_bytes
 from .propagate import NORM_EPS, _maybe_inject_failure, block_product, load_plan
 from .vectors import to_list_array, unpack
 from .whiten import whiten_array

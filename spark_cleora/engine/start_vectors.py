@@ -22,7 +22,7 @@ import pyarrow as pa
 import xxhash
 from pyspark.sql import DataFrame
 
-from .errors import ConfigError, InitVectorsError
+from ..errors import ConfigError, InitVectorsError
 from .vectors import pack
 
 INIT_METHODS = ("siphash", "fx")

@@ -22,7 +22,7 @@ from urllib.parse import urlparse
 
 from pyspark.sql import DataFrame, SparkSession
 
-from .errors import ResumeMismatchError
+from ..errors import ResumeMismatchError
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ class WorkStore:
     """A work directory on a local or remote filesystem reachable by every executor."""
 
     def __init__(self, spark: SparkSession, uri: str) -> None:
-        from .filesystem import qualify  # (imports this module)
+        from ..storage.filesystem import qualify  # (imports this module)
 
         self.spark = spark
         self.uri = (qualify(spark, uri) or uri).rstrip("/")  # scheme-less: the default filesystem's
@@ -85,7 +85,7 @@ class WorkStore:
     # -- manifest ------------------------------------------------------------------------------
     def check_or_write_manifest(self, manifest: dict[str, Any]) -> dict[str, Any]:
         """Return the stored manifest if it matches ``manifest['fingerprint']``; write it if absent."""
-        from .outputs import claim_work_dir
+        from ..storage.outputs import claim_work_dir
 
         claim_work_dir(self.uri)  # refuses someone's non-empty directory; marks ours for deletion later
         if self.local is None:
@@ -126,6 +126,6 @@ class WorkStore:
 
     def remove(self, *, keep_dir: bool = False) -> None:
         """Delete what this tool wrote here (only in a directory carrying its work marker)."""
-        from .outputs import clear_work_dir
+        from ..storage.outputs import clear_work_dir
 
         clear_work_dir(self.uri, remove_dir=not keep_dir)  # (a non-local store: emptied, see there)

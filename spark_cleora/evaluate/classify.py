@@ -28,7 +28,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from ..errors import BadInputError, ConfigError
-from ..session import job_description
+from ..runtime.session import job_description
 from .graphs import add_edge_options, edge_source, embed_edges, embed_options, read_edges, write_report
 
 TEST_FRACTION = 0.2

@@ -28,7 +28,7 @@ from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
 from ..config import EmbedConfig
-from ..embed import run_embedding
+from ..engine.embed import run_embedding
 from ..errors import BadInputError, ConfigError
 
 log = logging.getLogger(__name__)

@@ -32,8 +32,8 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from ..errors import BadInputError
-from ..session import job_description
-from ..vectors import from_list_array
+from ..runtime.session import job_description
+from ..engine.vectors import from_list_array
 from .graphs import add_edge_options, edge_source, embed_edges, embed_options, read_edges, write_report
 
 log = logging.getLogger(__name__)

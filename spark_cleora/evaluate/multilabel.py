@@ -35,8 +35,8 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from ..errors import BadInputError
-from ..session import job_description
-from ..vectors import from_list_array
+from ..runtime.session import job_description
+from ..engine.vectors import from_list_array
 from .classify import TEST_FRACTION, split_nodes
 
 PREDICTION_RULE = "top-k labels by score, k = the test node's true label count (DeepWalk)"

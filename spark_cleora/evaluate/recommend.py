@@ -39,15 +39,15 @@ import pyarrow as pa
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
-from ..compat import grouped_arrow
-from ..embed import embed
+from ..runtime.compat import grouped_arrow
+from ..engine.embed import embed
 from ..emde.coder import fit_coder, item_codes
 from ..emde.recommend import recommend
 from ..emde.score import Kernel, top_k
 from ..emde.sketch import build_sketches, decay_factor, epoch_seconds
 from ..errors import ConfigError
-from ..session import job_description
-from ..vectors import from_list_array
+from ..runtime.session import job_description
+from ..engine.vectors import from_list_array
 from .graphs import add_output_options, embed_options, write_report
 
 log = logging.getLogger(__name__)

@@ -32,7 +32,7 @@ from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
 from ..errors import ConfigError
-from ..outputs import claim_work_dir
+from ..storage.outputs import claim_work_dir
 from ..emde.sketch import epoch_seconds
 from ..emde.store import read_table, require_columns
 from ..runtime.session import job_description

@@ -23,7 +23,7 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
-from .errors import MissingPySparkError, UnsupportedEnvironmentError
+from ..errors import MissingPySparkError, UnsupportedEnvironmentError
 
 if sys.version_info >= (3, 11):
     import tomllib

@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from importlib import resources
 
 from .compat import check_session
-from .errors import JavaNotFoundError
+from ..errors import JavaNotFoundError
 from .machine import local_cores, local_driver_gib, memory_bytes
 
 log = logging.getLogger(__name__)

@@ -20,7 +20,7 @@ The rules (docs/data-safety.md states them for users):
 
 The checks work on local paths (``/x``, ``file:/x``) with the driver's file system calls. On other
 stores (``s3a://``, ``hdfs://``, and scheme-less paths when the session's default filesystem is not
-local, see :mod:`spark_cleora.filesystem`) they go through Spark reads of the active session: the
+local, see :mod:`spark_cleora.storage.filesystem`) they go through Spark reads of the active session: the
 existing-content rule holds (markers are the directories :data:`REMOTE_OUTPUT_MARKER` and
 :data:`REMOTE_WORK_MARKER`), the lock and the parent's permissions are not checked there.
 """
@@ -40,10 +40,10 @@ import uuid
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from . import __version__
-from .errors import ConfigError, RefusedError
+from .. import __version__
+from ..errors import ConfigError, RefusedError
 from .filesystem import active_session, empty_directory, exists, join, path_state, read_marker, write_marker
-from .store import local_path
+from ..engine.work_store import local_path
 
 log = logging.getLogger(__name__)
 

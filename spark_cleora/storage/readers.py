@@ -15,9 +15,9 @@ import numpy as np
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from .config import EmbedConfig
-from .errors import ConfigError
-from .store import local_path
+from ..config import EmbedConfig
+from ..errors import ConfigError
+from ..engine.work_store import local_path
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +37,7 @@ def read_events(spark: SparkSession, cfg: EmbedConfig) -> DataFrame:
 
 
 def qualified_inputs(spark: SparkSession, paths: tuple[str, ...] | list[str]) -> tuple[str, ...]:
-    """Input paths as Spark resolves them (see :func:`spark_cleora.filesystem.qualify`): a scheme-less
+    """Input paths as Spark resolves them (see :func:`spark_cleora.storage.filesystem.qualify`): a scheme-less
     path on a non-local default filesystem is not looked for on the driver's disk."""
     from .filesystem import qualify
 
@@ -136,7 +136,7 @@ def check_parquet_inputs(inputs: tuple[str, ...] | list[str], what: str = "input
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from .errors import BadInputError
+    from ..errors import BadInputError
 
     files = _local_parquet_files(inputs)
     if not files:
@@ -199,7 +199,7 @@ def write_atomically(target: str, write: Callable[[str], None]) -> None:
     (:func:`spark_cleora.storage.outputs.output_lock`): what is replaced here is a previous output of the tool,
     and staging directories beside it are a dead run's.
     """
-    from .errors import RefusedError
+    from ..errors import RefusedError
     from .outputs import check_output_dir
 
     lp = local_path(target)

@@ -8,7 +8,7 @@ handle (it works on Spark Connect), and it sees every way the default can be set
 ``spark.hadoop.fs.defaultFS``, or ``fs.defaultFS`` set on the session at runtime.
 
 * On a local default filesystem (``file:``) paths stay as given and the rules of
-  :mod:`spark_cleora.outputs` check them on the driver's disk.
+  :mod:`spark_cleora.storage.outputs` check them on the driver's disk.
 * Otherwise :func:`qualify` turns a scheme-less path into the full URI Spark would use
   (``/lake/out`` -> ``viewfs://lake/lake/out``), and the tool treats it like any other non-local URI
   (``s3a://`` ...): existence, emptiness and markers are found with Spark reads (:func:`path_state`),
@@ -30,7 +30,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 from urllib.parse import urlparse
 
-from .store import local_path
+from ..engine.work_store import local_path
 
 #: name of the (non-existent) path whose qualified form reveals the default filesystem
 _PROBE = "spark_cleora_default_fs_probe_"
