@@ -10,7 +10,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from .. import __version__
+from .._version import __version__
 from ..runtime.compat import UnsupportedEnvironmentError
 from ..config import OUTPUT_FORMATS, ConfigError, EmbedConfig, load_toml
 from ..runtime.session import JavaNotFoundError, get_spark

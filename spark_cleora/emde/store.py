@@ -18,7 +18,7 @@ from typing import Any
 
 from pyspark.sql import DataFrame, SparkSession
 
-from .. import __version__
+from .._version import __version__
 from ..config import ConfigError
 from ..storage.readers import check_parquet_inputs, write_atomically, write_json
 from ..storage.outputs import guarded_dir, mark_output

@@ -38,7 +38,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from scipy import sparse
 
-from .. import __version__
+from .._version import __version__
 from ..config import ConfigError
 from ..storage.outputs import check_work_dir, claim_work_dir, clear_work_dir
 from ..engine.hyperedges import BadInputError

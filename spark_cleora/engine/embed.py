@@ -19,7 +19,7 @@ from pyspark.sql import DataFrame, Observation, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import BinaryType, StructField, StructType
 
-from .. import __version__
+from .._version import __version__
 from ..config import ConfigError, EmbedConfig, field_names
 from .graph import (
     ENTITIES_RSD,

@@ -37,7 +37,7 @@ import uuid
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from .. import __version__
+from .._version import __version__
 from ..config import ConfigError
 from ..engine.work_store import local_path
 

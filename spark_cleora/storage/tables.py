@@ -24,7 +24,7 @@ from collections.abc import Mapping, Sequence
 
 from pyspark.sql import DataFrame, DataFrameWriter, SparkSession
 
-from .. import __version__
+from .._version import __version__
 from ..config import ConfigError, EmbedConfig
 
 log = logging.getLogger(__name__)
