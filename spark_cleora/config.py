@@ -28,6 +28,10 @@ class ConfigError(ValueError):
     """An invalid option or combination of options; the message says which and how to fix it."""
 
 
+class BadInputError(ValueError):
+    """Input rows broke a rule and the policy is ``fail`` (also: input files Spark cannot read as one table)."""
+
+
 @dataclass(frozen=True)
 class Column:
     """One column of a Cleora column spec such as ``complex::reflexive::product``."""

@@ -13,16 +13,10 @@ from pyspark.sql import SparkSession
 
 from .config import TABLE_FORMATS, ConfigError, EmbedConfig
 from .engine.embed import default_work_dir, run_embedding
-from .storage.readers import (
-    check_local_inputs,
-    check_parquet_inputs,
-    export_cleora_text,
-    export_npy,
-    read_cleora_text,
-    read_events,
-    write_atomically,
-    write_json,
-)
+from .storage.paths import check_local_inputs, check_parquet_inputs, local_path
+from .storage.exports import export_cleora_text, export_npy
+from .storage.readers import read_cleora_text, read_events
+from .storage.outputs import write_atomically, write_json
 from .storage.outputs import (
     RefusedError,
     check_output_dir,
@@ -34,7 +28,7 @@ from .storage.outputs import (
 from .runtime.session import job_description
 from .runtime.spark_errors import input_error_message
 from .storage.tables import default_table_work_dir, require_delta, write_output
-from .engine.work_store import WorkStore, local_path
+from .engine.work_store import WorkStore
 
 log = logging.getLogger(__name__)
 

@@ -5,10 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from spark_cleora.config import ConfigError
+from spark_cleora.config import BadInputError, ConfigError
 from spark_cleora.emde import dlsh
 from spark_cleora.emde.coder import fit_coder, item_codes, load_coder, random_vectors, read_codes, save_coder
-from spark_cleora.engine.hyperedges import BadInputError
 
 N, K = 5, 4
 W = 1 << K

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from spark_cleora.emde.sketch import Previous, build_sketches, parse_as_of
-from spark_cleora.engine.hyperedges import BadInputError
+from spark_cleora.config import BadInputError
 
 D, W = 3, 4
 L = D * W

@@ -12,12 +12,11 @@ import numpy as np
 import pytest
 
 from spark_cleora.cli import main
-from spark_cleora.config import FINGERPRINTED, NOT_FINGERPRINTED, ConfigError, EmbedConfig, load_toml
+from spark_cleora.config import BadInputError, ConfigError, EmbedConfig, FINGERPRINTED, NOT_FINGERPRINTED, load_toml
 from spark_cleora.engine.embed import fingerprint, run_embedding
 from spark_cleora.emde.coder import fit_coder
 from spark_cleora.emde.config import FitConfig, load_emde_toml
 from spark_cleora.emde.sketch import build_sketches
-from spark_cleora.engine.hyperedges import BadInputError
 
 # --------------------------------------------------------------------------------------------
 # TOML: values have their option's type

@@ -12,7 +12,7 @@ from pyspark.sql import functions as F
 
 from spark_cleora import ConfigError, EmbedConfig, embed, run_embedding
 from spark_cleora.engine.graph import block_keys
-from spark_cleora.engine.hyperedges import BadInputError
+from spark_cleora.config import BadInputError
 from spark_cleora.engine.start_vectors import init_for_names
 from spark_cleora.engine.work_store import WorkStore
 

@@ -7,7 +7,7 @@ import pytest
 
 from helpers import max_abs_diff, run_events
 from spark_cleora import embed
-from spark_cleora.engine.hyperedges import BadInputError
+from spark_cleora.config import BadInputError
 from spark_cleora.engine.start_vectors import init_for_names
 
 EVENTS = [  # (user, item, weight)

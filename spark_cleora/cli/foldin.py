@@ -10,9 +10,9 @@ from collections.abc import Iterator
 from typing import Any
 
 from ..config import INPUT_FORMATS, ConfigError, EmbedConfig
-from ..storage.readers import read_cleora_text, read_embeddings, read_events, write_atomically, write_json
-from ..storage.outputs import check_output_dir, guarded_dir, mark_output
-from ..engine.work_store import local_path
+from ..storage.readers import read_cleora_text, read_embeddings, read_events
+from ..storage.outputs import check_output_dir, guarded_dir, mark_output, write_atomically, write_json
+from ..storage.paths import local_path
 
 log = logging.getLogger(__name__)
 

@@ -24,8 +24,7 @@ import xxhash
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from ..config import ConfigError
-from ..engine.hyperedges import BadInputError
+from ..config import BadInputError, ConfigError
 from ..runtime.session import job_description
 from ..engine.vectors import from_list_array
 from . import dlsh

@@ -38,8 +38,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from ..runtime.compat import grouped_arrow, try_double
-from ..config import ConfigError
-from ..engine.hyperedges import BadInputError
+from ..config import BadInputError, ConfigError
 from ..runtime.session import job_description
 from .sketch import epoch_seconds
 from .store import require_columns

@@ -24,8 +24,8 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from ..runtime.compat import try_double
-from ..config import ConfigError
-from ..engine.hyperedges import MAX_WEIGHT, BadInputError
+from ..config import BadInputError, ConfigError
+from ..engine.hyperedges import MAX_WEIGHT
 from ..runtime.session import job_description
 from .coder import read_codes
 from .config import SketchConfig

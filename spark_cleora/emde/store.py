@@ -20,9 +20,8 @@ from pyspark.sql import DataFrame, SparkSession
 
 from .._version import __version__
 from ..config import ConfigError
-from ..storage.readers import check_parquet_inputs, write_atomically, write_json
-from ..storage.outputs import guarded_dir, mark_output
-from ..engine.work_store import local_path
+from ..storage.paths import check_parquet_inputs, local_path
+from ..storage.outputs import guarded_dir, mark_output, write_atomically, write_json
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +90,7 @@ def read_meta(spark: SparkSession, directory: str, kind: str) -> dict[str, Any]:
 def write_output(spark: SparkSession, target: str, write_data: Callable[[str], dict[str, Any]], *,
                  json_name: str = "_manifest.json") -> dict[str, Any]:
     """Write data with ``write_data(staging) -> manifest``, then the manifest, then ``_SUCCESS``,
-    all into a staging directory renamed into place (see :func:`spark_cleora.storage.readers.write_atomically`)."""
+    all into a staging directory renamed into place (see :func:`spark_cleora.storage.outputs.write_atomically`)."""
     out: dict[str, Any] = {}
 
     def write(staging: str) -> None:

@@ -39,12 +39,11 @@ from pyspark.sql import functions as F
 from scipy import sparse
 
 from .._version import __version__
-from ..config import ConfigError
+from ..config import BadInputError, ConfigError
 from ..storage.outputs import check_work_dir, claim_work_dir, clear_work_dir
-from ..engine.hyperedges import BadInputError
 from ..runtime.session import job_description
 from ..runtime.spark_errors import input_error_message
-from ..engine.work_store import local_path
+from ..storage.paths import local_path
 from .coder import read_codes
 from .config import TrainConfig
 from .examples import InputSpec, build_examples

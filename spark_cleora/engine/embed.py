@@ -20,7 +20,7 @@ from pyspark.sql import functions as F
 from pyspark.sql.types import BinaryType, StructField, StructType
 
 from .._version import __version__
-from ..config import ConfigError, EmbedConfig, field_names
+from ..config import BadInputError, ConfigError, EmbedConfig, field_names
 from .graph import (
     ENTITIES_RSD,
     GraphCounts,
@@ -35,13 +35,13 @@ from .graph import (
     observed_counts,
     plans_of,
 )
-from .hyperedges import BadInputError, Rejections, cleora_text_to_memberships, events_to_memberships
+from .hyperedges import Rejections, cleora_text_to_memberships, events_to_memberships
 from .start_vectors import given_start_vectors, init_for_names, override_start_vectors, read_start_vectors
-from ..storage.readers import parquet_footer_rows
+from ..storage.paths import local_path, parquet_footer_rows
 from .one_task import embed_in_one_task, one_task_bytes, worker_memory_gb, worker_threads
 from .propagate import X_SCHEMA_COLUMNS, propagate, route_scalings, unpacked
 from ..runtime.session import job_description
-from .work_store import WorkStore, local_path
+from .work_store import WorkStore
 from .vectors import pack
 from .whiten import whiten
 

@@ -20,7 +20,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from ..runtime.compat import is_valid_utf8, try_double
-from ..config import ConfigError, EmbedConfig, parse_columns
+from ..config import BadInputError, ConfigError, EmbedConfig, parse_columns
 
 log = logging.getLogger(__name__)
 
@@ -32,10 +32,6 @@ ROWS = "_rows"
 #: graph forms stays finite then -- 2**63 weights of 1e18 sum to < 1e37, below float32's 3.4e38, and a
 #: hyperedge's factor 1 / (|A| |B|) stays below 1e36 -- so no weight turns an embedding or degree into inf/NaN.
 MIN_WEIGHT, MAX_WEIGHT = 1e-18, 1e18
-
-
-class BadInputError(ValueError):
-    """Input rows broke a rule and the policy is ``fail``."""
 
 
 @dataclass
