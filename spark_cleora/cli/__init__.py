@@ -13,7 +13,8 @@ from typing import Any
 from .._version import __version__
 from ..runtime.compat import UnsupportedEnvironmentError
 from ..config import OUTPUT_FORMATS, ConfigError, EmbedConfig, load_toml
-from ..runtime.session import JavaNotFoundError, get_spark
+from ..options import add_embedding_options, add_spark_options, setup_logging, spark_from_args
+from ..runtime.session import JavaNotFoundError
 from ..engine.work_store import ResumeMismatchError
 
 log = logging.getLogger("spark_cleora")
@@ -37,35 +38,6 @@ examples:
   # options from a file, flags override it; on a cluster
   spark-cleora embed --config conf/embed.example.toml --master yarn --conf spark.executor.memory=8g
 """
-
-
-def add_spark_options(p: argparse.ArgumentParser) -> None:
-    """The common Spark options every subcommand takes (``--master``, ``--remote``, ``--conf``, ...)."""
-    g = p.add_argument_group("Spark")
-    g.add_argument("--master", default=None, help="Spark master URL (default: the active session, else embedded local[*])")
-    g.add_argument("--remote", default=None, help="Spark Connect URL, e.g. sc://host:15002 (also read from SPARK_REMOTE)")
-    g.add_argument("--conf", action="append", default=[], metavar="KEY=VALUE",
-                   help="Spark configuration, repeatable (e.g. --conf spark.executor.memory=8g)")
-    g.add_argument("--log-level", default=os.environ.get("SPARK_CLEORA_LOG_LEVEL", "INFO"),
-                   choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="spark_cleora log level (default INFO)")
-
-
-def add_embedding_options(g: argparse._ArgumentGroup) -> None:
-    """The embedding flags (``--dim`` ... ``--init-vectors``), shared by ``embed`` and the evaluations."""
-    g.add_argument("--dim", type=int, help="embedding dimension (default 256)")
-    g.add_argument("--iterations", type=int, help="propagation steps (default 4)")
-    g.add_argument("--markov", choices=["left", "symmetric"], help="left = W/D (default), symmetric = W/sqrt(DD)")
-    g.add_argument("--init", choices=["siphash", "fx"],
-                   help="start-vector hash: siphash (pycleora 2.0.0, default) or fx (pycleora 3.x)")
-    g.add_argument("--seed", type=int, help="init seed (default 0)")
-    g.add_argument("--whiten", nargs="?", const="every", choices=["every", "final", "none"],
-                   help="PCA whitening as pycleora 3.x: after every iteration (--whiten) or once (--whiten final)")
-    g.add_argument("--residual", type=float, metavar="ALPHA",
-                   help="pycleora residual mixing: X <- rownorm((1-ALPHA) M X + ALPHA X), 0 <= ALPHA < 1 (default 0)")
-    g.add_argument("--multiscale", metavar="K,K,...",
-                   help="concatenate the embeddings of these iterations, e.g. 1,2,4 (the last = --iterations)")
-    g.add_argument("--init-vectors", metavar="PATH",
-                   help="Parquet of entity -> vector (length --dim): start vectors replacing the hash init there")
 
 
 def _embed_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -172,29 +144,6 @@ def embed_config_from_args(ns: argparse.Namespace) -> EmbedConfig:
     if not values.get("output") and not values.get("output_table"):
         raise ConfigError("--output DIR (or --output-table NAME) is required")
     return EmbedConfig(**values)
-
-
-def parse_conf(pairs: Sequence[str]) -> dict[str, str]:
-    conf = {}
-    for kv in pairs:
-        if "=" not in kv:
-            raise ConfigError(f"--conf expects KEY=VALUE, got {kv!r}")
-        k, v = kv.split("=", 1)
-        conf[k.strip()] = v.strip()
-    return conf
-
-
-def setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level), stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S",
-    )
-    logging.getLogger("py4j").setLevel(logging.WARNING)
-
-
-def spark_from_args(ns: argparse.Namespace):
-    """The SparkSession asked for by the common Spark options (see :func:`add_spark_options`)."""
-    return get_spark(master=ns.master, remote=ns.remote, conf=parse_conf(ns.conf))
 
 
 def _run_embed(ns: argparse.Namespace) -> int:

@@ -64,7 +64,7 @@ def _config(ns: argparse.Namespace, step: str, cls: type) -> Any:
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    from ..cli import add_spark_options
+    from ..options import add_spark_options
 
     p.add_argument("--config", help="TOML file; its [emde.<step>] table supplies options (flags override)")
     p.add_argument("--json", action="store_true", default=False, help="print the manifest as JSON")
@@ -250,7 +250,7 @@ def _finish(ns: argparse.Namespace, manifest: dict[str, Any], summary: str) -> i
 
 def _run_guarded(ns: argparse.Namespace, cfg: Any, step: Callable[[Any, Any], dict[str, Any]]) -> dict[str, Any]:
     """``step(spark, cfg)`` with the step's ``--output`` checked before Spark starts and locked while it runs."""
-    from ..cli import spark_from_args
+    from ..options import spark_from_args
 
     with guarded_output(cfg):
         return step(spark_from_args(ns), cfg)

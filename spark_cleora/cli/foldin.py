@@ -39,7 +39,7 @@ _EVENT_OPTIONS = ("input_format", "hyperedge", "entity", "timestamp", "session_g
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add ``fold-in`` and ``combine`` to the ``spark-cleora`` subcommands."""
-    from . import add_spark_options
+    from ..options import add_spark_options
 
     S = argparse.SUPPRESS
     p = sub.add_parser(
@@ -142,7 +142,7 @@ def run_fold_in(ns: argparse.Namespace) -> int:
 def _fold_in(ns: argparse.Namespace, cfg: EmbedConfig, manifest: dict[str, Any] | None) -> int:
     from pyspark.sql import functions as F
 
-    from . import spark_from_args
+    from ..options import spark_from_args
     from ..engine.foldin import fold_in
 
     spark = spark_from_args(ns)
@@ -199,7 +199,7 @@ def run_combine(ns: argparse.Namespace) -> int:
 def _combine(ns: argparse.Namespace, weights: list[float], configs: list[dict[str, Any]]) -> int:
     from pyspark.sql import functions as F
 
-    from . import spark_from_args
+    from ..options import spark_from_args
     from ..engine.combine import combine, presence_counts
 
     spark = spark_from_args(ns)

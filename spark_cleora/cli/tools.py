@@ -36,7 +36,7 @@ examples:
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add ``similar`` and ``inspect`` to the ``spark-cleora`` subcommands."""
-    from . import add_spark_options
+    from ..options import add_spark_options
 
     p = sub.add_parser(
         "similar", help="nearest neighbours of entities (cosine, distributed)",
@@ -69,7 +69,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_similar(ns: argparse.Namespace) -> int:
-    from . import EXIT_OK, spark_from_args
+    from . import EXIT_OK
+    from ..options import spark_from_args
     from ..similar import similar
 
     if ns.k < 1:
@@ -95,7 +96,8 @@ def run_similar(ns: argparse.Namespace) -> int:
 
 
 def run_inspect(ns: argparse.Namespace) -> int:
-    from . import EXIT_INPUT, EXIT_OK, spark_from_args
+    from . import EXIT_INPUT, EXIT_OK
+    from ..options import spark_from_args
     from ..explore import plot_projection, problems, sample_projection, summarize
 
     if ns.sample < 2:

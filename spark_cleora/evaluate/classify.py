@@ -110,7 +110,7 @@ def classify(emb: DataFrame, labels: DataFrame, *, seed: int = 0, test_fraction:
 
 
 def _run(ns: argparse.Namespace) -> int:
-    from ..cli import spark_from_args
+    from ..options import spark_from_args
 
     if bool(ns.embeddings) == bool(ns.edges):
         raise ConfigError("give either --embeddings DIR (a spark-cleora embed output) or --edges PATH")
@@ -164,7 +164,7 @@ def _run(ns: argparse.Namespace) -> int:
 
 
 def register(esub: argparse._SubParsersAction) -> None:
-    from ..cli import add_embedding_options, add_spark_options
+    from ..options import add_embedding_options, add_spark_options
 
     p = esub.add_parser("classify", help="node classification: accuracy and macro-F1 (logistic regression)",
                         description=__doc__.split("\n\n", 1)[1].split("Why Spark ML")[0],

@@ -423,7 +423,7 @@ def _events(spark: SparkSession, ns: argparse.Namespace) -> tuple[DataFrame, flo
 
 
 def _run(ns: argparse.Namespace) -> int:
-    from ..cli import spark_from_args
+    from ..options import spark_from_args
 
     spark = spark_from_args(ns)
     events, preset_half_life, preset_exclude = _events(spark, ns)

@@ -236,7 +236,7 @@ def parse_options(pairs: list[str]) -> dict[str, str]:
 
 
 def _run(ns: argparse.Namespace) -> int:
-    from ..cli import spark_from_args
+    from ..options import spark_from_args
 
     options = parse_options(ns.option)
     spark = spark_from_args(ns)
