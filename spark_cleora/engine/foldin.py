@@ -50,7 +50,8 @@ from ..config import BadInputError, ConfigError, EmbedConfig, field_names
 from .graph import blocks_for, build_blocks, build_entities, graph_counts, plans_of
 from .hyperedges import cleora_text_to_memberships, events_to_memberships
 from ..storage.paths import local_path, parquet_footer_rows
-from .one_task import one_task_bytes, worker_memory_gb
+from .one_task import one_task_bytes
+from ..runtime.machine import worker_memory_gb
 from .propagate import (SLICE_COLUMNS, X_SCHEMA, X_SCHEMA_COLUMNS, block_product, load_plan, normalize_rows, propagate,
                         route_scalings, unpacked)
 from ..runtime.session import job_description
