@@ -139,3 +139,12 @@ def refuse_existing(target: str, *, overwrite: bool, what: str) -> None:
     if not overwrite and lp is not None and os.path.exists(lp) and os.listdir(lp):
         raise ConfigError(f"{what} {target!r} already exists; refit into a new directory or pass --overwrite "
                           "(sketches built with the old coder can then no longer be scored)")
+
+
+def read_candidates(spark: SparkSession, path: str) -> DataFrame:
+    """The ``--candidates`` items (an ``item`` column): Parquet, or CSV/TSV by the file's extension."""
+    ext = os.path.splitext(path.rstrip("/"))[1].lower()
+    fmt = {".csv": "csv", ".tsv": "tsv"}.get(ext, "parquet")
+    df = read_table(spark, [path], fmt)
+    require_columns(df, ["item"], f"candidates {path!r}")
+    return df

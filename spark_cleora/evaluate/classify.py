@@ -30,9 +30,8 @@ from pyspark.sql import functions as F
 from ..config import ConfigError
 from ..runtime.session import job_description
 from .graphs import add_edge_options, edge_source, embed_edges, embed_options, read_edges, write_report
+from .splits import TEST_FRACTION, split_nodes
 
-TEST_FRACTION = 0.2
-_BUCKETS = 1_000_000
 
 
 def read_labels(spark: SparkSession, path: str, *, node: str | None, label: str | None,
@@ -64,12 +63,6 @@ def read_labels(spark: SparkSession, path: str, *, node: str | None, label: str 
         raise ValueError(f"labels: node {clash[0]['node']!r} has several labels (multi-label data is not "
                          "supported; keep one label per node)")
     return lab, {"labelled_nodes": lab.count()}
-
-
-def split_nodes(labelled: DataFrame, *, seed: int, test_fraction: float = TEST_FRACTION) -> DataFrame:
-    """``labelled`` with a boolean ``is_test``, decided by a hash of (seed, node)."""
-    u = F.pmod(F.xxhash64(F.lit(seed), "node"), F.lit(_BUCKETS))
-    return labelled.withColumn("is_test", u < F.lit(int(round(test_fraction * _BUCKETS))))
 
 
 def macro_f1(confusion: np.ndarray) -> float:
