@@ -9,8 +9,6 @@ from pyspark.sql import functions as F
 
 from .runtime.compat import cosine_similarity
 
-SIMILAR_SCHEMA = "query string, rank int, entity string, column string, cosine double"
-
 
 class UnknownEntityError(KeyError, ValueError):
     """A queried entity is not in the embeddings (a ``ValueError``: the CLI reports it as bad input)."""

@@ -30,7 +30,8 @@ from .examples import build_examples
 from .model import EmdeModel, load_model, network_from_state
 from .score import Kernel, bucket_mass, top_k
 from .sketch import parse_as_of
-from .store import read_candidates, read_meta, read_table, require_columns, write_output
+from .store import read_candidates, read_meta, write_output
+from ..storage.readers import read_table, require_columns
 
 MODEL_SCORINGS = ("log-prob", "popularity")
 _NETWORKS: dict[str, Any] = {}  # per Python worker: model id -> network

@@ -28,7 +28,8 @@ from .coder import read_codes
 from .config import RecommendConfig
 from .score import Kernel, bucket_mass, top_k
 from .sketch import read_items, read_sketches
-from .store import read_candidates, read_meta, read_table, require_columns, write_output
+from .store import read_candidates, read_meta, write_output
+from ..storage.readers import read_table, require_columns
 
 log = logging.getLogger(__name__)
 

@@ -13,14 +13,15 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from pyspark.sql import DataFrame, SparkSession
 
 from .._version import __version__
 from ..config import ConfigError
-from ..storage.paths import check_parquet_inputs, local_path
+from ..storage.paths import local_path
+from ..storage.readers import read_table, require_columns
 from ..storage.outputs import guarded_dir, mark_output, write_atomically, write_json
 
 log = logging.getLogger(__name__)
@@ -32,31 +33,6 @@ FORMAT_VERSION = 1
 def join(base: str, *parts: str) -> str:
     """Join path parts of a local path or a URI (``s3a://b/x`` + ``codes``)."""
     return "/".join([base.rstrip("/"), *parts])
-
-
-def read_table(spark: SparkSession, paths: Sequence[str], fmt: str = "parquet") -> DataFrame:
-    """A table from Parquet, CSV/TSV with a header row, or a catalog table name."""
-    if not paths:
-        raise ConfigError("no input path given")
-    for p in paths:
-        lp = local_path(p)
-        if fmt != "table" and lp is not None and not any(c in lp for c in "*?[") and not os.path.exists(lp):
-            raise ConfigError(f"input {p!r} does not exist")
-    if fmt == "table":
-        return spark.read.table(paths[0])
-    if fmt == "parquet":
-        check_parquet_inputs(paths)  # files Spark cannot read as one table: one line, exit 3
-        return spark.read.parquet(*paths)
-    sep = "\t" if fmt == "tsv" else ","
-    # RFC 4180 quoting: doubled quotes, quoted newlines kept in the value (one task per file)
-    return (spark.read.option("header", "true").option("sep", sep).option("quote", '"').option("escape", '"')
-            .option("multiLine", "true").csv(list(paths)))
-
-
-def require_columns(df: DataFrame, columns: Sequence[str | None], what: str) -> None:
-    missing = [c for c in columns if c and c not in df.columns]
-    if missing:
-        raise ConfigError(f"{what} has no column(s) {missing}; it has {df.columns}")
 
 
 def write_meta(spark: SparkSession, directory: str, meta: dict[str, Any], *, json_name: str) -> None:

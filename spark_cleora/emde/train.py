@@ -49,7 +49,8 @@ from .config import TrainConfig
 from .examples import InputSpec, build_examples
 from .features import FeatureSpec, fit_feature_spec
 from .model import MANIFEST, WEIGHTS, batch_arrays, require_torch
-from .store import input_paths, join, read_meta, read_table, refuse_existing, write_output
+from .store import input_paths, join, read_meta, refuse_existing, write_output
+from ..storage.readers import read_table
 
 log = logging.getLogger(__name__)
 

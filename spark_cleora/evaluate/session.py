@@ -33,8 +33,8 @@ from pyspark.sql import functions as F
 
 from ..config import ConfigError
 from ..storage.outputs import claim_work_dir
-from ..emde.sketch import epoch_seconds
-from ..emde.store import read_table, require_columns
+from ..engine.hyperedges import epoch_seconds
+from ..storage.readers import read_table, require_columns
 from ..runtime.session import job_description
 from .graphs import add_output_options, embed_options, write_report
 from .session_methods import METHODS, MethodContext, keep_top

@@ -5,27 +5,47 @@ from __future__ import annotations
 import glob
 import logging
 import os
+from collections.abc import Sequence
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from ..config import ConfigError, EmbedConfig
-from .paths import check_local_inputs, local_path
+from .paths import check_local_inputs, check_parquet_inputs, local_path
 
 log = logging.getLogger(__name__)
 
 
-def read_events(spark: SparkSession, cfg: EmbedConfig) -> DataFrame:
-    """An event table from Parquet, CSV/TSV (with a header row) or a catalog table."""
-    if not cfg.inputs:
+def read_table(spark: SparkSession, paths: Sequence[str], fmt: str = "parquet", *, sep: str | None = None,
+               what: str = "input") -> DataFrame:
+    """A table from Parquet, CSV/TSV with a header row (:func:`read_csv`; ``sep`` overrides the format's
+    separator), or a catalog table (``paths[0]`` is its name): the one reader of event tables (embed,
+    fold-in, EMDE, the evaluations).
+
+    Missing local inputs are a :class:`ConfigError`; local Parquet files Spark cannot read as one table a
+    :class:`BadInputError` (see :func:`check_parquet_inputs`), before Spark reads them.
+    """
+    if not paths:
         raise ConfigError("no input given")
-    fmt = cfg.input_format
-    check_local_inputs(cfg.inputs, fmt)
+    check_local_inputs(tuple(paths), fmt)
     if fmt == "table":
-        return spark.read.table(cfg.inputs[0])
+        return spark.read.table(paths[0])
     if fmt == "parquet":
-        return spark.read.parquet(*cfg.inputs)
-    return read_csv(spark, cfg.inputs, sep=cfg.csv_delimiter or ("\t" if fmt == "tsv" else ","))
+        check_parquet_inputs(paths, what)
+        return spark.read.parquet(*paths)
+    return read_csv(spark, paths, sep=sep or ("\t" if fmt == "tsv" else ","))
+
+
+def read_events(spark: SparkSession, cfg: EmbedConfig) -> DataFrame:
+    """The event table of an embedding run (``cfg.inputs`` in ``cfg.input_format``), see :func:`read_table`."""
+    return read_table(spark, cfg.inputs, cfg.input_format, sep=cfg.csv_delimiter, what="events")
+
+
+def require_columns(df: DataFrame, columns: Sequence[str | None], what: str) -> None:
+    """A :class:`ConfigError` naming the columns (None entries: not asked for) ``df`` does not have."""
+    missing = [c for c in columns if c and c not in df.columns]
+    if missing:
+        raise ConfigError(f"{what} has no column(s) {missing}; it has {df.columns}")
 
 
 #: the charset the CSV files are decoded with: one character per byte, so every byte survives (see read_csv)
