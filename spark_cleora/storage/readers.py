@@ -17,10 +17,13 @@ log = logging.getLogger(__name__)
 
 
 def read_table(spark: SparkSession, paths: Sequence[str], fmt: str = "parquet", *, sep: str | None = None,
-               what: str = "input") -> DataFrame:
+               what: str = "input", keep_bytes: bool = False) -> DataFrame:
     """A table from Parquet, CSV/TSV with a header row (:func:`read_csv`; ``sep`` overrides the format's
     separator), or a catalog table (``paths[0]`` is its name): the one reader of event tables (embed,
     fold-in, EMDE, the evaluations).
+
+    ``keep_bytes``: CSV values keep invalid UTF-8 as it is, for the embed rules to count (embed, fold-in);
+    without it they hold U+FFFD instead, as strings must for the Python steps of EMDE and the evaluations.
 
     Missing local inputs are a :class:`ConfigError`; local Parquet files Spark cannot read as one table a
     :class:`BadInputError` (see :func:`check_parquet_inputs`), before Spark reads them.
@@ -33,12 +36,12 @@ def read_table(spark: SparkSession, paths: Sequence[str], fmt: str = "parquet", 
     if fmt == "parquet":
         check_parquet_inputs(paths, what)
         return spark.read.parquet(*paths)
-    return read_csv(spark, paths, sep=sep or ("\t" if fmt == "tsv" else ","))
+    return read_csv(spark, paths, sep=sep or ("\t" if fmt == "tsv" else ","), keep_bytes=keep_bytes)
 
 
 def read_events(spark: SparkSession, cfg: EmbedConfig) -> DataFrame:
     """The event table of an embedding run (``cfg.inputs`` in ``cfg.input_format``), see :func:`read_table`."""
-    return read_table(spark, cfg.inputs, cfg.input_format, sep=cfg.csv_delimiter, what="events")
+    return read_table(spark, cfg.inputs, cfg.input_format, sep=cfg.csv_delimiter, what="events", keep_bytes=True)
 
 
 def require_columns(df: DataFrame, columns: Sequence[str | None], what: str) -> None:
@@ -52,7 +55,7 @@ def require_columns(df: DataFrame, columns: Sequence[str | None], what: str) -> 
 _BYTES = "ISO-8859-1"
 
 
-def read_csv(spark: SparkSession, paths: tuple[str, ...] | list[str], *, sep: str = ",") -> DataFrame:
+def read_csv(spark: SparkSession, paths: Sequence[str], *, sep: str = ",", keep_bytes: bool = True) -> DataFrame:
     """CSV/TSV files with a header row, as RFC 4180 reads them, every value a string holding the file's bytes.
 
     * Quoting (RFC 4180): a quoted field may hold the separator, a newline (kept in the value) and a
@@ -64,8 +67,14 @@ def read_csv(spark: SparkSession, paths: tuple[str, ...] | list[str], *, sep: st
       into its bytes and read as UTF-8 without replacement: valid values are exactly the UTF-8 text, an
       invalid one stays invalid, and the events rules count it as ``invalid_utf8`` (a genuine U+FFFD in the
       file is valid and kept). The header's names are decoded the same way (a UTF-8 byte-order mark is
-      dropped).
+      dropped). With ``keep_bytes=False`` the values are Spark's UTF-8 decoding instead (invalid sequences
+      become U+FFFD), for steps that need valid strings.
     """
+    if not keep_bytes:
+        raw = (spark.read.option("header", "true").option("sep", sep).option("quote", '"').option("escape", '"')
+               .option("multiLine", "true").option("mode", "PERMISSIVE").csv(list(paths)))
+        first = raw.columns[0] if raw.columns else ""
+        return raw.withColumnRenamed(first, first.removeprefix("\ufeff")) if first.startswith("\ufeff") else raw
     raw = (spark.read.option("header", "true").option("sep", sep.encode("utf-8").decode(_BYTES)).option("encoding", _BYTES)
            .option("quote", '"').option("escape", '"').option("multiLine", "true").option("mode", "PERMISSIVE")
            .csv(list(paths)))
