@@ -17,10 +17,11 @@ LAYERS: dict[str, int] = {
     "spark_cleora.runtime": 0, "spark_cleora.config": 0, "spark_cleora.errors": 0, "spark_cleora._version": 0,
     "spark_cleora.storage": 1,  # paths, readers, the output rules, catalog tables
     "spark_cleora.engine": 2,  # Cleora: graph, start vectors, both engines, the embedding pipeline, fold-in
-    "spark_cleora.emde": 3,  # EMDE on top of embeddings
-    # the embed job, the demo, neighbours and the projection, the Spark ML stages, the shared CLI options
+    # EMDE on top of embeddings; the Spark ML stages of embed (EMDE's build on them)
+    "spark_cleora.emde": 3, "spark_cleora.ml": 3,
+    # the embed job, the demo, neighbours and the projection, the shared CLI options
     "spark_cleora.job": 4, "spark_cleora.demo": 4, "spark_cleora.similar": 4, "spark_cleora.explore": 4,
-    "spark_cleora.ml": 4, "spark_cleora.options": 4,
+    "spark_cleora.options": 4,
     "spark_cleora.evaluate": 5,  # quality evaluations
     "spark_cleora.cli": 6,  # the command line
     "spark_cleora": 7,  # the package's public names
