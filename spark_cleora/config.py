@@ -11,9 +11,9 @@ from typing import Any
 
 from .runtime.compat import tomllib
 from .errors import ConfigError
-from .engine.start_vectors import INIT_METHODS
 
 MARKOV_KINDS = ("left", "symmetric")
+INIT_METHODS = ("siphash", "fx")  # start-vector hashes (spark_cleora.engine.start_vectors)
 INPUT_FORMATS = ("parquet", "csv", "tsv", "table", "cleora-tsv", "dataframe")  # dataframe: library calls
 OUTPUT_FORMATS = ("parquet", "delta", "npy", "cleora-text")
 TABLE_FORMATS = ("parquet", "delta")  # formats a catalog table (--output-table) can have

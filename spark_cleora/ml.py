@@ -113,9 +113,9 @@ class _Writer:
         ``path`` exists, unless ``overwrite()`` was asked for and ``path`` holds a previous save (or any
         output of spark_cleora) or is empty; written atomically where the filesystem can rename."""
         from .storage.filesystem import path_state, qualify
-        from .storage.readers import write_atomically
+        from .storage.outputs import write_atomically
         from .storage.outputs import RefusedError, guarded_dir, mark_output
-        from .engine.work_store import local_path
+        from .storage.paths import local_path
 
         spark = self._spark or SparkSession.active()
         target = qualify(spark, path) or path

@@ -10,8 +10,6 @@ from pyspark.sql import functions as F
 from .runtime.compat import cosine_similarity
 from .errors import ConfigError, UnknownEntityError
 
-SIMILAR_SCHEMA = "query string, rank int, entity string, column string, cosine double"
-
 
 def similar(
     emb: DataFrame,

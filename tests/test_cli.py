@@ -18,7 +18,7 @@ from pyspark.testing import assertDataFrameEqual
 from spark_cleora.cli import main
 from spark_cleora.demo import sample_path
 from spark_cleora.errors import JavaNotFoundError
-from spark_cleora.storage.readers import parquet_footer_rows
+from spark_cleora.storage.paths import parquet_footer_rows
 from spark_cleora.runtime.session import check_java
 
 SAMPLE_ARGS = [sample_path(), *SampleRun.ARGS]

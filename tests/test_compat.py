@@ -86,7 +86,7 @@ def test_vector_norm_and_cosine(spark):
 def test_string_times_and_weights_parse_on_every_version(spark):
     """String event times and weights (CSV) parse with one spelling on 3.5 and 4.x; what does not parse is null."""
     from spark_cleora.runtime.compat import try_double
-    from spark_cleora.emde.sketch import epoch_seconds
+    from spark_cleora.engine.hyperedges import epoch_seconds
 
     df = spark.createDataFrame([("1.5", "2"), ("1970-01-01 00:01:00", "x"), ("soon", None)], "t string, `w`` x` string")
     rows = df.select(epoch_seconds(df, "t").alias("t"), try_double("w` x").alias("w")).collect()

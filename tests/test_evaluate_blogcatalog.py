@@ -59,7 +59,7 @@ def test_one_vs_rest_gradient_matches_finite_differences():
 
 
 def test_classify_cli_multilabel_on_a_generated_adjlist_graph(spark, tmp_path, capsys):
-    from spark_cleora.evaluate.classify import split_nodes
+    from spark_cleora.evaluate.splits import split_nodes
 
     rng = np.random.default_rng(1)
     groups, size = 4, 30

@@ -105,7 +105,8 @@ def test_macro_f1_of_a_known_confusion_matrix():
 
 
 def test_classify_cli_on_saved_embeddings(spark, split_and_embedding, tmp_path, capsys):
-    from spark_cleora.evaluate.classify import read_labels, split_nodes
+    from spark_cleora.evaluate.classify import read_labels
+    from spark_cleora.evaluate.splits import split_nodes
 
     emb = split_and_embedding[-1]  # training-graph embedding: every node of this graph is in it
     emb_dir = str(tmp_path / "emb")

@@ -12,12 +12,14 @@ import numpy as np
 import pytest
 
 from spark_cleora.cli import main
-from spark_cleora.config import FINGERPRINTED, NOT_FINGERPRINTED, EmbedConfig, load_toml
+from spark_cleora.config import EmbedConfig, load_toml
+from spark_cleora.errors import BadInputError
+from spark_cleora.config import FINGERPRINTED, NOT_FINGERPRINTED
 from spark_cleora.engine.embed import fingerprint, run_embedding
 from spark_cleora.emde.coder import fit_coder
 from spark_cleora.emde.config import FitConfig, load_emde_toml
 from spark_cleora.emde.sketch import build_sketches
-from spark_cleora.errors import BadInputError, ConfigError
+from spark_cleora.errors import ConfigError
 
 # --------------------------------------------------------------------------------------------
 # TOML: values have their option's type

@@ -44,14 +44,12 @@ def test_no_cgroup_information_means_no_limit(tmp_path):
 ])
 def test_local_driver_and_worker_memory_follow_the_limit(monkeypatch, master, limit_gib, driver, worker):
     """Driver heap plus every worker's budget stays within the memory (RAM or the cgroup's limit)."""
-    from spark_cleora.engine import one_task
     from spark_cleora.runtime import session
 
     physical = 64 * 2**30
     monkeypatch.setattr(machine, "physical_memory_bytes", lambda: physical)
     monkeypatch.setattr(machine, "cgroup_memory_limit", lambda: limit_gib and limit_gib * 2**30)
     monkeypatch.setattr(session, "memory_bytes", machine.memory_bytes)
-    monkeypatch.setattr(one_task, "memory_bytes", machine.memory_bytes)
 
     class Conf:
         def get(self, key, default=None):
@@ -62,7 +60,7 @@ def test_local_driver_and_worker_memory_follow_the_limit(monkeypatch, master, li
 
     conf = session._local_defaults(master)
     assert conf["spark.driver.memory"] == driver
-    got = one_task.worker_memory_gb(Spark())
+    got = machine.worker_memory_gb(Spark())
     assert got == worker
     total = (limit_gib or 64)
     cores = int(master[6:-1])

@@ -64,7 +64,7 @@ def _config(ns: argparse.Namespace, step: str, cls: type) -> Any:
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    from ..cli import add_spark_options
+    from ..options import add_spark_options
 
     p.add_argument("--config", help="TOML file; its [emde.<step>] table supplies options (flags override)")
     p.add_argument("--json", action="store_true", default=False, help="print the manifest as JSON")
@@ -251,7 +251,7 @@ def _finish(ns: argparse.Namespace, manifest: dict[str, Any], summary: str) -> i
 def _run_guarded(ns: argparse.Namespace, cfg: Any, step: Callable[[Any, Any], dict[str, Any]]) -> dict[str, Any]:
     """``step(spark, cfg)`` with the step's ``--output`` checked (local paths: before Spark starts) and
     locked while it runs; on a non-local default filesystem its paths are qualified first."""
-    from ..cli import session_for_paths, spark_from_args
+    from ..options import session_for_paths, spark_from_args
     from ..emde.store import OUTPUT_FIELDS, input_paths, qualified_config
 
     spark = session_for_paths(ns, [*input_paths(cfg), *(getattr(cfg, f, None) for f in OUTPUT_FIELDS)])

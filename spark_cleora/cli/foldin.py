@@ -9,11 +9,13 @@ import os
 from collections.abc import Iterator
 from typing import Any
 
-from ..config import INPUT_FORMATS, EmbedConfig
+from ..config import EmbedConfig
 from ..errors import BadInputError, ConfigError
-from ..storage.readers import read_cleora_text, read_embeddings, read_events, write_atomically, write_json
+from ..storage.readers import read_cleora_text, read_embeddings, read_events
+from ..storage.outputs import write_atomically, write_json
 from ..storage.outputs import check_output_dir, guarded_dir, mark_output
-from ..engine.work_store import local_path
+from ..storage.paths import local_path
+from ..config import INPUT_FORMATS
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +42,7 @@ _EVENT_OPTIONS = ("input_format", "hyperedge", "entity", "timestamp", "session_g
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add ``fold-in`` and ``combine`` to the ``spark-cleora`` subcommands."""
-    from . import add_spark_options
+    from ..options import add_spark_options
 
     S = argparse.SUPPRESS
     p = sub.add_parser(
@@ -135,7 +137,7 @@ def original_config(ns: argparse.Namespace) -> tuple[EmbedConfig, dict[str, Any]
 
 
 def run_fold_in(ns: argparse.Namespace) -> int:
-    from . import qualify_namespace
+    from ..options import qualify_namespace
 
     tables = getattr(ns, "input_format", None) == "table"
     qualify_namespace(ns, ("embeddings", "output", "rejects", *(() if tables else ("events",))))
@@ -147,7 +149,7 @@ def run_fold_in(ns: argparse.Namespace) -> int:
 def _fold_in(ns: argparse.Namespace, cfg: EmbedConfig, manifest: dict[str, Any] | None) -> int:
     from pyspark.sql import functions as F
 
-    from . import spark_from_args
+    from ..options import spark_from_args
     from ..engine.foldin import fold_in
 
     spark = spark_from_args(ns)
@@ -188,7 +190,7 @@ def run_combine(ns: argparse.Namespace) -> int:
     from ..engine.combine import check_compatible, check_weights
     from ..engine.foldin import read_run_manifest
 
-    from . import qualify_namespace
+    from ..options import qualify_namespace
 
     qualify_namespace(ns, ("inputs", "output"))
     weights = check_weights(ns.weights, len(ns.inputs))
@@ -207,7 +209,7 @@ def run_combine(ns: argparse.Namespace) -> int:
 def _combine(ns: argparse.Namespace, weights: list[float], configs: list[dict[str, Any]]) -> int:
     from pyspark.sql import functions as F
 
-    from . import spark_from_args
+    from ..options import spark_from_args
     from ..engine.combine import combine, presence_counts
 
     spark = spark_from_args(ns)

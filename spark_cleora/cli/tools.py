@@ -36,7 +36,7 @@ examples:
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add ``similar`` and ``inspect`` to the ``spark-cleora`` subcommands."""
-    from . import add_spark_options
+    from ..options import add_spark_options
 
     p = sub.add_parser(
         "similar", help="nearest neighbours of entities (cosine, distributed)",
@@ -70,7 +70,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_similar(ns: argparse.Namespace) -> int:
-    from . import spark_from_args
+    from ..options import spark_from_args
     from ..similar import similar
 
     if ns.k < 1:
@@ -96,7 +96,7 @@ def run_similar(ns: argparse.Namespace) -> int:
 
 
 def run_inspect(ns: argparse.Namespace) -> int:
-    from . import spark_from_args
+    from ..options import spark_from_args
     from ..explore import legend_colours, plot_projection, problems, require_matplotlib, sample_projection, summarize
 
     if ns.sample < 2:

@@ -29,7 +29,8 @@ from ..runtime.session import step
 from ..engine.vectors import from_list_array
 from . import dlsh
 from .config import CodeConfig, FitConfig
-from .store import join, read_meta, read_table, refuse_existing, require_columns, write_output
+from .store import join, read_meta, refuse_existing, write_output
+from ..storage.readers import read_table, require_columns
 
 log = logging.getLogger(__name__)
 

@@ -40,13 +40,13 @@ from pyspark.sql import types as T
 from ..runtime.compat import grouped_arrow, try_double
 from ..errors import BadInputError, ConfigError
 from ..runtime.session import job_description
-from .sketch import epoch_seconds
-from .store import require_columns
+from ..engine.hyperedges import epoch_seconds
+from ..storage.readers import require_columns
 
 log = logging.getLogger(__name__)
 
 SKETCHES = ("long", "short", "tgt")
-TRAIN, VALID, PREDICT = "train", "val", "predict"
+TRAIN, VALID = "train", "val"
 
 
 @dataclass(frozen=True)

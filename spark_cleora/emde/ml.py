@@ -266,7 +266,7 @@ class EmdeTrainedModel(Model, _TrainParams, _Persist, MLReadable):
         return recs
 
     def _save_data(self, spark: SparkSession, path: str) -> None:
-        from ..engine.work_store import local_path
+        from ..storage.paths import local_path
 
         lp = local_path(path)
         if lp is None:

@@ -22,7 +22,7 @@ import numpy as np
 import pyarrow as pa
 
 from ..errors import ConfigError, MissingExtraError
-from ..engine.work_store import local_path
+from ..storage.paths import local_path
 from .examples import InputSpec
 from .features import FeatureSpec, block_normalize, csr, sketch_inputs
 

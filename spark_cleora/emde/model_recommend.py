@@ -28,10 +28,10 @@ from ..runtime.session import job_description
 from .coder import read_codes
 from .examples import build_examples
 from .model import EmdeModel, load_model, network_from_state
-from .recommend import bucket_mass
-from .score import Kernel, top_k
+from .score import Kernel, bucket_mass, top_k
 from .sketch import parse_as_of
-from .store import read_meta, read_table, require_columns, write_output
+from .store import read_candidates, read_meta, write_output
+from ..storage.readers import read_table, require_columns
 
 MODEL_SCORINGS = ("log-prob", "popularity")
 _NETWORKS: dict[str, Any] = {}  # per Python worker: model id -> network
@@ -161,8 +161,6 @@ def recommend_with_model(
 
 def run_model_recommend(spark: SparkSession, cfg: Any) -> dict[str, Any]:
     """``emde recommend --model``: the manifest of the written recommendations."""
-    from .recommend import _read_candidates
-
     t0 = time.perf_counter()
     if not cfg.output or not cfg.events or not cfg.timestamp:
         raise ConfigError("--model needs --events PATH, --timestamp COL and --output DIR")
@@ -186,7 +184,7 @@ def run_model_recommend(spark: SparkSession, cfg: Any) -> dict[str, Any]:
         model, events, read_codes(spark, coder), customer=cfg.customer, item=cfg.item, timestamp=cfg.timestamp,
         weight=cfg.weight, as_of=parse_as_of(spark, cfg.as_of), k=cfg.k, scoring=cfg.model_scoring,
         seen=events.select(F.col(cfg.customer).alias("customer"), F.col(cfg.item).alias("item"))
-        if cfg.exclude_seen else None, candidates=_read_candidates(spark, cfg.candidates) if cfg.candidates else None,
+        if cfg.exclude_seen else None, candidates=read_candidates(spark, cfg.candidates) if cfg.candidates else None,
         customer_features=cf, batch_size=cfg.batch_size, chunk_size=cfg.chunk_size)
 
     def write(staging: str) -> dict[str, Any]:

@@ -15,7 +15,6 @@ Scoring is exact over all candidates and distributed (:mod:`spark_cleora.emde.sc
 from __future__ import annotations
 
 import logging
-import os
 import time
 from typing import Any
 
@@ -27,23 +26,12 @@ from ..errors import ConfigError
 from ..runtime.session import step
 from .coder import read_codes
 from .config import RecommendConfig
-from .score import Kernel, top_k
+from .score import Kernel, bucket_mass, top_k
 from .sketch import read_items, read_sketches
-from .store import read_meta, read_table, require_columns, write_output
+from .store import read_candidates, read_meta, write_output
+from ..storage.readers import read_table, require_columns
 
 log = logging.getLogger(__name__)
-
-
-def bucket_mass(items: DataFrame, *, length: int) -> np.ndarray:
-    """Popularity mass per bucket, ``(length,)``, from ``item``, ``codes``, ``w`` rows.
-
-    Every item lies in exactly one bucket of each partitioning, so each block sums to the total.
-    Only this vector reaches the driver.
-    """
-    out = np.zeros(length)
-    for r in items.select(F.explode("codes").alias("b"), "w").groupBy("b").agg(F.sum("w").alias("w")).collect():
-        out[r["b"]] = r["w"]
-    return out
 
 
 def recommend(
@@ -156,14 +144,6 @@ def recommend(
     return recs.withColumnRenamed("id", "customer"), report
 
 
-def _read_candidates(spark: SparkSession, path: str) -> DataFrame:
-    ext = os.path.splitext(path.rstrip("/"))[1].lower()
-    fmt = {".csv": "csv", ".tsv": "tsv"}.get(ext, "parquet")
-    df = read_table(spark, [path], fmt)
-    require_columns(df, ["item"], f"candidates {path!r}")
-    return df
-
-
 def run_recommend(spark: SparkSession, cfg: RecommendConfig) -> dict[str, Any]:
     """The ``emde recommend`` job; returns its manifest."""
     if cfg.model:
@@ -188,7 +168,7 @@ def run_recommend(spark: SparkSession, cfg: RecommendConfig) -> dict[str, Any]:
         scoring=cfg.scoring, sketch_weight=cfg.sketch_weight, eps=cfg.eps,
         popularity=read_items(spark, cfg.sketches) if cfg.scoring == "popularity" else None,
         popularity_smoothing=cfg.popularity_smoothing, seen=seen,
-        candidates=_read_candidates(spark, cfg.candidates) if cfg.candidates else None,
+        candidates=read_candidates(spark, cfg.candidates) if cfg.candidates else None,
         batch_size=cfg.batch_size, chunk_size=cfg.chunk_size, n_customers=sk_meta.get("customers"))
 
     def write(staging: str) -> dict[str, Any]:

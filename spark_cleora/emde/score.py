@@ -235,3 +235,15 @@ def top_k(queries: DataFrame, candidates: DataFrame, *, kernel: Kernel, k: int, 
               .agg(F.slice(F.sort_array(F.collect_list(entry)), 1, k).alias("top")))
     return merged.select("id", F.transform("top", lambda x: x["item"]).alias("items"),
                          F.transform("top", lambda x: -x["neg"]).alias("scores"))
+
+
+def bucket_mass(items: DataFrame, *, length: int) -> np.ndarray:
+    """Popularity mass per bucket, ``(length,)``, from ``item``, ``codes``, ``w`` rows.
+
+    Every item lies in exactly one bucket of each partitioning, so each block sums to the total.
+    Only this vector reaches the driver.
+    """
+    out = np.zeros(length)
+    for r in items.select(F.explode("codes").alias("b"), "w").groupBy("b").agg(F.sum("w").alias("w")).collect():
+        out[r["b"]] = r["w"]
+    return out

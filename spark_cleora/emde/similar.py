@@ -20,7 +20,8 @@ from ..runtime.session import step
 from .config import SimilarCustomersConfig
 from .score import Kernel, top_k
 from .sketch import read_sketches
-from .store import read_meta, read_table, require_columns, write_output
+from .store import read_meta, write_output
+from ..storage.readers import read_table, require_columns
 
 
 def similar_customers(sketches: DataFrame, *, width: int, n_codes: int, k: int = 10,

@@ -25,15 +25,15 @@ from pyspark.sql import types as T
 
 from ..runtime.compat import try_double
 from ..errors import BadInputError, ConfigError
-from ..engine.hyperedges import MAX_WEIGHT
 from ..runtime.session import job_description, step
+from ..engine.hyperedges import MAX_WEIGHT, epoch_seconds
 from .coder import read_codes
 from .config import SketchConfig
-from .store import join, read_meta, read_table, require_columns, write_output
+from .store import join, read_meta, write_output
+from ..storage.readers import read_table, require_columns
 
 log = logging.getLogger(__name__)
 
-SKETCH_SCHEMA = "customer string, idx array<int>, val array<float>, as_of double, n_events long"
 ITEMS = "_items"  # per-item event counts and weights of the sketched events (the item popularity)
 REASONS = ("null_customer", "null_item", "bad_timestamp", "after_as_of", "before_previous", "unknown_item",
            "bad_weight")
@@ -55,21 +55,6 @@ class Previous:
     sketches: DataFrame
     items: DataFrame
     meta: dict[str, Any]
-
-
-def epoch_seconds(df: DataFrame, column: str) -> Column:
-    """Event time in epoch seconds (double) from numbers, timestamps, dates or strings of either."""
-    dtype = df.schema[column].dataType
-    col = F.col(column)
-    if isinstance(dtype, T.NumericType):
-        return col.cast("double")
-    if isinstance(dtype, (T.TimestampType, T.TimestampNTZType)):
-        return F.unix_micros(col.cast("timestamp")) / 1e6
-    if isinstance(dtype, T.DateType):
-        return F.unix_date(col).cast("double") * 86400.0
-    if isinstance(dtype, T.StringType):
-        return F.coalesce(try_double(column), F.unix_micros(F.try_to_timestamp(col)) / 1e6)
-    raise ConfigError(f"timestamp column {column!r} has type {dtype.simpleString()}; use epoch seconds or a timestamp")
 
 
 def parse_as_of(spark: SparkSession, value: str | float | int | None) -> float | None:

@@ -13,17 +13,18 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from pyspark.sql import DataFrame, SparkSession
 
-from .. import __version__
 from ..errors import ConfigError
-from ..storage.readers import check_parquet_inputs, write_atomically, write_json
+from ..storage.outputs import write_atomically, write_json
 from ..storage.outputs import guarded_dir, mark_output
 from ..storage.filesystem import active_session, path_state, qualify
-from ..engine.work_store import local_path
+from ..storage.paths import local_path
+from .._version import __version__
+from ..storage.readers import read_table, require_columns
 
 log = logging.getLogger(__name__)
 
@@ -34,33 +35,6 @@ FORMAT_VERSION = 1
 def join(base: str, *parts: str) -> str:
     """Join path parts of a local path or a URI (``s3a://b/x`` + ``codes``)."""
     return "/".join([base.rstrip("/"), *parts])
-
-
-def read_table(spark: SparkSession, paths: Sequence[str], fmt: str = "parquet") -> DataFrame:
-    """A table from Parquet, CSV/TSV with a header row, or a catalog table name."""
-    if not paths:
-        raise ConfigError("no input path given")
-    if fmt != "table":
-        paths = [qualify(spark, p) for p in paths]  # scheme-less: on the session's default filesystem
-    for p in paths:
-        lp = local_path(p)
-        if fmt != "table" and lp is not None and not any(c in lp for c in "*?[") and not os.path.exists(lp):
-            raise ConfigError(f"input {p!r} does not exist")
-    if fmt == "table":
-        return spark.read.table(paths[0])
-    if fmt == "parquet":
-        check_parquet_inputs(paths)  # files Spark cannot read as one table: one line, exit 3
-        return spark.read.parquet(*paths)
-    sep = "\t" if fmt == "tsv" else ","
-    # RFC 4180 quoting: doubled quotes, quoted newlines kept in the value (one task per file)
-    return (spark.read.option("header", "true").option("sep", sep).option("quote", '"').option("escape", '"')
-            .option("multiLine", "true").csv(list(paths)))
-
-
-def require_columns(df: DataFrame, columns: Sequence[str | None], what: str) -> None:
-    missing = [c for c in columns if c and c not in df.columns]
-    if missing:
-        raise ConfigError(f"{what} has no column(s) {missing}; it has {df.columns}")
 
 
 def write_meta(spark: SparkSession, directory: str, meta: dict[str, Any], *, json_name: str) -> None:
@@ -102,7 +76,7 @@ def read_meta(spark: SparkSession, directory: str, kind: str) -> dict[str, Any]:
 def write_output(spark: SparkSession, target: str, write_data: Callable[[str], dict[str, Any]], *,
                  json_name: str = "_manifest.json") -> dict[str, Any]:
     """Write data with ``write_data(staging) -> manifest``, then the manifest, then ``_SUCCESS``,
-    all into a staging directory renamed into place (see :func:`spark_cleora.storage.readers.write_atomically`)."""
+    all into a staging directory renamed into place (see :func:`spark_cleora.storage.outputs.write_atomically`)."""
     out: dict[str, Any] = {}
     target = qualify(spark, target)
 
@@ -173,3 +147,12 @@ def refuse_existing(target: str, *, overwrite: bool, what: str) -> None:
     if taken:
         raise ConfigError(f"{what} {target!r} already exists; refit into a new directory or pass --overwrite "
                           "(sketches built with the old coder can then no longer be scored)")
+
+
+def read_candidates(spark: SparkSession, path: str) -> DataFrame:
+    """The ``--candidates`` items (an ``item`` column): Parquet, or CSV/TSV by the file's extension."""
+    ext = os.path.splitext(path.rstrip("/"))[1].lower()
+    fmt = {".csv": "csv", ".tsv": "tsv"}.get(ext, "parquet")
+    df = read_table(spark, [path], fmt)
+    require_columns(df, ["item"], f"candidates {path!r}")
+    return df

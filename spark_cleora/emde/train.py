@@ -38,17 +38,18 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from scipy import sparse
 
-from .. import __version__
 from ..errors import EXIT_INPUT, EXIT_USAGE, BadInputError, ConfigError, ForeignWorkError, RunFailedError, is_expected
 from ..storage.outputs import check_work_dir, claim_work_dir, clear_work_dir
 from ..runtime.session import job_description
-from ..engine.work_store import local_path
+from ..storage.paths import local_path
+from .._version import __version__
 from .coder import read_codes
 from .config import TrainConfig
 from .examples import InputSpec, build_examples
 from .features import FeatureSpec, fit_feature_spec
 from .model import MANIFEST, WEIGHTS, batch_arrays, require_torch
-from .store import input_paths, join, read_meta, read_table, refuse_existing, write_output
+from .store import input_paths, join, read_meta, refuse_existing, write_output
+from ..storage.readers import read_table
 
 log = logging.getLogger(__name__)
 

@@ -20,9 +20,9 @@ from pyspark.sql import DataFrame, Observation, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import BinaryType, StructField, StructType
 
-from .. import __version__
 from ..config import EmbedConfig, field_names
 from ..errors import BadInputError, ConfigError
+from .._version import __version__
 from .graph import (
     ENTITIES_RSD,
     GraphCounts,
@@ -39,11 +39,12 @@ from .graph import (
 )
 from .hyperedges import Rejections, cleora_text_to_memberships, events_to_memberships
 from .start_vectors import given_start_vectors, init_for_names, override_start_vectors, read_start_vectors
-from ..storage.readers import parquet_footer_rows
-from .one_task import embed_in_one_task, one_task_bytes, worker_memory_gb, worker_threads
+from ..storage.paths import local_path, parquet_footer_rows
+from .one_task import embed_in_one_task, one_task_bytes, worker_threads
+from ..runtime.machine import worker_memory_gb
 from .propagate import X_SCHEMA_COLUMNS, propagate, route_scalings, unpacked
 from ..runtime.session import job_description
-from .work_store import WorkStore, local_path
+from .work_store import WorkStore
 from .vectors import pack
 from .whiten import whiten
 

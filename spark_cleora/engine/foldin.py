@@ -54,12 +54,12 @@ from .graph import blocks_for, build_blocks, build_entities, graph_counts, plans
 from .hyperedges import REJECT as _REJECT
 from .hyperedges import ROWS as _ROWS
 from .hyperedges import cleora_text_to_memberships, events_to_memberships
-from ..storage.readers import parquet_footer_rows
-from .one_task import one_task_bytes, worker_memory_gb
+from ..storage.paths import local_path, parquet_footer_rows
+from .one_task import one_task_bytes
+from ..runtime.machine import worker_memory_gb
 from .propagate import (SLICE_COLUMNS, X_SCHEMA, X_SCHEMA_COLUMNS, block_product, load_plan, normalize_rows, propagate,
                         route_scalings, unpacked)
 from ..runtime.session import job_description
-from .work_store import local_path
 from .vectors import from_list_array, pack, to_list_array, unpack
 
 log = logging.getLogger(__name__)

@@ -22,6 +22,7 @@ from pyspark.sql import types as T
 from ..runtime.compat import is_valid_utf8, try_double
 from ..config import EmbedConfig, parse_columns
 from ..errors import BadInputError, ConfigError
+from ..storage.readers import require_columns
 
 log = logging.getLogger(__name__)
 
@@ -137,24 +138,24 @@ def apply_policy(df: DataFrame, rules: list[tuple[str, SparkColumn]], policy: st
 # Event tables
 # --------------------------------------------------------------------------------------------
 
-def _seconds(df: DataFrame, name: str) -> SparkColumn:
-    """A timestamp column as epoch seconds (double): numbers as they are, timestamps, or parseable strings."""
+def epoch_seconds(df: DataFrame, name: str) -> SparkColumn:
+    """Event time as epoch seconds (double): the one time parser of embed, fold-in, EMDE and the evaluations.
+
+    Numbers are epoch seconds as they are; timestamps their instant; a DATE is its midnight in the session
+    time zone (as a timestamp cast reads it, and as the string ``"2024-05-01"`` parses); strings are
+    numbers or timestamps (unparseable ones are null, which the callers count as bad timestamps). Other
+    types are a :class:`ConfigError`.
+    """
     dtype = df.schema[name].dataType
     c = F.col(name)
-    if isinstance(dtype, (T.TimestampType, T.TimestampNTZType)):
-        return F.unix_micros(c.cast("timestamp")) / 1e6
-    if isinstance(dtype, T.DateType):
+    if isinstance(dtype, (T.TimestampType, T.TimestampNTZType, T.DateType)):
         return F.unix_micros(c.cast("timestamp")) / 1e6
     if isinstance(dtype, T.NumericType):
         return c.cast("double")
-    s = c.cast("string")
-    return F.coalesce(try_double(name), F.unix_micros(F.try_to_timestamp(s)) / 1e6)
-
-
-def require_columns(df: DataFrame, names: list[str], what: str) -> None:
-    missing = [n for n in names if n not in df.columns]
-    if missing:
-        raise ConfigError(f"{what}: column(s) {missing} not found; the input has {df.columns}")
+    if isinstance(dtype, T.StringType):
+        return F.coalesce(try_double(name), F.unix_micros(F.try_to_timestamp(c)) / 1e6)
+    raise ConfigError(f"timestamp column {name!r} has type {dtype.simpleString()}; use epoch seconds, a timestamp, "
+                      "a date or a string of one")
 
 
 def events_to_memberships(events: DataFrame, cfg: EmbedConfig) -> tuple[DataFrame, Validation]:
@@ -171,7 +172,7 @@ def events_to_memberships(events: DataFrame, cfg: EmbedConfig) -> tuple[DataFram
     df = events.select(
         F.col(hcol).cast("string").alias("_h"),
         F.col(ecol).cast("string").alias("entity"),
-        *([_seconds(events, tcol).alias("_t"), F.col(tcol).alias("_t_raw")] if tcol else []),
+        *([epoch_seconds(events, tcol).alias("_t"), F.col(tcol).alias("_t_raw")] if tcol else []),
         *([F.col(wcol).alias("_w_raw"), try_double(wcol).alias("weight")] if wcol else []),
     )
     rules = [

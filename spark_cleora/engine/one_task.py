@@ -41,7 +41,6 @@ from ..config import Column
 from ..errors import EntityHashCollisionError
 from .graph import ENTITY_PART, PLAN
 from .start_vectors import init_for_names
-from ..runtime.machine import local_cores, local_worker_gib, memory_bytes
 from .propagate import NORM_EPS, _maybe_inject_failure, block_product, load_plan
 from .vectors import to_list_array, unpack
 from .whiten import whiten_array
@@ -75,27 +74,6 @@ def worker_threads(spark: SparkSession) -> int:
     except (ValueError, TypeError):
         conf = 0
     return conf if conf > 0 else max(1, os.cpu_count() or 1)
-
-
-#: memory a Python worker may use by default (``--block-memory-gb``) off local mode; local mode:
-#: :func:`spark_cleora.runtime.machine.local_worker_gib`
-DEFAULT_WORKER_GB = 4.0
-
-
-def worker_memory_gb(spark: SparkSession) -> float:
-    """The default ``--block-memory-gb``: 4, or for a local master ``local[N]`` what the driver's heap
-    (half the memory this machine or its container gives the process) and a 1 GiB reserve leave,
-    split over the N Python workers that run at once, and at most a quarter of the memory."""
-    try:
-        master = str(spark.conf.get("spark.master", ""))
-    except Exception:  # e.g. a Connect server that does not show its master
-        master = ""
-    if not master.startswith("local"):
-        return DEFAULT_WORKER_GB
-    total = memory_bytes()
-    if not total:
-        return DEFAULT_WORKER_GB
-    return local_worker_gib(total, local_cores(master))
 
 
 def one_task_bytes(*, entities: int, dim: int, kept: int, memberships: int, hyperedges: int, shares: int = 0) -> int:

@@ -23,9 +23,8 @@ import xxhash
 from pyspark.sql import DataFrame
 
 from ..errors import ConfigError, InitVectorsError
+from ..config import INIT_METHODS
 from .vectors import pack
-
-INIT_METHODS = ("siphash", "fx")
 
 _MAX_HASH = 1 << 23
 _FX_K = np.uint64(0x517CC1B727220A95)

@@ -18,21 +18,13 @@ import logging
 import os
 import shutil
 from typing import Any
-from urllib.parse import urlparse
 
 from pyspark.sql import DataFrame, SparkSession
 
 from ..errors import ResumeMismatchError
+from ..storage.paths import local_path
 
 log = logging.getLogger(__name__)
-
-
-def local_path(uri: str) -> str | None:
-    """The local filesystem path of ``uri``, or None for remote stores (s3a://, abfss://, dbfs:/ ...)."""
-    parsed = urlparse(uri)
-    if parsed.scheme in ("", "file") or (len(parsed.scheme) == 1 and os.name == "nt"):
-        return parsed.path if parsed.scheme == "file" else uri
-    return None
 
 
 class WorkStore:

@@ -30,9 +30,8 @@ from pyspark.sql import functions as F
 from ..errors import BadInputError, ConfigError
 from ..runtime.session import job_description
 from .graphs import add_edge_options, edge_source, embed_edges, embed_options, read_edges, write_report
+from .splits import TEST_FRACTION, split_nodes
 
-TEST_FRACTION = 0.2
-_BUCKETS = 1_000_000
 
 
 def read_labels(spark: SparkSession, path: str, *, node: str | None, label: str | None,
@@ -64,12 +63,6 @@ def read_labels(spark: SparkSession, path: str, *, node: str | None, label: str 
         raise BadInputError(f"labels: node {clash[0]['node']!r} has several labels (multi-label data is not "
                          "supported; keep one label per node)")
     return lab, {"labelled_nodes": lab.count()}
-
-
-def split_nodes(labelled: DataFrame, *, seed: int, test_fraction: float = TEST_FRACTION) -> DataFrame:
-    """``labelled`` with a boolean ``is_test``, decided by a hash of (seed, node)."""
-    u = F.pmod(F.xxhash64(F.lit(seed), "node"), F.lit(_BUCKETS))
-    return labelled.withColumn("is_test", u < F.lit(int(round(test_fraction * _BUCKETS))))
 
 
 def macro_f1(confusion: np.ndarray) -> float:
@@ -110,7 +103,7 @@ def classify(emb: DataFrame, labels: DataFrame, *, seed: int = 0, test_fraction:
 
 
 def _run(ns: argparse.Namespace) -> int:
-    from ..cli import spark_from_args
+    from ..options import spark_from_args
 
     if bool(ns.embeddings) == bool(ns.edges):
         raise ConfigError("give either --embeddings DIR (a spark-cleora embed output) or --edges PATH")
@@ -164,7 +157,7 @@ def _run(ns: argparse.Namespace) -> int:
 
 
 def register(esub: argparse._SubParsersAction) -> None:
-    from ..cli import add_embedding_options, add_spark_options
+    from ..options import add_embedding_options, add_spark_options
 
     p = esub.add_parser("classify", help="node classification: accuracy and macro-F1 (logistic regression)",
                         description=__doc__.split("\n\n", 1)[1].split("Why Spark ML")[0],

@@ -193,7 +193,7 @@ def embed_options(ns: argparse.Namespace) -> dict[str, Any]:
 
 def add_output_options(p: argparse.ArgumentParser, handler: Any) -> None:
     """``--report``, ``--work-dir``, the embedding and Spark options of a recommendation evaluation."""
-    from ..cli import add_embedding_options, add_spark_options
+    from ..options import add_embedding_options, add_spark_options
 
     g = p.add_argument_group("output")
     g.add_argument("--report", help="write the JSON report here (atomically)")

@@ -166,7 +166,7 @@ def run_linkpred(spark: SparkSession, edges: DataFrame, *, expansion: str, optio
 
 
 def _run(ns: argparse.Namespace) -> int:
-    from ..cli import spark_from_args
+    from ..options import spark_from_args
 
     spark = spark_from_args(ns)
     edges, counts = read_edges(spark, edge_source(ns))
@@ -183,7 +183,7 @@ def _run(ns: argparse.Namespace) -> int:
 
 
 def register(esub: argparse._SubParsersAction) -> None:
-    from ..cli import add_embedding_options, add_spark_options
+    from ..options import add_embedding_options, add_spark_options
 
     p = esub.add_parser(
         "linkpred", help="link prediction: MRR and HitRate@10 (the Cleora paper's protocol)",

@@ -37,7 +37,7 @@ from pyspark.sql import functions as F
 from ..errors import BadInputError
 from ..runtime.session import job_description
 from ..engine.vectors import from_list_array
-from .classify import TEST_FRACTION, split_nodes
+from .splits import TEST_FRACTION, split_nodes
 
 PREDICTION_RULE = "top-k labels by score, k = the test node's true label count (DeepWalk)"
 

@@ -44,7 +44,8 @@ from ..engine.embed import embed
 from ..emde.coder import fit_coder, item_codes
 from ..emde.recommend import recommend
 from ..emde.score import Kernel, top_k
-from ..emde.sketch import build_sketches, decay_factor, epoch_seconds
+from ..emde.sketch import build_sketches, decay_factor
+from ..engine.hyperedges import epoch_seconds
 from ..errors import ConfigError
 from ..runtime.session import job_description
 from ..engine.vectors import from_list_array
@@ -415,7 +416,7 @@ def _events(spark: SparkSession, ns: argparse.Namespace) -> tuple[DataFrame, flo
         return df, ds.half_life, ds.exclude_seen
     if not ns.events or not ns.customer or not ns.item:
         raise ConfigError("give --dataset NAME, or --events PATH with --customer COL and --item COL")
-    from ..emde.store import read_table
+    from ..storage.readers import read_table
 
     df = read_table(spark, ns.events, ns.events_format)
     t = epoch_seconds(df, ns.timestamp) if ns.timestamp else F.lit(None).cast("double")
@@ -423,7 +424,7 @@ def _events(spark: SparkSession, ns: argparse.Namespace) -> tuple[DataFrame, flo
 
 
 def _run(ns: argparse.Namespace) -> int:
-    from ..cli import spark_from_args
+    from ..options import spark_from_args
 
     spark = spark_from_args(ns)
     events, preset_half_life, preset_exclude = _events(spark, ns)

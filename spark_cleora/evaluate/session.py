@@ -33,8 +33,8 @@ from pyspark.sql import functions as F
 
 from ..errors import ConfigError
 from ..storage.outputs import claim_work_dir
-from ..emde.sketch import epoch_seconds
-from ..emde.store import read_table, require_columns
+from ..engine.hyperedges import epoch_seconds
+from ..storage.readers import read_table, require_columns
 from ..runtime.session import job_description
 from .graphs import add_output_options, embed_options, write_report
 from .session_methods import METHODS, MethodContext, keep_top
@@ -236,7 +236,7 @@ def parse_options(pairs: list[str]) -> dict[str, str]:
 
 
 def _run(ns: argparse.Namespace) -> int:
-    from ..cli import spark_from_args
+    from ..options import spark_from_args
 
     options = parse_options(ns.option)
     spark = spark_from_args(ns)

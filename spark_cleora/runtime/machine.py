@@ -3,12 +3,16 @@
 A container (Docker, Kubernetes, a CI runner, a systemd slice) limits memory with a cgroup, while
 ``sysconf`` still reports the host's RAM. Sizing the driver heap and the Python workers from the host
 would get the job killed by the kernel, so the local defaults use the smaller of the two.
+
+Also the memory budget of one Python worker (``--block-memory-gb``'s default), which sizes the blocks and
+chooses the engine.
 """
 
 from __future__ import annotations
 
 import os
 import re
+from typing import Any
 
 #: a cgroup "limit" at or above this is no limit (v1 reports unlimited as ~2^63)
 _NO_LIMIT = 1 << 60
@@ -104,3 +108,24 @@ def local_worker_gib(total: int, cores: int) -> float:
     ``LOCAL_WORKER_SHARE`` of the memory nor less than ``LOCAL_WORKER_MIN_GIB``."""
     left = total / 2**30 - local_driver_gib(total) - LOCAL_RESERVE_GIB
     return max(LOCAL_WORKER_MIN_GIB, round(min(total / 2**30 * LOCAL_WORKER_SHARE, left / max(cores, 1)), 1))
+
+
+#: memory a Python worker may use by default (``--block-memory-gb``) off local mode; local mode:
+#: :func:`local_worker_gib`
+DEFAULT_WORKER_GB = 4.0
+
+
+def worker_memory_gb(spark: Any) -> float:
+    """The default ``--block-memory-gb``: 4, or for a local master ``local[N]`` what the driver's heap
+    (half the memory this machine or its container gives the process) and a 1 GiB reserve leave,
+    split over the N Python workers that run at once, and at most a quarter of the memory."""
+    try:
+        master = str(spark.conf.get("spark.master", ""))
+    except Exception:  # e.g. a Connect server that does not show its master
+        master = ""
+    if not master.startswith("local"):
+        return DEFAULT_WORKER_GB
+    total = memory_bytes()
+    if not total:
+        return DEFAULT_WORKER_GB
+    return local_worker_gib(total, local_cores(master))

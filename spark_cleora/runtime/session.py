@@ -283,12 +283,27 @@ def get_spark(
     return spark
 
 
-def _import_engine(batches):
-    """``mapInArrow`` body that only imports what the engine's Python tasks import."""
-    import spark_cleora.engine.graph  # noqa: F401  (numpy, pyarrow)
-    import spark_cleora.engine.one_task  # noqa: F401  (scipy)
+#: modules a warmed Python worker imports (see :func:`warm_python_workers`): the engine names what its tasks
+#: import (:func:`import_in_workers`), the session itself imports no part of it
+WORKER_IMPORTS: list[str] = []
 
-    yield from batches
+
+def import_in_workers(*modules: str) -> None:
+    """Have :func:`warm_python_workers` import ``modules`` in every Python worker it starts."""
+    WORKER_IMPORTS.extend(m for m in modules if m not in WORKER_IMPORTS)
+
+
+def _importer(modules: tuple[str, ...]):
+    """``mapInArrow`` body that only imports ``modules`` (numpy, pyarrow, scipy: what the tasks will need)."""
+
+    def run(batches):
+        import importlib
+
+        for name in modules:
+            importlib.import_module(name)
+        yield from batches
+
+    return run
 
 
 def warm_python_workers(spark, cores: int) -> threading.Thread | None:
@@ -305,7 +320,7 @@ def warm_python_workers(spark, cores: int) -> threading.Thread | None:
     def warm() -> None:
         try:
             spark.sparkContext.setJobDescription("spark_cleora: start Python workers")
-            (spark.range(0, cores, 1, cores).mapInArrow(_import_engine, "id long")
+            (spark.range(0, cores, 1, cores).mapInArrow(_importer(tuple(WORKER_IMPORTS)), "id long")
              .write.format("noop").mode("overwrite").save())
         except Exception as exc:  # best effort: the session may be stopping, the job was only a head start
             thread.failure = exc

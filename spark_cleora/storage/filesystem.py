@@ -30,7 +30,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 from urllib.parse import urlparse
 
-from ..engine.work_store import local_path
+from .paths import local_path
 
 #: name of the (non-existent) path whose qualified form reveals the default filesystem
 _PROBE = "spark_cleora_default_fs_probe_"

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
+import glob
 import json
 import logging
 import os
@@ -37,13 +38,13 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from .. import __version__
+from .._version import __version__
 from ..errors import ConfigError, RefusedError
 from .filesystem import active_session, empty_directory, exists, join, path_state, read_marker, write_marker
-from ..engine.work_store import local_path
+from .paths import local_path
 
 log = logging.getLogger(__name__)
 
@@ -462,8 +463,6 @@ def _take_over(lock: str, stale: dict[str, Any]) -> None:
 
 def write_rejects(df: Any, path: str) -> None:
     """Write the rejected rows as Parquet to ``path`` atomically, marked as an output of the tool."""
-    from .readers import write_atomically
-
     check_output_dir(path, what="--rejects")
 
     def write(staging: str) -> None:
@@ -485,10 +484,72 @@ def check_table_name(name: str, what: str = "--output-table") -> None:
 
 def write_report(path: str, data: dict[str, Any]) -> None:
     """Write a JSON report (or summary) atomically: a temporary file beside it, then a rename."""
-    from .readers import write_json
-
     lp = local_path(path) or path
     os.makedirs(os.path.dirname(os.path.abspath(lp)), exist_ok=True)
     tmp = f"{lp}.tmp-{os.getpid()}"
     write_json(tmp, data)
     os.replace(tmp, lp)
+
+
+# --------------------------------------------------------------------------------------------
+# Atomic output
+# --------------------------------------------------------------------------------------------
+
+def write_atomically(target: str, write: Callable[[str], None]) -> None:
+    """Write into a staging directory beside ``target`` and move it into place only when complete.
+
+    On a local filesystem the final step is a rename, so readers see the old result or the new one,
+    never a partial directory. On other stores (object stores, or HDFS as the session's default
+    filesystem: no rename is reachable without a JVM handle) ``target`` is written in place: a previous
+    output there is first emptied and marked as an unfinished output of the tool (so a run that dies
+    leaves a directory the next run may replace), and the markers written last (``_SUCCESS``, the output
+    marker, EMDE's ``_emde``) are the completion signal.
+
+    Callers check ``target`` first (:func:`spark_cleora.storage.outputs.check_output_dir`) and hold its lock
+    (:func:`spark_cleora.storage.outputs.output_lock`): what is replaced here is a previous output of the tool,
+    and staging directories beside it are a dead run's.
+    """
+    lp = local_path(target)
+    if lp is None:
+        _write_in_place(target, write)
+        return
+    check_output_dir(target)  # again, just before replacing: the path may have changed since the start
+    lp = os.path.abspath(lp)
+    parent = os.path.dirname(lp) or "."
+    os.makedirs(parent, exist_ok=True)
+    base = os.path.basename(lp)
+    for stale in glob.glob(os.path.join(parent, glob.escape(base) + ".staging-*")):
+        # left by a killed run (the caller holds the output's lock: no live run writes it)
+        log.info("removing stale staging directory %s", stale)
+        shutil.rmtree(stale, ignore_errors=True)
+    staging = os.path.join(parent, f"{base}.staging-{uuid.uuid4().hex[:8]}")
+    try:
+        write(staging)
+        old = None
+        if os.path.isdir(lp):
+            old = os.path.join(parent, f"{base}.old-{uuid.uuid4().hex[:8]}")
+            os.replace(lp, old)
+        elif os.path.lexists(lp):
+            raise RefusedError(f"output {target!r} is an existing file; refusing to replace it")
+        os.replace(staging, lp)
+        if old:
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        if os.path.exists(staging):
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def _write_in_place(target: str, write: Callable[[str], None]) -> None:
+    """:func:`write_atomically` on a store without a reachable rename (see there)."""
+    check_output_dir(target)  # again, just before replacing: the path may have changed since the start
+    spark = active_session()
+    if spark is not None and path_state(spark, target) == "dir":  # a previous output (checked above)
+        empty_directory(spark, target)
+        mark_output(target, "unfinished")
+    write(target)
+
+
+def write_json(path: str, data: dict[str, Any]) -> None:
+    with open(path, "w", encoding="utf-8") as fh:
+        json.dump(data, fh, indent=2, sort_keys=True, default=str)
+        fh.write("\n")

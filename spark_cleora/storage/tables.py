@@ -24,9 +24,9 @@ from collections.abc import Mapping, Sequence
 
 from pyspark.sql import DataFrame, DataFrameWriter, SparkSession
 
-from .. import __version__
 from ..config import EmbedConfig
 from ..errors import ConfigError
+from .._version import __version__
 
 log = logging.getLogger(__name__)
 
