@@ -17,6 +17,8 @@ from ..emde.coder import fit_coder, item_codes, save_coder
 from .session_embedding import _explode_lists
 from .session_methods import MethodContext, register_method
 
+SCORING, SKETCH_WEIGHT = "log-prob", 1.0
+
 PARAMS = {
     "depth": "10 (option emde_depth)", "bits": "7 (option emde_bits)", "coder_seed": "0 (option emde_seed)",
     "half_life": "600 s (option emde_half_life)", "short_term": "the last event (option model_recent 1)",
@@ -49,7 +51,10 @@ def emde_model(ctx: MethodContext) -> DataFrame:
                 validation_fraction=0.1, recall_k=ctx.k)
     events = ctx.prefixes.select("prefix_id", F.explode(F.arrays_zip("items", "times")).alias("e")) \
         .select(F.col("prefix_id").alias("customer"), F.col("e.items").alias("item"), F.col("e.times").alias("t"))
+    # popularity scoring: item popularity of the training sessions (not of the prefixes being scored)
+    pop = ctx.train.groupBy("item").agg(F.count(F.lit(1)).cast("double").alias("weight"))
     recs, _ = recommend_with_model(load_model(f"{wd}/model"), events, spark.read.parquet(f"{wd}/coder/codes"),
                                    customer="customer", item="item", timestamp="t", k=ctx.k,
-                                   scoring=ctx.option("model_scoring", "log-prob"))
+                                   scoring=ctx.option("model_scoring", SCORING), popularity=pop,
+                                   sketch_weight=ctx.option("model_sketch_weight", SKETCH_WEIGHT, float))
     return _explode_lists(recs, "customer").withColumnRenamed("customer", "prefix_id")
