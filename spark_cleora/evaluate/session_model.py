@@ -17,6 +17,7 @@ from ..emde.coder import fit_coder, item_codes, save_coder
 from .session_embedding import _explode_lists
 from .session_methods import MethodContext, register_method
 
+# the setting measured on RSC15 (docs/emde-model.md); `emde recommend --model` defaults to popularity
 SCORING, SKETCH_WEIGHT = "log-prob", 1.0
 
 PARAMS = {
@@ -25,7 +26,9 @@ PARAMS = {
     "hidden": "1024 (option model_hidden)", "layers": "3 (option model_layers)",
     "epochs": "5, early stopping on the newest 10% of training time (options model_epochs, model_patience 2)",
     "batch_size": "256 (option model_batch_size)", "lr": "0.004 AdamW, step schedule x0.5 per epoch (model_lr)",
-    "scoring": "log-prob: sum of the item's bucket log-probabilities (option model_scoring)",
+    "scoring": "log-prob: sum of the item's bucket log-probabilities (option model_scoring; popularity: "
+               "log p(i) + (w/D) sum_j log(q_j/P_j), p and P from the training events, w = option "
+               "model_sketch_weight, 1)",
     "processes": "TorchDistributor processes, 1 (option model_processes)", "seed": "0 (option model_seed)",
 }
 
