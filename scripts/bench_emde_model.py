@@ -109,12 +109,14 @@ def ml100k(spark, data: Path, work: Path, ns) -> dict:
         .write.parquet(str(work / "emb"))
     coder = coder_from(spark, spark.read.parquet(str(work / "emb")), work)
     m = train_model(spark, events=train, coder=coder, output=str(work / "model"), customer="c", item="i",
-                    timestamp="t", half_life=ns.half_life, recent=ns.recent, hidden=ns.hidden, epochs=ns.epochs,
+                    timestamp="t", half_life=ns.half_life, recent=ns.recent, target_window=ns.target_window,
+                    hidden=ns.hidden, epochs=ns.epochs,
                     max_examples=ns.max_examples, processes=ns.processes, recall_k=10)
     model = load_model(str(work / "model"))
     out = {}
     # the default scoring first, then the other scorings of the same model (for the record)
-    for scoring, w in [(ns.scoring, ns.sketch_weight)] + [(s, x) for s, x in _OTHER_SCORINGS if (s, x) != (ns.scoring, ns.sketch_weight)]:
+    others = [(s, x) for s, x in _OTHER_SCORINGS if (s, x) != (ns.scoring, ns.sketch_weight)] if ns.all_scorings else []
+    for scoring, w in [(ns.scoring, ns.sketch_weight)] + others:
         recs, _ = recommend_with_model(model, train, spark.read.parquet(f"{coder}/codes"),
                                        customer="c", item="i", timestamp="t", k=10, scoring=scoring, sketch_weight=w,
                                        seen=train.select(F.col("c").alias("customer"), F.col("i").alias("item")))
@@ -123,7 +125,8 @@ def ml100k(spark, data: Path, work: Path, ns) -> dict:
         out[name] = metrics(spark.read.parquet(str(work / f"recs_{name}")), test, k=10)
         print(name, out[name], flush=True)
     return {"metrics": out, "model_metrics": m["metrics"], "seconds": round(time.perf_counter() - t0, 1),
-            "settings": {"half_life": ns.half_life, "recent": ns.recent, "hidden": ns.hidden, "epochs": ns.epochs,
+            "settings": {"half_life": ns.half_life, "recent": ns.recent, "target_window": ns.target_window,
+                         "hidden": ns.hidden, "epochs": ns.epochs, "scoring": ns.scoring, "sketch_weight": ns.sketch_weight,
                          "max_examples": ns.max_examples}}
 
 
@@ -136,7 +139,10 @@ def main() -> int:
     p.add_argument("--hidden", type=int, default=1024)
     p.add_argument("--epochs", type=int, default=5)
     p.add_argument("--processes", type=int, default=2)
-    p.add_argument("--half-life", type=float, default=60.0, help="ml100k: seconds (the preset's default)")
+    p.add_argument("--half-life", type=lambda x: None if x == "none" else float(x), default=60.0,
+                   help="ml100k: seconds (the preset's default), or none")
+    p.add_argument("--target-window", type=int, default=1, help="ml100k: target = the next N ratings")
+    p.add_argument("--all-scorings", action="store_true", help="ml100k: also score with the other scorings")
     p.add_argument("--recent", type=int, default=5, help="ml100k: short-term input = the newest N ratings")
     p.add_argument("--max-examples", type=int, default=None)
     p.add_argument("--scoring", default=SCORING, help=f"model scoring ({SCORING})")
