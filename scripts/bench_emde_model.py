@@ -24,6 +24,11 @@ from pathlib import Path
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
+from spark_cleora.emde.config import RecommendConfig
+
+SCORING = RecommendConfig.model_scoring
+SKETCH_WEIGHT = RecommendConfig.model_sketch_weight
+
 
 def spark_session() -> SparkSession:
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
@@ -84,6 +89,9 @@ def rsc15(spark, data: Path, work: Path, ns) -> dict:
             "architecture": m["architecture"]}
 
 
+_OTHER_SCORINGS = [("log-prob", 1.0), ("popularity", 0.5), ("popularity", 2.0), ("popularity", 10.0)]
+
+
 def ml100k(spark, data: Path, work: Path, ns) -> dict:
     from spark_cleora.engine.embed import embed
     from spark_cleora.emde.model import load_model
@@ -101,15 +109,24 @@ def ml100k(spark, data: Path, work: Path, ns) -> dict:
         .write.parquet(str(work / "emb"))
     coder = coder_from(spark, spark.read.parquet(str(work / "emb")), work)
     m = train_model(spark, events=train, coder=coder, output=str(work / "model"), customer="c", item="i",
-                    timestamp="t", half_life=ns.half_life, recent=ns.recent, hidden=ns.hidden, epochs=ns.epochs,
+                    timestamp="t", half_life=ns.half_life, recent=ns.recent, target_window=ns.target_window,
+                    hidden=ns.hidden, epochs=ns.epochs,
                     max_examples=ns.max_examples, processes=ns.processes, recall_k=10)
-    recs, _ = recommend_with_model(load_model(str(work / "model")), train, spark.read.parquet(f"{coder}/codes"),
-                                   customer="c", item="i", timestamp="t", k=10,
-                                   seen=train.select(F.col("c").alias("customer"), F.col("i").alias("item")))
-    recs.write.parquet(str(work / "recs"))
-    out = metrics(spark.read.parquet(str(work / "recs")), test, k=10)
+    model = load_model(str(work / "model"))
+    out = {}
+    # the default scoring first, then the other scorings of the same model (for the record)
+    others = [(s, x) for s, x in _OTHER_SCORINGS if (s, x) != (ns.scoring, ns.sketch_weight)] if ns.all_scorings else []
+    for scoring, w in [(ns.scoring, ns.sketch_weight)] + others:
+        recs, _ = recommend_with_model(model, train, spark.read.parquet(f"{coder}/codes"),
+                                       customer="c", item="i", timestamp="t", k=10, scoring=scoring, sketch_weight=w,
+                                       seen=train.select(F.col("c").alias("customer"), F.col("i").alias("item")))
+        name = scoring if scoring == "log-prob" else f"{scoring}_w{w:g}"
+        recs.write.parquet(str(work / f"recs_{name}"))
+        out[name] = metrics(spark.read.parquet(str(work / f"recs_{name}")), test, k=10)
+        print(name, out[name], flush=True)
     return {"metrics": out, "model_metrics": m["metrics"], "seconds": round(time.perf_counter() - t0, 1),
-            "settings": {"half_life": ns.half_life, "recent": ns.recent, "hidden": ns.hidden, "epochs": ns.epochs,
+            "settings": {"half_life": ns.half_life, "recent": ns.recent, "target_window": ns.target_window,
+                         "hidden": ns.hidden, "epochs": ns.epochs, "scoring": ns.scoring, "sketch_weight": ns.sketch_weight,
                          "max_examples": ns.max_examples}}
 
 
@@ -122,9 +139,15 @@ def main() -> int:
     p.add_argument("--hidden", type=int, default=1024)
     p.add_argument("--epochs", type=int, default=5)
     p.add_argument("--processes", type=int, default=2)
-    p.add_argument("--half-life", type=float, default=60.0, help="ml100k: seconds (the preset's default)")
+    p.add_argument("--half-life", type=lambda x: None if x == "none" else float(x), default=60.0,
+                   help="ml100k: seconds (the preset's default), or none")
+    p.add_argument("--target-window", type=int, default=1, help="ml100k: target = the next N ratings")
+    p.add_argument("--all-scorings", action="store_true", help="ml100k: also score with the other scorings")
     p.add_argument("--recent", type=int, default=5, help="ml100k: short-term input = the newest N ratings")
     p.add_argument("--max-examples", type=int, default=None)
+    p.add_argument("--scoring", default=SCORING, help=f"model scoring ({SCORING})")
+    p.add_argument("--sketch-weight", type=float, default=SKETCH_WEIGHT,
+                   help=f"popularity scoring: weight of the predicted sketch ({SKETCH_WEIGHT:g})")
     ns = p.parse_args()
     if not ns.data_dir:
         p.error("--data-dir or SPARK_CLEORA_SHARED_DATA is required")

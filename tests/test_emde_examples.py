@@ -114,3 +114,18 @@ def test_context_features_are_cyclic_hour_and_weekday():
     # 1970-01-05 was a Monday; 06:00 UTC -> hour angle pi/2
     f = context_features(np.array([4 * 86400 + 6 * 3600.0]))
     np.testing.assert_allclose(f[0], [1.0, 0.0, 0.0, 1.0], atol=1e-12)
+
+
+def test_events_with_unusable_weights_are_counted_and_dropped(spark, tables):
+    _, codes = tables
+    rows = [("a", 0, 100.0, "1"), ("a", 1, 200.0, "x"), ("a", 2, 300.0, "-1"), ("a", 3, 400.0, None),
+            ("a", 4, 500.0, "2.5"), ("b", 6, 10.0, "NaN"), ("b", 7, 20.0, "1"), ("b", 8, 30.0, "1")]
+    events = spark.createDataFrame(rows, "user string, item int, ts double, w string")
+    spec = InputSpec(length=L, half_life=None)
+    ex, report = build_examples(events, codes, spec, customer="user", item="item", timestamp="ts", weight="w")
+    assert report["events_rejected_weight"] == 4 and report["events"] == 4
+    got = {(r["customer"], r["target"]): dense(r["long_idx"], r["long_val"]) for r in ex.collect()}
+    # a keeps items 0 (w 1) and 4 (w 2.5); b keeps 7 and 8: one example each, from the kept events only
+    assert sorted(got) == [("a", "4"), ("b", "8")]
+    np.testing.assert_allclose(got[("a", "4")], dense(CODES[0], 1.0))
+    np.testing.assert_allclose(got[("b", "8")], dense(CODES[7], 1.0))

@@ -80,13 +80,24 @@ def test_a_killed_training_resumes_from_its_last_epoch(spark, setup, capfd):
     assert all(torch.equal(ref[k], got[k]) for k in ref)
 
 
-def _numpy_top(model, inputs_tbl, codes, k, exclude=None, allowed=None):
+def _numpy_top(model, inputs_tbl, codes, k, exclude=None, allowed=None, weight=None):
+    """Top-k by the sum of bucket log-probabilities, or (``weight``) the popularity-corrected score
+    ``log p(i) + weight / D * sum_j (log q_j - log P_j)`` with p = event counts of EVENTS."""
     logp = model.log_probs(inputs_tbl).astype(np.float64)
+    counts = {}
+    for _, it, _, _ in EVENTS:
+        counts[it] = counts.get(it, 0) + 1
     items = sorted(codes)
     cm = np.array([codes[i] for i in items])
+    if weight is not None:  # one pseudo-event per coded item
+        p = np.array([counts.get(i, 0) + 1.0 for i in items]) / (len(EVENTS) + len(items))
+        mass = np.zeros(logp.shape[1])
+        np.add.at(mass, cm.ravel(), np.repeat(p, cm.shape[1]))
+        logp = logp - np.log(np.where(mass > 0, mass, 1.0))
     out = {}
     for r, cust in enumerate(inputs_tbl.column("customer").to_pylist()):
-        s = logp[r][cm].sum(1).astype(np.float32)
+        s = logp[r][cm].sum(1)
+        s = (s if weight is None else s * weight / cm.shape[1] + np.log(p)).astype(np.float32)
         order = sorted(range(len(items)), key=lambda j: (-s[j], items[j]))
         keep = [items[j] for j in order if (exclude is None or items[j] not in exclude.get(cust, ()))
                 and (allowed is None or items[j] in allowed)]
@@ -111,12 +122,16 @@ def test_spark_inference_equals_in_process_and_honours_exclusions(spark, setup):
         seen.setdefault(c, set()).add(it)
     allowed = {str(k) for k in range(0, N_ITEMS, 2)}
     cands = spark.createDataFrame([(i,) for i in sorted(allowed)], "item string")
-    for excl, cand in ((None, None), (seen, cands)):
+    # log-prob; the default popularity scoring (weight 1) with exclusions; another weight
+    for excl, cand, opts in ((None, None, {"scoring": "log-prob"}), (seen, cands, {}),
+                             (None, None, {"sketch_weight": 3.0})):
         recs, _ = recommend_with_model(
             model, events, codes_df, customer="user", item="item", timestamp="ts", k=5, candidates=cand,
-            seen=events.select(events.user.alias("customer"), "item") if excl else None, batch_size=7)
+            seen=events.select(events.user.alias("customer"), "item") if excl else None, batch_size=7, **opts)
         got = {r["customer"]: r["items"] for r in recs.collect()}
-        want = _numpy_top(model, tbl, codes, 5, exclude=excl, allowed=allowed if cand is not None else None)
+        weight = None if opts.get("scoring") == "log-prob" else opts.get("sketch_weight", 1.0)
+        want = _numpy_top(model, tbl, codes, 5, exclude=excl, allowed=allowed if cand is not None else None,
+                          weight=weight)
         assert got == want
         if excl:
             assert all(not (set(v) & seen[c]) and set(v) <= allowed for c, v in got.items())

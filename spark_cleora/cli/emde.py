@@ -166,7 +166,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--decay-anchor", choices=list(DECAY_ANCHORS), help="must be the model's (checked)")
     g.add_argument("--customer-features", metavar="TABLE", help="the model's customer feature table")
     g.add_argument("--model-scoring", choices=["log-prob", "popularity"],
-                   help="sum of bucket log-probabilities (default) or popularity-corrected")
+                   help="popularity-corrected (default) or the sum of bucket log-probabilities")
+    g.add_argument("--model-sketch-weight", type=float,
+                   help="popularity scoring: weight of the predicted sketch against item popularity (1.0)")
     _common(r)
     r.set_defaults(handler=_run_recommend)
 
@@ -312,6 +314,7 @@ def _run_examples(ns: argparse.Namespace) -> int:
     cfg = _config(ns, "examples", TrainConfig)
     m = _run_guarded(ns, cfg, run_examples)
     return _finish(ns, m, f"examples: {cfg.output} ({m['train_examples']} train, {m['val_examples']} validation; "
+                          f"events rejected for their weight: {m.get('events_rejected_weight', 0)}; "
                           f"{m['seconds_total']:.1f}s)")
 
 

@@ -246,11 +246,12 @@ class RecommendConfig(ScoringConfig, EventsConfig):
         Never recommend an item the customer has an event with in ``events``.
     candidates
         Parquet (or csv/tsv with a header) with an ``item`` column: score only these items.
-    model, timestamp, weight, as_of, decay_anchor, customer_features, model_scoring
+    model, timestamp, weight, as_of, decay_anchor, customer_features, model_scoring, model_sketch_weight
         With a trained ``model`` (``emde train``): each customer's input is built from ``events``
         (up to ``as_of``) exactly as in training (``decay_anchor`` must be the model's); candidates
         score ``sum_j log q_j(i)`` (``model_scoring="log-prob"``) or its popularity-corrected form
-        (``"popularity"``); ``coder`` defaults to the model's and ``sketches`` is not used.
+        ``log p(i) + (model_sketch_weight / D) * sum_j log(q_j(i) / P_j(i))`` (``"popularity"``);
+        ``coder`` defaults to the model's and ``sketches`` is not used.
     """
 
     coder: str | None = None
@@ -261,7 +262,8 @@ class RecommendConfig(ScoringConfig, EventsConfig):
     as_of: str | float | None = None
     decay_anchor: str | None = None
     customer_features: str | None = None
-    model_scoring: str = "log-prob"
+    model_scoring: str = "popularity"
+    model_sketch_weight: float = 1.0
     output: str | None = None
     scoring: str = "popularity"
     sketch_weight: float = 0.5
@@ -281,7 +283,7 @@ class RecommendConfig(ScoringConfig, EventsConfig):
         if self.model is None and (self.as_of is not None or self.customer_features):
             raise ConfigError("--as-of and --customer-features are options of --model")
         _choice("scoring", self.scoring, SCORINGS)
-        for name in ("sketch_weight", "eps", "popularity_smoothing"):
+        for name in ("sketch_weight", "eps", "popularity_smoothing", "model_sketch_weight"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
                 raise ConfigError(f"{name.replace('_', '-')} must be a finite number >= 0; got {v!r}")

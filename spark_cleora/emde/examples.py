@@ -205,17 +205,26 @@ def build_examples(
     ev = events.select(F.col(customer).cast("string").alias("c"), F.col(item).cast("string").alias("i"),
                        epoch_seconds(events, timestamp).alias("t"), w_col.alias("w"), *feat_cols) \
         .filter(F.col("c").isNotNull() & F.col("i").isNotNull() & F.col("t").isNotNull() & ~F.isnan("t"))
-    if weight is not None:
-        ev = ev.filter(F.col("w").isNotNull() & (F.col("w") >= 0))
     if as_of is not None:
         ev = ev.filter(F.col("t") <= F.lit(float(as_of)))
-    coded = ev.join(codes.select(F.col("item").alias("i"), "codes"), "i", "left")
+    # an unparsable, missing, infinite or negative weight drops the event; counted, never silent
+    bad = ~(F.col("w").isNotNull() & ~F.isnan("w") & (F.col("w") >= 0) & (F.col("w") < float("inf"))) \
+        if weight is not None else F.lit(False)
+    coded = ev.withColumn("_bad", bad).join(codes.select(F.col("item").alias("i"), "codes"), "i", "left")
+    good = ~F.col("_bad")
     with job_description(spark, "spark_cleora emde examples: count events"):
-        r = coded.agg(F.count(F.lit(1)).alias("n"), F.count("codes").alias("coded"),
-                      F.count_distinct("c").alias("customers"),
-                      F.percentile_approx("t", 1.0 - validation_fraction, 100_000).alias("cut")).collect()[0]
+        r = coded.agg(F.count(F.lit(1)).alias("all"), F.count(F.when(good, F.lit(1))).alias("n"),
+                      F.count(F.when(good, F.col("codes"))).alias("coded"),
+                      F.count_distinct(F.when(good, F.col("c"))).alias("customers"),
+                      F.percentile_approx(F.when(good, F.col("t")), 1.0 - validation_fraction, 100_000)
+                      .alias("cut")).collect()[0]
     report: dict[str, Any] = {"events": int(r["n"]), "events_without_codes": int(r["n"]) - int(r["coded"]),
+                              "events_rejected_weight": int(r["all"]) - int(r["n"]),
                               "customers": int(r["customers"])}
+    if report["events_rejected_weight"]:
+        log.warning("emde examples: %d events rejected (weight missing, unparsable, infinite or negative)",
+                    report["events_rejected_weight"])
+    coded = coded.filter(good).drop("_bad")
     if int(r["coded"]) == 0:
         raise BadInputError("no event has an item with codes (wrong --item column or another coder?)")
     cutoff = float(r["cut"]) if validation_fraction > 0 and not predict else None

@@ -6,9 +6,12 @@
 2. The network runs inside executor tasks (``mapInArrow``), in batches; the weights travel in the
    task closure and the network is built once per Python worker (cached by model id).
 3. Each candidate item i scores ``sum_j log q_j[b_j(i)]`` -- the log-probability of its bucket in
-   every predicted block -- or, with ``scoring="popularity"``, the paper's popularity-corrected
-   ``log p(i) + sum_j (log q_j[b_j(i)] - log P[b_j(i)])``; exact distributed top-k with exclusions
-   and candidate lists as ``emde recommend`` (:func:`spark_cleora.emde.score.top_k`).
+   every predicted block -- or, with ``scoring="popularity"``, the popularity-corrected
+   ``log p(i) + (w / D) * sum_j (log q_j[b_j(i)] - log P[b_j(i)])`` (``P``: bucket popularity,
+   ``D`` blocks; the paper's session decoder is ``w = D``). The D blocks describe one item, so
+   their evidence is strongly correlated: ``w = 1`` counts it once (the geometric mean of the
+   per-block likelihood ratios). Exact distributed top-k with exclusions and candidate lists as
+   ``emde recommend`` (:func:`spark_cleora.emde.score.top_k`).
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from .store import read_candidates, read_meta, write_output
 from ..storage.readers import read_table, require_columns
 
 MODEL_SCORINGS = ("log-prob", "popularity")
+POPULARITY_SMOOTHING = 1.0  # pseudo-count of every coded item in the popularity scoring
 _NETWORKS: dict[str, Any] = {}  # per Python worker: model id -> network
 
 
@@ -85,7 +89,9 @@ def recommend_with_model(
     weight: str | None = None,
     as_of: float | None = None,
     k: int = 10,
-    scoring: str = "log-prob",
+    scoring: str = "popularity",
+    sketch_weight: float = 1.0,
+    popularity: DataFrame | None = None,
     seen: DataFrame | None = None,
     candidates: DataFrame | None = None,
     customer_features: DataFrame | None = None,
@@ -100,9 +106,13 @@ def recommend_with_model(
         :func:`spark_cleora.emde.model.load_model`; ``codes`` of the coder it was trained with.
     events, customer, item, timestamp, weight, as_of
         The events the inputs are built from (up to ``as_of``, epoch seconds).
-    scoring
-        ``log-prob`` (sum of the item's bucket log-probabilities) or ``popularity`` (corrected by
-        the bucket and item popularity of ``events``).
+    scoring, sketch_weight
+        ``log-prob`` (sum of the item's bucket log-probabilities) or ``popularity``: the item's
+        log popularity plus ``sketch_weight / D`` times the sum of its buckets' log-ratios of
+        predicted to popularity mass.
+    popularity
+        ``item``, ``weight`` for ``popularity`` scoring (default: event counts of ``events``); every
+        coded item gets one pseudo-event on top.
     seen
         ``customer``, ``item`` pairs never to recommend; ``candidates``: ``item`` -- only these.
     customer_features
@@ -137,11 +147,20 @@ def recommend_with_model(
         cands = cands.join(wanted, "item")
     kernel = Kernel(length=length)
     if scoring == "popularity":
-        pop = events.groupBy(F.col(item).cast("string").alias("item")).agg(F.count(F.lit(1)).cast("double").alias("w"))
-        pop = codes.select("item", "codes").join(pop, "item")
+        if popularity is None:
+            pop = events.groupBy(F.col(item).cast("string").alias("item")).agg(F.count(F.lit(1)).cast("double").alias("w"))
+        else:
+            pop = popularity.select(F.col("item").cast("string").alias("item"), F.col("weight").cast("double").alias("w")) \
+                .filter(F.col("w") > 0)
+        # one pseudo-event per coded item: an item without events (a new item coded from another
+        # source) keeps a finite prior and can still be recommended
+        pop = codes.select("item", "codes").join(pop, "item", "left") \
+            .select("item", "codes", (F.coalesce("w", F.lit(0.0)) + F.lit(POPULARITY_SMOOTHING)).alias("w"))
         mass = bucket_mass(pop, length=length)
-        total = mass.sum() / (length // model.width)
-        kernel = Kernel(length=length, shift=np.log(np.where(mass > 0, mass / total, 1.0)))
+        n_blocks = length // model.width
+        total = mass.sum() / n_blocks
+        kernel = Kernel(length=length, shift=np.log(np.where(mass > 0, mass / total, 1.0)),
+                        scale=float(sketch_weight) / n_blocks)
         cands = cands.join(pop.select("item", "w"), "item").select(
             "item", "codes", F.log(F.col("w") / F.lit(total)).alias("prior"))
     else:
@@ -183,6 +202,7 @@ def run_model_recommend(spark: SparkSession, cfg: Any) -> dict[str, Any]:
     recs, report = recommend_with_model(
         model, events, read_codes(spark, coder), customer=cfg.customer, item=cfg.item, timestamp=cfg.timestamp,
         weight=cfg.weight, as_of=parse_as_of(spark, cfg.as_of), k=cfg.k, scoring=cfg.model_scoring,
+        sketch_weight=cfg.model_sketch_weight,
         seen=events.select(F.col(cfg.customer).alias("customer"), F.col(cfg.item).alias("item"))
         if cfg.exclude_seen else None, candidates=read_candidates(spark, cfg.candidates) if cfg.candidates else None,
         customer_features=cf, batch_size=cfg.batch_size, chunk_size=cfg.chunk_size)

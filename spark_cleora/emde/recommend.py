@@ -79,7 +79,7 @@ def recommend(
         A trained model (:func:`spark_cleora.emde.model.load_model`): recommend from its predicted
         sketch instead (``sketches`` unused), with inputs built from ``events`` up to ``as_of``;
         ``columns``: ``customer``, ``item``, ``timestamp`` (and optional ``weight``) column names;
-        ``scoring``: ``log-prob`` or ``popularity``
+        ``scoring``: ``popularity`` (default, weight 1) or ``log-prob``
         (:func:`spark_cleora.emde.model_recommend.recommend_with_model`).
 
     Returns
@@ -95,7 +95,7 @@ def recommend(
         return recommend_with_model(
             model, events, codes, customer=columns["customer"] or "", item=columns["item"] or "",
             timestamp=columns["timestamp"] or "", weight=columns.get("weight"), as_of=as_of, k=k,
-            scoring=scoring or "log-prob", seen=seen, candidates=candidates,
+            scoring=scoring or "popularity", seen=seen, candidates=candidates,
             batch_size=batch_size, chunk_size=chunk_size)
     if sketches is None or width is None or n_codes is None:
         raise ConfigError("recommend needs sketches, width and n_codes (or a model)")

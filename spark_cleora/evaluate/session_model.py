@@ -17,13 +17,18 @@ from ..emde.coder import fit_coder, item_codes, save_coder
 from .session_embedding import _explode_lists
 from .session_methods import MethodContext, register_method
 
+# the setting measured on RSC15 (docs/emde-model.md); `emde recommend --model` defaults to popularity
+SCORING, SKETCH_WEIGHT = "log-prob", 1.0
+
 PARAMS = {
     "depth": "10 (option emde_depth)", "bits": "7 (option emde_bits)", "coder_seed": "0 (option emde_seed)",
     "half_life": "600 s (option emde_half_life)", "short_term": "the last event (option model_recent 1)",
     "hidden": "1024 (option model_hidden)", "layers": "3 (option model_layers)",
     "epochs": "5, early stopping on the newest 10% of training time (options model_epochs, model_patience 2)",
     "batch_size": "256 (option model_batch_size)", "lr": "0.004 AdamW, step schedule x0.5 per epoch (model_lr)",
-    "scoring": "log-prob: sum of the item's bucket log-probabilities (option model_scoring)",
+    "scoring": "log-prob: sum of the item's bucket log-probabilities (option model_scoring; popularity: "
+               "log p(i) + (w/D) sum_j log(q_j/P_j), p and P from the training events, w = option "
+               "model_sketch_weight, 1)",
     "processes": "TorchDistributor processes, 1 (option model_processes)", "seed": "0 (option model_seed)",
 }
 
@@ -49,7 +54,10 @@ def emde_model(ctx: MethodContext) -> DataFrame:
                 validation_fraction=0.1, recall_k=ctx.k)
     events = ctx.prefixes.select("prefix_id", F.explode(F.arrays_zip("items", "times")).alias("e")) \
         .select(F.col("prefix_id").alias("customer"), F.col("e.items").alias("item"), F.col("e.times").alias("t"))
+    # popularity scoring: item popularity of the training sessions (not of the prefixes being scored)
+    pop = ctx.train.groupBy("item").agg(F.count(F.lit(1)).cast("double").alias("weight"))
     recs, _ = recommend_with_model(load_model(f"{wd}/model"), events, spark.read.parquet(f"{wd}/coder/codes"),
                                    customer="customer", item="item", timestamp="t", k=ctx.k,
-                                   scoring=ctx.option("model_scoring", "log-prob"))
+                                   scoring=ctx.option("model_scoring", SCORING), popularity=pop,
+                                   sketch_weight=ctx.option("model_sketch_weight", SKETCH_WEIGHT, float))
     return _explode_lists(recs, "customer").withColumnRenamed("customer", "prefix_id")
