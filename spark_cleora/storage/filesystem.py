@@ -69,7 +69,9 @@ def default_fs(spark: Any) -> tuple[str, str]:
         probe = _PROBE + uuid.uuid4().hex
         qualified = None
         try:
-            spark.read.text(probe).schema  # analysis qualifies the path; nothing is read
+            # analysis qualifies the path; nothing is read (two paths: Spark then skips its streaming-metadata
+            # lookup, which logs a WARN with a stack trace for a path that does not exist)
+            spark.read.text([probe, probe]).schema
         except Exception as exc:
             if not is_not_found(exc):
                 raise
