@@ -19,8 +19,7 @@ from typing import Any
 from pyspark.sql import DataFrame, SparkSession
 
 from ..errors import ConfigError
-from ..storage.outputs import write_atomically, write_json
-from ..storage.outputs import guarded_dir, mark_output
+from ..storage.outputs import guarded_dir, mark_output, write_atomically, write_json
 from ..storage.filesystem import active_session, path_state, qualify
 from ..storage.paths import local_path
 from .._version import __version__

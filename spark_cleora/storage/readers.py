@@ -12,8 +12,7 @@ from pyspark.sql import functions as F
 
 from ..config import EmbedConfig
 from ..errors import ConfigError
-from .paths import local_path
-from .paths import check_local_inputs, check_parquet_inputs
+from .paths import check_local_inputs, check_parquet_inputs, local_path
 
 log = logging.getLogger(__name__)
 
