@@ -27,7 +27,7 @@ def read_table(spark: SparkSession, paths: Sequence[str], fmt: str = "parquet", 
     without it they hold U+FFFD instead, as strings must for the Python steps of EMDE and the evaluations.
 
     Missing local inputs are a :class:`ConfigError`; local Parquet files Spark cannot read as one table a
-    :class:`BadInputError` (see :func:`check_parquet_inputs`), before Spark reads them.
+    :class:`~spark_cleora.errors.BadInputError` (see :func:`check_parquet_inputs`), before Spark reads them.
     """
     if not paths:
         raise ConfigError("no input given")
