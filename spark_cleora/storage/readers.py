@@ -12,6 +12,7 @@ from pyspark.sql import functions as F
 
 from ..config import EmbedConfig
 from ..errors import ConfigError
+from .filesystem import exists, qualify
 from .paths import check_local_inputs, check_parquet_inputs, local_path
 
 log = logging.getLogger(__name__)
@@ -44,8 +45,6 @@ def read_table(spark: SparkSession, paths: Sequence[str], fmt: str = "parquet", 
 def qualified_inputs(spark: SparkSession, paths: Sequence[str]) -> tuple[str, ...]:
     """Input paths as Spark resolves them (see :func:`spark_cleora.storage.filesystem.qualify`): a scheme-less
     path on a non-local default filesystem is not looked for on the driver's disk."""
-    from .filesystem import qualify
-
     return tuple(qualify(spark, p) for p in paths)
 
 
@@ -123,8 +122,6 @@ def read_embeddings(spark: SparkSession, source: str) -> DataFrame:
     (``db.table`` or ``catalog.db.table``); npy/cleora-text exports are refused with the fix.
     """
     from pyspark.errors import AnalysisException
-
-    from .filesystem import exists, qualify
 
     if "/" in source or not _looks_like_table(source):
         source = qualify(spark, source)
