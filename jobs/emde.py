@@ -7,7 +7,10 @@
 
 import sys
 
-from spark_cleora.cli import subcommand_main
+#: an unsupported Python/PySpark then ends with one line and exit code 4, as the console script does
+SPARK_CLEORA_ENTRY_POINT = True
+
+from spark_cleora.cli import subcommand_main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(subcommand_main("emde"))

@@ -180,7 +180,7 @@ the command line stops at start-up with one line naming the installed and the su
 code 4), and `import spark_cleora` raises the same message. The package does not depend on PySpark: it
 uses the Spark the platform has (`pip install 'spark-cleora[local]'` brings one for a laptop).
 
-Calls that differ between these releases have one form each in `spark_cleora/compat.py`, chosen so that
+Calls that differ between these releases have one form each in `spark_cleora/runtime/compat.py`, chosen so that
 every release computes the same numbers: the UTF-8 validity check (`is_valid_utf8` from 4.0; a decode
 round trip on 3.5), vector norms and cosines (plain `aggregate`/`zip_with` SQL in float64 everywhere,
 not 4.3's `vector_*` functions), grouped and cogrouped Arrow functions (`applyInArrow` from 4.0; on 3.5

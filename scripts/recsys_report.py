@@ -186,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
                "Protocol of `spark-cleora evaluate session` (session-rec's): test items unseen in training "
                "removed, sessions shorter than 2 dropped, every prefix predicts the next click; k = 20.", "",
                "```", cmd.replace(str(data), "DATA").replace(str(reports), "REPORTS"), "```", "", *session_table(rep), "", *session_facts(rep, wall), "",
-               f"EMDE's half-life, chosen on train_tr -> train_valid (MRR@20, then HR@20):", "",
+               "EMDE's half-life, chosen on train_tr -> train_valid (MRR@20, then HR@20):", "",
                "| half-life (s) | HR@20 | MRR@20 |", "|---|---|---|",
                *[f"| {h:g} | {m['HR@20']:.4f} | {m['MRR@20']:.4f} |" for h, m, _ in val_rows], "",
                f"Chosen: {half_life:g} s. Validation command: `{val_rows[0][2].replace(str(data), 'DATA').replace(str(reports), 'REPORTS')}` "

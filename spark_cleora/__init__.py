@@ -15,8 +15,11 @@ from .errors import UnsupportedEnvironmentError as _Unsupported
 try:  # before anything imports pyspark: one line on what is installed and what is supported
     _check_environment()
 except _Unsupported as _exc:
-    if _os.path.basename(_sys.argv[0] if _sys.argv else "") in ("spark-cleora", "spark_cleora_job"):
-        print(f"error: {_exc}", file=_sys.stderr)  # the console scripts: no traceback, exit code 4
+    # the console scripts and the spark-submit scripts (jobs/*.py set the flag): no traceback, exit code 4
+    _script = _os.path.basename(_sys.argv[0] if _sys.argv else "")
+    _job = getattr(_sys.modules.get("__main__"), "SPARK_CLEORA_ENTRY_POINT", False)
+    if _script in ("spark-cleora", "spark_cleora_job") or _job:
+        print(f"error: {_exc}", file=_sys.stderr)
         raise SystemExit(_EXIT_ENV) from None
     raise
 

@@ -14,17 +14,17 @@ from pyspark.sql import SparkSession
 from .config import TABLE_FORMATS, EmbedConfig
 from .engine.embed import default_work_dir, run_embedding
 from .errors import EXIT_INPUT, EXIT_RESOURCE, EXIT_USAGE, ConfigError, ForeignWorkError, RefusedError, is_expected
-from .storage.paths import check_local_inputs, check_parquet_inputs
+from .storage.paths import check_local_inputs, check_parquet_inputs, local_path
 from .storage.exports import export_cleora_text, export_npy
 from .storage.readers import read_cleora_text, read_events
-from .storage.outputs import write_atomically, write_json
-from .storage.paths import local_path
 from .storage.outputs import (
     check_output_dir,
     check_table_name,
     check_work_dir,
     mark_output,
     output_lock,
+    write_atomically,
+    write_json,
 )
 from .runtime.session import job_description
 from .storage.tables import default_table_work_dir, require_delta, write_output

@@ -166,7 +166,7 @@ def _fitted(model: Any, attr: str, what: str) -> Any:
     """A model's data, or the reason it has none."""
     value = getattr(model, attr)
     if value is None:
-        raise ValueError(f"this {type(model).__name__} has no {what} (construct it by fit or load)")
+        raise ConfigError(f"this {type(model).__name__} has no {what} (construct it by fit or load)")
     return value
 
 

@@ -214,6 +214,21 @@ def test_console_script_stops_with_one_line_and_exit_4(setup, expected):
     assert res.stdout.startswith(f"{kind} {expected[len('error: '):]}"), res.stdout + res.stderr
 
 
+@pytest.mark.parametrize("job", ["embed.py", "emde.py"])
+def test_spark_submit_script_stops_with_one_line_and_exit_4(job):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).parents[1] / "jobs" / job
+    code = (f"import runpy, sys; import pyspark; pyspark.__version__ = '3.4.1'; sys.argv = [{str(path)!r}, '--help']; "
+            f"runpy.run_path({str(path)!r}, run_name='__main__')")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 4, res.stderr
+    assert res.stderr == ("error: PySpark 3.4.1 is installed; spark_cleora supports Python >= 3.10 with PySpark "
+                          "3.5 to 4.x\n")
+
+
 def test_the_package_does_not_depend_on_pyspark():
     from pathlib import Path
 

@@ -10,10 +10,9 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from ..config import EmbedConfig, load_toml
+from ..config import OUTPUT_FORMATS, EmbedConfig, load_toml
 from ..errors import EXIT_OK, ConfigError, exit_status
 from .._version import __version__
-from ..config import OUTPUT_FORMATS
 from ..options import add_embedding_options, add_spark_options, session_for_paths, setup_logging, spark_from_args
 
 log = logging.getLogger("spark_cleora")

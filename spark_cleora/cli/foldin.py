@@ -9,13 +9,11 @@ import os
 from collections.abc import Iterator
 from typing import Any
 
-from ..config import EmbedConfig
+from ..config import INPUT_FORMATS, EmbedConfig
 from ..errors import BadInputError, ConfigError
 from ..storage.readers import read_cleora_text, read_embeddings, read_events
-from ..storage.outputs import write_atomically, write_json
-from ..storage.outputs import check_output_dir, guarded_dir, mark_output
+from ..storage.outputs import check_output_dir, guarded_dir, mark_output, write_atomically, write_json
 from ..storage.paths import local_path
-from ..config import INPUT_FORMATS
 
 log = logging.getLogger(__name__)
 

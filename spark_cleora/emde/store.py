@@ -19,9 +19,8 @@ from typing import Any
 from pyspark.sql import DataFrame, SparkSession
 
 from ..errors import ConfigError
-from ..storage.outputs import write_atomically, write_json
-from ..storage.outputs import guarded_dir, mark_output
-from ..storage.filesystem import active_session, path_state, qualify
+from ..storage.outputs import guarded_dir, mark_output, write_atomically, write_json
+from ..storage.filesystem import active_session, path_state, qualify, qualify_fields
 from ..storage.paths import local_path
 from .._version import __version__
 from ..storage.readers import read_table, require_columns
@@ -127,8 +126,6 @@ OUTPUT_FIELDS = ("output", "work_dir")
 def qualified_config(spark: SparkSession, cfg: Any) -> Any:
     """An EMDE step's config with its paths as Spark resolves them (see
     :func:`spark_cleora.storage.filesystem.qualify`); events given as table names stay names."""
-    from ..storage.filesystem import qualify_fields
-
     table = getattr(cfg, "events_format", "parquet") == "table"
     fields = [f for f in (*INPUT_FIELDS, *OUTPUT_FIELDS) if hasattr(cfg, f)]
     return qualify_fields(spark, cfg, fields, skip=("events",) if table else ())

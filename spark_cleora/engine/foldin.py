@@ -148,7 +148,7 @@ def _start_rows(entities: DataFrame, known: DataFrame, *, markov: str, dim: int,
             cols = [b.column(n) for n in ("id", "pre", "post", "blocks", "known")]
             yield pa.RecordBatch.from_arrays([*cols, vec], names=["id", "pre", "post", "blocks", "known", "vec"])
 
-    return rows.mapInArrow(packed, f"id long, pre double, post double, blocks array<int>, known boolean, vec binary")
+    return rows.mapInArrow(packed, "id long, pre double, post double, blocks array<int>, known boolean, vec binary")
 
 
 def _reached(x: DataFrame, *, dim: int) -> DataFrame:

@@ -22,6 +22,7 @@ from typing import Any
 from pyspark.sql import DataFrame, SparkSession
 
 from ..errors import ResumeMismatchError
+from ..storage.filesystem import qualify
 from ..storage.paths import local_path
 
 log = logging.getLogger(__name__)
@@ -31,8 +32,6 @@ class WorkStore:
     """A work directory on a local or remote filesystem reachable by every executor."""
 
     def __init__(self, spark: SparkSession, uri: str) -> None:
-        from ..storage.filesystem import qualify  # (imports this module)
-
         self.spark = spark
         self.uri = (qualify(spark, uri) or uri).rstrip("/")  # scheme-less: the default filesystem's
         self.local = local_path(self.uri)

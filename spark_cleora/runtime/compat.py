@@ -26,9 +26,9 @@ from typing import TYPE_CHECKING, Any
 from ..errors import MissingPySparkError, UnsupportedEnvironmentError
 
 if sys.version_info >= (3, 11):
-    import tomllib
+    import tomllib  # noqa: F401  (re-exported: config.py reads TOML with it)
 else:  # Python 3.10: the same parser, as a package (the tomli dependency)
-    import tomli as tomllib
+    import tomli as tomllib  # noqa: F401
 
 if TYPE_CHECKING:
     import pyarrow as pa

@@ -12,8 +12,8 @@ from pyspark.sql import functions as F
 
 from ..config import EmbedConfig
 from ..errors import ConfigError
-from .paths import local_path
-from .paths import check_local_inputs, check_parquet_inputs
+from .filesystem import exists, qualify
+from .paths import check_local_inputs, check_parquet_inputs, local_path
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +28,7 @@ def read_table(spark: SparkSession, paths: Sequence[str], fmt: str = "parquet", 
     without it they hold U+FFFD instead, as strings must for the Python steps of EMDE and the evaluations.
 
     Missing local inputs are a :class:`ConfigError`; local Parquet files Spark cannot read as one table a
-    :class:`BadInputError` (see :func:`check_parquet_inputs`), before Spark reads them.
+    :class:`~spark_cleora.errors.BadInputError` (see :func:`check_parquet_inputs`), before Spark reads them.
     """
     if not paths:
         raise ConfigError("no input given")
@@ -45,8 +45,6 @@ def read_table(spark: SparkSession, paths: Sequence[str], fmt: str = "parquet", 
 def qualified_inputs(spark: SparkSession, paths: Sequence[str]) -> tuple[str, ...]:
     """Input paths as Spark resolves them (see :func:`spark_cleora.storage.filesystem.qualify`): a scheme-less
     path on a non-local default filesystem is not looked for on the driver's disk."""
-    from .filesystem import qualify
-
     return tuple(qualify(spark, p) for p in paths)
 
 
@@ -124,8 +122,6 @@ def read_embeddings(spark: SparkSession, source: str) -> DataFrame:
     (``db.table`` or ``catalog.db.table``); npy/cleora-text exports are refused with the fix.
     """
     from pyspark.errors import AnalysisException
-
-    from .filesystem import exists, qualify
 
     if "/" in source or not _looks_like_table(source):
         source = qualify(spark, source)
