@@ -21,8 +21,9 @@ are expected failures: any other exception, a plain ``ValueError`` included, is 
 traceback. The classes that were ``ValueError`` before (:class:`ConfigError`, :class:`BadInputError`)
 still are, so library code catching ``ValueError`` keeps working.
 
-This module imports nothing beyond the standard library: the package checks its environment with it
-before PySpark is imported.
+At import time this module needs nothing beyond the standard library: the package checks its
+environment with it before PySpark is imported (:func:`exit_status` imports Spark's error helpers only
+when it runs).
 """
 
 from __future__ import annotations

@@ -52,7 +52,7 @@ def _weights(path):
 def test_loss_falls_runs_are_identical_and_the_model_round_trips(spark, setup):
     root, _ = setup
     m1 = _train(spark, root, "m1")
-    m2 = _train(spark, root, "m2")
+    _train(spark, root, "m2")  # the same seed: identical weights (below)
     losses = [e["train_loss"] for e in m1["metrics"]]
     assert losses[-1] < losses[0]
     assert m1["metrics"][0]["val_loss"] is not None and "val_recall@5" in m1["metrics"][0]
@@ -135,6 +135,27 @@ def test_spark_inference_equals_in_process_and_honours_exclusions(spark, setup):
         assert got == want
         if excl:
             assert all(not (set(v) & seen[c]) and set(v) <= allowed for c, v in got.items())
+
+
+def test_events_after_as_of_change_nothing_popularity_included(spark, setup):
+    """--as-of: later events are ignored for the inputs and for the popularity prior."""
+    root, events = setup
+    if not (root / "m1").exists():
+        _train(spark, root, "m1")
+    model = load_model(str(root / "m1"))
+    codes_df = spark.read.parquet(str(root / "coder" / "codes"))
+    as_of = 1_700_000_000.0 + 20 * 7 + 2 * 60.0
+    # after as_of: one item becomes by far the most popular (it would lead every list if it were counted)
+    later = spark.createDataFrame([(f"u{c}", "3", as_of + 1000.0 + c, "app") for c in range(40) for _ in range(5)],
+                                  events.schema)
+    kept = events.filter(events.ts <= as_of)
+
+    def top(ev):
+        recs, _ = recommend_with_model(model, ev, codes_df, customer="user", item="item", timestamp="ts", k=5,
+                                       as_of=as_of, batch_size=7)
+        return {r["customer"]: (r["items"], [round(x, 5) for x in r["scores"]]) for r in recs.collect()}
+
+    assert top(kept.unionByName(later)) == top(kept)
 
 
 def test_items_missing_from_a_source_are_coded_randomly_and_recommended(spark, setup, tmp_path):

@@ -27,6 +27,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from ..errors import ConfigError
+from ..engine.hyperedges import epoch_seconds
 from ..runtime.session import job_description
 from .coder import read_codes
 from .examples import build_examples
@@ -125,6 +126,9 @@ def recommend_with_model(
     """
     if scoring not in MODEL_SCORINGS:
         raise ConfigError(f"model scoring must be one of {', '.join(MODEL_SCORINGS)}; got {scoring!r}")
+    if as_of is not None:  # later events are ignored everywhere: inputs and popularity (unparsable times
+        t = epoch_seconds(events, timestamp)  # stay, to be counted where the inputs are built)
+        events = events.filter((t <= F.lit(float(as_of))) | t.isNull())
     spec, feats = model.inputs, model.features
     ev_features = tuple(c for c in feats.columns if c in events.columns)
     inputs, report = build_examples(events, codes, spec, customer=customer, item=item, timestamp=timestamp,
@@ -199,9 +203,13 @@ def run_model_recommend(spark: SparkSession, cfg: Any) -> dict[str, Any]:
         from .train import read_customer_features
 
         cf = read_customer_features(spark, cfg.customer_features, cfg.customer)
+    as_of = parse_as_of(spark, cfg.as_of)
+    if as_of is not None:  # seen items too: an event after the prediction time has not happened yet
+        t = epoch_seconds(events, cfg.timestamp)
+        events = events.filter((t <= F.lit(float(as_of))) | t.isNull())
     recs, report = recommend_with_model(
         model, events, read_codes(spark, coder), customer=cfg.customer, item=cfg.item, timestamp=cfg.timestamp,
-        weight=cfg.weight, as_of=parse_as_of(spark, cfg.as_of), k=cfg.k, scoring=cfg.model_scoring,
+        weight=cfg.weight, as_of=as_of, k=cfg.k, scoring=cfg.model_scoring,
         sketch_weight=cfg.model_sketch_weight,
         seen=events.select(F.col(cfg.customer).alias("customer"), F.col(cfg.item).alias("item"))
         if cfg.exclude_seen else None, candidates=read_candidates(spark, cfg.candidates) if cfg.candidates else None,
