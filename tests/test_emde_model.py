@@ -105,12 +105,16 @@ def _numpy_top(model, inputs_tbl, codes, k, exclude=None, allowed=None, weight=N
     return out
 
 
-def test_spark_inference_equals_in_process_and_honours_exclusions(spark, setup):
+def _trained(spark, setup):
+    """The events, the model ``m1`` (trained here when no earlier test did) and the coder's codes."""
     root, events = setup
     if not (root / "m1").exists():
         _train(spark, root, "m1")
-    model = load_model(str(root / "m1"))
-    codes_df = spark.read.parquet(str(root / "coder" / "codes"))
+    return events, load_model(str(root / "m1")), spark.read.parquet(str(root / "coder" / "codes"))
+
+
+def test_spark_inference_equals_in_process_and_honours_exclusions(spark, setup):
+    events, model, codes_df = _trained(spark, setup)
     codes = {r["item"]: r["codes"] for r in codes_df.collect()}
     from spark_cleora.emde.examples import build_examples
 
@@ -139,11 +143,7 @@ def test_spark_inference_equals_in_process_and_honours_exclusions(spark, setup):
 
 def test_events_after_as_of_change_nothing_popularity_included(spark, setup):
     """--as-of: later events are ignored for the inputs and for the popularity prior."""
-    root, events = setup
-    if not (root / "m1").exists():
-        _train(spark, root, "m1")
-    model = load_model(str(root / "m1"))
-    codes_df = spark.read.parquet(str(root / "coder" / "codes"))
+    events, model, codes_df = _trained(spark, setup)
     as_of = 1_700_000_000.0 + 20 * 7 + 2 * 60.0
     # after as_of: one item becomes by far the most popular (it would lead every list if it were counted)
     later = spark.createDataFrame([(f"u{c}", "3", as_of + 1000.0 + c, "app") for c in range(40) for _ in range(5)],
