@@ -2,7 +2,8 @@
 and two quality checks.
 
     python scripts/bench_emde_model.py rsc15  [--data-dir DIR] [--work DIR] [--json OUT]
-    python scripts/bench_emde_model.py ml100k [--data-dir DIR] [--work DIR] [--json OUT]
+    python scripts/bench_emde_model.py ml100k [--split valid] [--sketch-weight W...] [--data-dir DIR]
+        [--work DIR] [--json OUT]
 
 ``rsc15``: the whole chain on the RSC15 100k sample (train_full): Cleora embedding -> coder ->
 examples -> TorchDistributor training -> Spark inference for every test session's prefix of all
