@@ -2,13 +2,17 @@
 and two quality checks.
 
     python scripts/bench_emde_model.py rsc15  [--data-dir DIR] [--work DIR] [--json OUT]
-    python scripts/bench_emde_model.py ml100k [--data-dir DIR] [--work DIR] [--json OUT]
+    python scripts/bench_emde_model.py ml100k [--split valid] [--sketch-weight W...] [--data-dir DIR]
+        [--work DIR] [--json OUT]
 
 ``rsc15``: the whole chain on the RSC15 100k sample (train_full): Cleora embedding -> coder ->
 examples -> TorchDistributor training -> Spark inference for every test session's prefix of all
 but its last event; each step timed. ``ml100k``: leave-last-out as ``spark-cleora evaluate
 recommend --dataset ml-100k`` (same split, embedding and coder; seen items excluded), Recall@10
-of the trained model. The data directory defaults to ``$SPARK_CLEORA_SHARED_DATA``.
+of the trained model. ``--split valid`` holds out every customer's second-to-last rating instead
+and trains on the ratings before it (``--holdout second-to-last`` of ``evaluate recommend``): the
+split to choose settings on. Several ``--sketch-weight`` values score one trained model. The data
+directory defaults to ``$SPARK_CLEORA_SHARED_DATA``.
 """
 
 from __future__ import annotations
@@ -100,7 +104,7 @@ def ml100k(spark, data: Path, work: Path, ns) -> dict:
     from spark_cleora.evaluate.recommend import metrics, read_dataset, split_last
 
     events, _ = read_dataset(spark, "ml-100k", data)
-    train, test = split_last(events, holdout="last", seed=0)
+    train, test = split_last(events, holdout={"test": "last", "valid": "second-to-last"}[ns.split], seed=0)
     train.write.parquet(str(work / "train"))
     test.write.parquet(str(work / "test"))
     train, test = spark.read.parquet(str(work / "train")), spark.read.parquet(str(work / "test"))
@@ -115,19 +119,22 @@ def ml100k(spark, data: Path, work: Path, ns) -> dict:
     model = load_model(str(work / "model"))
     out = {}
     # the default scoring first, then the other scorings of the same model (for the record)
-    others = [(s, x) for s, x in _OTHER_SCORINGS if (s, x) != (ns.scoring, ns.sketch_weight)] if ns.all_scorings else []
-    for scoring, w in [(ns.scoring, ns.sketch_weight)] + others:
+    mine = [(ns.scoring, w) for w in ns.sketch_weight]
+    others = [(s, x) for s, x in _OTHER_SCORINGS if (s, x) not in mine] if ns.all_scorings else []
+    for scoring, w in mine + others:
         recs, _ = recommend_with_model(model, train, spark.read.parquet(f"{coder}/codes"),
                                        customer="c", item="i", timestamp="t", k=10, scoring=scoring, sketch_weight=w,
                                        seen=train.select(F.col("c").alias("customer"), F.col("i").alias("item")))
         name = scoring if scoring == "log-prob" else f"{scoring}_w{w:g}"
+        if name in out:
+            continue
         recs.write.parquet(str(work / f"recs_{name}"))
         out[name] = metrics(spark.read.parquet(str(work / f"recs_{name}")), test, k=10)
         print(name, out[name], flush=True)
     return {"metrics": out, "model_metrics": m["metrics"], "seconds": round(time.perf_counter() - t0, 1),
             "settings": {"half_life": ns.half_life, "recent": ns.recent, "target_window": ns.target_window,
                          "hidden": ns.hidden, "epochs": ns.epochs, "scoring": ns.scoring, "sketch_weight": ns.sketch_weight,
-                         "max_examples": ns.max_examples}}
+                         "max_examples": ns.max_examples, "split": ns.split}}
 
 
 def main() -> int:
@@ -146,8 +153,12 @@ def main() -> int:
     p.add_argument("--recent", type=int, default=5, help="ml100k: short-term input = the newest N ratings")
     p.add_argument("--max-examples", type=int, default=None)
     p.add_argument("--scoring", default=SCORING, help=f"model scoring ({SCORING})")
-    p.add_argument("--sketch-weight", type=float, default=SKETCH_WEIGHT,
-                   help=f"popularity scoring: weight of the predicted sketch ({SKETCH_WEIGHT:g})")
+    p.add_argument("--sketch-weight", type=float, nargs="+", default=[SKETCH_WEIGHT],
+                   help=f"popularity scoring: weight(s) of the predicted sketch ({SKETCH_WEIGHT:g}); "
+                        "several score the same trained model")
+    p.add_argument("--split", choices=["test", "valid"], default="test",
+                   help="ml100k: test = last rating held out; valid = second-to-last held out, "
+                        "training on the ratings before it")
     ns = p.parse_args()
     if not ns.data_dir:
         p.error("--data-dir or SPARK_CLEORA_SHARED_DATA is required")
