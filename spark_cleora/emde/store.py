@@ -47,9 +47,13 @@ def write_meta(spark: SparkSession, directory: str, meta: dict[str, Any], *, jso
         write_json(os.path.join(lp, json_name), meta)
 
 
-def read_meta(spark: SparkSession, directory: str, kind: str) -> dict[str, Any]:
-    """The manifest of an EMDE output of ``kind`` (coder, sketches, ...), or a clear error."""
-    directory = qualify(spark, directory)
+def read_meta(spark: SparkSession | None, directory: str, kind: str) -> dict[str, Any]:
+    """The manifest of an EMDE output of ``kind`` (coder, sketches, ...), or a clear error.
+
+    ``spark`` may be None for a local output: its manifest is then read without a session.
+    """
+    if spark is not None:  # scheme-less: on the session's default filesystem
+        directory = qualify(spark, directory)
     lp = local_path(directory)
     if lp is not None and not os.path.isdir(os.path.join(lp, META)):
         raise ConfigError(f"{directory!r} is not a complete EMDE {kind} output (no {META} manifest)")
