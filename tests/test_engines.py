@@ -121,7 +121,7 @@ def test_python_workers_are_warmed_in_the_background(spark, monkeypatch):
         raise ImportError("no engine here")
         yield from batches
 
-    monkeypatch.setattr(session, "_import_engine", broken)  # a failing warm-up is seen as one
+    monkeypatch.setattr(session, "_importer", lambda modules: broken)  # a failing warm-up is seen as one
     thread = warm_python_workers(spark, 2)
     thread.join(timeout=120)
     assert not thread.is_alive() and "no engine here" in str(thread.failure)
