@@ -79,6 +79,15 @@ def predicted_log_probs(model: EmdeModel, inputs: DataFrame, *, batch_size: int 
     return inputs.select(*columns).mapInArrow(run, "customer string, val array<float>")
 
 
+def events_until(events: DataFrame, timestamp: str, as_of: float | None) -> DataFrame:
+    """``events`` up to the prediction time ``as_of`` (epoch seconds; None: all): an event after it has not
+    happened yet. Unparsable times stay, to be counted where the inputs are built."""
+    if as_of is None:
+        return events
+    t = epoch_seconds(events, timestamp)
+    return events.filter((t <= F.lit(float(as_of))) | t.isNull())
+
+
 def recommend_with_model(
     model: EmdeModel,
     events: DataFrame,
@@ -126,9 +135,7 @@ def recommend_with_model(
     """
     if scoring not in MODEL_SCORINGS:
         raise ConfigError(f"model scoring must be one of {', '.join(MODEL_SCORINGS)}; got {scoring!r}")
-    if as_of is not None:  # later events are ignored everywhere: inputs and popularity (unparsable times
-        t = epoch_seconds(events, timestamp)  # stay, to be counted where the inputs are built)
-        events = events.filter((t <= F.lit(float(as_of))) | t.isNull())
+    events = events_until(events, timestamp, as_of)  # inputs and popularity ignore later events
     spec, feats = model.inputs, model.features
     ev_features = tuple(c for c in feats.columns if c in events.columns)
     inputs, report = build_examples(events, codes, spec, customer=customer, item=item, timestamp=timestamp,
@@ -204,9 +211,7 @@ def run_model_recommend(spark: SparkSession, cfg: Any) -> dict[str, Any]:
 
         cf = read_customer_features(spark, cfg.customer_features, cfg.customer)
     as_of = parse_as_of(spark, cfg.as_of)
-    if as_of is not None:  # seen items too: an event after the prediction time has not happened yet
-        t = epoch_seconds(events, cfg.timestamp)
-        events = events.filter((t <= F.lit(float(as_of))) | t.isNull())
+    events = events_until(events, cfg.timestamp, as_of)  # the seen items too
     recs, report = recommend_with_model(
         model, events, read_codes(spark, coder), customer=cfg.customer, item=cfg.item, timestamp=cfg.timestamp,
         weight=cfg.weight, as_of=as_of, k=cfg.k, scoring=cfg.model_scoring,
