@@ -47,16 +47,29 @@ def lap(times: dict, name: str, t0: float) -> float:
     return time.perf_counter()
 
 
-def coder_from(spark, emb, work: Path) -> str:
+def coder_from(spark, embs: list, work: Path, *, random_source: bool = False) -> str:
+    """A coder over one or more Cleora embeddings (and the random source): depth 10, 7 bits each."""
     from spark_cleora.emde.coder import fit_coder, item_codes, save_coder
 
-    coder = fit_coder([emb], names=["train_embeddings"], depth=10, bits=7, seed=0)
-    save_coder(spark, coder, item_codes(coder, [emb]), str(work / "coder"))
+    coder = fit_coder(embs, names=[f"train_embeddings{i}" for i in range(len(embs))], depth=10, bits=7, seed=0,
+                      random_source=random_source)
+    save_coder(spark, coder, item_codes(coder, embs), str(work / "coder"))
     return str(work / "coder")
 
 
-def rsc15(spark, data: Path, work: Path, ns) -> dict:
+def embeddings(train, work: Path, *, hyperedge: str, entity: str, iterations: list[int]) -> list:
+    """One Cleora embedding (dim 256) of the training events per iteration count."""
     from spark_cleora.engine.embed import embed
+
+    spark, out = train.sparkSession, []
+    for n in iterations:
+        embed(train, hyperedge=hyperedge, entity=entity, dim=256, iterations=n).select("entity", "embedding") \
+            .write.parquet(str(work / f"emb{n}"))
+        out.append(spark.read.parquet(str(work / f"emb{n}")))
+    return out
+
+
+def rsc15(spark, data: Path, work: Path, ns) -> dict:
     from spark_cleora.emde.model import load_model
     from spark_cleora.emde.model_recommend import recommend_with_model
     from spark_cleora.emde.train import train_model
@@ -67,13 +80,12 @@ def rsc15(spark, data: Path, work: Path, ns) -> dict:
     train, test = read("yoochoose-clicks-100k_train_full.txt"), read("yoochoose-clicks-100k_test.txt")
     times: dict = {}
     t0 = start = time.perf_counter()
-    embed(train, hyperedge="session", entity="item", dim=256, iterations=3).select("entity", "embedding") \
-        .write.parquet(str(work / "emb"))
+    embs = embeddings(train, work, hyperedge="session", entity="item", iterations=ns.iterations)
     t0 = lap(times, "embed", t0)
-    coder = coder_from(spark, spark.read.parquet(str(work / "emb")), work)
+    coder = coder_from(spark, embs, work, random_source=ns.random_source)
     t0 = lap(times, "coder", t0)
     m = train_model(spark, events=train, coder=coder, output=str(work / "model"), customer="session", item="item",
-                    timestamp="t", half_life=600.0, recent=1, hidden=ns.hidden, epochs=ns.epochs,
+                    timestamp="t", half_life=600.0, recent=1, hidden=ns.hidden, layers=ns.layers, epochs=ns.epochs,
                     processes=ns.processes, keep_work=True, work_dir=str(work / "model.work"))
     t0 = lap(times, "examples + training", t0)
     # prediction inputs: every test session without its last event
@@ -97,7 +109,6 @@ _OTHER_SCORINGS = [("log-prob", 1.0), ("popularity", 0.5), ("popularity", 2.0), 
 
 
 def ml100k(spark, data: Path, work: Path, ns) -> dict:
-    from spark_cleora.engine.embed import embed
     from spark_cleora.emde.model import load_model
     from spark_cleora.emde.model_recommend import recommend_with_model
     from spark_cleora.emde.train import train_model
@@ -109,12 +120,11 @@ def ml100k(spark, data: Path, work: Path, ns) -> dict:
     test.write.parquet(str(work / "test"))
     train, test = spark.read.parquet(str(work / "train")), spark.read.parquet(str(work / "test"))
     t0 = time.perf_counter()
-    embed(train, hyperedge="c", entity="i", dim=256, iterations=3).select("entity", "embedding") \
-        .write.parquet(str(work / "emb"))
-    coder = coder_from(spark, spark.read.parquet(str(work / "emb")), work)
+    embs = embeddings(train, work, hyperedge="c", entity="i", iterations=ns.iterations)
+    coder = coder_from(spark, embs, work, random_source=ns.random_source)
     m = train_model(spark, events=train, coder=coder, output=str(work / "model"), customer="c", item="i",
                     timestamp="t", half_life=ns.half_life, recent=ns.recent, target_window=ns.target_window,
-                    hidden=ns.hidden, epochs=ns.epochs,
+                    hidden=ns.hidden, layers=ns.layers, epochs=ns.epochs,
                     max_examples=ns.max_examples, processes=ns.processes, recall_k=10)
     model = load_model(str(work / "model"))
     out = {}
@@ -134,7 +144,8 @@ def ml100k(spark, data: Path, work: Path, ns) -> dict:
     return {"metrics": out, "model_metrics": m["metrics"], "seconds": round(time.perf_counter() - t0, 1),
             "settings": {"half_life": ns.half_life, "recent": ns.recent, "target_window": ns.target_window,
                          "hidden": ns.hidden, "epochs": ns.epochs, "scoring": ns.scoring, "sketch_weight": ns.sketch_weight,
-                         "max_examples": ns.max_examples, "split": ns.split}}
+                         "max_examples": ns.max_examples, "split": ns.split, "iterations": ns.iterations,
+                         "random_source": ns.random_source, "layers": ns.layers}}
 
 
 def main() -> int:
@@ -144,7 +155,11 @@ def main() -> int:
     p.add_argument("--work", default="/tmp/bench_emde_model")
     p.add_argument("--json")
     p.add_argument("--hidden", type=int, default=1024)
+    p.add_argument("--layers", type=int, default=3)
     p.add_argument("--epochs", type=int, default=5)
+    p.add_argument("--iterations", type=int, nargs="+", default=[3],
+                   help="one Cleora source per iteration count (3: the evaluation's embedding)")
+    p.add_argument("--random-source", action="store_true", help="add the random source to the coder")
     p.add_argument("--processes", type=int, default=2)
     p.add_argument("--half-life", type=lambda x: None if x == "none" else float(x), default=60.0,
                    help="ml100k: seconds (the preset's default), or none")

@@ -97,6 +97,13 @@ def test_trainer_and_trained_model(spark, fitted, tmp_path):
     recs = {r["customer"]: list(r["items"]) for r in model.setParams(k=3).transform(ev).collect()}
     assert set(recs) == {f"c{c}" for c in range(12)} and all(len(v) == 3 for v in recs.values())
     assert all(set(v) <= set(items) for v in recs.values())
+    # the stage's defaults are those of recommend_with_model (and `emde recommend --model`)
+    from spark_cleora.emde.coder import read_codes
+    from spark_cleora.emde.model_recommend import recommend_with_model
+
+    direct, _ = recommend_with_model(model.model, ev, read_codes(spark, model.model.manifest["coder"]), customer="user",
+                                     item="item", timestamp="ts", k=3)
+    assert {r["customer"]: list(r["items"]) for r in direct.collect()} == recs
     model.write().save(str(tmp_path / "saved"))
     back = EmdeTrainedModel.load(str(tmp_path / "saved"))
     assert {r["customer"]: list(r["items"]) for r in back.transform(ev).collect()} == \

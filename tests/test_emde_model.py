@@ -126,14 +126,14 @@ def test_spark_inference_equals_in_process_and_honours_exclusions(spark, setup):
         seen.setdefault(c, set()).add(it)
     allowed = {str(k) for k in range(0, N_ITEMS, 2)}
     cands = spark.createDataFrame([(i,) for i in sorted(allowed)], "item string")
-    # log-prob; the default popularity scoring (weight 1) with exclusions; another weight
+    # log-prob; the default popularity scoring (weight 2) with exclusions; another weight
     for excl, cand, opts in ((None, None, {"scoring": "log-prob"}), (seen, cands, {}),
-                             (None, None, {"sketch_weight": 3.0})):
+                             (None, None, {"sketch_weight": 0.5})):
         recs, _ = recommend_with_model(
             model, events, codes_df, customer="user", item="item", timestamp="ts", k=5, candidates=cand,
             seen=events.select(events.user.alias("customer"), "item") if excl else None, batch_size=7, **opts)
         got = {r["customer"]: r["items"] for r in recs.collect()}
-        weight = None if opts.get("scoring") == "log-prob" else opts.get("sketch_weight", 1.0)
+        weight = None if opts.get("scoring") == "log-prob" else opts.get("sketch_weight", 2.0)
         want = _numpy_top(model, tbl, codes, 5, exclude=excl, allowed=allowed if cand is not None else None,
                           weight=weight)
         assert got == want

@@ -138,3 +138,32 @@ def test_cli_refuses_unknown_methods_and_bad_options(spark, tmp_path, capsys):
     assert "unknown method" in capsys.readouterr().err
     assert main([*base, "--option", "novalue"]) == 2
     assert main([*base, "--session", "missing"]) == 2
+
+
+def test_emde_model_sources_options(spark, tmp_path):
+    """EMDE-MODEL: ``model_iterations`` adds one Cleora source per count, ``model_random_source`` the
+    random source; the coder the model is trained with records them, and a bad count is refused."""
+    import json
+
+    pytest.importorskip("torch")
+    from spark_cleora.errors import ConfigError
+
+    items = [chr(ord("A") + i) for i in range(8)]
+    rows = [(f"s{s}", items[(s + j * (1 + s % 3)) % 8], 100.0 * s + j) for s in range(40) for j in range(4)]
+    train = _events(spark, rows)
+    test = _events(spark, [("X", "A", 9000.0), ("X", "B", 9001.0), ("X", "C", 9002.0), ("Y", "D", 9100.0),
+                           ("Y", "E", 9101.0)])
+    options = {"emde_depth": "2", "emde_bits": "2", "model_hidden": "8", "model_layers": "1", "model_epochs": "1",
+               "model_batch_size": "16", "model_iterations": "1", "model_random_source": "1"}
+    report = evaluate_session(spark, train, test, work_dir=str(tmp_path / "r"), k=3, methods=("EMDE-MODEL",),
+                              embed_opts={"dim": 8, "iterations": 2}, options=options)
+    m = report["methods"]["EMDE-MODEL"]
+    assert report["predictions"] == 3 and 0.0 <= m["MRR@3"] <= m["HR@3"] <= 1.0
+    manifest = json.loads((tmp_path / "r" / "method_0" / "coder" / "manifest.json").read_text())
+    assert [s["name"] for s in manifest["sources"]] == ["train_embeddings", "train_embeddings_1_iterations",
+                                                         "<random>"]
+    assert manifest["n_codes"] == 6 and (tmp_path / "r" / "embedding_1").is_dir()
+    assert "embedding_1" in report["seconds"]
+    with pytest.raises(ConfigError, match="model_iterations"):
+        evaluate_session(spark, train, test, work_dir=str(tmp_path / "bad"), k=3, methods=("EMDE-MODEL",),
+                         embed_opts={"dim": 8, "iterations": 2}, options={**options, "model_iterations": "0"})

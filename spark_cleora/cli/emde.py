@@ -168,7 +168,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--model-scoring", choices=["log-prob", "popularity"],
                    help="popularity-corrected (default) or the sum of bucket log-probabilities")
     g.add_argument("--model-sketch-weight", type=float,
-                   help="popularity scoring: weight of the predicted sketch against item popularity (1.0)")
+                   help="popularity scoring: weight of the predicted sketch against item popularity (2.0)")
     _common(r)
     r.set_defaults(handler=_run_recommend)
 

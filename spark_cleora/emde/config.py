@@ -263,7 +263,7 @@ class RecommendConfig(ScoringConfig, EventsConfig):
     decay_anchor: str | None = None
     customer_features: str | None = None
     model_scoring: str = "popularity"
-    model_sketch_weight: float = 1.0
+    model_sketch_weight: float = 2.0
     output: str | None = None
     scoring: str = "popularity"
     sketch_weight: float = 0.5

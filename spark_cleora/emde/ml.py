@@ -29,7 +29,7 @@ from pyspark.sql import functions as F
 
 from ..errors import ConfigError
 from ..ml import _fitted, _join, _Persist, _Settable
-from .config import FitConfig, TrainConfig
+from .config import FitConfig, RecommendConfig, TrainConfig
 
 #: Param name -> (config field, type converter, description); defaults are the configs' own
 _CODER_PARAMS: dict[str, tuple[str, Any, str]] = {
@@ -229,15 +229,20 @@ class EmdeTrainedModel(Model, _TrainParams, _Persist, MLReadable):
     def __init__(self, **params: Any) -> None:
         super().__init__()
         self.k = Param(self, "k", "items per customer", TypeConverters.toInt)
-        self.scoring = Param(self, "scoring", "'log-prob' or 'popularity'", TypeConverters.toString)
+        self.scoring = Param(self, "scoring", "'popularity' (the item's popularity corrected by the predicted "
+                             "sketch) or 'log-prob'", TypeConverters.toString)
+        self.sketchWeight = Param(self, "sketchWeight", "popularity scoring: weight w of the predicted sketch",
+                                  TypeConverters.toFloat)
         self.excludeSeen = Param(self, "excludeSeen", "never recommend items of the customer's events",
                                  TypeConverters.toBoolean)
-        self._setDefault(k=10, scoring="log-prob", excludeSeen=False)
+        # the defaults of `emde recommend --model` and recommend_with_model (docs/emde-model.md)
+        self._setDefault(k=10, scoring=RecommendConfig.model_scoring, sketchWeight=RecommendConfig.model_sketch_weight,
+                         excludeSeen=False)
         self._set(**params)
         self._model: Any = None
 
     def setParams(self, **params: Any) -> EmdeTrainedModel:
-        """Set ``k``, ``scoring``, ``excludeSeen`` (or the training Params it carries)."""
+        """Set ``k``, ``scoring``, ``sketchWeight``, ``excludeSeen`` (or the training Params it carries)."""
         return self._set(**params)
 
     @property
@@ -262,7 +267,7 @@ class EmdeTrainedModel(Model, _TrainParams, _Persist, MLReadable):
         recs, _ = recommend_with_model(
             self.model, dataset, read_codes(dataset.sparkSession, coder), customer=customer, item=item,
             timestamp=g(self.timestampCol), weight=g(self.weightCol) if self.isDefined(self.weightCol) else None,
-            k=g(self.k), scoring=g(self.scoring), seen=seen)
+            k=g(self.k), scoring=g(self.scoring), sketch_weight=g(self.sketchWeight), seen=seen)
         return recs
 
     def _save_data(self, spark: SparkSession, path: str) -> None:

@@ -30,6 +30,7 @@ from ..errors import ConfigError
 from ..engine.hyperedges import epoch_seconds
 from ..runtime.session import job_description
 from .coder import read_codes
+from .config import RecommendConfig
 from .examples import build_examples
 from .model import EmdeModel, load_model, network_from_state
 from .score import Kernel, bucket_mass, top_k
@@ -100,7 +101,7 @@ def recommend_with_model(
     as_of: float | None = None,
     k: int = 10,
     scoring: str = "popularity",
-    sketch_weight: float = 1.0,
+    sketch_weight: float = RecommendConfig.model_sketch_weight,
     popularity: DataFrame | None = None,
     seen: DataFrame | None = None,
     candidates: DataFrame | None = None,

@@ -145,17 +145,21 @@ def evaluate_session(
     opts = {"dim": 256, "iterations": 3, **(embed_opts or {})}
     cache: dict[str, DataFrame] = {}
 
-    def embedding() -> DataFrame:
-        if "emb" not in cache:
+    def embedding(iterations: int | None = None) -> DataFrame:
+        """The run's Cleora embedding of the training sessions; ``iterations`` another iteration count."""
+        run = opts if iterations in (None, opts["iterations"]) else {**opts, "iterations": iterations}
+        key = f"emb{run['iterations']}"
+        if key not in cache:
             from ..engine.embed import embed
 
             t1 = time.perf_counter()
+            path = f"{wd}/embedding" if run is opts else f"{wd}/embedding_{run['iterations']}"
             with job_description(spark, "spark_cleora evaluate session: embed training sessions"):
-                embed(train, hyperedge="session", entity="item", **opts).select("entity", "embedding") \
-                    .write.mode("overwrite").parquet(f"{wd}/embedding")
-            cache["emb"] = spark.read.parquet(f"{wd}/embedding")
-            seconds["embedding"] = round(time.perf_counter() - t1, 2)
-        return cache["emb"]
+                embed(train, hyperedge="session", entity="item", **run).select("entity", "embedding") \
+                    .write.mode("overwrite").parquet(path)
+            cache[key] = spark.read.parquet(path)
+            seconds["embedding" if run is opts else f"embedding_{run['iterations']}"] = round(time.perf_counter() - t1, 2)
+        return cache[key]
 
     results: dict[str, Any] = {}
     n = None

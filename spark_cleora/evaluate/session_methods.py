@@ -22,7 +22,8 @@ What a method sees (:class:`MethodContext`):
 * ``k``, ``spark``, ``work_dir`` (a scratch directory of its own), ``options`` (the run's
   ``--option NAME=VALUE`` pairs, strings) and ``embedding()``: Cleora embeddings of the training
   sessions (hyperedge = session, entity = item; computed once per run and shared; ``entity``,
-  ``embedding`` unit-norm).
+  ``embedding`` unit-norm); ``embedding(iterations=n)`` the same with another iteration count
+  (computed once per count).
 
 A module with more methods is listed in :data:`spark_cleora.evaluate.session.METHOD_MODULES`.
 Methods run on Spark: tables that grow with the data stay DataFrames (nothing item x item on the driver).
@@ -66,7 +67,7 @@ from pyspark.sql import functions as F
 from ..errors import ConfigError
 
 
-def _no_embedding() -> DataFrame:
+def _no_embedding(iterations: int | None = None) -> DataFrame:
     raise ConfigError("this run has no embedding")
 
 
@@ -80,7 +81,7 @@ class MethodContext:
     k: int
     work_dir: str
     options: dict[str, str] = field(default_factory=dict)
-    embedding: Callable[[], DataFrame] = _no_embedding
+    embedding: Callable[..., DataFrame] = _no_embedding
 
     def option(self, name: str, default: Any, kind: type = str) -> Any:
         """``--option name=value`` converted to ``kind``, else ``default``."""

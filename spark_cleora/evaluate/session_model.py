@@ -14,11 +14,15 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from ..emde.coder import fit_coder, item_codes, save_coder
+from ..emde.config import RecommendConfig
+from ..errors import ConfigError
 from .session_embedding import _explode_lists
 from .session_methods import MethodContext, register_method
 
-# the setting measured on RSC15 (docs/emde-model.md); `emde recommend --model` defaults to popularity
-SCORING, SKETCH_WEIGHT = "log-prob", 1.0
+# the scoring chosen on RSC15's validation split (docs/emde-model.md); `emde recommend --model`
+# defaults to popularity, whose weight is shared with it
+SCORING, SKETCH_WEIGHT = "log-prob", RecommendConfig.model_sketch_weight
+ITERATIONS, RANDOM_SOURCE = "1", 1  # the extra sources chosen on the same split
 
 PARAMS = {
     "depth": "10 (option emde_depth)", "bits": "7 (option emde_bits)", "coder_seed": "0 (option emde_seed)",
@@ -28,8 +32,11 @@ PARAMS = {
     "batch_size": "256 (option model_batch_size)", "lr": "0.004 AdamW, step schedule x0.5 per epoch (model_lr)",
     "scoring": "log-prob: sum of the item's bucket log-probabilities (option model_scoring; popularity: "
                "log p(i) + (w/D) sum_j log(q_j/P_j), p and P from the training events, w = option "
-               "model_sketch_weight, 1)",
+               f"model_sketch_weight, {SKETCH_WEIGHT:g})",
     "processes": "TorchDistributor processes, 1 (option model_processes)", "seed": "0 (option model_seed)",
+    "sources": f"the run's Cleora embedding, one more Cleora source per iteration count of option "
+               f"model_iterations ({ITERATIONS}; the paper coded several; empty for none) and the random source "
+               f"(option model_random_source, {RANDOM_SOURCE}; 0 for none): chosen on RSC15's validation split",
 }
 
 
@@ -41,9 +48,14 @@ def emde_model(ctx: MethodContext) -> DataFrame:
 
     require_torch()
     spark, wd = ctx.spark, ctx.work_dir
-    coder = fit_coder([ctx.embedding()], names=["train_embeddings"], depth=ctx.option("emde_depth", 10, int),
-                      bits=ctx.option("emde_bits", 7, int), seed=ctx.option("emde_seed", 0, int))
-    save_coder(spark, coder, item_codes(coder, [ctx.embedding()]), f"{wd}/coder")
+    sources, names = [ctx.embedding()], ["train_embeddings"]
+    for n in _iterations(ctx.option("model_iterations", ITERATIONS)):
+        sources.append(ctx.embedding(iterations=n))
+        names.append(f"train_embeddings_{n}_iterations")
+    coder = fit_coder(sources, names=names, depth=ctx.option("emde_depth", 10, int),
+                      bits=ctx.option("emde_bits", 7, int), seed=ctx.option("emde_seed", 0, int),
+                      random_source=bool(ctx.option("model_random_source", RANDOM_SOURCE, int)))
+    save_coder(spark, coder, item_codes(coder, sources), f"{wd}/coder")
     train_model(spark, events=ctx.train.select("session", "item", "t"), coder=f"{wd}/coder", output=f"{wd}/model",
                 customer="session", item="item", timestamp="t",
                 half_life=ctx.option("emde_half_life", 600.0, float), recent=ctx.option("model_recent", 1, int),
@@ -61,3 +73,14 @@ def emde_model(ctx: MethodContext) -> DataFrame:
                                    scoring=ctx.option("model_scoring", SCORING), popularity=pop,
                                    sketch_weight=ctx.option("model_sketch_weight", SKETCH_WEIGHT, float))
     return _explode_lists(recs, "customer").withColumnRenamed("customer", "prefix_id")
+
+
+def _iterations(text: str) -> list[int]:
+    """``model_iterations`` (``"1,4"``) -> ``[1, 4]``: the extra Cleora sources' iteration counts."""
+    try:
+        out = [int(x) for x in text.replace(" ", "").split(",") if x]
+    except ValueError:
+        out = [0]
+    if any(n < 1 for n in out):
+        raise ConfigError(f"option model_iterations must list positive iteration counts, e.g. 1,4; got {text!r}")
+    return out
