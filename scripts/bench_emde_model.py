@@ -5,9 +5,9 @@ and two quality checks.
     python scripts/bench_emde_model.py ml100k [--split valid] [--sketch-weight W...] [--data-dir DIR]
         [--work DIR] [--json OUT]
 
-``rsc15``: the whole chain on the RSC15 100k sample (train_full): Cleora embedding -> coder ->
+``rsc15``: the whole chain on the RSC15 100k sample (train_full): Cleora embedding(s) -> coder ->
 examples -> TorchDistributor training -> Spark inference for every test session's prefix of all
-but its last event; each step timed. ``ml100k``: leave-last-out as ``spark-cleora evaluate
+but its last event; each step timed (examples/s built, training examples/s, customers/s scored). ``ml100k``: leave-last-out as ``spark-cleora evaluate
 recommend --dataset ml-100k`` (same split, embedding and coder; seen items excluded), Recall@10
 of the trained model. ``--split valid`` holds out every customer's second-to-last rating instead
 and trains on the ratings before it (``--holdout second-to-last`` of ``evaluate recommend``): the
@@ -72,7 +72,8 @@ def embeddings(train, work: Path, *, hyperedge: str, entity: str, iterations: li
 def rsc15(spark, data: Path, work: Path, ns) -> dict:
     from spark_cleora.emde.model import load_model
     from spark_cleora.emde.model_recommend import recommend_with_model
-    from spark_cleora.emde.train import train_model
+    from spark_cleora.emde.config import TrainConfig
+    from spark_cleora.emde.train import train_model, write_examples
 
     d = data / "yoochoose-rsc15-100k"
     read = lambda f: spark.read.option("sep", "\t").option("header", True).csv(str(d / f)) \
@@ -84,10 +85,13 @@ def rsc15(spark, data: Path, work: Path, ns) -> dict:
     t0 = lap(times, "embed", t0)
     coder = coder_from(spark, embs, work, random_source=ns.random_source)
     t0 = lap(times, "coder", t0)
-    m = train_model(spark, events=train, coder=coder, output=str(work / "model"), customer="session", item="item",
-                    timestamp="t", half_life=600.0, recent=1, hidden=ns.hidden, layers=ns.layers, epochs=ns.epochs,
-                    processes=ns.processes, keep_work=True, work_dir=str(work / "model.work"))
-    t0 = lap(times, "examples + training", t0)
+    opts = dict(coder=coder, customer="session", item="item", timestamp="t", half_life=600.0, recent=1)
+    ex = write_examples(spark, TrainConfig(**opts), str(work / "examples"), events=train,
+                        n_files=max(4, 2 * ns.processes))
+    t0 = lap(times, "examples", t0)
+    m = train_model(spark, examples=str(work / "examples"), output=str(work / "model"), hidden=ns.hidden,
+                    layers=ns.layers, epochs=ns.epochs, processes=ns.processes, **opts)
+    t0 = lap(times, "training", t0)
     # prediction inputs: every test session without its last event
     last = test.groupBy("session").agg(F.max("t").alias("tl"))
     prefix = test.join(last, "session").filter(F.col("t") < F.col("tl")).drop("tl")
@@ -98,7 +102,9 @@ def rsc15(spark, data: Path, work: Path, ns) -> dict:
     t0 = lap(times, "inference", t0)
     times["end_to_end"] = round(time.perf_counter() - start, 2)
     epochs = m["metrics"]
-    return {"seconds": times, "train_examples": m["examples"]["train_examples"],
+    n_examples = ex["train_examples"] + ex["val_examples"]
+    return {"seconds": times, "examples_per_s": round(n_examples / times["examples"], 1),
+            "train_examples": m["examples"]["train_examples"],
             "val_examples": m["examples"]["val_examples"],
             "training_examples_per_s": [e["examples_per_s"] for e in epochs], "metrics": epochs,
             "customers_scored": n, "customers_per_s": round(n / times["inference"], 1), "model": m["training"],
