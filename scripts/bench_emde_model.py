@@ -86,7 +86,7 @@ def rsc15(spark, data: Path, work: Path, ns) -> dict:
     coder = coder_from(spark, embs, work, random_source=ns.random_source)
     t0 = lap(times, "coder", t0)
     opts = dict(coder=coder, customer="session", item="item", timestamp="t", half_life=600.0, recent=1)
-    ex = write_examples(spark, TrainConfig(**opts), str(work / "examples"), events=train,
+    ex = write_examples(spark, TrainConfig(events=("<DataFrame>",), **opts), str(work / "examples"), events=train,
                         n_files=max(4, 2 * ns.processes))
     t0 = lap(times, "examples", t0)
     m = train_model(spark, examples=str(work / "examples"), output=str(work / "model"), hidden=ns.hidden,
