@@ -104,6 +104,10 @@ def test_trainer_and_trained_model(spark, fitted, tmp_path):
     direct, _ = recommend_with_model(model.model, ev, read_codes(spark, model.model.manifest["coder"]), customer="user",
                                      item="item", timestamp="ts", k=3)
     assert {r["customer"]: list(r["items"]) for r in direct.collect()} == recs
+    half, _ = recommend_with_model(model.model, ev, read_codes(spark, model.model.manifest["coder"]), customer="user",
+                                   item="item", timestamp="ts", k=3, sketch_weight=0.5)
+    got = model.copy().setParams(k=3, sketchWeight=0.5).transform(ev)
+    assert sorted(map(tuple, got.collect())) == sorted(map(tuple, half.collect()))
     model.write().save(str(tmp_path / "saved"))
     back = EmdeTrainedModel.load(str(tmp_path / "saved"))
     assert {r["customer"]: list(r["items"]) for r in back.transform(ev).collect()} == \

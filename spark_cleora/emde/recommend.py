@@ -79,7 +79,7 @@ def recommend(
         A trained model (:func:`spark_cleora.emde.model.load_model`): recommend from its predicted
         sketch instead (``sketches`` unused), with inputs built from ``events`` up to ``as_of``;
         ``columns``: ``customer``, ``item``, ``timestamp`` (and optional ``weight``) column names;
-        ``scoring``: ``popularity`` (default, weight 1) or ``log-prob``
+        ``scoring``: ``popularity`` (default, weight 2) or ``log-prob``
         (:func:`spark_cleora.emde.model_recommend.recommend_with_model`).
 
     Returns

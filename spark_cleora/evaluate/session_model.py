@@ -1,6 +1,7 @@
 """``EMDE-MODEL`` for ``evaluate session``: the trained EMDE model (needs ``spark-cleora[model]``).
 
-The coder is fitted on the run's Cleora embeddings (as the decoder-only ``EMDE``), the network is
+The coder is fitted on the run's Cleora embedding, a second Cleora embedding per extra iteration
+count (``model_iterations``) and the random source (``model_random_source``), the network is
 trained on the training sessions (:func:`spark_cleora.emde.train.train_model`: every event after a
 session's first is a target, its inputs are the session's earlier events; the newest 10 % of
 training time is the validation split for early stopping), and each prefix is scored from the
@@ -76,11 +77,12 @@ def emde_model(ctx: MethodContext) -> DataFrame:
 
 
 def _iterations(text: str) -> list[int]:
-    """``model_iterations`` (``"1,4"``) -> ``[1, 4]``: the extra Cleora sources' iteration counts."""
+    """``model_iterations`` (``"1,4"``) -> ``[1, 4]``: the extra Cleora sources' iteration counts
+    (a repeated count once: the same embedding coded twice adds nothing)."""
     try:
         out = [int(x) for x in text.replace(" ", "").split(",") if x]
     except ValueError:
         out = [0]
     if any(n < 1 for n in out):
         raise ConfigError(f"option model_iterations must list positive iteration counts, e.g. 1,4; got {text!r}")
-    return out
+    return list(dict.fromkeys(out))
