@@ -147,19 +147,18 @@ def evaluate_session(
 
     def embedding(iterations: int | None = None) -> DataFrame:
         """The run's Cleora embedding of the training sessions; ``iterations`` another iteration count."""
-        run = opts if iterations in (None, opts["iterations"]) else {**opts, "iterations": iterations}
-        key = f"emb{run['iterations']}"
-        if key not in cache:
+        own = iterations in (None, opts["iterations"])
+        name = "embedding" if own else f"embedding_{iterations}"  # directory, cache key and timing key
+        if name not in cache:
             from ..engine.embed import embed
 
             t1 = time.perf_counter()
-            path = f"{wd}/embedding" if run is opts else f"{wd}/embedding_{run['iterations']}"
             with job_description(spark, "spark_cleora evaluate session: embed training sessions"):
-                embed(train, hyperedge="session", entity="item", **run).select("entity", "embedding") \
-                    .write.mode("overwrite").parquet(path)
-            cache[key] = spark.read.parquet(path)
-            seconds["embedding" if run is opts else f"embedding_{run['iterations']}"] = round(time.perf_counter() - t1, 2)
-        return cache[key]
+                embed(train, hyperedge="session", entity="item", **(opts if own else {**opts, "iterations": iterations})) \
+                    .select("entity", "embedding").write.mode("overwrite").parquet(f"{wd}/{name}")
+            cache[name] = spark.read.parquet(f"{wd}/{name}")
+            seconds[name] = round(time.perf_counter() - t1, 2)
+        return cache[name]
 
     results: dict[str, Any] = {}
     n = None
