@@ -153,9 +153,10 @@ def evaluate_session(
             from ..engine.embed import embed
 
             t1 = time.perf_counter()
+            run = opts if own else {**opts, "iterations": iterations}
             with job_description(spark, "spark_cleora evaluate session: embed training sessions"):
-                embed(train, hyperedge="session", entity="item", **(opts if own else {**opts, "iterations": iterations})) \
-                    .select("entity", "embedding").write.mode("overwrite").parquet(f"{wd}/{name}")
+                embed(train, hyperedge="session", entity="item", **run).select("entity", "embedding") \
+                    .write.mode("overwrite").parquet(f"{wd}/{name}")
             cache[name] = spark.read.parquet(f"{wd}/{name}")
             seconds[name] = round(time.perf_counter() - t1, 2)
         return cache[name]
