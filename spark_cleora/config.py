@@ -143,13 +143,15 @@ class EmbedConfig:
         exceed it is refused with a clear error up front. Default (None): 4, or when Spark runs in local
         mode (``local[N]``) what the driver's heap (half the machine's memory: its RAM, or a container's
         cgroup limit below it) and a 1 GiB reserve leave, split over the N workers, at most a quarter
-        of the memory and at least 0.5.
+        of the memory and at least 0.5; for the one-task engine, whose task runs alone, all of what
+        they leave.
     engine
         How the iterations run. ``shuffle``: each iteration is a distributed multiply (by block) and sum
         (by entity), memory bounded per block, no limit on the graph. ``one-task``: all iterations in one
         Python task (threads over the dimensions), no per-iteration shuffles or writes; the whole iteration
-        state must fit ``block_memory_gb``. ``auto`` (default): ``one-task`` when its estimated memory
-        fits ``block_memory_gb``, else ``shuffle``. Both give the same numbers.
+        state must fit ``block_memory_gb`` (by default in local mode: the workers' memory together).
+        ``auto`` (default): ``one-task`` when its estimated memory fits, else ``shuffle``. Both give
+        the same numbers.
     on_bad_rows, rejects
         ``fail`` (default) stops with the rule, count and first offending row; ``skip`` drops
         bad rows and reports the counts per rule; ``quarantine`` also writes them (with the rule) as

@@ -10,7 +10,7 @@ from oracle import random_hyperedges
 
 from spark_cleora.config import EmbedConfig
 from spark_cleora.engine.embed import run_embedding
-from spark_cleora.engine.one_task import one_task_bytes
+from spark_cleora.engine.one_task import one_task_bytes, slice_width
 from spark_cleora.engine.work_store import WorkStore
 
 ROWS = [" ".join(h) for h in random_hyperedges(400, 150, seed=71)]
@@ -72,9 +72,17 @@ def test_memory_estimate_grows_with_entities_dim_and_memberships():
     base = {"entities": 1000, "dim": 64, "kept": 1, "memberships": 10_000, "hyperedges": 500, "shares": 2000}
     b = one_task_bytes(**base)
     for more in ({"entities": 2000}, {"dim": 128}, {"kept": 3}, {"memberships": 20_000}, {"shares": 4000},
-                 {"hyperedges": 900}):
+                 {"hyperedges": 900}, {"residual": True}):
         assert one_task_bytes(**{**base, **more}) > b
-    assert b == 1000 * 64 * 28 + 10_000 * 72 + 2000 * 160 + 500 * 64 * 16
+    # one thread, two sides: slices of 64 columns in flight (float64 temporaries of entities and hyperedges)
+    assert b == 1000 * 64 * 16 + 1000 * 64 * 16 + 10_000 * 72 + 2000 * 160 + 500 * 64 * 16
+    # one side: the second side's temporaries are not there
+    assert b - one_task_bytes(**{**base, "reflexive": True}) == 1000 * 64 * 8 + 500 * 64 * 8
+    # every thread has a slice in flight, and no more slices than columns
+    assert one_task_bytes(**{**base, "threads": 2, "dim": 256}) - one_task_bytes(**{**base, "dim": 256}) == (
+        1000 * 64 * 16 + 500 * 64 * 16)
+    assert one_task_bytes(**{**base, "threads": 8}) == b  # dim 64: eight slices of 8 columns, as one of 64
+    assert slice_width(256, 2) == 64 and slice_width(48, 2) == 24 and slice_width(5, 8) == 1
 
 
 def test_one_task_resumes_a_shuffle_run(spark, tmp_path):

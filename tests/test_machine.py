@@ -35,15 +35,16 @@ def test_no_cgroup_information_means_no_limit(tmp_path):
     assert cgroup_memory_limit(proc_cgroup=str(tmp_path / "missing")) is None
 
 
-@pytest.mark.parametrize("master, limit_gib, driver, worker", [
-    ("local[2]", None, "32g", 15.5),  # 64 GiB: half to the driver (at most 32), (64 - 32 - 1) / 2 per worker
-    ("local[2]", 12, "6g", 2.5),      # a 12 GiB container: (12 - 6 - 1) / 2
-    ("local[2]", 4, "2g", 0.5),       # 4 GiB: the driver's 2 GiB floor; workers at their 0.5 floor
-    ("local[8]", 24, "12g", 1.4),     # eight workers split what is left: (24 - 12 - 1) / 8
-    ("local[1]", 24, "12g", 6.0),     # one worker: capped at a quarter of the memory
+@pytest.mark.parametrize("master, limit_gib, driver, worker, one_task", [
+    ("local[2]", None, "32g", 15.5, 31.0),  # 64 GiB: half to the driver (at most 32), (64 - 32 - 1) / 2 per worker
+    ("local[2]", 12, "6g", 2.5, 5.0),       # a 12 GiB container: (12 - 6 - 1) / 2; the one task alone: 5
+    ("local[2]", 4, "2g", 0.5, 1.0),        # 4 GiB: the driver's 2 GiB floor; workers at their 0.5 floor
+    ("local[8]", 24, "12g", 1.4, 11.0),     # eight workers split what is left: (24 - 12 - 1) / 8
+    ("local[1]", 24, "12g", 6.0, 11.0),     # one worker: capped at a quarter of the memory (not the one task)
 ])
-def test_local_driver_and_worker_memory_follow_the_limit(monkeypatch, master, limit_gib, driver, worker):
-    """Driver heap plus every worker's budget stays within the memory (RAM or the cgroup's limit)."""
+def test_local_driver_and_worker_memory_follow_the_limit(monkeypatch, master, limit_gib, driver, worker, one_task):
+    """Driver heap plus every worker's budget stays within the memory (RAM or the cgroup's limit); the
+    one-task engine's task, which runs alone, gets what the workers would share."""
     from spark_cleora.runtime import session
 
     physical = 64 * 2**30
@@ -62,6 +63,8 @@ def test_local_driver_and_worker_memory_follow_the_limit(monkeypatch, master, li
     assert conf["spark.driver.memory"] == driver
     got = machine.worker_memory_gb(Spark())
     assert got == worker
+    assert machine.one_task_memory_gb(Spark()) == one_task
+    assert int(driver[:-1]) + one_task + machine.LOCAL_RESERVE_GIB <= (limit_gib or 64)
     total = (limit_gib or 64)
     cores = int(master[6:-1])
     if worker > 0.5:  # above the floor, the budgets fit the memory
@@ -78,3 +81,15 @@ def test_local_cores_and_memory_cgroups(tmp_path, monkeypatch):
     proc = tmp_path / "cgroup"
     _write(proc, "5:cpu,cpuacct:/x\n4:cpuset,memory:/docker/abc\n0::/user.slice\n")
     assert memory_cgroups(proc_cgroup=str(proc)) == {"v1": "/docker/abc", "v2": "/user.slice"}
+
+
+def test_off_local_mode_both_budgets_are_the_default():
+    """A cluster's executors are not this machine: the worker and the one-task budgets are the 4 GiB default."""
+    class Conf:
+        def get(self, key, default=None):
+            return "spark://host:7077" if key == "spark.master" else default
+
+    class Spark:
+        conf = Conf()
+
+    assert machine.worker_memory_gb(Spark()) == machine.one_task_memory_gb(Spark()) == machine.DEFAULT_WORKER_GB == 4.0

@@ -41,7 +41,7 @@ from .hyperedges import Rejections, cleora_text_to_memberships, events_to_member
 from .start_vectors import given_start_vectors, init_for_names, override_start_vectors, read_start_vectors
 from ..storage.paths import local_path, parquet_footer_rows
 from .one_task import embed_in_one_task, one_task_bytes, worker_threads
-from ..runtime.machine import worker_memory_gb
+from ..runtime.machine import one_task_memory_gb, worker_memory_gb
 from .propagate import X_SCHEMA_COLUMNS, propagate, route_scalings, unpacked
 from ..runtime.session import job_description
 from .work_store import WorkStore
@@ -389,8 +389,8 @@ def _choose_engine_stage(spark: SparkSession, cfg: EmbedConfig, graph: _Graph, w
     store = work.store
     start = (store.last_iteration(cfg.iterations) if store is not None else None) or 0
     estimate: dict[str, Any] = {}
-    engine = choose_engine(spark, cfg, graph.counts, work.manifest.get("graph", {}).get("entities"),
-                           graph.memory_gb, estimate, blocks=graph.blocks)
+    engine = choose_engine(spark, cfg, graph.counts, work.manifest.get("graph", {}).get("entities"), estimate,
+                           blocks=graph.blocks)
     if engine == "one-task" and any(s <= start for s in cfg.multiscale):
         engine = "shuffle"  # the resumed run's earlier --multiscale parts are in the store, not in the task
     return EngineReport(engine=engine, one_task=estimate["one_task"], resumed_from_iteration=start or None)
@@ -486,16 +486,20 @@ def _assemble(cfg: EmbedConfig, x: DataFrame, parts: dict[int, DataFrame], entit
 
 
 def choose_engine(spark: SparkSession, cfg: EmbedConfig, counts: GraphCounts, n_entities: int | None,
-                  memory_gb: float, report: dict[str, Any], *, blocks: DataFrame) -> str:
-    """``cfg.engine``, with ``auto`` resolved: ``one-task`` when its estimated memory fits ``memory_gb``
-    (the estimate goes into ``report``). Before the entities are summed their count is bounded by the
+                  report: dict[str, Any], *, blocks: DataFrame) -> str:
+    """``cfg.engine``, with ``auto`` resolved: ``one-task`` when its estimated memory fits
+    ``--block-memory-gb`` or, by default, :func:`~spark_cleora.runtime.machine.one_task_memory_gb` (the
+    estimate goes into ``report``). Before the entities are summed their count is bounded by the
     blocks' entity counts (``counts.shares``); when that bound does not fit, a HyperLogLog estimate
     (plus three standard deviations) of the distinct entities decides."""
     threads = worker_threads(spark)
+    # the one task runs alone: beside an embedded local driver it may use what the workers would share
+    memory_gb = cfg.block_memory_gb or one_task_memory_gb(spark)
 
     def need(entities: int) -> int:
         return one_task_bytes(entities=entities, dim=cfg.dim, kept=max(1, len(cfg.multiscale)),
-                              memberships=counts.memberships, hyperedges=counts.hyperedges, shares=counts.shares)
+                              memberships=counts.memberships, hyperedges=counts.hyperedges, shares=counts.shares,
+                              threads=threads, reflexive=len(cfg.column_spec) == 1, residual=bool(cfg.residual))
 
     estimate = need(n_entities or counts.shares)
     engine = cfg.engine
@@ -505,8 +509,7 @@ def choose_engine(spark: SparkSession, cfg: EmbedConfig, counts: GraphCounts, n_
     if engine == "auto":
         engine = "one-task" if estimate <= memory_gb * 2**30 else "shuffle"
     report["one_task"] = {"estimated_bytes": int(estimate), "threads": threads, "memory_gb": memory_gb}
-    log.info("engine %s (one-task would need ~%.2f GiB of --block-memory-gb %g)", engine, estimate / 2**30,
-             memory_gb)
+    log.info("engine %s (one-task would need ~%.2f GiB of its %g GiB budget)", engine, estimate / 2**30, memory_gb)
     return engine
 
 

@@ -10,9 +10,10 @@ does the rest there, with the same arithmetic as the other path: the entity aggr
 :func:`~spark_cleora.engine.graph.build_entities`, the hash start vectors of :mod:`spark_cleora.engine.start_vectors`, the
 product of :func:`~spark_cleora.engine.propagate.block_product` in float64 (over the blocks' plans merged
 into one plan, so no vector is copied per block), :func:`~spark_cleora.engine.propagate.normalize_rows`,
-and the same whitening. The product and the start vectors run on a thread pool, one slice of the
-dimensions (or of the entities) per thread (numpy and scipy release the GIL), so the task uses the
-worker's cores: while it runs it is the only task of the job.
+and the same whitening. The product, the row normalisation and the start vectors run on a thread pool,
+slices of the dimensions (or ranges of the rows, or of the entities) handed to the threads in turn
+(numpy and scipy release the GIL), so the task uses the worker's cores: while it runs it is the only
+task of the job.
 
 The product stays float64: float32 (pycleora's precision) would halve an iteration's time (measured
 at 1M and 10M events), but a 200k-entity hyperedge's float32 sum is off by 1e-3, and this engine
@@ -41,7 +42,7 @@ from ..config import Column
 from ..errors import EntityHashCollisionError
 from .graph import ENTITY_PART, PLAN
 from .start_vectors import init_for_names
-from .propagate import NORM_EPS, _maybe_inject_failure, block_product, load_plan
+from .propagate import _maybe_inject_failure, block_product, load_plan, normalize_rows
 from .vectors import to_list_array, unpack
 from .whiten import whiten_array
 
@@ -53,17 +54,32 @@ START_VECTORS = 3
 THREADS_CONF = "spark.cleora.oneTask.threads"
 _OUT_ROWS = 1 << 14  # rows per output batch (Arrow list offsets are int32: keep batches small)
 
-#: bytes per entity x dimension held at once: the float32 rows (4), the threads' float64 slices of the
-#: scaled rows and of their products (8 + 8), the next float32 rows (4); plus 4 per kept iteration (the
-#: output's copy of the last one, earlier --multiscale parts)
-BYTES_PER_ENTITY_DIM = 24
+_NORM_ROWS = 1 << 15  # rows per piece of the row normalisation handed to a thread
+
+#: bytes per entity x dimension held at once: the float32 rows (4, the next iteration's written into the
+#: same buffer) and their float64 products (8); plus 4 per kept iteration (the output's copy of the last
+#: one, earlier --multiscale parts)
+BYTES_PER_ENTITY_DIM = 12
+#: bytes per entity or hyperedge x slice column x thread: a thread's float64 temporaries of one slice
+#: (:func:`~spark_cleora.engine.propagate.block_product`). One side (a reflexive column): the scaled rows,
+#: then the product (8), and the hyperedges' sums (8). Two sides: the product and a second one being
+#: added (16), both sides' sums (16). The residual's scaled rows add 12 per entity.
+BYTES_PER_SLICE = {"one side": (8, 8), "two sides": (16, 16)}
+BYTES_PER_ENTITY_SLICE_RESIDUAL = 12
 #: bytes of the compiled graph per membership: CSR indices and float64 data of both sides (24), held as
 #: the plans' Arrow blobs, the loaded plans and the merged matrices
 BYTES_PER_MEMBERSHIP = 72
 #: bytes of one entity's share row of a block (ids, counts, its name) while the entities are summed
 BYTES_PER_SHARE = 160
-#: bytes per hyperedge x dimension: the float64 per-hyperedge sums of both sides
-BYTES_PER_HYPEREDGE_DIM = 16
+#: columns of one slice of the product, as in the shuffle engine: on the 10M-event bench graph (8M
+#: memberships, 386k entities, 2 threads) as fast as whole halves of the rows, slices of 32 ~10 % slower
+SLICE_COLUMNS = 64
+
+
+def slice_width(dim: int, threads: int) -> int:
+    """Columns of one slice of the product: at most ``SLICE_COLUMNS``, and narrow enough that every
+    thread gets one."""
+    return max(1, min(SLICE_COLUMNS, -(-dim // max(1, threads))))
 
 
 def worker_threads(spark: SparkSession) -> int:
@@ -76,14 +92,20 @@ def worker_threads(spark: SparkSession) -> int:
     return conf if conf > 0 else max(1, os.cpu_count() or 1)
 
 
-def one_task_bytes(*, entities: int, dim: int, kept: int, memberships: int, hyperedges: int, shares: int = 0) -> int:
-    """Estimated peak memory of the one-task engine (see the ``BYTES_*`` constants); ``entities`` may be
-    an upper bound (the sum of the blocks' entity counts, ``shares``, before the entities are known)."""
+def one_task_bytes(*, entities: int, dim: int, kept: int, memberships: int, hyperedges: int, shares: int = 0,
+                   threads: int = 1, reflexive: bool = False, residual: bool = False) -> int:
+    """Estimated peak memory of the one-task engine (see the ``BYTES_*`` constants) with ``threads``
+    threads; ``entities`` may be an upper bound (the sum of the blocks' entity counts, ``shares``, before
+    the entities are known). ``reflexive``: the graph has one side (else the two-sided bound)."""
+    in_flight = slice_width(dim, threads) * max(1, threads)  # slice columns being multiplied at once
+    per_entity, per_hyperedge = BYTES_PER_SLICE["one side" if reflexive else "two sides"]
+    per_entity += BYTES_PER_ENTITY_SLICE_RESIDUAL if residual else 0
     return (
         entities * dim * (BYTES_PER_ENTITY_DIM + 4 * kept)
+        + entities * in_flight * per_entity
         + memberships * BYTES_PER_MEMBERSHIP
         + shares * BYTES_PER_SHARE
-        + hyperedges * dim * BYTES_PER_HYPEREDGE_DIM
+        + hyperedges * in_flight * per_hyperedge
     )
 
 
@@ -243,44 +265,46 @@ def _iterate(x, plans, pre, post, *, dim, first, last, keep, residual, whiten_af
     """Iterations ``first..last`` from ``x`` (float32 [n, dim]): ({kept iteration: float32 rows}, seconds);
     ``plans`` ((plan, entity indices) per block) is consumed.
 
-    One :func:`~spark_cleora.engine.propagate.block_product` per iteration over the merged plan; the threads
-    split the dimensions (each owns a slice of columns: no shared sums, no locks). Rows are then divided
-    by max(‖row‖, 1e-10) as :func:`~spark_cleora.engine.propagate.normalize_rows` does, the norms summed over the
-    slices (no n x dim float64 matrix of its own).
+    One :func:`~spark_cleora.engine.propagate.block_product` per slice of the dimensions over the merged plan,
+    the slices (:func:`slice_width`) handed to the threads in turn: each column's sums are those
+    of a whole-row product, and a thread's float64 temporaries are one slice, which stays in cache and keeps
+    the task's memory to the float64 products (n x dim) beside the float32 rows. The products' rows are then
+    divided by max(‖row‖, 1e-10) with :func:`~spark_cleora.engine.propagate.normalize_rows`, the threads
+    taking ranges of rows: the shuffle engine's arithmetic, row for row.
     """
     n = len(x)
     merged = _merged_plan(plans, n)
     plans.clear()  # consumed: the merged plan replaces them
     threads = max(1, min(threads, dim, os.cpu_count() or 1))
-    columns = [c for c in np.array_split(np.arange(dim), threads) if len(c)]
+    width = slice_width(dim, threads)
+    columns = [(lo, min(lo + width, dim)) for lo in range(0, dim, width)]
+    rows = [(lo, min(lo + _NORM_ROWS, n)) for lo in range(0, n, _NORM_ROWS)]
     factor = residual / (1.0 - residual) if residual else 0.0
     seconds: list[float] = []
     kept: dict[int, np.ndarray] = {first - 1: x} if first - 1 in keep else {}  # --iterations 0
+    y = np.empty((n, dim))  # float64 products, one buffer for every iteration
     with ThreadPoolExecutor(threads) as pool:
         for k in range(first, last + 1):
             t0 = time.perf_counter()
 
-            def multiply(cols, x=x):
-                """This thread's columns of post ⊙ (W · (pre ⊙ x)) (+ the residual rows), float64."""
-                lo, hi = int(cols[0]), int(cols[-1]) + 1
-                y = block_product(merged, x[:, lo:hi], pre, post)
+            def multiply(cols, x=x, y=y):
+                """One slice of post ⊙ (W · (pre ⊙ x)) (+ the residual rows), float64, into ``y``."""
+                lo, hi = cols
+                part = block_product(merged, x[:, lo:hi], pre, post)
                 if factor:  # residual mixing: the shuffle engine's residual rows are float32 partials
-                    y += (x[:, lo:hi].astype(np.float64) * factor).astype(np.float32)
-                return lo, hi, y, np.einsum("ij,ij->i", y, y)
+                    part += (x[:, lo:hi].astype(np.float64) * factor).astype(np.float32)
+                y[:, lo:hi] = part
 
-            slices = list(pool.map(multiply, columns))
-            # normalize_rows, over the threads' column slices (no n x dim float64 matrix of its own): the
-            # squared norms summed over the slices in slice order, then each thread scales its own slice
-            norms = np.sqrt(sum(squares for _, _, _, squares in slices))
-            inverse = (1.0 / np.maximum(norms, NORM_EPS))[:, None]
-            x = np.empty((n, dim), dtype=np.float32)
+            list(pool.map(multiply, columns))
+            # the next rows go into the old ones' buffer unless an earlier iteration is kept in it
+            nxt = x if not any(v is x for v in kept.values()) else np.empty((n, dim), dtype=np.float32)
 
-            def scale(piece, x=x):
-                lo, hi, y, _ = piece
-                x[:, lo:hi] = y * inverse
+            def scale(span, y=y, nxt=nxt):
+                lo, hi = span
+                nxt[lo:hi] = normalize_rows(y[lo:hi])
 
-            list(pool.map(scale, slices))
-            del slices
+            list(pool.map(scale, rows))
+            x = nxt
             if k in whiten_after:
                 x = whiten_array(x).astype(np.float32)
             if k in keep:
@@ -290,4 +314,3 @@ def _iterate(x, plans, pre, post, *, dim, first, last, keep, residual, whiten_af
             print(f"spark_cleora one-task engine: iteration {k}/{last} of {n} entities in {seconds[-1]:.2f}s",
                   file=sys.stderr, flush=True)
     return kept, seconds
-

@@ -115,17 +115,31 @@ def local_worker_gib(total: int, cores: int) -> float:
 DEFAULT_WORKER_GB = 4.0
 
 
-def worker_memory_gb(spark: Any) -> float:
-    """The default ``--block-memory-gb``: 4, or for a local master ``local[N]`` what the driver's heap
-    (half the memory this machine or its container gives the process) and a 1 GiB reserve leave,
-    split over the N Python workers that run at once, and at most a quarter of the memory."""
+def _local_memory(spark: Any) -> tuple[int, int] | None:
+    """(memory bytes, task slots) of an embedded local master, else None."""
     try:
         master = str(spark.conf.get("spark.master", ""))
     except Exception:  # e.g. a Connect server that does not show its master
         master = ""
-    if not master.startswith("local"):
+    total = memory_bytes() if master.startswith("local") else None
+    return (total, local_cores(master)) if total else None
+
+
+def worker_memory_gb(spark: Any) -> float:
+    """The default ``--block-memory-gb``: 4, or for a local master ``local[N]`` what the driver's heap
+    (half the memory this machine or its container gives the process) and a 1 GiB reserve leave,
+    split over the N Python workers that run at once, and at most a quarter of the memory."""
+    local = _local_memory(spark)
+    return local_worker_gib(*local) if local else DEFAULT_WORKER_GB
+
+
+def one_task_memory_gb(spark: Any) -> float:
+    """The one-task engine's default budget: :func:`worker_memory_gb`, except beside an embedded local
+    driver, where its task is the only one running (its job has one task) and may use all that the N
+    workers would share: the memory less the driver's heap and the reserve."""
+    local = _local_memory(spark)
+    if not local:
         return DEFAULT_WORKER_GB
-    total = memory_bytes()
-    if not total:
-        return DEFAULT_WORKER_GB
-    return local_worker_gib(total, local_cores(master))
+    total, cores = local
+    left = total / 2**30 - local_driver_gib(total) - LOCAL_RESERVE_GIB
+    return max(local_worker_gib(total, cores), round(left, 1))
