@@ -123,3 +123,23 @@ def test_threads_give_the_same_start_vectors():
     one = init_for_names(names, 16, seed=3)
     np.testing.assert_array_equal(init_for_names(names, 16, seed=3, threads=3), one)
     np.testing.assert_array_equal(init_for_names(names[:1], 16, seed=3, threads=4), one[:1])
+
+
+def test_fx_init_is_bit_exact_with_pycleora3_over_many_chunks():
+    """Thousands of entities: the init works through chunks of rows (128 at dim 256); every chunk and the
+    partial last one are pycleora's numbers."""
+    rows = [" ".join(f"n{5 * i + j}" for j in range(5)) for i in range(700)]
+    g = pycleora.SparseMatrix.from_iterator(iter(rows), "complex::reflexive::x", num_workers=1)
+    ref = g.initialize_deterministically(256, 11)
+    np.testing.assert_array_equal(init_for_names(list(g.entity_ids), 256, seed=11, method="fx"), ref)
+
+
+def test_rust_remainder_without_a_division():
+    """The remainder by 2**23 that the init takes, with bit operations: Rust's truncated ``%`` (np.fmod),
+    including i64::MIN, exact multiples, -1 and values either side of them."""
+    from spark_cleora.engine.start_vectors import _rust_rem
+
+    edges = np.array([-(2**63), 2**63 - 1, -(2**23), 2**23, -1, 0, 1, -(2**23) - 1, 2**23 + 1, -(2**24), -(2**23) + 1],
+                     dtype=np.int64)
+    x = np.concatenate([edges, np.random.default_rng(3).integers(-(2**63), 2**63 - 1, size=200_000, dtype=np.int64)])
+    np.testing.assert_array_equal(_rust_rem(x), np.fmod(x, 2**23))
