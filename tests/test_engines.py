@@ -135,3 +135,22 @@ def test_python_workers_are_warmed_in_the_background(spark, monkeypatch):
     assert not thread.is_alive() and "no engine here" in str(thread.failure)
     monkeypatch.setenv("SPARK_CLEORA_WARM_WORKERS", "0")
     assert warm_python_workers(spark, 2) is None
+
+
+def test_one_task_narrows_its_slices_to_fit_before_giving_up(spark):
+    """A budget just below the estimate with slices of 64 columns: still the one-task engine, with slices of
+    32 (a smaller estimate), and the same numbers."""
+    from spark_cleora.engine.one_task import THREADS_CONF
+
+    kw = {"dim": 128, "iterations": 2, "init": "fx"}
+    spark.conf.set(THREADS_CONF, "2")  # two slices in flight, whatever this machine's cores
+    try:
+        wide, rep = _run(spark, ROWS, "complex::reflexive::node", **kw)
+        assert (rep["engine"], rep["one_task"]["slice_columns"]) == ("one-task", 64)
+        budget_gb = (rep["one_task"]["estimated_bytes"] - 1) / 2**30
+        narrow, rep2 = _run(spark, ROWS, "complex::reflexive::node", block_memory_gb=budget_gb, **kw)
+    finally:
+        spark.conf.unset(THREADS_CONF)
+    assert (rep2["engine"], rep2["one_task"]["slice_columns"]) == ("one-task", 32)
+    assert rep2["one_task"]["estimated_bytes"] <= budget_gb * 2**30 < rep["one_task"]["estimated_bytes"]
+    _assert_same(narrow, wide, atol=0)

@@ -40,7 +40,7 @@ from .graph import (
 from .hyperedges import Rejections, cleora_text_to_memberships, events_to_memberships
 from .start_vectors import given_start_vectors, init_for_names, override_start_vectors, read_start_vectors
 from ..storage.paths import local_path, parquet_footer_rows
-from .one_task import embed_in_one_task, one_task_bytes, worker_threads
+from .one_task import SLICE_CHOICES, embed_in_one_task, one_task_bytes, worker_threads
 from ..runtime.machine import one_task_memory_gb, worker_memory_gb
 from .propagate import X_SCHEMA_COLUMNS, propagate, route_scalings, unpacked
 from ..runtime.session import job_description
@@ -68,7 +68,7 @@ class EngineReport:
     """Stage 2, the engine: which one runs the iterations, the one-task memory estimate, the resume point."""
 
     engine: str
-    one_task: dict[str, Any]  # estimated_bytes, threads, memory_gb
+    one_task: dict[str, Any]  # estimated_bytes, threads, memory_gb, slice_columns
     resumed_from_iteration: int | None
 
 
@@ -298,7 +298,9 @@ def run_embedding(
     start = engine_report.resumed_from_iteration or 0
     if engine_report.engine == "one-task":
         done, finish = _iterate_one_task(spark, cfg, graph, work, entities, given_table, start=start,
-                                         threads=engine_report.one_task["threads"], t_all=t_all, timer=timer)
+                                         threads=engine_report.one_task["threads"],
+                                         slice_columns=engine_report.one_task["slice_columns"], t_all=t_all,
+                                         timer=timer)
         if single_pass:  # the task's report is observed during the caller's one action
             observed = Observation("spark_cleora_one_task")
             emb = done.observe(observed, F.max("_report").alias("report")).drop("_report")
@@ -397,8 +399,8 @@ def _choose_engine_stage(spark: SparkSession, cfg: EmbedConfig, graph: _Graph, w
 
 
 def _iterate_one_task(spark: SparkSession, cfg: EmbedConfig, graph: _Graph, work: _Work, entities: _Entities,
-                      given_table: tuple[DataFrame, int] | None, *, start: int, threads: int, t_all: float,
-                      timer: _Timer) -> tuple[DataFrame, Callable[[dict[str, Any]], IterationsReport]]:
+                      given_table: tuple[DataFrame, int] | None, *, start: int, threads: int, slice_columns: int,
+                      t_all: float, timer: _Timer) -> tuple[DataFrame, Callable[[dict[str, Any]], IterationsReport]]:
     """Stage 3 on the one-task engine: the computation (rows plus the task's JSON report in ``_report``)
     and the function that turns the task's report into the :class:`IterationsReport`."""
     start_vectors = None
@@ -412,7 +414,7 @@ def _iterate_one_task(spark: SparkSession, cfg: EmbedConfig, graph: _Graph, work
     done = embed_in_one_task(
         graph.blocks, columns=cfg.column_spec, dim=cfg.dim, markov=cfg.markov, init=cfg.init, seed=cfg.seed,
         first=start + 1, last=cfg.iterations, multiscale=cfg.multiscale, whiten=cfg.whiten,
-        residual=cfg.residual, start_vectors=start_vectors, threads=threads,
+        residual=cfg.residual, start_vectors=start_vectors, threads=threads, slice_columns=slice_columns,
     )
 
     def finish(task: dict[str, Any]) -> IterationsReport:
@@ -495,21 +497,33 @@ def choose_engine(spark: SparkSession, cfg: EmbedConfig, counts: GraphCounts, n_
     threads = worker_threads(spark)
     # the one task runs alone: beside an embedded local driver it may use what the workers would share
     memory_gb = cfg.block_memory_gb or one_task_memory_gb(spark)
+    budget = memory_gb * 2**30
 
-    def need(entities: int) -> int:
+    def need(entities: int, slice_columns: int) -> int:
         return one_task_bytes(entities=entities, dim=cfg.dim, kept=max(1, len(cfg.multiscale)),
                               memberships=counts.memberships, hyperedges=counts.hyperedges, shares=counts.shares,
-                              threads=threads, reflexive=len(cfg.column_spec) == 1, residual=bool(cfg.residual))
+                              threads=threads, reflexive=len(cfg.column_spec) == 1, residual=bool(cfg.residual),
+                              slice_columns=slice_columns)
 
-    estimate = need(n_entities or counts.shares)
+    def widest_fitting(entities: int) -> tuple[int, int]:
+        """(slice columns, estimate): the widest slices that fit the budget, else the narrowest."""
+        for width in SLICE_CHOICES:
+            if need(entities, width) <= budget:
+                return width, need(entities, width)
+        return SLICE_CHOICES[-1], need(entities, SLICE_CHOICES[-1])
+
+    width, estimate = widest_fitting(n_entities or counts.shares)
     engine = cfg.engine
-    if engine == "auto" and estimate > memory_gb * 2**30 and not n_entities:
+    if engine == "auto" and estimate > budget and not n_entities:
         with job_description(spark, "spark_cleora: estimate entities"):
-            estimate = need(min(counts.shares, int(estimate_entities(blocks) * (1 + 3 * ENTITIES_RSD)) + 1))
+            width, estimate = widest_fitting(
+                min(counts.shares, int(estimate_entities(blocks) * (1 + 3 * ENTITIES_RSD)) + 1))
     if engine == "auto":
-        engine = "one-task" if estimate <= memory_gb * 2**30 else "shuffle"
-    report["one_task"] = {"estimated_bytes": int(estimate), "threads": threads, "memory_gb": memory_gb}
-    log.info("engine %s (one-task would need ~%.2f GiB of its %g GiB budget)", engine, estimate / 2**30, memory_gb)
+        engine = "one-task" if estimate <= budget else "shuffle"
+    report["one_task"] = {"estimated_bytes": int(estimate), "threads": threads, "memory_gb": memory_gb,
+                          "slice_columns": width}
+    log.info("engine %s (one-task would need ~%.2f GiB of its %g GiB budget, slices of %d columns)", engine,
+             estimate / 2**30, memory_gb, width)
     return engine
 
 

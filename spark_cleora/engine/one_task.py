@@ -72,14 +72,16 @@ BYTES_PER_MEMBERSHIP = 72
 #: bytes of one entity's share row of a block (ids, counts, its name) while the entities are summed
 BYTES_PER_SHARE = 160
 #: columns of one slice of the product, as in the shuffle engine: on the 10M-event bench graph (8M
-#: memberships, 386k entities, 2 threads) as fast as whole halves of the rows, slices of 32 ~10 % slower
+#: memberships, 386k entities, 2 threads) as fast as whole halves of the rows, slices of 32 ~10 % slower.
+#: A graph that does not fit with them gets narrower slices (``SLICE_CHOICES``) before the shuffle engine.
 SLICE_COLUMNS = 64
+SLICE_CHOICES = (64, 32, 16, 8)
 
 
-def slice_width(dim: int, threads: int) -> int:
-    """Columns of one slice of the product: at most ``SLICE_COLUMNS``, and narrow enough that every
-    thread gets one."""
-    return max(1, min(SLICE_COLUMNS, -(-dim // max(1, threads))))
+def slice_width(dim: int, threads: int, widest: int = SLICE_COLUMNS) -> int:
+    """Columns of one slice of the product: at most ``widest``, and narrow enough that every thread
+    gets one."""
+    return max(1, min(widest, -(-dim // max(1, threads))))
 
 
 def worker_threads(spark: SparkSession) -> int:
@@ -93,11 +95,13 @@ def worker_threads(spark: SparkSession) -> int:
 
 
 def one_task_bytes(*, entities: int, dim: int, kept: int, memberships: int, hyperedges: int, shares: int = 0,
-                   threads: int = 1, reflexive: bool = False, residual: bool = False) -> int:
+                   threads: int = 1, reflexive: bool = False, residual: bool = False,
+                   slice_columns: int = SLICE_COLUMNS) -> int:
     """Estimated peak memory of the one-task engine (see the ``BYTES_*`` constants) with ``threads``
     threads; ``entities`` may be an upper bound (the sum of the blocks' entity counts, ``shares``, before
-    the entities are known). ``reflexive``: the graph has one side (else the two-sided bound)."""
-    in_flight = slice_width(dim, threads) * max(1, threads)  # slice columns being multiplied at once
+    the entities are known). ``reflexive``: the graph has one side (else the two-sided bound);
+    ``slice_columns``: the widest slice of the product."""
+    in_flight = slice_width(dim, threads, slice_columns) * max(1, threads)  # columns multiplied at once
     per_entity, per_hyperedge = BYTES_PER_SLICE["one side" if reflexive else "two sides"]
     per_entity += BYTES_PER_ENTITY_SLICE_RESIDUAL if residual else 0
     return (
@@ -124,6 +128,7 @@ def embed_in_one_task(
     residual: float = 0.0,
     start_vectors: DataFrame | None = None,
     threads: int = 1,
+    slice_columns: int = SLICE_COLUMNS,
 ) -> DataFrame:
     """The embed output (``ONE_TASK_SCHEMA``) from ``graph/blocks``, lazily, in one task.
 
@@ -138,6 +143,7 @@ def embed_in_one_task(
         "col_names": [c.name for c in columns], "outputs": [not c.transient for c in columns], "dim": dim,
         "markov": markov, "init": init, "seed": seed, "first": first, "last": last,
         "keep": tuple(multiscale) or (last,), "residual": residual, "threads": threads,
+        "slice_columns": slice_columns,
         "whiten_after": frozenset(k for k in range(first, last + 1)
                                   if whiten == "every" or (whiten == "final" and k == last)),
         # --whiten final with --multiscale: each earlier part is whitened on its own, as pycleora does
@@ -181,7 +187,7 @@ def _entities(shares: pa.Table, outputs: list[bool]):
     }
 
 
-def _embed(batches, *, col_names, outputs, dim, markov, init, seed, first, last, keep, residual, threads,
+def _embed(batches, *, col_names, outputs, dim, markov, init, seed, first, last, keep, residual, threads, slice_columns,
            whiten_after, whiten_part) -> Iterator[pa.RecordBatch]:
     t_start = time.perf_counter()
     batches = [b for b in batches if b.num_rows]
@@ -222,7 +228,7 @@ def _embed(batches, *, col_names, outputs, dim, markov, init, seed, first, last,
         pre = post = 1.0 / np.sqrt(degree)
     t_ready = time.perf_counter()
     parts, seconds = _iterate(x, plans, pre, post, dim=dim, first=first, last=last, keep=keep, residual=residual,
-                              whiten_after=whiten_after, threads=threads)
+                              whiten_after=whiten_after, threads=threads, slice_columns=slice_columns)
     if whiten_part:
         parts = {k: (v if k == last else whiten_array(v).astype(np.float32)) for k, v in parts.items()}
     emb = parts[keep[0]] if len(keep) == 1 else np.hstack([parts[k] for k in keep])
@@ -261,7 +267,8 @@ def _merged_plan(plans: list[tuple[dict, np.ndarray]], n: int) -> dict:
     return merged
 
 
-def _iterate(x, plans, pre, post, *, dim, first, last, keep, residual, whiten_after, threads):
+def _iterate(x, plans, pre, post, *, dim, first, last, keep, residual, whiten_after, threads,
+             slice_columns=SLICE_COLUMNS):
     """Iterations ``first..last`` from ``x`` (float32 [n, dim]): ({kept iteration: float32 rows}, seconds);
     ``plans`` ((plan, entity indices) per block) is consumed.
 
@@ -276,7 +283,7 @@ def _iterate(x, plans, pre, post, *, dim, first, last, keep, residual, whiten_af
     merged = _merged_plan(plans, n)
     plans.clear()  # consumed: the merged plan replaces them
     threads = max(1, min(threads, dim, os.cpu_count() or 1))
-    width = slice_width(dim, threads)
+    width = slice_width(dim, threads, slice_columns)
     columns = [(lo, min(lo + width, dim)) for lo in range(0, dim, width)]
     rows = [(lo, min(lo + _NORM_ROWS, n)) for lo in range(0, n, _NORM_ROWS)]
     factor = residual / (1.0 - residual) if residual else 0.0
