@@ -74,8 +74,14 @@ def test_memory_estimate_grows_with_entities_dim_and_memberships():
     for more in ({"entities": 2000}, {"dim": 128}, {"kept": 3}, {"memberships": 20_000}, {"shares": 4000},
                  {"hyperedges": 900}, {"residual": True}):
         assert one_task_bytes(**{**base, **more}) > b
-    # one thread, two sides: slices of 64 columns in flight (float64 temporaries of entities and hyperedges)
-    assert b == 1000 * 64 * 16 + 1000 * 64 * 16 + 10_000 * 72 + 2000 * 160 + 500 * 64 * 16
+    # one thread, two sides: the rows and their products (12), slices of 64 columns in flight (float64
+    # temporaries of entities and hyperedges)
+    assert b == 1000 * 64 * 12 + 1000 * 64 * 16 + 10_000 * 72 + 2000 * 160 + 500 * 64 * 16
+    # whitening beside the products; K multiscale parts: 4 per earlier part, or the parts and their
+    # concatenation (8 K) once that is more
+    assert one_task_bytes(**{**base, "whiten": True}) - b == 1000 * 64 * 16
+    assert one_task_bytes(**{**base, "kept": 2}) - b == 1000 * 64 * 4
+    assert one_task_bytes(**{**base, "kept": 5}) - b == 1000 * 64 * (8 * 5 - 12)
     # one side: the second side's temporaries are not there
     assert b - one_task_bytes(**{**base, "reflexive": True}) == 1000 * 64 * 8 + 500 * 64 * 8
     # every thread has a slice in flight, and no more slices than columns
@@ -139,7 +145,8 @@ def test_python_workers_are_warmed_in_the_background(spark, monkeypatch):
 
 def test_one_task_narrows_its_slices_to_fit_before_giving_up(spark):
     """A budget just below the estimate with slices of 64 columns: still the one-task engine, with slices of
-    32 (a smaller estimate), and the same numbers."""
+    32 (a smaller estimate), and the same numbers. (The width in the report is the one the task multiplied
+    with: the task's own report replaces the chooser's.)"""
     from spark_cleora.engine.one_task import THREADS_CONF
 
     kw = {"dim": 128, "iterations": 2, "init": "fx"}
@@ -154,3 +161,32 @@ def test_one_task_narrows_its_slices_to_fit_before_giving_up(spark):
     assert (rep2["engine"], rep2["one_task"]["slice_columns"]) == ("one-task", 32)
     assert rep2["one_task"]["estimated_bytes"] <= budget_gb * 2**30 < rep["one_task"]["estimated_bytes"]
     _assert_same(narrow, wide, atol=0)
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+def test_iterations_are_the_same_bits_for_every_slice_width(monkeypatch, threads):
+    """The one task's iterations against whole-row products and the shuffle engine's row normalisation:
+    bit for bit, with slices of 1, 8 and 64 columns (dim 70: a partial last slice), several threads, and
+    row ranges of 7 rows for the normalisation (many ranges, a partial last one), over two sides."""
+    from scipy import sparse
+
+    from spark_cleora.engine import one_task
+    from spark_cleora.engine.propagate import block_product, normalize_rows
+
+    rng = np.random.default_rng(5)
+    n_h, n, dim = 40, 53, 70
+    a = sparse.random(n_h, n, density=0.1, random_state=1, format="csr", data_rvs=lambda k: np.ones(k))
+    b = sparse.random(n_h, n, density=0.1, random_state=2, format="csr", data_rvs=lambda k: np.ones(k))
+    sizes = np.asarray(a.sum(axis=1)).ravel() * np.asarray(b.sum(axis=1)).ravel()
+    plan = {"a": a, "b": b, "scale": 1.0 / np.maximum(sizes, 1), "ids": np.arange(n)}
+    pre, post = rng.random(n) + 0.5, rng.random(n) + 0.5
+    x0 = rng.standard_normal((n, dim)).astype(np.float32)
+    want = x0
+    for _ in range(3):
+        want = normalize_rows(block_product(plan, want, pre, post)).astype(np.float32)
+    monkeypatch.setattr(one_task, "_NORM_ROWS", 7)
+    for width in (1, 8, 64):
+        kept, _, used = one_task._iterate(x0.copy(), [(plan, np.arange(n))], pre, post, dim=dim, first=1, last=3, keep=(3,),
+                                    residual=0.0, whiten_after=frozenset(), threads=threads, slice_columns=width)
+        # (slices of 64 are narrowed so that every thread gets one)
+        assert (used == width if width < 64 else used <= 64) and kept[3].tobytes() == want.tobytes(), width

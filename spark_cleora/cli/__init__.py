@@ -78,8 +78,8 @@ def _embed_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     g.add_argument("--num-blocks", type=int, help="hyperedge blocks per iteration (default: from data size)")
     g.add_argument("--block-memory-gb", type=float,
                    help="memory a Python worker may use (one block, or the whole graph with --engine one-task); "
-                        "default 4, or in local mode the workers' share of the memory (the one-task engine, "
-                        "whose task runs alone: all of it); larger hyperedges are refused")
+                        "default 4, or in local mode the workers' share of the memory (for the one-task engine, "
+                        "whose task runs alone, what all the workers would share); larger hyperedges are refused")
     g.add_argument("--block-memberships", type=int, help="target memberships per block (default: what fits --block-memory-gb)")
     g.add_argument("--engine", choices=["auto", "one-task", "shuffle"],
                    help="iterations in one Python task (one-task), or distributed per iteration (shuffle); "

@@ -80,7 +80,7 @@ class IterationsReport:
     iteration_seconds: list[float]
     seconds_to_embed: float
     init_vectors: dict[str, int] | None = None
-    one_task_seconds: dict[str, float] = field(default_factory=dict)  # the task's read/prepare seconds
+    one_task_reported: dict[str, float] = field(default_factory=dict)  # the task's read/prepare seconds, slice width
 
 
 @dataclass(frozen=True)
@@ -100,7 +100,7 @@ class RunReport:
         if it is not None:
             if it.init_vectors is not None:
                 out["init_vectors"] = it.init_vectors
-            out["one_task"].update(it.one_task_seconds)
+            out["one_task"].update(it.one_task_reported)
             out.update(entities=it.entities, iteration_seconds=it.iteration_seconds,
                        seconds_to_embed=it.seconds_to_embed)
         return out
@@ -423,7 +423,7 @@ def _iterate_one_task(spark: SparkSession, cfg: EmbedConfig, graph: _Graph, work
         return IterationsReport(
             entities=task["entities"], iteration_seconds=task["iteration_seconds"],
             seconds_to_embed=round(time.perf_counter() - t_all, 3), init_vectors=init_report,
-            one_task_seconds={k: task[k] for k in ("read_seconds", "prepare_seconds") if k in task})
+            one_task_reported={k: task[k] for k in ("read_seconds", "prepare_seconds", "slice_columns") if k in task})
 
     return done, finish
 
@@ -492,8 +492,9 @@ def choose_engine(spark: SparkSession, cfg: EmbedConfig, counts: GraphCounts, n_
     """``cfg.engine``, with ``auto`` resolved: ``one-task`` when its estimated memory fits
     ``--block-memory-gb`` or, by default, :func:`~spark_cleora.runtime.machine.one_task_memory_gb` (the
     estimate goes into ``report``). Before the entities are summed their count is bounded by the
-    blocks' entity counts (``counts.shares``); when that bound does not fit, a HyperLogLog estimate
-    (plus three standard deviations) of the distinct entities decides."""
+    blocks' entity counts (``counts.shares``); when that bound does not fit with the widest slices of
+    the product, a HyperLogLog estimate (plus three standard deviations) of the distinct entities
+    decides the engine and the slices' width (``report["one_task"]["slice_columns"]``)."""
     threads = worker_threads(spark)
     # the one task runs alone: beside an embedded local driver it may use what the workers would share
     memory_gb = cfg.block_memory_gb or one_task_memory_gb(spark)
@@ -503,7 +504,7 @@ def choose_engine(spark: SparkSession, cfg: EmbedConfig, counts: GraphCounts, n_
         return one_task_bytes(entities=entities, dim=cfg.dim, kept=max(1, len(cfg.multiscale)),
                               memberships=counts.memberships, hyperedges=counts.hyperedges, shares=counts.shares,
                               threads=threads, reflexive=len(cfg.column_spec) == 1, residual=bool(cfg.residual),
-                              slice_columns=slice_columns)
+                              whiten=cfg.whiten != "none", slice_columns=slice_columns)
 
     def widest_fitting(entities: int) -> tuple[int, int]:
         """(slice columns, estimate): the widest slices that fit the budget, else the narrowest."""
@@ -514,7 +515,9 @@ def choose_engine(spark: SparkSession, cfg: EmbedConfig, counts: GraphCounts, n_
 
     width, estimate = widest_fitting(n_entities or counts.shares)
     engine = cfg.engine
-    if engine == "auto" and estimate > budget and not n_entities:
+    # the share rows bound the entities loosely (a popular entity has a share in every block): when the
+    # widest slices do not fit that bound, the estimated count may still let them (or the engine) fit
+    if engine != "shuffle" and width < SLICE_CHOICES[0] and not n_entities:
         with job_description(spark, "spark_cleora: estimate entities"):
             width, estimate = widest_fitting(
                 min(counts.shares, int(estimate_entities(blocks) * (1 + 3 * ENTITIES_RSD)) + 1))

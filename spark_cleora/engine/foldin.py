@@ -55,7 +55,7 @@ from .hyperedges import REJECT as _REJECT
 from .hyperedges import ROWS as _ROWS
 from .hyperedges import cleora_text_to_memberships, events_to_memberships
 from ..storage.paths import local_path, parquet_footer_rows
-from .one_task import one_task_bytes
+from .one_task import BYTES_PER_MEMBERSHIP, BYTES_PER_SHARE
 from ..runtime.machine import worker_memory_gb
 from .propagate import (SLICE_COLUMNS, X_SCHEMA, X_SCHEMA_COLUMNS, block_product, load_plan, normalize_rows, propagate,
                         route_scalings, unpacked)
@@ -169,10 +169,17 @@ _OUT_ROWS = 1 << 14  # rows per output batch (Arrow list offsets are int32: keep
 _NEW_EVENTS, _KNOWN = 0, 1  # the two parts of the one-pass task's input
 
 
+#: the one-pass task's bytes per unit x dimension: its float64 rows and their float64 products (8 + 8),
+#: the products' temporaries (8), two float32 copies (8), and the per-hyperedge sums (16)
+_ONE_PASS_BYTES_PER_DIM = 48
+
+
 def one_pass_bytes(units: int, dim: int) -> int:
     """Upper bound of the one-pass task's memory for ``units`` input rows (each row at most one
-    membership, hyperedge and entity; every entity possibly a known one with its vector)."""
-    return one_task_bytes(entities=units, dim=dim, kept=2, memberships=units, hyperedges=units, shares=units)
+    membership, hyperedge and entity; every entity possibly a known one with its vector). Its own
+    bound: the one-pass task keeps float64 rows and products (the one-task engine's float32 rows and
+    slices do not apply)."""
+    return units * dim * _ONE_PASS_BYTES_PER_DIM + units * (BYTES_PER_MEMBERSHIP + BYTES_PER_SHARE)
 
 
 def fold_in_one_pass(raw: DataFrame, known: DataFrame, *, columns: tuple, markov: str, dim: int, iterations: int,

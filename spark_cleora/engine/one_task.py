@@ -4,7 +4,8 @@ worker, in that worker.
 The shuffle engine (:mod:`spark_cleora.engine.propagate`) pays two Python stages and two shuffles per
 iteration, and the entity table, the start vectors and the output join are jobs of their own; on a
 graph of a few million memberships those fixed costs are most of the run. When the whole state fits
-the memory one worker may use (``--block-memory-gb``, see :func:`one_task_bytes`), this engine reads
+the memory this task may use (``--block-memory-gb``; by default in local mode what all the workers
+would share, see :func:`~spark_cleora.runtime.machine.one_task_memory_gb` and :func:`one_task_bytes`), this engine reads
 the graph's blocks (the entities' per-block shares and the compiled plans) once into a single task and
 does the rest there, with the same arithmetic as the other path: the entity aggregate of
 :func:`~spark_cleora.engine.graph.build_entities`, the hash start vectors of :mod:`spark_cleora.engine.start_vectors`, the
@@ -42,7 +43,7 @@ from ..config import Column
 from ..errors import EntityHashCollisionError
 from .graph import ENTITY_PART, PLAN
 from .start_vectors import init_for_names
-from .propagate import _maybe_inject_failure, block_product, load_plan, normalize_rows
+from .propagate import SLICE_COLUMNS, _maybe_inject_failure, block_product, load_plan, normalize_rows
 from .vectors import to_list_array, unpack
 from .whiten import whiten_array
 
@@ -57,9 +58,12 @@ _OUT_ROWS = 1 << 14  # rows per output batch (Arrow list offsets are int32: keep
 _NORM_ROWS = 1 << 15  # rows per piece of the row normalisation handed to a thread
 
 #: bytes per entity x dimension held at once: the float32 rows (4, the next iteration's written into the
-#: same buffer) and their float64 products (8); plus 4 per kept iteration (the output's copy of the last
-#: one, earlier --multiscale parts)
+#: same buffer) and their float64 products (8); plus 4 per earlier --multiscale part kept, or, when the
+#: K parts are concatenated for the output, 8 x K (the parts and their concatenation)
 BYTES_PER_ENTITY_DIM = 12
+#: more bytes per entity x dimension while rows are whitened beside the products: the float64 copy,
+#: the centred rows and the float32 result
+BYTES_PER_ENTITY_DIM_WHITEN = 16
 #: bytes per entity or hyperedge x slice column x thread: a thread's float64 temporaries of one slice
 #: (:func:`~spark_cleora.engine.propagate.block_product`). One side (a reflexive column): the scaled rows,
 #: then the product (8), and the hyperedges' sums (8). Two sides: the product and a second one being
@@ -71,11 +75,10 @@ BYTES_PER_ENTITY_SLICE_RESIDUAL = 12
 BYTES_PER_MEMBERSHIP = 72
 #: bytes of one entity's share row of a block (ids, counts, its name) while the entities are summed
 BYTES_PER_SHARE = 160
-#: columns of one slice of the product, as in the shuffle engine: on the 10M-event bench graph (8M
-#: memberships, 386k entities, 2 threads) as fast as whole halves of the rows, slices of 32 ~10 % slower.
-#: A graph that does not fit with them gets narrower slices (``SLICE_CHOICES``) before the shuffle engine.
-SLICE_COLUMNS = 64
-SLICE_CHOICES = (64, 32, 16, 8)
+#: the widest slice of the product is the shuffle engine's (``SLICE_COLUMNS``): on the 10M-event bench
+#: graph (8M memberships, 386k entities, 2 threads) as fast as whole halves of the rows, slices of 32
+#: ~10 % slower. A graph that does not fit with it gets narrower slices before the shuffle engine.
+SLICE_CHOICES = (SLICE_COLUMNS, 32, 16, 8)
 
 
 def slice_width(dim: int, threads: int, widest: int = SLICE_COLUMNS) -> int:
@@ -95,17 +98,19 @@ def worker_threads(spark: SparkSession) -> int:
 
 
 def one_task_bytes(*, entities: int, dim: int, kept: int, memberships: int, hyperedges: int, shares: int = 0,
-                   threads: int = 1, reflexive: bool = False, residual: bool = False,
+                   threads: int = 1, reflexive: bool = False, residual: bool = False, whiten: bool = False,
                    slice_columns: int = SLICE_COLUMNS) -> int:
     """Estimated peak memory of the one-task engine (see the ``BYTES_*`` constants) with ``threads``
     threads; ``entities`` may be an upper bound (the sum of the blocks' entity counts, ``shares``, before
     the entities are known). ``reflexive``: the graph has one side (else the two-sided bound);
+    ``kept``: the iterations in the output (``--multiscale``); ``whiten``: rows are whitened;
     ``slice_columns``: the widest slice of the product."""
     in_flight = slice_width(dim, threads, slice_columns) * max(1, threads)  # columns multiplied at once
     per_entity, per_hyperedge = BYTES_PER_SLICE["one side" if reflexive else "two sides"]
     per_entity += BYTES_PER_ENTITY_SLICE_RESIDUAL if residual else 0
     return (
-        entities * dim * (BYTES_PER_ENTITY_DIM + 4 * kept)
+        entities * dim * max(BYTES_PER_ENTITY_DIM + 4 * (kept - 1) + (BYTES_PER_ENTITY_DIM_WHITEN if whiten else 0),
+                             8 * kept if kept > 1 else 0)
         + entities * in_flight * per_entity
         + memberships * BYTES_PER_MEMBERSHIP
         + shares * BYTES_PER_SHARE
@@ -227,7 +232,7 @@ def _embed(batches, *, col_names, outputs, dim, markov, init, seed, first, last,
     else:
         pre = post = 1.0 / np.sqrt(degree)
     t_ready = time.perf_counter()
-    parts, seconds = _iterate(x, plans, pre, post, dim=dim, first=first, last=last, keep=keep, residual=residual,
+    parts, seconds, width = _iterate(x, plans, pre, post, dim=dim, first=first, last=last, keep=keep, residual=residual,
                               whiten_after=whiten_after, threads=threads, slice_columns=slice_columns)
     if whiten_part:
         parts = {k: (v if k == last else whiten_array(v).astype(np.float32)) for k, v in parts.items()}
@@ -236,7 +241,7 @@ def _embed(batches, *, col_names, outputs, dim, markov, init, seed, first, last,
     out = np.flatnonzero(ent["output"])
     names = ent["names"].take(pa.array(out))
     column = pa.array(np.asarray(col_names, dtype=object)[ent["col"][out]], pa.string())
-    report = json.dumps({"entities": n, "iteration_seconds": seconds,
+    report = json.dumps({"entities": n, "iteration_seconds": seconds, "slice_columns": width,
                          "read_seconds": round(t_read - t_start, 3), "prepare_seconds": round(t_ready - t_read, 3),
                          "threads": threads})
     for lo in range(0, len(out), _OUT_ROWS):
@@ -269,8 +274,8 @@ def _merged_plan(plans: list[tuple[dict, np.ndarray]], n: int) -> dict:
 
 def _iterate(x, plans, pre, post, *, dim, first, last, keep, residual, whiten_after, threads,
              slice_columns=SLICE_COLUMNS):
-    """Iterations ``first..last`` from ``x`` (float32 [n, dim]): ({kept iteration: float32 rows}, seconds);
-    ``plans`` ((plan, entity indices) per block) is consumed.
+    """Iterations ``first..last`` from ``x`` (float32 [n, dim]): ({kept iteration: float32 rows}, seconds,
+    the slices' width); ``plans`` ((plan, entity indices) per block) is consumed.
 
     One :func:`~spark_cleora.engine.propagate.block_product` per slice of the dimensions over the merged plan,
     the slices (:func:`slice_width`) handed to the threads in turn: each column's sums are those
@@ -320,4 +325,4 @@ def _iterate(x, plans, pre, post, *, dim, first, last, keep, residual, whiten_af
             # progress from inside the task: the executor's stderr (the console in local mode)
             print(f"spark_cleora one-task engine: iteration {k}/{last} of {n} entities in {seconds[-1]:.2f}s",
                   file=sys.stderr, flush=True)
-    return kept, seconds
+    return kept, seconds, width

@@ -164,7 +164,7 @@ def block_product(plan: dict[str, Any], x: np.ndarray, pre: np.ndarray, post: np
     if "b" in plan:
         s_b = plan["b"] @ x
         s_b *= scale
-        del x  # (the caller's float64 copy is not needed past the sums: one n x slice array less)
+        del x  # (this function's float64 copy is not needed past the sums: one n x slice array less)
         y = a.T @ s_b
         del s_b
         y += plan["b"].T @ s_a

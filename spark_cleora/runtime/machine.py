@@ -4,11 +4,13 @@ A container (Docker, Kubernetes, a CI runner, a systemd slice) limits memory wit
 ``sysconf`` still reports the host's RAM. Sizing the driver heap and the Python workers from the host
 would get the job killed by the kernel, so the local defaults use the smaller of the two.
 
-Also the memory budget of one Python worker (``--block-memory-gb``'s default), which sizes the blocks and
-chooses the engine.
+Also the memory budget of one Python worker (``--block-memory-gb``'s default), which sizes the blocks,
+and the one-task engine's, which chooses the engine.
 """
 
 from __future__ import annotations
+
+import math
 
 import os
 import re
@@ -142,4 +144,4 @@ def one_task_memory_gb(spark: Any) -> float:
         return DEFAULT_WORKER_GB
     total, cores = local
     left = total / 2**30 - local_driver_gib(total) - LOCAL_RESERVE_GIB
-    return max(local_worker_gib(total, cores), round(left, 1))
+    return max(local_worker_gib(total, cores), math.floor(left * 10) / 10)  # (rounded down)
