@@ -136,7 +136,17 @@ def write_table(
     staging, old = _sibling(name, STAGING_SUFFIX), _sibling(name, OLD_SUFFIX + "_" + uuid.uuid4().hex[:8])
     spark.sql(f"DROP TABLE IF EXISTS {quote(staging)}")  # left by a killed run (one writer per table)
     try:
-        _writer(df, fmt, partition_by).saveAsTable(staging)
+        try:
+            _writer(df, fmt, partition_by).saveAsTable(staging)
+        except Exception as exc:
+            # A failed write's straggler task can leave files in the staging table's location after
+            # Spark's cleanup, with no table: that directory is not removed (it has no owner to prove),
+            # the rows are staged under a name of their own instead.
+            if "LOCATION_ALREADY_EXISTS" not in str(exc) or spark.catalog.tableExists(staging):
+                raise
+            staging = _sibling(name, f"{STAGING_SUFFIX}_{uuid.uuid4().hex[:8]}")
+            log.warning("the location of %s is left from a failed write; staging as %s", name, staging)
+            _writer(df, fmt, partition_by).saveAsTable(staging)
         _set_properties(spark, staging, props)
     except BaseException:
         spark.sql(f"DROP TABLE IF EXISTS {quote(staging)}")
