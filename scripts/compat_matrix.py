@@ -183,7 +183,7 @@ uses the Spark the platform has (`pip install 'spark-cleora[local]'` brings one 
 Calls that differ between these releases have one form each in `spark_cleora/runtime/compat.py`, chosen so that
 every release computes the same numbers: the UTF-8 validity check (`is_valid_utf8` from 4.0; a decode
 round trip on 3.5), vector norms and cosines (plain `aggregate`/`zip_with` SQL in float64 everywhere,
-not 4.3's `vector_*` functions), grouped and cogrouped Arrow functions (`applyInArrow` from 4.0; on 3.5
+not 4.3's `vector_*` functions), grouped Arrow functions (`applyInArrow` from 4.0; on 3.5
 `repartition` + `sortWithinPartitions` + `mapInArrow` over the same groups), and the graph counts
 observed during the build (JSON text, as 4.0's `Observation` returns arrays of structs as raw Java
 objects).

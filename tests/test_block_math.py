@@ -94,6 +94,22 @@ def plan_table(members, reflexive):
                      "plan": pa.array([build_plan(members, reflexive=reflexive)], pa.binary())})
 
 
+def test_sum_runs_matches_reduceat_bit_for_bit():
+    """The partials' sums are the same bits as ``np.add.reduceat`` over the sorted rows (runs of 1 to 40
+    partials, a width that is not a multiple of the slices)."""
+    from spark_cleora.engine.propagate import sum_runs
+
+    rng = np.random.default_rng(11)
+    ids = np.repeat(np.arange(300), rng.integers(1, 41, 300))
+    rng.shuffle(ids)
+    vecs = rng.standard_normal((len(ids), 70)).astype(np.float32)
+    order = np.argsort(ids, kind="stable")
+    starts = np.flatnonzero(np.r_[True, ids[order][1:] != ids[order][:-1]])
+    want = np.hstack([np.add.reduceat(vecs[order, lo:lo + 64].astype(np.float64), starts, axis=0)
+                      for lo in (0, 64)])
+    np.testing.assert_array_equal(sum_runs(vecs, order, starts), want)
+
+
 def test_sum_and_normalize_groups_partials_by_entity():
     rng = np.random.default_rng(3)
     ids = np.array([5, 2, 5, 9, 2, 5], dtype=np.int64)
@@ -244,3 +260,59 @@ def test_one_column_block_builds_the_general_paths_rows_to_the_byte(collide):
     # not the common block: the general path
     assert _one_column_block(t, 3, cols[0], cols[1] + 1, *cols[2:], reflexive=True) is None
     assert _one_column_block(t, 3, *cols, reflexive=False) is None
+
+
+def test_a_group_of_blocks_multiplies_as_the_blocks_summed():
+    """A multiply task holding several blocks (a group) gives each entity the sum of its blocks' partials,
+    over the union of their entities; the plan rows may arrive in any order (``part`` orders them)."""
+    rng = np.random.default_rng(8)
+    dim, n = 5, 30
+    blocks = []
+    for b in range(3):
+        k = 120
+        blocks.append(pa.table({"h": pa.array(rng.integers(0, 25, k) + 100 * b, pa.int64()),
+                                "side": pa.array(rng.integers(0, 2, k), pa.int32()),
+                                "id": pa.array(rng.integers(0, n, k), pa.int64()),
+                                "weight": pa.array(rng.random(k) + 0.5)}))
+    x = rng.standard_normal((n, dim)).astype(np.float32)
+    pre, post = rng.random(n) + 0.1, rng.random(n) + 0.1
+
+    def routed(ids):
+        ids = np.asarray(ids)[::-1]
+        return pa.table({"id": pa.array(ids), "pre": pa.array(pre[ids]), "post": pa.array(post[ids]),
+                         "vec": pack(x[ids])})
+
+    want = np.zeros((n, dim))
+    for members in blocks:
+        ids = np.unique(members.column("id").to_numpy())
+        out = multiply_block(routed(ids), plan_table(members, False), dim=dim)
+        want[out.column("id").to_numpy()] += unpack(out.column("vec"), dim)
+    union = np.unique(np.concatenate([m.column("id").to_numpy() for m in blocks]))
+    plans = pa.table({"part": pa.array([2, 0, 1], pa.int32()),
+                      "plan": pa.array([build_plan(blocks[i], reflexive=False) for i in (2, 0, 1)], pa.binary())})
+    out = multiply_block(routed(union), plans, dim=dim)
+    np.testing.assert_array_equal(out.column("id").to_numpy(), union)
+    np.testing.assert_allclose(unpack(out.column("vec"), dim), want[union], rtol=1e-5, atol=1e-6)
+    with pytest.raises(RuntimeError, match="disagree"):  # an entity without a route
+        multiply_block(routed(union[1:]), plans, dim=dim)
+
+
+def test_blocks_are_grouped_into_the_fewest_tasks_that_fit():
+    from spark_cleora.engine.propagate import group_blocks, group_bytes
+
+    sizes = np.array([[1000, 100, 200]] * 6)  # memberships, hyperedges, entities per block
+    one = group_bytes(entities=200, hyperedges=100, memberships=1000, dim=64)
+    assert one == 200 * 64 * 12 + 64 * (200 * 28 + 100 * 16) + 1000 * 64
+    gib = 2**30
+
+    def groups(budget, parallelism=1, entities=None):
+        return group_blocks(sizes, entities=entities, dim=64, memory_gb=budget / gib, parallelism=parallelism).tolist()
+
+    assert groups(6 * one) == [0] * 6  # everything fits one task
+    assert groups(6 * one, parallelism=2) == [0, 0, 0, 1, 1, 1]  # but one per task slot
+    assert groups(3 * one) == [0, 0, 0, 1, 1, 1]
+    assert groups(2 * one) == [0, 0, 1, 1, 2, 2]
+    assert groups(one - 1) == [0, 1, 2, 3, 4, 5]  # nothing fits: every block on its own, as sized
+    # a group's entities are at most all the graph's: 6 blocks of 200 shares over 250 entities
+    assert groups(group_bytes(entities=250, hyperedges=600, memberships=6000, dim=64), entities=250) == [0] * 6
+    assert group_blocks(np.zeros((0, 3)), entities=None, dim=8, memory_gb=1, parallelism=2).tolist() == []

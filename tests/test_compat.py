@@ -117,30 +117,6 @@ def test_grouped_arrow_both_forms(spark, monkeypatch):
     assert native == fallback == sorted((k, len(v), float(np.sort(v).sum())) for k, v in expected.items())
 
 
-def test_cogrouped_arrow_both_forms(spark, monkeypatch):
-    left = spark.createDataFrame([(b, i, float(i) / 3) for i in range(60) for b in [i % 5]],
-                                 "block int, id long, x double")
-    right = spark.createDataFrame([(b, bytes([b]) * 3) for b in (1, 2, 3, 4, 7)], "block int, plan binary")
-
-    def step(lt: pa.Table, rt: pa.Table) -> pa.Table:
-        block = (lt if lt.num_rows else rt).column("block")[0].as_py()
-        plan = rt.column("plan")[0].as_py() if rt.num_rows else b""
-        return pa.table({"block": pa.array([block], pa.int32()), "n": [lt.num_rows], "x": [float(np.sort(lt.column("x").to_numpy()).sum())
-                                                                       if lt.num_rows else 0.0],
-                         "plan": [len(plan)], "cols": [",".join(lt.column_names) + "|" + ",".join(rt.column_names)]})
-
-    def run():
-        out = compat.cogrouped_arrow(left, right, "block", step,
-                                     "block int, n long, x double, plan long, cols string", num_partitions=3)
-        return sorted(tuple(r) for r in out.collect())
-
-    native, fallback = both_forms(monkeypatch, run, spark)
-    cols = "block,id,x|block,plan"
-    xs = {b: float(np.sort([i / 3 for i in range(60) if i % 5 == b]).sum()) for b in range(5)}
-    expected = [(0, 12, xs[0], 0, cols)] + [(b, 12, xs[b], 3, cols) for b in (1, 2, 3, 4)] + [(7, 0, 0.0, 3, cols)]
-    assert native == fallback == expected
-
-
 ROWS = [" ".join(h) for h in random_hyperedges(60, 30, seed=7)]
 
 

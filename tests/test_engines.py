@@ -190,3 +190,18 @@ def test_iterations_are_the_same_bits_for_every_slice_width(monkeypatch, threads
                                     residual=0.0, whiten_after=frozenset(), threads=threads, slice_columns=width)
         # (slices of 64 are narrowed so that every thread gets one)
         assert (used == width if width < 64 else used <= 64) and kept[3].tobytes() == want.tobytes(), width
+
+
+def test_shuffle_engine_groups_blocks_and_gives_the_same_numbers(spark, shuffle_partitions):
+    """The iterations multiply groups of blocks (sized by the blocks' measured sizes, at least one per
+    shuffle partition); grouped or not, the numbers are the one-task engine's."""
+    kw = {"dim": 8, "iterations": 3, "init": "fx", "num_blocks": 6}
+    one, _ = _run(spark, BIPARTITE, "user complex::product", engine="one-task", **kw)
+    shuffle_partitions(2)
+    grouped, rep = _run(spark, BIPARTITE, "user complex::product", engine="shuffle", **kw)
+    assert rep["block_groups"] == 2
+    # a budget below two blocks' working set keeps every block on its own
+    alone, rep = _run(spark, BIPARTITE, "user complex::product", engine="shuffle", block_memory_gb=2e-5, **kw)
+    assert rep["block_groups"] == 6
+    _assert_same(one, grouped)
+    _assert_same(one, alone)

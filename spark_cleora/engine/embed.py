@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import xxhash
 from pyspark.sql import DataFrame, Observation, SparkSession
@@ -26,6 +27,7 @@ from .._version import __version__
 from .graph import (
     ENTITIES_RSD,
     GraphCounts,
+    block_keys,
     blocks_for,
     build_blocks,
     build_entities,
@@ -42,7 +44,7 @@ from .start_vectors import given_start_vectors, init_for_names, override_start_v
 from ..storage.paths import local_path, parquet_footer_rows
 from .one_task import SLICE_CHOICES, embed_in_one_task, one_task_bytes, worker_threads
 from ..runtime.machine import one_task_memory_gb, worker_memory_gb
-from .propagate import X_SCHEMA_COLUMNS, propagate, route_scalings, unpacked
+from .propagate import X_SCHEMA_COLUMNS, BlockGroups, group_blocks, propagate, route_scalings, unpacked
 from ..runtime.session import job_description
 from .work_store import WorkStore
 from .vectors import pack
@@ -81,6 +83,7 @@ class IterationsReport:
     seconds_to_embed: float
     init_vectors: dict[str, int] | None = None
     one_task_reported: dict[str, float] = field(default_factory=dict)  # the task's read/prepare seconds, slice width
+    block_groups: int | None = None  # shuffle engine: the multiply tasks of an iteration (groups of blocks)
 
 
 @dataclass(frozen=True)
@@ -103,6 +106,8 @@ class RunReport:
             out["one_task"].update(it.one_task_reported)
             out.update(entities=it.entities, iteration_seconds=it.iteration_seconds,
                        seconds_to_embed=it.seconds_to_embed)
+            if it.block_groups is not None:
+                out["block_groups"] = it.block_groups
         return out
 
 
@@ -314,11 +319,11 @@ def run_embedding(
             done = work.materialise(done, "one-task")
             task = json.loads(done.filter(F.col("_report").isNotNull()).select("_report").first()["_report"])
         return EmbedResult(done.drop("_report"), dataclasses.replace(run, iterations=finish(task)))
-    x, parts, init_report, iteration_seconds = _iterate_shuffle(spark, cfg, graph, work, entities, given_table,
-                                                                start=start, t_all=t_all, timer=timer)
+    x, parts, init_report, iteration_seconds, groups = _iterate_shuffle(
+        spark, cfg, graph, work, entities, given_table, start=start, t_all=t_all, timer=timer)
     emb = _assemble(cfg, x, parts, entities.table)
     iterations = IterationsReport(entities.count, iteration_seconds, round(time.perf_counter() - t_all, 3),
-                                  init_vectors=init_report)
+                                  init_vectors=init_report, block_groups=groups)
     return EmbedResult(emb, dataclasses.replace(run, iterations=iterations))
 
 
@@ -330,7 +335,8 @@ def _prepare_graph(spark: SparkSession, cfg: EmbedConfig, source: DataFrame, wor
     g = work.manifest.get("graph", {})
     if store is not None and "shares" in g and store.is_complete("graph/blocks"):
         blocks = store.read("graph/blocks")
-        counts = GraphCounts(g["memberships"], g["hyperedges"], g["largest"], g["shares"], {})
+        counts = GraphCounts(g["memberships"], g["hyperedges"], g["largest"], g["shares"], {},
+                             tuple(tuple(b) for b in g.get("block_sizes", ())))
         rej = Rejections(counts=g["rejected"], input_rows=g["input_rows"])
         num_blocks = g["num_blocks"]
         log.info("resuming with the prepared graph in %s", store.uri)
@@ -377,7 +383,8 @@ def _prepare_graph(spark: SparkSession, cfg: EmbedConfig, source: DataFrame, wor
             if rej.accepted_units == 0:
                 raise BadInputError("no input rows left after validation")
         work.remember(replace=True, memberships=counts.memberships, hyperedges=counts.hyperedges, largest=counts.largest,
-                      shares=counts.shares, num_blocks=num_blocks, rejected=rej.counts, input_rows=rej.input_rows)
+                      shares=counts.shares, num_blocks=num_blocks, rejected=rej.counts, input_rows=rej.input_rows,
+                      block_sizes=[list(b) for b in counts.blocks])
         log.info("graph: %d hyperedges, %d memberships, %d blocks (%.1fs)", counts.hyperedges, counts.memberships,
                  num_blocks, timer.lap())
     check_hyperedge_fits(counts.largest, cfg.dim, memory_gb)
@@ -430,11 +437,11 @@ def _iterate_one_task(spark: SparkSession, cfg: EmbedConfig, graph: _Graph, work
 
 def _iterate_shuffle(spark: SparkSession, cfg: EmbedConfig, graph: _Graph, work: _Work, entities: _Entities,
                      given_table: tuple[DataFrame, int] | None, *, start: int, t_all: float, timer: _Timer
-                     ) -> tuple[DataFrame, dict[int, DataFrame], dict[str, int] | None, list[float]]:
+                     ) -> tuple[DataFrame, dict[int, DataFrame], dict[str, int] | None, list[float], int]:
     """Stage 3 on the shuffle engine: start vectors, then one distributed propagation per iteration.
 
     Returns the last iteration's vectors, the ``--multiscale`` iterations kept, the ``--init-vectors``
-    report and each iteration's seconds.
+    report, each iteration's seconds and the number of block groups an iteration multiplies.
     """
     store = work.store
     init_report = None
@@ -451,13 +458,16 @@ def _iterate_shuffle(spark: SparkSession, cfg: EmbedConfig, graph: _Graph, work:
             given, init_report = given_start_vectors(*given_table, ent, dim=cfg.dim)
             x = work.materialise(override_start_vectors(init, given), "iter=0000")
         log.info("start vectors (%s, seed %d, dim %d) in %.1fs", cfg.init, cfg.seed, cfg.dim, timer.lap())
+    groups = _block_groups(spark, cfg, graph, entities.count)
+    log.info("iterations: %d blocks multiplied in %d tasks", graph.num_blocks, groups.count)
     iteration_seconds: list[float] = []
     # --multiscale: the iterations to concatenate (kept in the store; earlier ones re-read on resume)
     parts = {s: store.read(store.iteration_name(s)).select(*X_SCHEMA_COLUMNS)
              for s in cfg.multiscale if s <= start and store is not None}
     for k in range(start + 1, cfg.iterations + 1):
         with job_description(spark, f"spark_cleora: iteration {k}/{cfg.iterations}"):
-            nxt = propagate(x, graph.plans, dim=cfg.dim, num_blocks=graph.num_blocks, residual=cfg.residual)
+            nxt = propagate(x, graph.plans, dim=cfg.dim, num_blocks=graph.num_blocks, residual=cfg.residual,
+                            groups=groups)
             if cfg.whiten == "every" or (cfg.whiten == "final" and k == cfg.iterations):
                 # pycleora 3.2.1 whitens after every iteration, 3.0/3.2.0 once at the end
                 nxt = whiten(work.checkpoint(nxt, "whiten-input"), dim=cfg.dim)
@@ -470,7 +480,22 @@ def _iterate_shuffle(spark: SparkSession, cfg: EmbedConfig, graph: _Graph, work:
         iteration_seconds.append(round(dt, 3))
         log.info("iteration %d/%d: %d rows in %.1fs (elapsed %.1fs)", k, cfg.iterations, entities.count, dt,
                  time.perf_counter() - t_all)
-    return x, parts, init_report, iteration_seconds
+    return x, parts, init_report, iteration_seconds, groups.count
+
+
+def _block_groups(spark: SparkSession, cfg: EmbedConfig, graph: _Graph, entities: int | None) -> BlockGroups:
+    """The groups of blocks an iteration multiplies (see :func:`~spark_cleora.engine.propagate.group_blocks`),
+    from the blocks' sizes measured when the graph was built (a graph prepared by an older version has
+    none: every block on its own)."""
+    keys = block_keys(graph.num_blocks)
+    if not graph.counts.blocks:
+        return BlockGroups({int(k): int(k) for k in keys}, graph.num_blocks)
+    by_id = {b: (m, h, e) for b, m, h, e in graph.counts.blocks}
+    sizes = np.array([by_id.get(int(k), (0, 0, 0)) for k in keys], dtype=np.int64)  # (a block may be empty)
+    group = group_blocks(sizes, entities=entities, dim=cfg.dim, memory_gb=graph.memory_gb,
+                         parallelism=_parallelism(spark), two_sided=len(cfg.column_spec) != 1)
+    group_keys = block_keys(int(group.max()) + 1)
+    return BlockGroups({int(k): int(group_keys[g]) for k, g in zip(keys, group)}, len(group_keys))
 
 
 def _assemble(cfg: EmbedConfig, x: DataFrame, parts: dict[int, DataFrame], entities: DataFrame | None

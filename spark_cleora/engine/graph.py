@@ -370,6 +370,8 @@ class GraphCounts:
     largest: int  # raw rows of the largest hyperedge
     shares: int  # entity share rows, i.e. the blocks' entity counts summed (>= the number of entities)
     input_rows: dict[str | None, int]  # per rule broken, None = accepted (deferred validation only)
+    #: (block, memberships, hyperedges, entities) of every block: what sizes the iterations' block groups
+    blocks: tuple[tuple[int, int, int, int], ...] = ()
 
 
 def graph_counts(blocks: DataFrame) -> GraphCounts:
@@ -390,6 +392,8 @@ def graph_count_metrics() -> list[SparkColumn]:
         # Spark 4.0's Observation hands an array of structs back as raw Java objects.
         F.to_json(F.collect_list(F.when(inputs, F.struct(F.col("entity").alias("rule"), F.col("rows")))))
         .alias("inputs"),
+        F.to_json(F.collect_list(F.when(plan, F.array("block", "memberships", "hyperedges", "entities"))))
+        .alias("sizes"),
     ]
 
 
@@ -400,7 +404,8 @@ def observed_counts(metrics: dict) -> GraphCounts:
         # (to_json leaves NULL fields out: a missing rule is the accepted rows' None)
         inputs[r.get("rule")] = inputs.get(r.get("rule"), 0) + int(r.get("rows") or 0)
     m, h, big, shares = (int(metrics.get(c) or 0) for c in ("m", "h", "big", "shares"))
-    return GraphCounts(m, h, big, shares, inputs)
+    sizes = tuple(sorted(tuple(int(v) for v in row) for row in json.loads(metrics.get("sizes") or "[]")))
+    return GraphCounts(m, h, big, shares, inputs, sizes)
 
 
 #: relative standard deviation of :func:`estimate_entities`

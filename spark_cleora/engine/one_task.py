@@ -43,7 +43,7 @@ from ..config import Column
 from ..errors import EntityHashCollisionError
 from .graph import ENTITY_PART, PLAN
 from .start_vectors import init_for_names
-from .propagate import SLICE_COLUMNS, _maybe_inject_failure, block_product, load_plan, normalize_rows
+from .propagate import SLICE_COLUMNS, _maybe_inject_failure, block_product, load_plan, merge_plans, normalize_rows
 from .vectors import to_list_array, unpack
 from .whiten import whiten_array
 
@@ -255,23 +255,6 @@ def _embed(batches, *, col_names, outputs, dim, markov, init, seed, first, last,
         )
 
 
-def _merged_plan(plans: list[tuple[dict, np.ndarray]], n: int) -> dict:
-    """The blocks' plans as one plan over the whole graph (the shape :func:`~spark_cleora.engine.propagate.load_plan`
-    returns): incidence matrices A (and B) over (hyperedge, entity index) and the per-hyperedge factors,
-    hyperedges stacked block after block."""
-    from scipy import sparse
-
-    def stack(name: str):
-        mats = [sparse.csr_matrix((p[name].data, g[p[name].indices], p[name].indptr), shape=(p[name].shape[0], n))
-                for p, g in plans]
-        return sparse.vstack(mats, format="csr") if mats else sparse.csr_matrix((0, n))
-
-    merged = {"a": stack("a"), "scale": np.concatenate([p["scale"] for p, _ in plans]) if plans else np.zeros(0)}
-    if plans and "b" in plans[0][0]:
-        merged["b"] = stack("b")
-    return merged
-
-
 def _iterate(x, plans, pre, post, *, dim, first, last, keep, residual, whiten_after, threads,
              slice_columns=SLICE_COLUMNS):
     """Iterations ``first..last`` from ``x`` (float32 [n, dim]): ({kept iteration: float32 rows}, seconds,
@@ -285,7 +268,7 @@ def _iterate(x, plans, pre, post, *, dim, first, last, keep, residual, whiten_af
     taking ranges of rows: the shuffle engine's arithmetic, row for row.
     """
     n = len(x)
-    merged = _merged_plan(plans, n)
+    merged = merge_plans(plans, n)
     plans.clear()  # consumed: the merged plan replaces them
     threads = max(1, min(threads, dim, os.cpu_count() or 1))
     width = slice_width(dim, threads, slice_columns)

@@ -7,7 +7,7 @@ here, used everywhere else, so that every version computes the same numbers:
 - :func:`vector_norm` / :func:`cosine_similarity` — plain higher-order SQL (``aggregate``/``zip_with``) in
   float64 on every version, rather than 4.3's ``vector_*`` functions, so the results do not depend on
   the version;
-- :func:`grouped_arrow` / :func:`cogrouped_arrow` — ``applyInArrow`` (4.0+) or, on 3.5, the same groups
+- :func:`grouped_arrow` — ``applyInArrow`` (4.0+) or, on 3.5, the same groups
   formed by ``repartition`` + ``sortWithinPartitions`` + ``mapInArrow``.
 
 Setting ``SPARK_CLEORA_COMPAT_FALLBACK=1`` takes the older-version form on every version (tests compare
@@ -197,41 +197,3 @@ def grouped_arrow(df: DataFrame, keys: Sequence[str], func: Callable[[pa.Table],
             yield from func(group).to_batches()
 
     return df.repartition(*keys).sortWithinPartitions(*keys).mapInArrow(run, schema)
-
-
-def cogrouped_arrow(left: DataFrame, right: DataFrame, key: str,
-                    func: Callable[[pa.Table, pa.Table], pa.Table], schema: str, *,
-                    num_partitions: int) -> DataFrame:
-    """``left.groupBy(key).cogroup(right.groupBy(key)).applyInArrow(func, schema)`` with both sides
-    hash-partitioned into ``num_partitions`` by ``key`` (one call per key present on either side; the
-    absent side is an empty table of its schema).
-
-    On 3.5: each side's rows travel as one struct column in a single shuffle, sorted by key, and
-    ``mapInArrow`` splits each key's rows back into the two tables.
-    """
-    from pyspark.sql.pandas.group_ops import PandasCogroupedOps
-    from pyspark.sql import functions as F
-
-    left = left.repartition(num_partitions, key)
-    right = right.repartition(num_partitions, key)
-    if not _fallback(hasattr(PandasCogroupedOps, "applyInArrow")):
-        return left.groupBy(key).cogroup(right.groupBy(key)).applyInArrow(func, schema)
-    both = (left.select(F.col(key).alias("_k"), F.lit(0).alias("_side"), F.struct(*left.columns).alias("_l"))
-            .unionByName(right.select(F.col(key).alias("_k"), F.lit(1).alias("_side"),
-                                      F.struct(*right.columns).alias("_r")), allowMissingColumns=True))
-
-    def side(group: pa.Table, name: str, which: int) -> pa.Table:
-        import pyarrow as pa
-        import pyarrow.compute as pc
-
-        rows = group.filter(pc.equal(group.column("_side"), which)).column(name)
-        target = pa.schema(list(rows.type))  # the side's columns, as Spark sent them
-        parts = [pa.RecordBatch.from_struct_array(chunk) for chunk in rows.chunks if len(chunk)]
-        return pa.Table.from_batches(parts, schema=target) if parts else target.empty_table()
-
-    def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        for group in _groups(batches, ["_k"]):
-            yield from func(side(group, "_l", 0), side(group, "_r", 1)).to_batches()
-
-    return both.repartition(num_partitions, "_k").sortWithinPartitions("_k", "_side").mapInArrow(run, schema)
-
