@@ -132,11 +132,13 @@ class EmbedConfig:
         the CLI default) or ``local`` (``localCheckpoint``, nothing on disk), and whether to keep it
         (with ``keep_work`` every finished iteration stays; otherwise only the last one is kept).
     num_blocks, block_memberships
-        Engine: the hyperedges are split into blocks that each Python worker multiplies in one go;
-        by default a block holds as many memberships as fit ``block_memory_gb`` (its tasks work on
-        64 dimensions at a time: at most 25 bytes per membership x dim at dim 256, 56 up to dim 64,
-        see :func:`spark_cleora.engine.propagate.block_bytes_per_row_dim`; e.g. ~670k memberships at dim 256
-        and 4 GiB).
+        Engine: the hyperedges are split into blocks, each built by one task; by default a block holds
+        as many memberships as fit ``block_memory_gb`` in the worst case (its tasks work on 64
+        dimensions at a time: at most 25 bytes per membership x dim at dim 256, 56 up to dim 64, see
+        :func:`spark_cleora.engine.propagate.block_bytes_per_row_dim`; e.g. ~670k memberships at dim 256
+        and 4 GiB). The shuffle engine's iterations then multiply groups of neighbouring blocks, as few
+        as fit ``block_memory_gb`` by the blocks' measured sizes and at least one per shuffle partition
+        (:func:`spark_cleora.engine.propagate.group_blocks`).
     block_memory_gb
         Memory one Python worker may use (for one block; with the one-task engine, for the whole graph).
         A hyperedge always lives in one block, so a hyperedge whose members x dim x that same bound

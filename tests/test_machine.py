@@ -93,3 +93,23 @@ def test_off_local_mode_both_budgets_are_the_default():
         conf = Conf()
 
     assert machine.worker_memory_gb(Spark()) == machine.one_task_memory_gb(Spark()) == machine.DEFAULT_WORKER_GB == 4.0
+
+
+@pytest.mark.parametrize("conf, slots", [
+    ({"spark.master": "local[3]"}, 3),
+    ({"spark.master": "spark://host:7077", "spark.cores.max": "6", "spark.sql.shuffle.partitions": "200"}, 6),
+    ({"spark.master": "yarn", "spark.executor.instances": "4", "spark.executor.cores": "5"}, 20),
+    ({"spark.master": "yarn", "spark.executor.instances": "4", "spark.sql.shuffle.partitions": "64"}, 64),
+    ({"spark.master": "k8s://x", "spark.cores.max": "n/a", "spark.sql.shuffle.partitions": "8"}, 8),
+])
+def test_task_slots_from_the_configuration(conf, slots):
+    class Conf:
+        def get(self, key, default=None):
+            return conf.get(key, default)
+
+    class Spark:
+        pass
+
+    spark = Spark()
+    spark.conf = Conf()
+    assert machine.task_slots(spark) == slots

@@ -75,7 +75,8 @@ def _embed_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     g.add_argument("--keep-work", action="store_true", help="keep the work directory after success")
     g.add_argument("--checkpoint", choices=["parquet", "local"],
                    help="parquet: write each iteration to the work dir (resumable, default); local: localCheckpoint")
-    g.add_argument("--num-blocks", type=int, help="hyperedge blocks per iteration (default: from data size)")
+    g.add_argument("--num-blocks", type=int, help="blocks the hyperedges are cut into (default: from data size); the "
+                   "shuffle engine's iterations multiply groups of them that fit --block-memory-gb")
     g.add_argument("--block-memory-gb", type=float,
                    help="memory a Python worker may use (one block, or the whole graph with --engine one-task); "
                         "default 4, or in local mode the workers' share of the memory (for the one-task engine, "

@@ -43,7 +43,7 @@ from .hyperedges import Rejections, cleora_text_to_memberships, events_to_member
 from .start_vectors import given_start_vectors, init_for_names, override_start_vectors, read_start_vectors
 from ..storage.paths import local_path, parquet_footer_rows
 from .one_task import SLICE_CHOICES, embed_in_one_task, one_task_bytes, worker_threads
-from ..runtime.machine import one_task_memory_gb, worker_memory_gb
+from ..runtime.machine import one_task_memory_gb, task_slots, worker_memory_gb
 from .propagate import X_SCHEMA_COLUMNS, BlockGroups, group_blocks, propagate, route_scalings, unpacked
 from ..runtime.session import job_description
 from .work_store import WorkStore
@@ -493,7 +493,7 @@ def _block_groups(spark: SparkSession, cfg: EmbedConfig, graph: _Graph, entities
     by_id = {b: (m, h, e) for b, m, h, e in graph.counts.blocks}
     sizes = np.array([by_id.get(int(k), (0, 0, 0)) for k in keys], dtype=np.int64)  # (a block may be empty)
     group = group_blocks(sizes, entities=entities, dim=cfg.dim, memory_gb=graph.memory_gb,
-                         parallelism=_parallelism(spark), two_sided=len(cfg.column_spec) != 1)
+                         parallelism=min(_parallelism(spark), task_slots(spark)), two_sided=len(cfg.column_spec) != 1)
     group_keys = block_keys(int(group.max()) + 1)
     return BlockGroups({int(k): int(group_keys[g]) for k, g in zip(keys, group)}, len(group_keys))
 

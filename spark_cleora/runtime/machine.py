@@ -145,3 +145,23 @@ def one_task_memory_gb(spark: Any) -> float:
     total, cores = local
     left = total / 2**30 - local_driver_gib(total) - LOCAL_RESERVE_GIB
     return max(local_worker_gib(total, cores), math.floor(left * 10) / 10)  # (rounded down)
+
+
+def task_slots(spark: Any) -> int:
+    """Tasks the session runs at once, as far as its configuration says (no SparkContext: Connect-safe):
+    ``local[N]`` -> N; ``spark.cores.max`` (standalone, Mesos); ``spark.executor.instances`` x
+    ``spark.executor.cores``; else ``spark.sql.shuffle.partitions`` (e.g. with dynamic allocation)."""
+    def conf(key: str) -> int:
+        try:
+            return int(spark.conf.get(key, "0") or 0)
+        except Exception:  # not a number, or a Connect server that does not show a static conf
+            return 0
+
+    try:
+        master = str(spark.conf.get("spark.master", ""))
+    except Exception:
+        master = ""
+    if master.startswith("local"):
+        return local_cores(master)
+    slots = conf("spark.cores.max") or conf("spark.executor.instances") * conf("spark.executor.cores")
+    return slots if slots > 0 else max(1, conf("spark.sql.shuffle.partitions"))
