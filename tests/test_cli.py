@@ -203,6 +203,20 @@ def test_demo_prints_output_and_neighbours(spark, tmp_path, capsys):
 
 
 
+def test_an_early_failure_prints_its_one_line_and_no_spark_error(tmp_path):
+    """A command that fails before the Python workers' warm-up job ends (a missing column): its one
+    `error:` line is the last line, with no ERROR lines of Spark cancelling the warm-up at exit."""
+    env = {**os.environ, "PYSPARK_PYTHON": sys.executable, "SPARK_CLEORA_JVM_CACHE": "0"}
+    env.pop("SPARK_CLEORA_SPARK_LOG_LEVEL", None)
+    res = subprocess.run([sys.executable, "-m", "spark_cleora.cli", "embed", sample_path(), "--input-format", "csv",
+                          "--hyperedge", "user", "--entity", "item", "--output", str(tmp_path / "emb")],
+                         env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 2, res.stderr[-3000:]
+    lines = res.stderr.splitlines()
+    assert lines[-1] == "error: events has no column(s) ['user']; it has ['user_id', 'item', 'ts']", res.stderr
+    assert not [line for line in lines if "ERROR" in line], res.stderr
+
+
 def test_a_newcomers_first_command_prints_no_spark_warnings(tmp_path):
     """`spark-cleora embed` on the bundled sample in a fresh process: no Spark banner or WARN line before
     the first spark_cleora line."""

@@ -329,6 +329,18 @@ def warm_python_workers(spark, cores: int) -> threading.Thread | None:
     thread = threading.Thread(target=warm, name="spark_cleora-warm-workers", daemon=True)
     thread.failure = None  # the warm-up's exception, if it failed
     thread.start()
+
+    def quiet_if_warming() -> None:
+        # A command that fails early (say, a missing column) exits while the warm-up job runs; Spark's
+        # shutdown cancels it and logs the noop write's abort as ERROR lines under the command's own
+        # one-line message. (atexit runs this before PySpark's own stop, registered earlier.)
+        if thread.is_alive():
+            try:
+                spark.sparkContext.setLogLevel("OFF")
+            except Exception:
+                pass
+
+    atexit.register(quiet_if_warming)
     return thread
 
 
