@@ -376,9 +376,9 @@ def propagate(x: DataFrame, plans: DataFrame, *, dim: int, num_blocks: int, resi
         if batches:  # all partials of this partition's entities (partitioned by id)
             yield from sum_and_normalize(pa.Table.from_batches(batches), dim=dim).to_batches()
 
-    # Each block id hashes to a partition of its own (block_keys), so a partition is one block: its routed
-    # vectors and its plan row meet in one mapInArrow call with no sort. (A cogroup would sort each
-    # partition's ~1 KB rows by the key they all share: at 10M events in 2 blocks, 12.4 -> 8.6 s a step.)
+    # Each block or group id hashes to a partition of its own (block_keys), so a partition is one block or
+    # group: its routed vectors and plan rows meet in one mapInArrow call with no sort. (A cogroup would
+    # sort each partition's ~1 KB rows by the key they all share: at 10M events in 2 blocks, 12.4 -> 8.6 s.)
     both = routed.unionByName(plans, allowMissingColumns=True).repartition(partitions, "block")
     partials = both.mapInArrow(step, X_SCHEMA)
     if residual:
