@@ -113,14 +113,14 @@ def test_engines_agree_on_a_two_column_relation(spark):
     lines = spark.createDataFrame([(v,) for v in ["u1\tp1 p2 pNEW", "uNEW\tp2 p3", "uNEW\tpNEW", "u2 p3",
                                                   "u3\tpLONE"]], "value string")
     cfg = EmbedConfig(input_format="cleora-tsv", columns="user complex::product", dim=DIM, markov="symmetric",
-                      num_blocks=2, on_bad_rows="skip")
+                      num_blocks=3, on_bad_rows="skip")  # 3 blocks: multiplied in 2 groups (local[2])
     runs = {}
     for engine in ("one-task", "shuffle"):
         res = fold_in(spark, _known_frame(spark, known), lines, cfg.replace(engine=engine), iterations=2)
         rows = {r["entity"]: r for r in res.embeddings.collect()}
         runs[engine] = rows, res.report
     (a, ra), (b, rb) = runs["one-task"], runs["shuffle"]
-    assert ra["engine"] == "one-task" and rb["engine"] == "shuffle"
+    assert ra["engine"] == "one-task" and rb["engine"] == "shuffle" and rb["block_groups"] == 2
     assert set(a) == set(b) == {"pNEW", "uNEW"}
     assert {k: (r["column"], r["fold_in_iteration"]) for k, r in a.items()} == {"pNEW": ("product", 1),
                                                                               "uNEW": ("user", 1)}

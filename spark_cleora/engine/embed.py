@@ -14,7 +14,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
 import xxhash
 from pyspark.sql import DataFrame, Observation, SparkSession
@@ -27,7 +26,7 @@ from .._version import __version__
 from .graph import (
     ENTITIES_RSD,
     GraphCounts,
-    block_keys,
+    block_groups,
     blocks_for,
     build_blocks,
     build_entities,
@@ -44,7 +43,7 @@ from .start_vectors import given_start_vectors, init_for_names, override_start_v
 from ..storage.paths import local_path, parquet_footer_rows
 from .one_task import SLICE_CHOICES, embed_in_one_task, one_task_bytes, worker_threads
 from ..runtime.machine import one_task_memory_gb, task_slots, worker_memory_gb
-from .propagate import X_SCHEMA_COLUMNS, BlockGroups, group_blocks, propagate, route_scalings, unpacked
+from .propagate import X_SCHEMA_COLUMNS, BlockGroups, propagate, route_scalings, unpacked
 from ..runtime.session import job_description
 from .work_store import WorkStore
 from .vectors import pack
@@ -484,18 +483,9 @@ def _iterate_shuffle(spark: SparkSession, cfg: EmbedConfig, graph: _Graph, work:
 
 
 def _block_groups(spark: SparkSession, cfg: EmbedConfig, graph: _Graph, entities: int | None) -> BlockGroups:
-    """The groups of blocks an iteration multiplies (see :func:`~spark_cleora.engine.propagate.group_blocks`),
-    from the blocks' sizes measured when the graph was built (a graph prepared by an older version has
-    none: every block on its own)."""
-    keys = block_keys(graph.num_blocks)
-    if not graph.counts.blocks:
-        return BlockGroups({int(k): int(k) for k in keys}, graph.num_blocks)
-    by_id = {b: (m, h, e) for b, m, h, e in graph.counts.blocks}
-    sizes = np.array([by_id.get(int(k), (0, 0, 0)) for k in keys], dtype=np.int64)  # (a block may be empty)
-    group = group_blocks(sizes, entities=entities, dim=cfg.dim, memory_gb=graph.memory_gb,
-                         parallelism=min(_parallelism(spark), task_slots(spark)), two_sided=len(cfg.column_spec) != 1)
-    group_keys = block_keys(int(group.max()) + 1)
-    return BlockGroups({int(k): int(group_keys[g]) for k, g in zip(keys, group)}, len(group_keys))
+    """The groups of blocks an iteration multiplies (:func:`~spark_cleora.engine.graph.block_groups`)."""
+    return block_groups(graph.counts, graph.num_blocks, entities=entities, dim=cfg.dim, memory_gb=graph.memory_gb,
+                        parallelism=min(_parallelism(spark), task_slots(spark)), two_sided=len(cfg.column_spec) != 1)
 
 
 def _assemble(cfg: EmbedConfig, x: DataFrame, parts: dict[int, DataFrame], entities: DataFrame | None

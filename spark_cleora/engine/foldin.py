@@ -50,13 +50,13 @@ from pyspark.sql import functions as F
 
 from ..config import EmbedConfig, field_names
 from ..errors import BadInputError, ConfigError
-from .graph import blocks_for, build_blocks, build_entities, graph_counts, plans_of
+from .graph import block_groups, blocks_for, build_blocks, build_entities, graph_counts, plans_of
 from .hyperedges import REJECT as _REJECT
 from .hyperedges import ROWS as _ROWS
 from .hyperedges import cleora_text_to_memberships, events_to_memberships
 from ..storage.paths import local_path, parquet_footer_rows
 from .one_task import BYTES_PER_MEMBERSHIP, BYTES_PER_SHARE
-from ..runtime.machine import worker_memory_gb
+from ..runtime.machine import task_slots, worker_memory_gb
 from .propagate import (SLICE_COLUMNS, X_SCHEMA, X_SCHEMA_COLUMNS, block_product, load_plan, normalize_rows, propagate,
                         route_scalings, unpacked)
 from ..runtime.session import job_description
@@ -426,13 +426,19 @@ def _fold_in_shuffle(spark: SparkSession, raw: DataFrame, known: DataFrame, cfg:
     fixed = start.filter(F.col("known")).select(*X_SCHEMA_COLUMNS)
     new = start.filter(~F.col("known")).select(*X_SCHEMA_COLUMNS, F.lit(None).cast("int").alias(ITERATION_COLUMN))
     plans = plans_of(blocks)
+    groups = block_groups(counts, num_blocks, entities=None, dim=dim,
+                          memory_gb=cfg.block_memory_gb or worker_memory_gb(spark),
+                          parallelism=min(max(1, int(spark.conf.get("spark.sql.shuffle.partitions"))), task_slots(spark)),
+                          two_sided=not reflexive)
+    report["block_groups"] = groups.count
     report["seconds_to_start"] = round(time.perf_counter() - t0, 3)
     report["iteration_seconds"] = []
     for k in range(1, iterations + 1):
         t_it = time.perf_counter()
         with job_description(spark, f"spark_cleora fold-in: iteration {k}/{iterations}"):
             x = fixed.unionByName(new.select(*X_SCHEMA_COLUMNS))
-            nxt = _reached(propagate(x, plans, dim=dim, num_blocks=num_blocks, residual=cfg.residual), dim=dim)
+            nxt = _reached(propagate(x, plans, dim=dim, num_blocks=num_blocks, residual=cfg.residual, groups=groups),
+                           dim=dim)
             made = new.select("id", ITERATION_COLUMN)
             new = _checkpoint(nxt.join(made, "id").select(
                 *X_SCHEMA_COLUMNS,

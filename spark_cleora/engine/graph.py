@@ -39,7 +39,7 @@ from ..config import Column
 from ..errors import EntityHashCollisionError, HyperedgeTooLargeError
 from .hyperedges import REJECT as _REJECT
 from .hyperedges import ROWS as _ROWS
-from .propagate import block_bytes_per_row_dim
+from .propagate import BlockGroups, block_bytes_per_row_dim, group_blocks
 
 log = logging.getLogger(__name__)
 
@@ -410,6 +410,22 @@ def observed_counts(metrics: dict) -> GraphCounts:
 
 #: relative standard deviation of :func:`estimate_entities`
 ENTITIES_RSD = 0.01
+
+
+def block_groups(counts: GraphCounts, num_blocks: int, *, entities: int | None, dim: int, memory_gb: float,
+                 parallelism: int, two_sided: bool) -> BlockGroups:
+    """The groups of blocks an iteration of the shuffle engine multiplies (see
+    :func:`~spark_cleora.engine.propagate.group_blocks`), from the blocks' sizes measured when the graph
+    was built; a graph prepared by an older version has none, and every block is on its own."""
+    keys = block_keys(num_blocks)
+    if not counts.blocks:
+        return BlockGroups({int(k): int(k) for k in keys}, num_blocks)
+    by_id = {b: (m, h, e) for b, m, h, e in counts.blocks}
+    sizes = np.array([by_id.get(int(k), (0, 0, 0)) for k in keys], dtype=np.int64)  # (a block may be empty)
+    group = group_blocks(sizes, entities=entities, dim=dim, memory_gb=memory_gb, parallelism=parallelism,
+                         two_sided=two_sided)
+    group_keys = block_keys(int(group.max()) + 1)
+    return BlockGroups({int(k): int(group_keys[g]) for k, g in zip(keys, group)}, len(group_keys))
 
 
 def estimate_entities(blocks: DataFrame) -> int:
