@@ -137,10 +137,11 @@ class EmbedConfig:
         dimensions at a time: at most 25 bytes per membership x dim at dim 256, 56 up to dim 64, see
         :func:`spark_cleora.engine.propagate.block_bytes_per_row_dim`; e.g. ~670k memberships at dim 256
         and 4 GiB). The shuffle engine's iterations then multiply groups of neighbouring blocks, as few
-        as fit ``block_memory_gb`` by the blocks' measured sizes and at least one per shuffle partition
-        (:func:`spark_cleora.engine.propagate.group_blocks`).
+        as fit ``block_memory_gb`` by the blocks' measured sizes, and at least as many as the task slots
+        or shuffle partitions, whichever is fewer (:func:`spark_cleora.engine.propagate.group_blocks`).
     block_memory_gb
-        Memory one Python worker may use (for one block; with the one-task engine, for the whole graph).
+        Memory one Python worker may use (for one block or group of blocks; with the one-task engine, for
+        the whole graph).
         A hyperedge always lives in one block, so a hyperedge whose members x dim x that same bound
         exceed it is refused with a clear error up front. Default (None): 4, or when Spark runs in local
         mode (``local[N]``) what the driver's heap (half the machine's memory: its RAM, or a container's

@@ -94,20 +94,29 @@ def plan_table(members, reflexive):
                      "plan": pa.array([build_plan(members, reflexive=reflexive)], pa.binary())})
 
 
-def test_sum_runs_matches_reduceat_bit_for_bit():
-    """The partials' sums are the same bits as ``np.add.reduceat`` over the sorted rows (runs of 1 to 40
-    partials, a width that is not a multiple of the slices)."""
+def test_sum_runs_adds_each_run_first_row_to_last():
+    """Each entity's partials are summed in float64 in their sorted order, first to last, to the bit
+    (magnitudes spread over 2**±30, so another order would change the last bits), over runs of 1 to 40
+    partials and a width that is not a multiple of the slices."""
     from spark_cleora.engine.propagate import sum_runs
 
     rng = np.random.default_rng(11)
     ids = np.repeat(np.arange(300), rng.integers(1, 41, 300))
     rng.shuffle(ids)
-    vecs = rng.standard_normal((len(ids), 70)).astype(np.float32)
+    n = len(ids)
+    vecs = (rng.standard_normal((n, 70)) * np.exp2(rng.integers(-30, 30, (n, 70)))).astype(np.float32)
     order = np.argsort(ids, kind="stable")
     starts = np.flatnonzero(np.r_[True, ids[order][1:] != ids[order][:-1]])
-    want = np.hstack([np.add.reduceat(vecs[order, lo:lo + 64].astype(np.float64), starts, axis=0)
-                      for lo in (0, 64)])
-    np.testing.assert_array_equal(sum_runs(vecs, order, starts), want)
+    want = np.empty((len(starts), 70))
+    for i, (lo, hi) in enumerate(zip(starts, np.r_[starts[1:], n])):
+        acc = vecs[order[lo]].astype(np.float64)
+        for row in order[lo + 1:hi]:
+            acc = acc + vecs[row]
+        want[i] = acc
+    got = sum_runs(vecs, order, starts)
+    np.testing.assert_array_equal(got, want)
+    reduceat = np.add.reduceat(vecs[order].astype(np.float64), starts, axis=0)
+    assert not np.array_equal(got, reduceat)  # (the data is one where the order shows)
 
 
 def test_sum_and_normalize_groups_partials_by_entity():
@@ -316,3 +325,7 @@ def test_blocks_are_grouped_into_the_fewest_tasks_that_fit():
     # a group's entities are at most all the graph's: 6 blocks of 200 shares over 250 entities
     assert groups(group_bytes(entities=250, hyperedges=600, memberships=6000, dim=64), entities=250) == [0] * 6
     assert group_blocks(np.zeros((0, 3)), entities=None, dim=8, memory_gb=1, parallelism=2).tolist() == []
+    # whatever the budget, a group's plans (12 bytes per membership) stay under 1 GiB
+    big = np.array([[50_000_000, 1, 1]] * 4)
+    assert group_blocks(big, entities=None, dim=8, memory_gb=1000, parallelism=1).tolist() == [0, 1, 2, 3]
+    assert group_blocks(big // 2, entities=None, dim=8, memory_gb=1000, parallelism=1).tolist() == [0, 0, 1, 1]

@@ -78,7 +78,8 @@ def _embed_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     g.add_argument("--num-blocks", type=int, help="blocks the hyperedges are cut into (default: from data size); the "
                    "shuffle engine's iterations multiply groups of them that fit --block-memory-gb")
     g.add_argument("--block-memory-gb", type=float,
-                   help="memory a Python worker may use (one block, or the whole graph with --engine one-task); "
+                   help="memory a Python worker may use (one block or group of blocks, or the whole graph with "
+                        "--engine one-task); "
                         "default 4, or in local mode the workers' share of the memory (for the one-task engine, "
                         "whose task runs alone, what all the workers would share); larger hyperedges are refused")
     g.add_argument("--block-memberships", type=int, help="target memberships per block (default: what fits --block-memory-gb)")

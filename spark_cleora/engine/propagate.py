@@ -3,8 +3,8 @@
 Block routing (as Spark's ALS does): hyperedges are hashed into blocks; each block's memberships are
 compiled once into a *plan* (its sparse incidence matrices, one binary row per block), so an iteration
 shuffles the vectors and a handful of plan rows, never the memberships. An iteration's multiply tasks
-each take a *group* of neighbouring blocks (:func:`group_blocks`: as few as fit a worker, at least one
-per task slot), and each entity vector is sent once to every group that has one of its hyperedges (not
+each take a *group* of neighbouring blocks (:func:`group_blocks`: as few as fit a worker, at least as
+many as the task slots or shuffle partitions, whichever is fewer), and each entity vector is sent once to every group that has one of its hyperedges (not
 once per membership). A Python worker then multiplies its group, the plans merged into one, with scipy
 sparse matrices:
 
@@ -24,6 +24,7 @@ a routing table, and the table an iteration writes is the next one's input as it
 from __future__ import annotations
 
 import io
+import logging
 import math
 import os
 from dataclasses import dataclass
@@ -37,6 +38,8 @@ from pyspark.sql import functions as F
 from scipy import sparse
 
 from .vectors import PACKED, pack, to_list_array, unpack
+
+log = logging.getLogger(__name__)
 
 #: the embedding table during the iterations: vector plus route (see the module docstring)
 X_SCHEMA = f"id long, pre double, post double, blocks array<int>, vec {PACKED}"
@@ -66,14 +69,17 @@ def block_bytes_per_row_dim(dim: int) -> int:
 #: a multiply task's plan bytes per membership: the plan's Arrow value, its Python bytes, the loaded
 #: CSR arrays (8-byte weight + 4-byte index per membership) and, for a group, its merged copy
 PLAN_BYTES_PER_MEMBERSHIP = 64
+#: a serialised plan's bytes per membership (8-byte weight, 4-byte entity index), and the most a group's
+#: plans may hold together (they share the partition's Arrow batches with the vectors)
+PLAN_BLOB_BYTES_PER_MEMBERSHIP, MAX_GROUP_PLAN_BYTES = 12, 2**30
 
 
-def group_bytes(*, entities: int, hyperedges: int, memberships: int, dim: int, two_sided: bool = True) -> int:
+def group_bytes(*, entities: Any, hyperedges: Any, memberships: Any, dim: int, two_sided: bool = True) -> Any:
     """Bound on the working set of a multiply task that holds these entities, hyperedges and memberships
     (one block, or a group of blocks merged): the routed float32 vectors as Arrow batches, combined, and
     the float32 product (12 bytes per entity and dimension); per slice of ``SLICE_COLUMNS`` the gathered
     rows, their float64 copy and the two float64 products (28 per entity) beside the per-hyperedge sums
-    (16 with two sides, 8 with one); and the plans (``PLAN_BYTES_PER_MEMBERSHIP``)."""
+    (16 with two sides, 8 with one); and the plans (``PLAN_BYTES_PER_MEMBERSHIP``). Ints or numpy arrays."""
     width = min(dim, SLICE_COLUMNS)
     per_slice = entities * (28 if two_sided else 20) + hyperedges * (16 if two_sided else 8)
     return entities * dim * 12 + width * per_slice + memberships * PLAN_BYTES_PER_MEMBERSHIP
@@ -86,7 +92,7 @@ def group_blocks(sizes: np.ndarray, *, entities: int | None, dim: int, memory_gb
 
     The graph's blocks are cut before their sizes are known, so their count assumes the worst case (as
     many entities and hyperedges as memberships). Their real sizes are known once they are built: the
-    fewest groups of neighbouring blocks (but at least one per task slot, ``parallelism``) whose bound
+    fewest groups of neighbouring blocks (but at least ``parallelism``, the tasks that run at once) whose bound
     (:func:`group_bytes`, a group's entities taken as the sum of its blocks', at most all ``entities``)
     fits ``memory_gb``. Each group is one task, and an entity's vector is sent once per group rather
     than once per block: at 10M events, 11 blocks routed 1.2M vectors per iteration, 2 groups 0.59M.
@@ -96,17 +102,20 @@ def group_blocks(sizes: np.ndarray, *, entities: int | None, dim: int, memory_gb
         return np.zeros(0, dtype=np.int64)
     budget = memory_gb * 2**30
     index = np.arange(n)
+    sizes = np.asarray(sizes, dtype=np.int64)
     for g in range(max(1, min(parallelism, n)), n + 1):
         group = index * g // n
         starts = np.flatnonzero(np.r_[True, group[1:] != group[:-1]])
-        m, h, e = (np.add.reduceat(sizes[:, c].astype(np.int64), starts) for c in range(3))
+        m, h, e = (np.add.reduceat(sizes[:, c], starts) for c in range(3))
         if entities is not None:
             e = np.minimum(e, entities)
-        need = [group_bytes(entities=int(ei), hyperedges=int(hi), memberships=int(mi), dim=dim, two_sided=two_sided)
-                for mi, hi, ei in zip(m, h, e)]
-        if max(need) <= budget:
+        need = group_bytes(entities=e, hyperedges=h, memberships=m, dim=dim, two_sided=two_sided)
+        # a group's plans travel in the partition's Arrow batches beside its vectors: far below Arrow's
+        # 2 GiB per binary column, whatever the budget
+        if need.max() <= budget and (m * PLAN_BLOB_BYTES_PER_MEMBERSHIP).max() <= MAX_GROUP_PLAN_BYTES:
             return group
-    return index  # no grouping fits: every block on its own, as the blocks were sized to
+    log.warning("no grouping of the %d blocks fits %.1f GiB per task: each is multiplied on its own", n, memory_gb)
+    return index
 
 
 @dataclass(frozen=True)
@@ -206,9 +215,10 @@ def multiply_block(routed: pa.Table, plan: pa.Table, *, dim: int) -> pa.Table:
         p = load_plan(plan.column("plan")[0].as_py())
         known = p["ids"]
     else:  # the blocks' hyperedges stacked in block order, over the group's entities
-        if "part" in plan.column_names:
-            plan = plan.take(pc.sort_indices(plan, sort_keys=[("part", "ascending")]))
-        loaded = [load_plan(blob.as_py()) for blob in plan.column("plan")]
+        blobs = plan.column("plan")
+        ranks = (pc.sort_indices(plan, sort_keys=[("part", "ascending")]).to_pylist() if "part" in plan.column_names
+                 else range(plan.num_rows))  # (an index: the blobs are not copied)
+        loaded = [load_plan(blobs[int(i)].as_py()) for i in ranks]
         known = np.unique(np.concatenate([q["ids"] for q in loaded]))
         if np.array_equal(ids, known):
             p = merge_plans([(q, np.searchsorted(ids, q["ids"])) for q in loaded], len(ids))
@@ -306,11 +316,12 @@ def sum_and_normalize(partials: pa.Table, *, dim: int) -> pa.Table:
 
 def sum_runs(vecs: np.ndarray, order: np.ndarray, starts: np.ndarray) -> np.ndarray:
     """float64 sums of the rows ``vecs[order]`` over the runs that begin at ``starts``, each run summed
-    first row to last (the order of ``np.add.reduceat``, so the same bits).
+    first row to last (whatever the slices or the machine: the order is part of the result's bits).
 
-    An entity has at most one partial per block (and the residual row), so the runs are short: the k-th
+    An entity has at most one partial per group (and the residual row), so the runs are short: the k-th
     rows of all runs longer than k are added in one vectorised step, which is several times faster than
-    ``reduceat`` along the rows of a wide array (measured: 587k partials x 256, 4.2 -> 1.0 s)."""
+    ``np.add.reduceat`` along the rows of a wide array (measured: 587k partials x 256, 4.2 -> 1.0 s;
+    reduceat adds a run's first row to the sum of the others, so the last float64 bit can differ)."""
     n, dim = len(order), vecs.shape[1]
     counts = np.diff(np.r_[starts, n])
     first = order[starts]

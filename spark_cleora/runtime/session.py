@@ -331,9 +331,9 @@ def warm_python_workers(spark, cores: int) -> threading.Thread | None:
     thread.start()
 
     def quiet_if_warming() -> None:
-        # A command that fails early (say, a missing column) exits while the warm-up job runs; Spark's
-        # shutdown cancels it and logs the noop write's abort as ERROR lines under the command's own
-        # one-line message. (atexit runs this before PySpark's own stop, registered earlier.)
+        # A command that fails early (say, a missing column) exits while the warm-up job runs; the JVM,
+        # shutting down when Python exits, cancels it and logs the noop write's abort as ERROR lines
+        # under the command's own one-line message. Python's atexit runs before that.
         if thread.is_alive():
             try:
                 spark.sparkContext.setLogLevel("OFF")
