@@ -209,6 +209,10 @@ def _local_defaults(master: str) -> dict[str, str]:
         # keeps at least that many (parallelismFirst) when it coalesces.
         "spark.sql.shuffle.partitions": str(_cores(master)),
         "spark.ui.showConsoleProgress": "false",
+        # Spark deletes a finished shuffle's files once a driver GC lets its cleaner see them unused, by
+        # default at least every 30 min: the shuffle engine's iterations then pile up on one disk (100M
+        # events: 45 GB by the second iteration; with 1 min, at most 37.5 GB and the run completes).
+        "spark.cleaner.periodicGC.interval": "1min",
     }
     total = memory_bytes()  # RAM, or a container's cgroup limit below it
     if total:
