@@ -7,7 +7,11 @@ from ._version import __version__
 import os as _os
 import sys as _sys
 
-from .runtime.compat import check_environment as _check_environment
+from .runtime.pyspark_path import prefer_installed_pyspark as _prefer_installed_pyspark
+
+_prefer_installed_pyspark()  # before PySpark is imported: a worker's PySpark from the package, not its zip
+
+from .runtime.compat import check_environment as _check_environment  # noqa: E402
 from .errors import EXIT_ENV as _EXIT_ENV
 from .errors import ConfigError
 from .errors import UnsupportedEnvironmentError as _Unsupported
@@ -24,6 +28,20 @@ except _Unsupported as _exc:
     raise
 
 from .config import EmbedConfig, parse_columns  # noqa: E402
-from .engine.embed import EmbedResult, embed, run_embedding  # noqa: E402
+
+#: names imported on first use: the engine brings numpy, pyarrow and scipy, which an embedded Spark's Python
+#: daemon (:mod:`spark_cleora.runtime.worker_daemon`, run as ``-m`` below this package) must not import
+_LAZY = {"EmbedResult": "engine.embed", "embed": "engine.embed", "run_embedding": "engine.embed"}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = ["ConfigError", "EmbedConfig", "EmbedResult", "embed", "parse_columns", "run_embedding", "__version__"]

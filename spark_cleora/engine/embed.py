@@ -41,10 +41,18 @@ from .graph import (
 from .hyperedges import Rejections, cleora_text_to_memberships, events_to_memberships
 from .start_vectors import given_start_vectors, init_for_names, override_start_vectors, read_start_vectors
 from ..storage.paths import local_path, parquet_footer_rows
-from .one_task import SLICE_CHOICES, embed_in_one_task, one_task_bytes, worker_threads
+from .one_task import (
+    SLICE_CHOICES,
+    SLICE_COLUMNS,
+    embed_events_in_one_task,
+    embed_in_one_task,
+    one_task_bytes,
+    small_input_rows,
+    worker_threads,
+)
 from ..runtime.machine import one_task_memory_gb, task_slots, worker_memory_gb
 from .propagate import X_SCHEMA_COLUMNS, BlockGroups, propagate, route_scalings, unpacked
-from ..runtime.session import job_description
+from ..runtime.session import job_description, warm_remaining_workers
 from .work_store import WorkStore
 from .vectors import pack
 from .whiten import whiten
@@ -121,7 +129,7 @@ class EmbedResult:
 
     embeddings: DataFrame
     run: RunReport
-    pending: Callable[[], IterationsReport] | None = None  # single pass: the task's report, after the action
+    pending: Callable[[], RunReport] | None = None  # single pass: the run's report once the action ran
 
     @property
     def report(self) -> dict[str, Any]:
@@ -130,9 +138,7 @@ class EmbedResult:
 
     def finish(self) -> dict[str, Any]:
         """The whole report: for a single-pass run, call it after the one action on ``embeddings``."""
-        if self.pending is None:
-            return self.report
-        return dataclasses.replace(self.run, iterations=self.pending()).to_dict()
+        return (self.run if self.pending is None else self.pending()).to_dict()
 
 
 #: bytes read at a time when checksumming a local input (the file is streamed, never held)
@@ -295,7 +301,15 @@ def run_embedding(
     # --init-vectors: checked before anything expensive runs
     given_table = read_start_vectors(spark.read.parquet(cfg.init_vectors), dim=cfg.dim) if cfg.init_vectors else None
 
-    graph, graph_report = _prepare_graph(spark, cfg, source, work, timer)
+    units = None  # (rows, from the footers): counted once, here or in the graph stage
+    if single_pass and given_table is None and _small_input_possible(spark, cfg, work):
+        units = _event_rows(spark, cfg, source)
+        small = _small_input_engine(spark, cfg, units[0])
+        if small is not None:
+            return _embed_small_input(spark, cfg, source, environment, small, units=units[0], t_all=t_all,
+                                      timer=timer)
+    warm_remaining_workers(spark)  # the graph build runs Python tasks on every core
+    graph, graph_report = _prepare_graph(spark, cfg, source, work, timer, units=units)
     entities = _Entities(spark, cfg, graph, work, timer)
     engine_report = _choose_engine_stage(spark, cfg, graph, work)
     run = RunReport(environment, graph_report, engine_report, None)
@@ -309,9 +323,10 @@ def run_embedding(
             observed = Observation("spark_cleora_one_task")
             emb = done.observe(observed, F.max("_report").alias("report")).drop("_report")
 
-            def pending() -> IterationsReport:
+            def pending() -> RunReport:
                 got = observed.get.get("report")  # None only if the task wrote no row (no output column)
-                return finish(json.loads(got) if got else {"entities": None, "iteration_seconds": []})
+                task = json.loads(got) if got else {"entities": None, "iteration_seconds": []}
+                return dataclasses.replace(run, iterations=finish(task))
 
             return EmbedResult(emb, run, pending=pending)
         with job_description(spark, f"spark_cleora: iterations {start + 1}-{cfg.iterations} in one task"):
@@ -326,9 +341,96 @@ def run_embedding(
     return EmbedResult(emb, dataclasses.replace(run, iterations=iterations))
 
 
-def _prepare_graph(spark: SparkSession, cfg: EmbedConfig, source: DataFrame, work: _Work, timer: _Timer
-                   ) -> tuple[_Graph, GraphReport]:
-    """Stage 1: hyperedges and the graph's blocks, written to the work store (or reused from it)."""
+def _event_rows(spark: SparkSession, cfg: EmbedConfig, source: DataFrame) -> tuple[int, bool]:
+    """(input rows of an event table, whether the local Parquet footers gave them); the rows size the
+    graph's blocks and decide the small-input path."""
+    # local Parquet: the footers, read here; else a Spark count (Parquet/Delta: also footers)
+    units = parquet_footer_rows(cfg.inputs) if cfg.input_format == "parquet" else None
+    if units is not None:
+        return units, True
+    with job_description(spark, "spark_cleora: count input rows"):
+        return source.count(), False
+
+
+def _small_input_possible(spark: SparkSession, cfg: EmbedConfig, work: _Work) -> bool:
+    """Whether the run may go to one task, graph included (:func:`_small_input_engine`), before the rows
+    are counted: an event table, the engine not ``shuffle``, the blocks not sized by hand, the path not
+    turned off (``spark.cleora.oneTask.smallInputRows=0``), no graph of an earlier run to resume from."""
+    return (cfg.input_format != "cleora-tsv" and cfg.engine != "shuffle" and not cfg.num_blocks
+            and not cfg.block_memberships and small_input_rows(spark) > 0
+            and not (work.store is not None and work.store.is_complete("graph/blocks")))
+
+
+def _small_input_engine(spark: SparkSession, cfg: EmbedConfig, units: int) -> dict[str, Any] | None:
+    """The one-task estimate when the whole run, graph included, goes to one task (see
+    :func:`~spark_cleora.engine.one_task.embed_events_in_one_task`), else None: for at most
+    ``spark.cleora.oneTask.smallInputRows`` input rows that the one task's budget holds with every bound
+    at its worst (as many entities, hyperedges and memberships as rows)."""
+    if not 0 < units <= small_input_rows(spark):
+        return None
+    threads = worker_threads(spark)
+    memory_gb = cfg.block_memory_gb or one_task_memory_gb(spark)
+    need = one_task_bytes(entities=units, dim=cfg.dim, kept=max(1, len(cfg.multiscale)), memberships=units,
+                          hyperedges=units, shares=units, threads=threads, reflexive=True,
+                          residual=bool(cfg.residual), whiten=cfg.whiten != "none")
+    if need > memory_gb * 2**30:
+        return None
+    return {"estimated_bytes": int(need), "threads": threads, "memory_gb": memory_gb, "slice_columns": SLICE_COLUMNS,
+            "graph_in_task": True}
+
+
+def _embed_small_input(spark: SparkSession, cfg: EmbedConfig, source: DataFrame, environment: dict[str, Any],
+                       estimate: dict[str, Any], *, units: int, t_all: float, timer: _Timer) -> EmbedResult:
+    """A small event table in one Spark job: the graph, the iterations and the output rows in one task.
+
+    Nothing is written to the work store (a failed run starts again; it takes seconds). The input's
+    rules are settled once the task has counted them, before the output is published: a rejected
+    row under ``--on-bad-rows fail`` fails the run (exit 3) and the output is not written."""
+    raw, validation = events_to_memberships(source, cfg)
+    log.info("engine one-task, graph built in the task (%d input rows <= %d; one-task would need at most "
+             "~%.2f GiB of its %g GiB budget)", units, small_input_rows(spark), estimate["estimated_bytes"] / 2**30,
+             estimate["memory_gb"])
+    done = embed_events_in_one_task(
+        raw, columns=cfg.column_spec, dim=cfg.dim, markov=cfg.markov, init=cfg.init, seed=cfg.seed,
+        last=cfg.iterations, multiscale=cfg.multiscale, whiten=cfg.whiten, residual=cfg.residual,
+        threads=estimate["threads"], slice_columns=estimate["slice_columns"])
+    observed = Observation("spark_cleora_one_task")
+    emb = done.observe(observed, F.max("_report").alias("report")).filter(F.col("entity").isNotNull()).drop("_report")
+    engine = EngineReport(engine="one-task", one_task=estimate, resumed_from_iteration=None)
+    # provisional until the task has run (then pending() has the counts)
+    run = RunReport(environment, GraphReport(input_rows=units, rejected={}, hyperedges=0, memberships=0, num_blocks=1),
+                    engine, None)
+
+    def pending() -> RunReport:
+        task = json.loads(observed.get["report"])
+        g = task["graph"]
+        rej = validation.settle({rule: n for rule, n in g["input_rows"]},
+                                units=sum(n for rule, n in g["input_rows"] if rule is None))
+        if rej.input_rows != units:  # every input row is either in the graph or counted as rejected
+            raise RuntimeError(f"the graph build saw {rej.input_rows} input rows, the input has {units}")
+        log.info("read %d input rows (%d rejected)", rej.input_rows, rej.total)
+        if rej.accepted_units == 0:
+            raise BadInputError("no input rows left after validation")
+        log.info("graph: %d hyperedges, %d memberships, 1 block, built in the task in %.1fs", g["hyperedges"],
+                 g["memberships"], g["build_seconds"])
+        log.info("%s entities, iterations 1-%d in one task: %s s (%.1fs with the graph, reading and writing)",
+                 task["entities"], cfg.iterations, task["iteration_seconds"], timer.lap())
+        graph = GraphReport(input_rows=rej.input_rows, rejected=rej.counts, hyperedges=g["hyperedges"],
+                            memberships=g["memberships"], num_blocks=1)
+        iterations = IterationsReport(
+            entities=task["entities"], iteration_seconds=task["iteration_seconds"],
+            seconds_to_embed=round(time.perf_counter() - t_all, 3),
+            one_task_reported={"graph_seconds": g["build_seconds"],
+                               **{k: task[k] for k in ("prepare_seconds", "slice_columns") if k in task}})
+        return RunReport(environment, graph, engine, iterations)
+
+    return EmbedResult(emb, run, pending=pending)
+
+
+def _prepare_graph(spark: SparkSession, cfg: EmbedConfig, source: DataFrame, work: _Work, timer: _Timer,
+                   units: tuple[int, bool] | None = None) -> tuple[_Graph, GraphReport]:
+    """Stage 1: hyperedges and the graph's blocks, written to the work store (or reused from it).
+    ``units``: the event table's rows, if already counted (:func:`_event_rows`)."""
     store = work.store
     memory_gb = cfg.block_memory_gb or worker_memory_gb(spark)  # a Python worker's budget
     g = work.manifest.get("graph", {})
@@ -350,12 +452,7 @@ def _prepare_graph(spark: SparkSession, cfg: EmbedConfig, source: DataFrame, wor
                 raise BadInputError("no input rows left after validation")
         else:  # events: the rules are counted inside the graph build (no pass of their own)
             raw, validation = events_to_memberships(source, cfg)
-            # local Parquet: the footers, read here; else a Spark count (Parquet/Delta: also footers)
-            units = parquet_footer_rows(cfg.inputs) if cfg.input_format == "parquet" else None
-            from_footers = units is not None
-            if units is None:
-                with job_description(spark, "spark_cleora: count input rows"):
-                    units = source.count()
+            units, from_footers = units or _event_rows(spark, cfg, source)
             if units == 0:
                 raise BadInputError("events: the input is empty (no rows were read)")
         num_blocks = cfg.num_blocks or blocks_for(units, dim=cfg.dim, block_memberships=cfg.block_memberships,

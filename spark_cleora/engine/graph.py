@@ -142,9 +142,22 @@ def build_blocks(raw: DataFrame, *, reflexive: bool, num_blocks: int) -> DataFra
     :func:`spark_cleora.engine.propagate.build_plan`) and emits each entity's share of the block. Nothing
     per-membership is written: the entities come from the shares, the iterations from the plans.
     """
+    keys = block_keys(num_blocks)
+
+    def build(batches):
+        return blocks_of_partition(batches, reflexive=reflexive, keys=keys)
+
+    return keyed_memberships(raw, num_blocks).mapInArrow(build, BLOCK_SCHEMA)
+
+
+def keyed_memberships(raw: DataFrame, num_blocks: int | None) -> DataFrame:
+    """``raw``'s rows with their entity keys, a partition per block: ``num_blocks`` partitions by
+    hyperedge, or (``None``) all rows in one partition, block 0 (the one-task engine's small input)."""
     # the keys are computed after the shuffle (same stage as the numpy pass): fewer bytes to shuffle
     flags = [c for c in (_REJECT, _ROWS) if c in raw.columns]  # deferred validation: counted here
-    keyed = raw.select("h", "side", "col", "entity", "weight", *flags).repartition(num_blocks, "h").select(
+    rows = raw.select("h", "side", "col", "entity", "weight", *flags)
+    rows = rows.repartition(num_blocks, "h") if num_blocks else rows.coalesce(1)
+    return rows.select(
         "h", "side", "col", "entity", "weight", *flags,
         F.xxhash64("entity").alias("id"),
         # a second, independent hash keeps two names apart even if their 64-bit ids collide, so the
@@ -152,13 +165,6 @@ def build_blocks(raw: DataFrame, *, reflexive: bool, num_blocks: int) -> DataFra
         F.hash("entity").alias("_id2"),
         F.spark_partition_id().alias("block"),
     )
-
-    keys = block_keys(num_blocks)
-
-    def build(batches):
-        return blocks_of_partition(batches, reflexive=reflexive, keys=keys)
-
-    return keyed.mapInArrow(build, BLOCK_SCHEMA)
 
 
 def blocks_of_partition(batches, *, reflexive: bool, keys: np.ndarray | None = None):

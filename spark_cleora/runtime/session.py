@@ -213,6 +213,8 @@ def _local_defaults(master: str) -> dict[str, str]:
         # default at least every 30 min: the shuffle engine's iterations then pile up on one disk (100M
         # events: 45 GB by the second iteration; with 1 min, at most 37.5 GB and the run completes).
         "spark.cleaner.periodicGC.interval": "1min",
+        # the Python workers import PySpark from the installed package, not from its zip (see the module)
+        "spark.python.daemon.module": "spark_cleora.runtime.worker_daemon",
     }
     total = memory_bytes()  # RAM, or a container's cgroup limit below it
     if total:
@@ -283,7 +285,10 @@ def get_spark(
     if not remote:
         _quiet_spark(spark)
         if pending_archive is not None or (master or "").startswith("local"):
-            warm_python_workers(spark, _cores(master or "local[*]"))
+            # one worker now (a small input runs in one task, whose start then overlaps the driver's
+            # planning instead of competing with two workers' imports); the graph build asks for the rest
+            _WARM_LATER["cores"] = _cores(master or "local[*]")
+            warm_python_workers(spark, 1)
     return spark
 
 
@@ -308,6 +313,18 @@ def _importer(modules: tuple[str, ...]):
         yield from batches
 
     return run
+
+
+#: cores of the embedded local session whose Python workers :func:`warm_remaining_workers` may still start
+_WARM_LATER: dict[str, int] = {}
+
+
+def warm_remaining_workers(spark) -> None:
+    """Start the rest of an embedded local session's Python workers (one per core) in the background, once:
+    the caller is about to run Python tasks on every core. Does nothing for any other session."""
+    cores = _WARM_LATER.pop("cores", 0)
+    if cores > 1:
+        warm_python_workers(spark, cores)
 
 
 def warm_python_workers(spark, cores: int) -> threading.Thread | None:

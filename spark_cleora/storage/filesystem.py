@@ -65,6 +65,8 @@ def default_fs(spark: Any) -> tuple[str, str]:
     ``("file:", "file:/home/me")``. Cached per session and value of the ``fs.defaultFS`` settings.
     """
     key = (id(spark), _conf(spark, "fs.defaultFS"), _conf(spark, "spark.hadoop.fs.defaultFS"))
+    if key not in _cache and key[1:] == (None, None) and _hadoop_defaults_only(spark):
+        _cache[key] = ("file:", "file:" + os.getcwd())
     if key not in _cache:
         probe = _PROBE + uuid.uuid4().hex
         qualified = None
@@ -83,6 +85,28 @@ def default_fs(spark: Any) -> tuple[str, str]:
         root = f"{parsed.scheme}://{parsed.netloc}" if parsed.netloc else f"{parsed.scheme}:"
         _cache[key] = (root, cwd)
     return _cache[key]
+
+
+def _hadoop_defaults_only(spark: Any) -> bool:
+    """True when nothing can set the default filesystem, so it is Hadoop's own, ``file:`` (and the probe's
+    query, ~0.5 s of a small run, is skipped): a classic session on a ``local`` master (no Connect server
+    that decides), no ``core-site.xml`` where the driver looks (``HADOOP_CONF_DIR``, ``YARN_CONF_DIR``,
+    Spark's conf directory) and no extra driver class path that could bring one. The caller has checked
+    that neither ``fs.defaultFS`` setting is set."""
+    from ..runtime.session import is_remote
+
+    if is_remote(spark) or not str(_conf(spark, "spark.master") or "").startswith("local"):
+        return False
+    if _conf(spark, "spark.driver.extraClassPath"):
+        return False
+    spark_home = os.environ.get("SPARK_HOME")
+    if not spark_home:
+        import pyspark
+
+        spark_home = os.path.dirname(pyspark.__file__)
+    dirs = [os.environ.get("HADOOP_CONF_DIR"), os.environ.get("YARN_CONF_DIR"),
+            os.environ.get("SPARK_CONF_DIR") or os.path.join(spark_home, "conf")]
+    return not any(d and os.path.exists(os.path.join(d, "core-site.xml")) for d in dirs)
 
 
 def _conf(spark: Any, key: str) -> str | None:

@@ -22,7 +22,8 @@ import uuid
 from urllib.parse import unquote
 from collections.abc import Mapping, Sequence
 
-from pyspark.sql import DataFrame, DataFrameWriter, SparkSession
+from pyspark.sql import DataFrame, DataFrameWriter, Observation, SparkSession
+from pyspark.sql import functions as F
 
 from ..config import EmbedConfig
 from ..errors import ConfigError
@@ -238,5 +239,7 @@ def write_output(emb: DataFrame, cfg: EmbedConfig, target: str) -> int:
     if fmt == "delta":
         write_delta(emb, target, partition_by=parts)
         return spark.read.format("delta").load(target).count()
-    _writer(emb, "parquet", parts).save(target)
-    return spark.read.parquet(target).count()
+    # the rows are counted as they are written (successful tasks only): no read of the output afterwards
+    written = Observation("spark_cleora_written")
+    _writer(emb.observe(written, F.count(F.lit(1)).alias("rows")), "parquet", parts).save(target)
+    return int(written.get["rows"])
