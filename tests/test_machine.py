@@ -105,8 +105,16 @@ def test_off_local_mode_both_budgets_are_the_default():
     ({"spark.master": "k8s://x", "spark.cores.max": "n/a", "spark.sql.shuffle.partitions": "8"}, 8),
 ])
 def test_task_slots_from_the_configuration(conf, slots):
+    assert machine.task_slots(_session_with(conf)) == slots
+
+
+def _session_with(conf: dict):
+    """A stand-in session whose ``conf.get`` reads ``conf`` (and raises for a missing key without a default,
+    as Spark does)."""
     class Conf:
         def get(self, key, default=None):
+            if key not in conf and default is None:
+                raise KeyError(key)
             return conf.get(key, default)
 
     class Spark:
@@ -114,4 +122,15 @@ def test_task_slots_from_the_configuration(conf, slots):
 
     spark = Spark()
     spark.conf = Conf()
-    assert machine.task_slots(spark) == slots
+    return spark
+
+
+@pytest.mark.parametrize("conf, partitions, groups", [
+    ({"spark.master": "local[2]", "spark.sql.shuffle.partitions": "4"}, 4, 2),  # the slots are fewer
+    ({"spark.master": "spark://h:7077", "spark.cores.max": "32", "spark.sql.shuffle.partitions": "8"}, 8, 8),
+    ({"spark.master": "local[4]", "spark.sql.shuffle.partitions": "oops"}, 8, 4),  # unreadable: 8
+])
+def test_shuffle_partitions_and_the_multiply_parallelism(conf, partitions, groups):
+    spark = _session_with(conf)
+    assert machine.shuffle_partitions(spark) == partitions
+    assert machine.group_parallelism(spark) == groups

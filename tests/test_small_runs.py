@@ -84,6 +84,7 @@ def test_only_inputs_up_to_the_limit_build_their_graph_in_the_task(spark, events
     assert _single_pass(spark, events, engine="shuffle")[1]["engine"] == "shuffle"
     assert "graph_in_task" not in _single_pass(spark, events, num_blocks=3)[1]["one_task"]
     assert "graph_in_task" not in _single_pass(spark, events, block_memberships=1000)[1]["one_task"]
+    assert "graph_in_task" not in _single_pass(spark, events, keep_work=True)[1]["one_task"]  # its graph on disk
     assert "graph_in_task" not in _single_pass(spark, events, block_memory_gb=0.001)[1]["one_task"]
 
 

@@ -50,7 +50,7 @@ from .one_task import (
     small_input_rows,
     worker_threads,
 )
-from ..runtime.machine import one_task_memory_gb, task_slots, worker_memory_gb
+from ..runtime.machine import group_parallelism, one_task_memory_gb, shuffle_partitions, worker_memory_gb
 from .propagate import X_SCHEMA_COLUMNS, BlockGroups, propagate, route_scalings, unpacked
 from ..runtime.session import job_description, warm_remaining_workers
 from .work_store import WorkStore
@@ -208,13 +208,6 @@ class _Timer:
         return dt
 
 
-def _parallelism(spark: SparkSession) -> int:
-    try:
-        return max(1, int(spark.conf.get("spark.sql.shuffle.partitions")))
-    except Exception:
-        return 8
-
-
 class _Work:
     """Where a run's stages are written: the work store (resumable), or ``localCheckpoint`` without one."""
 
@@ -306,7 +299,7 @@ def run_embedding(
         units = _event_rows(spark, cfg, source)
         small = _small_input_engine(spark, cfg, units[0])
         if small is not None:
-            return _embed_small_input(spark, cfg, source, environment, small, units=units[0], t_all=t_all,
+            return _embed_small_input(spark, cfg, source, environment, small, rows=units, t_all=t_all,
                                       timer=timer)
     warm_remaining_workers(spark)  # the graph build runs Python tasks on every core
     graph, graph_report = _prepare_graph(spark, cfg, source, work, timer, units=units)
@@ -352,12 +345,24 @@ def _event_rows(spark: SparkSession, cfg: EmbedConfig, source: DataFrame) -> tup
         return source.count(), False
 
 
+def _check_input_rows(spark: SparkSession, source: DataFrame, seen: int, units: int, from_footers: bool) -> None:
+    """Every input row is either in the graph or counted as rejected: ``seen`` (the graph build's total)
+    must be the input's row count, recounted by Spark when it came from a footer walk that disagrees."""
+    if seen != units and from_footers:  # a file layout the footer walk misread?
+        with job_description(spark, "spark_cleora: count input rows"):
+            log.warning("the Parquet footers say %d rows; counting with Spark", units)
+            units = source.count()
+    if seen != units:
+        raise RuntimeError(f"the graph build saw {seen} input rows, the input has {units}")
+
+
 def _small_input_possible(spark: SparkSession, cfg: EmbedConfig, work: _Work) -> bool:
     """Whether the run may go to one task, graph included (:func:`_small_input_engine`), before the rows
-    are counted: an event table, the engine not ``shuffle``, the blocks not sized by hand, the path not
+    are counted: an event table, the engine not ``shuffle``, the blocks not sized by hand, the work
+    directory not kept (``--keep-work``, ``--checkpoint-dir``: its graph is wanted on disk), the path not
     turned off (``spark.cleora.oneTask.smallInputRows=0``), no graph of an earlier run to resume from."""
     return (cfg.input_format != "cleora-tsv" and cfg.engine != "shuffle" and not cfg.num_blocks
-            and not cfg.block_memberships and small_input_rows(spark) > 0
+            and not cfg.block_memberships and not cfg.keep_work and small_input_rows(spark) > 0
             and not (work.store is not None and work.store.is_complete("graph/blocks")))
 
 
@@ -380,12 +385,14 @@ def _small_input_engine(spark: SparkSession, cfg: EmbedConfig, units: int) -> di
 
 
 def _embed_small_input(spark: SparkSession, cfg: EmbedConfig, source: DataFrame, environment: dict[str, Any],
-                       estimate: dict[str, Any], *, units: int, t_all: float, timer: _Timer) -> EmbedResult:
+                       estimate: dict[str, Any], *, rows: tuple[int, bool], t_all: float, timer: _Timer
+                       ) -> EmbedResult:
     """A small event table in one Spark job: the graph, the iterations and the output rows in one task.
 
     Nothing is written to the work store (a failed run starts again; it takes seconds). The input's
     rules are settled once the task has counted them, before the output is published: a rejected
     row under ``--on-bad-rows fail`` fails the run (exit 3) and the output is not written."""
+    units, from_footers = rows
     raw, validation = events_to_memberships(source, cfg)
     log.info("engine one-task, graph built in the task (%d input rows <= %d; one-task would need at most "
              "~%.2f GiB of its %g GiB budget)", units, small_input_rows(spark), estimate["estimated_bytes"] / 2**30,
@@ -406,8 +413,7 @@ def _embed_small_input(spark: SparkSession, cfg: EmbedConfig, source: DataFrame,
         g = task["graph"]
         rej = validation.settle({rule: n for rule, n in g["input_rows"]},
                                 units=sum(n for rule, n in g["input_rows"] if rule is None))
-        if rej.input_rows != units:  # every input row is either in the graph or counted as rejected
-            raise RuntimeError(f"the graph build saw {rej.input_rows} input rows, the input has {units}")
+        _check_input_rows(spark, source, rej.input_rows, units, from_footers)
         log.info("read %d input rows (%d rejected)", rej.input_rows, rej.total)
         if rej.accepted_units == 0:
             raise BadInputError("no input rows left after validation")
@@ -456,7 +462,7 @@ def _prepare_graph(spark: SparkSession, cfg: EmbedConfig, source: DataFrame, wor
             if units == 0:
                 raise BadInputError("events: the input is empty (no rows were read)")
         num_blocks = cfg.num_blocks or blocks_for(units, dim=cfg.dim, block_memberships=cfg.block_memberships,
-                                                  memory_gb=memory_gb, parallelism=_parallelism(spark))
+                                                  memory_gb=memory_gb, parallelism=shuffle_partitions(spark))
         built = build_blocks(raw, reflexive=len(cfg.column_spec) == 1, num_blocks=num_blocks)
         with job_description(spark, "spark_cleora: build graph"):
             if store is not None and not store.is_complete("graph/blocks"):
@@ -469,12 +475,7 @@ def _prepare_graph(spark: SparkSession, cfg: EmbedConfig, source: DataFrame, wor
                 counts = graph_counts(blocks)
         if validation is not None:
             rej = validation.settle(counts.input_rows, units=counts.input_rows.get(None, 0))
-            if rej.input_rows != units and from_footers:  # a file layout the footer walk misread?
-                with job_description(spark, "spark_cleora: count input rows"):
-                    log.warning("the Parquet footers say %d rows; counting with Spark", units)
-                    units = source.count()
-            if rej.input_rows != units:  # every input row is either in the graph or counted as rejected
-                raise RuntimeError(f"the graph build saw {rej.input_rows} input rows, the input has {units}")
+            _check_input_rows(spark, source, rej.input_rows, units, from_footers)
             log.info("read %d input rows (%d rejected)", rej.input_rows, rej.total)
             if rej.accepted_units == 0:
                 raise BadInputError("no input rows left after validation")
@@ -582,7 +583,7 @@ def _iterate_shuffle(spark: SparkSession, cfg: EmbedConfig, graph: _Graph, work:
 def _block_groups(spark: SparkSession, cfg: EmbedConfig, graph: _Graph, entities: int | None) -> BlockGroups:
     """The groups of blocks an iteration multiplies (:func:`~spark_cleora.engine.graph.block_groups`)."""
     return block_groups(graph.counts, graph.num_blocks, entities=entities, dim=cfg.dim, memory_gb=graph.memory_gb,
-                        parallelism=min(_parallelism(spark), task_slots(spark)), two_sided=len(cfg.column_spec) != 1)
+                        parallelism=group_parallelism(spark), two_sided=len(cfg.column_spec) != 1)
 
 
 def _assemble(cfg: EmbedConfig, x: DataFrame, parts: dict[int, DataFrame], entities: DataFrame | None

@@ -56,7 +56,7 @@ from .hyperedges import ROWS as _ROWS
 from .hyperedges import cleora_text_to_memberships, events_to_memberships
 from ..storage.paths import local_path, parquet_footer_rows
 from .one_task import BYTES_PER_MEMBERSHIP, BYTES_PER_SHARE
-from ..runtime.machine import task_slots, worker_memory_gb
+from ..runtime.machine import group_parallelism, shuffle_partitions, worker_memory_gb
 from .propagate import (SLICE_COLUMNS, X_SCHEMA, X_SCHEMA_COLUMNS, block_product, load_plan, normalize_rows, propagate,
                         route_scalings, unpacked)
 from ..runtime.session import job_description
@@ -411,7 +411,7 @@ def _fold_in_shuffle(spark: SparkSession, raw: DataFrame, known: DataFrame, cfg:
     reflexive = len(columns) == 1
     num_blocks = cfg.num_blocks or blocks_for(units, dim=dim, block_memberships=cfg.block_memberships,
                                               memory_gb=cfg.block_memory_gb or worker_memory_gb(spark),
-                                              parallelism=max(1, int(spark.conf.get("spark.sql.shuffle.partitions"))))
+                                              parallelism=shuffle_partitions(spark))
     with job_description(spark, "spark_cleora fold-in: graph of the new events"):
         blocks = _checkpoint(build_blocks(raw, reflexive=reflexive, num_blocks=num_blocks))
         counts = graph_counts(blocks)
@@ -428,7 +428,7 @@ def _fold_in_shuffle(spark: SparkSession, raw: DataFrame, known: DataFrame, cfg:
     plans = plans_of(blocks)
     groups = block_groups(counts, num_blocks, entities=None, dim=dim,
                           memory_gb=cfg.block_memory_gb or worker_memory_gb(spark),
-                          parallelism=min(max(1, int(spark.conf.get("spark.sql.shuffle.partitions"))), task_slots(spark)),
+                          parallelism=group_parallelism(spark),
                           two_sided=not reflexive)
     report["block_groups"] = groups.count
     report["seconds_to_start"] = round(time.perf_counter() - t0, 3)

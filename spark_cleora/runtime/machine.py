@@ -147,6 +147,20 @@ def one_task_memory_gb(spark: Any) -> float:
     return max(local_worker_gib(total, cores), math.floor(left * 10) / 10)  # (rounded down)
 
 
+def shuffle_partitions(spark: Any) -> int:
+    """``spark.sql.shuffle.partitions`` (at least 1; 8 when the session does not show it)."""
+    try:
+        return max(1, int(spark.conf.get("spark.sql.shuffle.partitions")))
+    except Exception:
+        return 8
+
+
+def group_parallelism(spark: Any) -> int:
+    """Tasks the shuffle engine's multiply should keep busy: the task slots or the shuffle partitions,
+    whichever is fewer (see :func:`spark_cleora.engine.graph.block_groups`)."""
+    return min(shuffle_partitions(spark), task_slots(spark))
+
+
 def task_slots(spark: Any) -> int:
     """Tasks the session runs at once, as far as its configuration says (no SparkContext: Connect-safe):
     ``local[N]`` -> N; ``spark.cores.max`` (standalone, Mesos); ``spark.executor.instances`` x
