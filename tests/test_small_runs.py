@@ -88,6 +88,7 @@ def test_only_inputs_up_to_the_limit_build_their_graph_in_the_task(spark, events
     assert "graph_in_task" not in _single_pass(spark, events, block_memory_gb=0.001)[1]["one_task"]
 
 
+@pytest.mark.compat
 def test_rejected_rows_are_counted_and_fail_before_the_output_is_published(spark, tmp_path, capsys):
     data = tmp_path / "ev.csv"
     data.write_text("user,item\nu1,a\nu1,b\nu2,\nu2,c\nu3,a\nu3,c\n")  # u2's empty item: null in CSV
@@ -154,6 +155,7 @@ def test_zips_of_the_installed_pyspark_leave_the_path_and_others_stay(tmp_path, 
     assert sys.path == [*bundled, "/usr/lib/python3"]
 
 
+@pytest.mark.compat
 def test_an_embedded_sessions_workers_import_pyspark_from_the_package(tmp_path):
     script = textwrap.dedent("""
         import pyarrow as pa
