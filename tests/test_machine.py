@@ -62,7 +62,6 @@ def test_local_driver_and_worker_memory_follow_the_limit(monkeypatch, master, li
     conf = session._local_defaults(master)
     assert conf["spark.driver.memory"] == driver
     assert conf["spark.cleaner.periodicGC.interval"] == "1min"  # the shuffle engine's old shuffles go soon
-    assert conf["spark.python.daemon.module"] == "spark_cleora.runtime.worker_daemon"  # PySpark not from its zip
     got = machine.worker_memory_gb(Spark())
     assert got == worker
     assert machine.one_task_memory_gb(Spark()) == one_task

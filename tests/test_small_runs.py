@@ -43,6 +43,7 @@ def small_input_rows(spark):
 
 def _single_pass(spark, df, **opts):
     """The batch job's way: one action on the embeddings, then the report."""
+    opts = {"output": "/tmp/spark_cleora_small_runs_out", **opts}  # a local output (never written here)
     cfg = EmbedConfig(input_format="dataframe", hyperedge="user", entity="item", dim=16, iterations=3, **opts)
     res = run_embedding(spark, cfg, df, store=None, single_pass=True)
     rows = res.embeddings.collect()
@@ -85,6 +86,8 @@ def test_only_inputs_up_to_the_limit_build_their_graph_in_the_task(spark, events
     assert "graph_in_task" not in _single_pass(spark, events, num_blocks=3)[1]["one_task"]
     assert "graph_in_task" not in _single_pass(spark, events, block_memberships=1000)[1]["one_task"]
     assert "graph_in_task" not in _single_pass(spark, events, keep_work=True)[1]["one_task"]  # its graph on disk
+    for output in ({"output_format": "delta"}, {"output": "s3a://bucket/emb"}, {"output": None, "output_table": "t"}):
+        assert "graph_in_task" not in _single_pass(spark, events, **output)[1]["one_task"]  # published as written
     assert "graph_in_task" not in _single_pass(spark, events, block_memory_gb=0.001)[1]["one_task"]
 
 
@@ -121,22 +124,46 @@ def test_rows_written_are_counted_as_they_are_written(spark, tmp_path):
 
 
 def test_default_filesystem_is_local_without_a_query_only_when_nothing_can_set_it(spark, monkeypatch, tmp_path):
+    from spark_cleora.runtime.session import EMBEDDED_LOCAL_CONF, is_remote
     from spark_cleora.storage import filesystem
 
-    assert filesystem._hadoop_defaults_only(spark)  # the suite's local session: no core-site.xml anywhere
-    (tmp_path / "core-site.xml").write_text("<configuration/>")
-    monkeypatch.setenv("HADOOP_CONF_DIR", str(tmp_path))
-    assert not filesystem._hadoop_defaults_only(spark)
-    monkeypatch.delenv("HADOOP_CONF_DIR")
-    monkeypatch.setenv("SPARK_CONF_DIR", str(tmp_path))
-    assert not filesystem._hadoop_defaults_only(spark)
-    monkeypatch.delenv("SPARK_CONF_DIR")
+    assert not filesystem._hadoop_defaults_only(spark)  # the suite's session: not started by get_spark
+    if is_remote(spark):
+        return
+    monkeypatch.setattr(filesystem, "_cache", {})
+    probed = filesystem.default_fs(spark)
+    spark.conf.set(EMBEDDED_LOCAL_CONF, "true")  # as get_spark marks an embedded local session
+    try:
+        monkeypatch.setattr(filesystem, "_cache", {})
+        for var in ("HADOOP_CONF_DIR", "YARN_CONF_DIR", "SPARK_CONF_DIR"):
+            monkeypatch.delenv(var, raising=False)
+        monkeypatch.setenv("SPARK_CONF_DIR", str(tmp_path))  # an empty conf directory
+        assert filesystem._hadoop_defaults_only(spark)
+        assert filesystem.default_fs(spark) == probed  # what the probe's query found
+        (tmp_path / "spark-defaults.conf").write_text("spark.hadoop.fs.defaultFS hdfs://nn:8020\n")
+        assert not filesystem._hadoop_defaults_only(spark)
+        (tmp_path / "spark-defaults.conf").unlink()
+        (tmp_path / "core-site.xml").write_text("<configuration/>")
+        assert not filesystem._hadoop_defaults_only(spark)
+        (tmp_path / "core-site.xml").unlink()
+        monkeypatch.setenv("HADOOP_CONF_DIR", str(tmp_path))
+        assert not filesystem._hadoop_defaults_only(spark)
+    finally:
+        spark.conf.unset(EMBEDDED_LOCAL_CONF)
 
-    class Remote:  # a Connect session: the server decides
-        __module__ = "pyspark.sql.connect.session"
-        conf = spark.conf
 
-    assert not filesystem._hadoop_defaults_only(Remote())
+def test_the_daemon_is_set_only_for_workers_running_this_interpreter(monkeypatch, tmp_path):
+    from spark_cleora.runtime.session import EMBEDDED_LOCAL_CONF, WORKER_DAEMON, embedded_local_conf
+
+    monkeypatch.delenv("PYSPARK_PYTHON", raising=False)
+    assert embedded_local_conf() == {EMBEDDED_LOCAL_CONF: "true", "spark.python.daemon.module": WORKER_DAEMON}
+    monkeypatch.setenv("PYSPARK_PYTHON", sys.executable)
+    assert embedded_local_conf()["spark.python.daemon.module"] == WORKER_DAEMON
+    other = tmp_path / "python3"
+    other.write_text("#!/bin/sh\n")
+    other.chmod(0o755)
+    monkeypatch.setenv("PYSPARK_PYTHON", str(other))  # another interpreter may lack spark_cleora
+    assert embedded_local_conf() == {EMBEDDED_LOCAL_CONF: "true"}
 
 
 def test_zips_of_the_installed_pyspark_leave_the_path_and_others_stay(tmp_path, monkeypatch):

@@ -86,8 +86,8 @@ def _embed_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     g.add_argument("--engine", choices=["auto", "one-task", "shuffle"],
                    help="iterations in one Python task (one-task), or distributed per iteration (shuffle); "
                         "auto (default): one-task when the graph fits --block-memory-gb. An event table of at most "
-                        "2M rows (--conf spark.cleora.oneTask.smallInputRows=N; 0: never) builds its graph in "
-                        "that task too: one Spark job")
+                        "2M rows (--conf spark.cleora.oneTask.smallInputRows=N; 0: never) written to a local "
+                        "path builds its graph in that task too: one Spark job")
     add_spark_options(p)
     return p
 

@@ -52,6 +52,7 @@ from .one_task import (
 )
 from ..runtime.machine import group_parallelism, one_task_memory_gb, shuffle_partitions, worker_memory_gb
 from .propagate import X_SCHEMA_COLUMNS, BlockGroups, propagate, route_scalings, unpacked
+from ..runtime.compat import observes_writes
 from ..runtime.session import job_description, warm_remaining_workers
 from .work_store import WorkStore
 from .vectors import pack
@@ -360,10 +361,21 @@ def _small_input_possible(spark: SparkSession, cfg: EmbedConfig, work: _Work) ->
     """Whether the run may go to one task, graph included (:func:`_small_input_engine`), before the rows
     are counted: an event table, the engine not ``shuffle``, the blocks not sized by hand, the work
     directory not kept (``--keep-work``, ``--checkpoint-dir``: its graph is wanted on disk), the path not
-    turned off (``spark.cleora.oneTask.smallInputRows=0``), no graph of an earlier run to resume from."""
+    turned off (``spark.cleora.oneTask.smallInputRows=0``), an output staged locally
+    (:func:`_staged_locally`), a session whose write observations come back (the task's report), and
+    no graph of an earlier run to resume from."""
     return (cfg.input_format != "cleora-tsv" and cfg.engine != "shuffle" and not cfg.num_blocks
             and not cfg.block_memberships and not cfg.keep_work and small_input_rows(spark) > 0
+            and _staged_locally(cfg) and observes_writes(spark)
             and not (work.store is not None and work.store.is_complete("graph/blocks")))
+
+
+def _staged_locally(cfg: EmbedConfig) -> bool:
+    """The output is written to a local staging directory and renamed into place afterwards (Parquet,
+    npy, Cleora text at a local path): the input rules, settled once the one task has counted them, can
+    still refuse it. A Delta commit, a table swap or a non-local path would already be published."""
+    return bool(cfg.output and not cfg.output_table and cfg.output_format != "delta"
+                and local_path(cfg.output) is not None)
 
 
 def _small_input_engine(spark: SparkSession, cfg: EmbedConfig, units: int) -> dict[str, Any] | None:
@@ -409,7 +421,10 @@ def _embed_small_input(spark: SparkSession, cfg: EmbedConfig, source: DataFrame,
                     engine, None)
 
     def pending() -> RunReport:
-        task = json.loads(observed.get["report"])
+        got = observed.get.get("report")  # the task always writes a row: a missing report is a bug
+        if got is None:
+            raise RuntimeError("the one task's report did not come back with the output write")
+        task = json.loads(got)
         g = task["graph"]
         rej = validation.settle({rule: n for rule, n in g["input_rows"]},
                                 units=sum(n for rule, n in g["input_rows"] if rule is None))

@@ -70,7 +70,7 @@ BLOCK_SCHEMA = (
     "plan binary, memberships long, hyperedges long, largest long, rows long, entities long"
 )
 ENTITY_PART, PLAN, INPUT_ROWS = 0, 1, 2
-_BLOCK_ARROW = pa.schema([
+BLOCK_ARROW = pa.schema([
     ("kind", pa.int32()), ("block", pa.int32()), ("id", pa.int64()), ("entity", pa.string()), ("col", pa.int32()),
     ("occurrences", pa.float64()), ("degree", pa.float64()), ("plan", pa.binary()), ("memberships", pa.int64()),
     ("hyperedges", pa.int64()), ("largest", pa.int64()), ("rows", pa.int64()), ("entities", pa.int64()),
@@ -179,7 +179,7 @@ def blocks_of_partition(batches, *, reflexive: bool, keys: np.ndarray | None = N
         yield pa.RecordBatch.from_pydict({
             **_nulls(len(counts)), "kind": pa.array([INPUT_ROWS] * len(counts), pa.int32()),
             "entity": pa.array(list(counts), pa.string()), "rows": pa.array(list(counts.values()), pa.int64()),
-        }, schema=_BLOCK_ARROW)
+        }, schema=BLOCK_ARROW)
         if t.num_rows == 0:
             return
     block = t.column("block").to_numpy()
@@ -206,7 +206,7 @@ def _count_input_rows(t: pa.Table) -> tuple[pa.Table, dict[str | None, int]]:
 
 
 def _nulls(n: int) -> dict[str, pa.Array]:
-    return {f.name: pa.nulls(n, f.type) for f in _BLOCK_ARROW}
+    return {f.name: pa.nulls(n, f.type) for f in BLOCK_ARROW}
 
 
 def _one_block(t: pa.Table, block: int, *, reflexive: bool):
@@ -277,7 +277,7 @@ def _share_rows(t: pa.Table, block: int, *, ids, name_rows, col, occurrences, de
         "col": pa.array(col.astype(np.int32)),
         "occurrences": pa.array(occurrences),
         "degree": pa.array(degree),
-    }, schema=_BLOCK_ARROW)
+    }, schema=BLOCK_ARROW)
 
 
 def _plan_row(block: int, plan: bytes, *, memberships: int, hyperedges: int, largest: int,
@@ -287,7 +287,7 @@ def _plan_row(block: int, plan: bytes, *, memberships: int, hyperedges: int, lar
         "plan": pa.array([plan], pa.binary()), "memberships": pa.array([memberships], pa.int64()),
         "hyperedges": pa.array([hyperedges], pa.int64()), "largest": pa.array([largest], pa.int64()),
         "entities": pa.array([entities], pa.int64()),
-    }, schema=_BLOCK_ARROW)
+    }, schema=BLOCK_ARROW)
 
 
 def _general_block(t: pa.Table, block: int, h, side, col, ids, id2, *, reflexive: bool):

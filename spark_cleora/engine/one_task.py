@@ -41,7 +41,7 @@ from pyspark.sql import functions as F
 
 from ..config import Column
 from ..errors import EntityHashCollisionError
-from .graph import _BLOCK_ARROW, ENTITY_PART, INPUT_ROWS, PLAN, blocks_of_partition, keyed_memberships
+from .graph import BLOCK_ARROW, ENTITY_PART, INPUT_ROWS, PLAN, blocks_of_partition, keyed_memberships
 from .start_vectors import init_for_names
 from .propagate import SLICE_COLUMNS, _maybe_inject_failure, block_product, load_plan, merge_plans, normalize_rows
 from .vectors import to_list_array, unpack
@@ -60,6 +60,7 @@ SMALL_INPUT_CONF = "spark.cleora.oneTask.smallInputRows"
 #: read back and two jobs are gone); the graph is then built on one core, so large inputs keep the
 #: distributed build
 SMALL_INPUT_ROWS = 2_000_000
+#: ``ONE_TASK_SCHEMA`` as Arrow (the report-only row of :func:`embed_events_in_one_task`)
 _ONE_TASK_ARROW = pa.schema([("entity", pa.string()), ("column", pa.string()), ("degree", pa.float64()),
                              ("occurrences", pa.float64()), ("embedding", pa.list_(pa.float32())),
                              ("_report", pa.string())])
@@ -217,7 +218,7 @@ def embed_events_in_one_task(
     code (:func:`~spark_cleora.engine.graph.blocks_of_partition`), then runs :func:`embed_in_one_task`'s
     steps on it: no shuffle, no ``graph/blocks`` written and read back, one Spark job for the whole run.
     The report (first row) adds ``graph``: the input rows per rule (``[rule or null, rows]`` pairs),
-    memberships, hyperedges, the largest hyperedge and the entity shares. A graph with no membership
+    the memberships and the hyperedges. A graph with no membership
     (every row rejected) gives one row with a null ``entity`` that carries the report only.
     """
     params = _task_params(columns=columns, dim=dim, markov=markov, init=init, seed=seed, first=1, last=last,
@@ -244,15 +245,13 @@ def embed_events_in_one_task(
 
 def _graph_report(rows: list[pa.RecordBatch]) -> dict:
     """The counts of a block built in the task: what ``graph_count_metrics`` observes on ``graph/blocks``."""
-    t = pa.Table.from_batches(rows, schema=_BLOCK_ARROW)
+    t = pa.Table.from_batches(rows, schema=BLOCK_ARROW)
     kind = t.column("kind")
     counted = t.filter(pc.equal(kind, INPUT_ROWS))
     plans = t.filter(pc.equal(kind, PLAN))
     total = {name: pc.sum(plans.column(name)).as_py() or 0 for name in ("memberships", "hyperedges")}
     return {"input_rows": [[r, n] for r, n in zip(counted.column("entity").to_pylist(),
-                                                  counted.column("rows").to_pylist())],
-            **total, "largest": pc.max(plans.column("largest")).as_py() or 0,
-            "shares": pc.sum(pc.equal(kind, ENTITY_PART).cast(pa.int64())).as_py() or 0}
+                                                  counted.column("rows").to_pylist())], **total}
 
 
 def _entities(shares: pa.Table, outputs: list[bool]):

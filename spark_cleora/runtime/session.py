@@ -213,13 +213,29 @@ def _local_defaults(master: str) -> dict[str, str]:
         # default at least every 30 min: the shuffle engine's iterations then pile up on one disk (100M
         # events: 45 GB by the second iteration; with 1 min, at most 37.5 GB and the run completes).
         "spark.cleaner.periodicGC.interval": "1min",
-        # the Python workers import PySpark from the installed package, not from its zip (see the module)
-        "spark.python.daemon.module": "spark_cleora.runtime.worker_daemon",
     }
     total = memory_bytes()  # RAM, or a container's cgroup limit below it
     if total:
         # The driver is the only JVM in local mode: give it about half the memory (2..32 GiB).
         conf["spark.driver.memory"] = f"{local_driver_gib(total)}g"
+    return conf
+
+
+#: set on a session whose JVM this process started for a ``local`` master (nothing else configures it)
+EMBEDDED_LOCAL_CONF = "spark.cleora.embeddedLocal"
+#: the embedded local Spark's Python daemon (see the module)
+WORKER_DAEMON = "spark_cleora.runtime.worker_daemon"
+
+
+def embedded_local_conf() -> dict[str, str]:
+    """Settings of a ``local`` session whose JVM this process starts: the marker
+    (``EMBEDDED_LOCAL_CONF``), and, when the workers run this interpreter (``PYSPARK_PYTHON``, by default
+    ``sys.executable``), the daemon that imports PySpark from the installed package (``WORKER_DAEMON``):
+    another interpreter may not have spark_cleora, and its workers would not start."""
+    conf = {EMBEDDED_LOCAL_CONF: "true"}
+    workers = os.environ.get("PYSPARK_PYTHON", sys.executable)
+    if shutil.which(workers) and os.path.realpath(shutil.which(workers)) == os.path.realpath(sys.executable):
+        conf["spark.python.daemon.module"] = WORKER_DAEMON
     return conf
 
 
@@ -270,6 +286,9 @@ def get_spark(
         from pyspark import SparkContext
 
         if not under_submit and SparkContext._gateway is None:  # we are about to start the driver JVM
+            if (master or "").startswith("local"):
+                for k, v in embedded_local_conf().items():
+                    conf.setdefault(k, v)
             options, pending_archive = class_cache_options(conf)
             java_options = driver_java_options(conf.get("spark.driver.extraJavaOptions", ""), master or "", options)
             if (master or "").startswith("local"):

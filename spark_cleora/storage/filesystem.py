@@ -91,24 +91,41 @@ def default_fs(spark: Any) -> tuple[str, str]:
 
 def _hadoop_defaults_only(spark: Any) -> bool:
     """True when nothing can set the default filesystem, so it is Hadoop's own, ``file:`` (and the probe's
-    query, ~0.5 s of a small run, is skipped): a classic session on a ``local`` master (no Connect server
-    that decides), no ``core-site.xml`` where the driver looks (``HADOOP_CONF_DIR``, ``YARN_CONF_DIR``,
-    Spark's conf directory) and no extra driver class path that could bring one. The caller has checked
-    that neither ``fs.defaultFS`` setting is set."""
-    from ..runtime.session import is_remote
+    query, ~0.5 s of a small run, is skipped): a session whose JVM this process started for a ``local``
+    master (:data:`~spark_cleora.runtime.session.EMBEDDED_LOCAL_CONF`; not a notebook's, not under
+    ``spark-submit``, not Connect) with no Hadoop configuration where the driver would find one
+    (:func:`_no_hadoop_configuration`) and no extra class path or jars that could bring a
+    ``core-site.xml``. The caller has checked that neither ``fs.defaultFS`` setting is set."""
+    from ..runtime.session import EMBEDDED_LOCAL_CONF, is_remote
 
-    if is_remote(spark) or not str(_conf(spark, "spark.master") or "").startswith("local"):
+    if is_remote(spark) or _conf(spark, EMBEDDED_LOCAL_CONF) != "true":
         return False
-    if _conf(spark, "spark.driver.extraClassPath"):
+    if any(_conf(spark, k) for k in ("spark.driver.extraClassPath", "spark.jars", "spark.jars.packages",
+                                     "fs.default.name", "spark.hadoop.fs.default.name")):
+        return False
+    return _no_hadoop_configuration()
+
+
+def _no_hadoop_configuration() -> bool:
+    """No Hadoop configuration directory in the environment, and no ``core-site.xml`` or ``fs.defaultFS``
+    setting in Spark's configuration directory (``SPARK_CONF_DIR``, else ``$SPARK_HOME/conf``, else the
+    installed PySpark's ``conf``)."""
+    if os.environ.get("HADOOP_CONF_DIR") or os.environ.get("YARN_CONF_DIR"):
         return False
     spark_home = os.environ.get("SPARK_HOME")
     if not spark_home:
         import pyspark
 
         spark_home = os.path.dirname(pyspark.__file__)
-    dirs = [os.environ.get("HADOOP_CONF_DIR"), os.environ.get("YARN_CONF_DIR"),
-            os.environ.get("SPARK_CONF_DIR") or os.path.join(spark_home, "conf")]
-    return not any(d and os.path.exists(os.path.join(d, "core-site.xml")) for d in dirs)
+    conf_dir = os.environ.get("SPARK_CONF_DIR") or os.path.join(spark_home, "conf")
+    if os.path.exists(os.path.join(conf_dir, "core-site.xml")):
+        return False
+    try:
+        with open(os.path.join(conf_dir, "spark-defaults.conf"), encoding="utf-8") as fh:
+            text = fh.read()
+    except OSError:
+        return True
+    return "fs.defaultFS" not in text and "fs.default.name" not in text
 
 
 def _conf(spark: Any, key: str) -> str | None:
@@ -158,24 +175,13 @@ def local_without_spark(conf: Mapping[str, str], *, remote: str | None = None) -
     if any(k.endswith("fs.defaultFS") for k in conf) or remote or os.environ.get("SPARK_REMOTE"):
         return bool(not remote and not os.environ.get("SPARK_REMOTE")
                     and all(v.startswith("file:") for k, v in conf.items() if k.endswith("fs.defaultFS")))
-    if "PYSPARK_GATEWAY_PORT" in os.environ or os.environ.get("HADOOP_CONF_DIR") or os.environ.get("YARN_CONF_DIR"):
+    if "PYSPARK_GATEWAY_PORT" in os.environ:
         return False
     from pyspark.sql import SparkSession
 
     if SparkSession.getActiveSession() is not None:
         return False
-    conf_dir = os.environ.get("SPARK_CONF_DIR") or (
-        os.path.join(os.environ["SPARK_HOME"], "conf") if os.environ.get("SPARK_HOME") else None)
-    if conf_dir:
-        if os.path.exists(os.path.join(conf_dir, "core-site.xml")):
-            return False
-        try:
-            with open(os.path.join(conf_dir, "spark-defaults.conf"), encoding="utf-8") as fh:
-                if "fs.defaultFS" in fh.read():
-                    return False
-        except OSError:
-            pass
-    return True
+    return _no_hadoop_configuration()
 
 
 def needs_session(conf: Mapping[str, str], paths: Iterable[str | None], *, remote: str | None = None) -> bool:

@@ -26,6 +26,7 @@ from pyspark.sql import DataFrame, DataFrameWriter, Observation, SparkSession
 from pyspark.sql import functions as F
 
 from ..config import EmbedConfig
+from ..runtime.compat import observes_writes
 from ..errors import ConfigError
 from .._version import __version__
 
@@ -239,7 +240,11 @@ def write_output(emb: DataFrame, cfg: EmbedConfig, target: str) -> int:
     if fmt == "delta":
         write_delta(emb, target, partition_by=parts)
         return spark.read.format("delta").load(target).count()
+    if not observes_writes(spark):
+        _writer(emb, "parquet", parts).save(target)
+        return spark.read.parquet(target).count()
     # the rows are counted as they are written (successful tasks only): no read of the output afterwards
     written = Observation("spark_cleora_written")
     _writer(emb.observe(written, F.count(F.lit(1)).alias("rows")), "parquet", parts).save(target)
-    return int(written.get["rows"])
+    rows = written.get.get("rows")
+    return int(rows) if rows is not None else spark.read.parquet(target).count()
