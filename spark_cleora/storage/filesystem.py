@@ -6,8 +6,8 @@ tool learns both **through Spark itself**: it asks Spark to read a probe path th
 takes the qualified path from Spark's ``PATH_NOT_FOUND`` error (:func:`default_fs`). This needs no JVM
 handle (it works on Spark Connect), and it sees every way the default can be set: ``core-site.xml``,
 ``spark.hadoop.fs.defaultFS``, or ``fs.defaultFS`` set on the session at runtime. Where none of these
-can be (:func:`_hadoop_defaults_only`: a local classic session without them) the default is Hadoop's
-own, ``file:``, and the probe is skipped.
+can be (:func:`_hadoop_defaults_only`: a ``local`` session that spark_cleora started, with no Hadoop
+configuration in reach) the default is Hadoop's own, ``file:``, and the probe is skipped.
 
 * On a local default filesystem (``file:``) paths stay as given and the rules of
   :mod:`spark_cleora.storage.outputs` check them on the driver's disk.
