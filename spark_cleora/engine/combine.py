@@ -25,6 +25,7 @@ from pyspark.sql import functions as F
 from scipy import sparse
 
 from ..errors import BadInputError, ConfigError
+from ..runtime.machine import shuffle_partitions
 from .propagate import normalize_rows
 from .vectors import from_list_array, to_list_array
 
@@ -85,7 +86,7 @@ def combine(frames: Sequence[DataFrame], *, dim: int, weights: Sequence[float] |
     rows = parts[0]
     for p in parts[1:]:
         rows = rows.unionByName(p)
-    n = num_partitions or int(rows.sparkSession.conf.get("spark.sql.shuffle.partitions"))
+    n = num_partitions or shuffle_partitions(rows.sparkSession)
 
     def reduce(batches):
         batches = [b for b in batches if b.num_rows]

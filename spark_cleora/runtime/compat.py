@@ -96,11 +96,15 @@ def check_session(spark: Any) -> None:
     check_spark_version(str(spark.version), "Spark")
 
 
+def is_remote(spark: Any) -> bool:
+    """True for a Spark Connect session."""
+    return type(spark).__module__.startswith("pyspark.sql.connect")
+
+
 def observes_writes(spark: Any) -> bool:
     """Whether ``DataFrame.observe(Observation(...))`` on a write returns its metrics: classic sessions,
     and Spark Connect from 4.0 (a 3.5 Connect client refuses ``Observation``)."""
-    remote = type(spark).__module__.startswith("pyspark.sql.connect")
-    return not remote or _major_minor(str(spark.version)) >= (4, 0)
+    return not is_remote(spark) or _major_minor(str(spark.version)) >= (4, 0)
 
 
 def _fallback(native: bool) -> bool:

@@ -16,7 +16,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from importlib import resources
 
-from .compat import check_session
+from .compat import check_session, is_remote
 from ..errors import JavaNotFoundError
 from .machine import local_cores, local_driver_gib, memory_bytes
 
@@ -389,11 +389,6 @@ def _quiet_spark(spark) -> None:
         spark.sparkContext.setLogLevel(os.environ.get("SPARK_CLEORA_SPARK_LOG_LEVEL", "WARN"))
     except Exception:  # Connect sessions have no SparkContext
         pass
-
-
-def is_remote(spark) -> bool:
-    """True for a Spark Connect session."""
-    return type(spark).__module__.startswith("pyspark.sql.connect")
 
 
 @contextmanager
