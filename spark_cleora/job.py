@@ -28,6 +28,7 @@ from .storage.outputs import (
 )
 from .runtime.session import job_description
 from .storage.tables import default_table_work_dir, require_delta, write_output
+from .storage.task_parquet import task_parquet_target
 from .engine.work_store import WorkStore
 
 log = logging.getLogger(__name__)
@@ -161,7 +162,12 @@ def _embed_and_write(spark: SparkSession, cfg: EmbedConfig, store: WorkStore, t0
 
     def write(target: str) -> None:
         with job_description(spark, "spark_cleora: write output"):
-            if cfg.output_format in TABLE_FORMATS:  # parquet/delta, at a path or as a table
+            by_task = result.write_parquet and task_parquet_target(
+                spark, output_format=cfg.output_format, partition_by=cfg.partition_by,
+                table=bool(cfg.output_table), target=target)
+            if by_task:  # the one task writes the Parquet file itself (no Spark writer)
+                n = result.write_parquet(by_task)
+            elif cfg.output_format in TABLE_FORMATS:  # parquet/delta, at a path or as a table
                 n = write_output(emb, cfg, target)
             else:
                 cached = store.write(emb, "output")

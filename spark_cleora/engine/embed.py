@@ -41,6 +41,7 @@ from .graph import (
 from .hyperedges import Rejections, cleora_text_to_memberships, events_to_memberships
 from .start_vectors import given_start_vectors, init_for_names, override_start_vectors, read_start_vectors
 from ..storage.paths import local_path, parquet_footer_rows
+from ..storage.task_parquet import TaskParquetTarget
 from .one_task import (
     SLICE_CHOICES,
     SLICE_COLUMNS,
@@ -131,6 +132,10 @@ class EmbedResult:
     embeddings: DataFrame
     run: RunReport
     pending: Callable[[], RunReport] | None = None  # single pass: the run's report once the action ran
+    #: single pass on the one-task engine: the one action done by the task, which writes the output as
+    #: Parquet itself (see :mod:`spark_cleora.storage.task_parquet`); returns the rows written. Use it
+    #: instead of an action on ``embeddings`` when the output allows (``task_parquet_target``).
+    write_parquet: Callable[[TaskParquetTarget], int] | None = None
 
     @property
     def report(self) -> dict[str, Any]:
@@ -315,16 +320,17 @@ def run_embedding(
                                          timer=timer)
         if single_pass:  # the task's report is observed during the caller's one action
             observed = Observation("spark_cleora_one_task")
-            emb = done.observe(observed, F.max("_report").alias("report")).drop("_report")
+            emb = done(None).observe(observed, F.max("_report").alias("report")).drop("_report")
+            by_task: dict[str, Any] = {}
 
             def pending() -> RunReport:
-                got = observed.get.get("report")  # None only if the task wrote no row (no output column)
+                got = by_task.get("report") or observed.get.get("report")  # None only if the task wrote no row
                 task = json.loads(got) if got else {"entities": None, "iteration_seconds": []}
                 return dataclasses.replace(run, iterations=finish(task))
 
-            return EmbedResult(emb, run, pending=pending)
+            return EmbedResult(emb, run, pending=pending, write_parquet=_written_by_task(done, by_task))
         with job_description(spark, f"spark_cleora: iterations {start + 1}-{cfg.iterations} in one task"):
-            done = work.materialise(done, "one-task")
+            done = work.materialise(done(None), "one-task")
             task = json.loads(done.filter(F.col("_report").isNotNull()).select("_report").first()["_report"])
         return EmbedResult(done.drop("_report"), dataclasses.replace(run, iterations=finish(task)))
     x, parts, init_report, iteration_seconds, groups = _iterate_shuffle(
@@ -409,19 +415,24 @@ def _embed_small_input(spark: SparkSession, cfg: EmbedConfig, source: DataFrame,
     log.info("engine one-task, graph built in the task (%d input rows <= %d; one-task would need at most "
              "~%.2f GiB of its %g GiB budget)", units, small_input_rows(spark), estimate["estimated_bytes"] / 2**30,
              estimate["memory_gb"])
-    done = embed_events_in_one_task(
-        raw, columns=cfg.column_spec, dim=cfg.dim, markov=cfg.markov, init=cfg.init, seed=cfg.seed,
-        last=cfg.iterations, multiscale=cfg.multiscale, whiten=cfg.whiten, residual=cfg.residual,
-        threads=estimate["threads"], slice_columns=estimate["slice_columns"])
+
+    def done(parquet: TaskParquetTarget | None) -> DataFrame:
+        return embed_events_in_one_task(
+            raw, columns=cfg.column_spec, dim=cfg.dim, markov=cfg.markov, init=cfg.init, seed=cfg.seed,
+            last=cfg.iterations, multiscale=cfg.multiscale, whiten=cfg.whiten, residual=cfg.residual,
+            threads=estimate["threads"], slice_columns=estimate["slice_columns"], parquet=parquet)
+
     observed = Observation("spark_cleora_one_task")
-    emb = done.observe(observed, F.max("_report").alias("report")).filter(F.col("entity").isNotNull()).drop("_report")
+    emb = done(None).observe(observed, F.max("_report").alias("report")).filter(
+        F.col("entity").isNotNull()).drop("_report")
+    by_task: dict[str, Any] = {}
     engine = EngineReport(engine="one-task", one_task=estimate, resumed_from_iteration=None)
     # provisional until the task has run (then pending() has the counts)
     run = RunReport(environment, GraphReport(input_rows=units, rejected={}, hyperedges=0, memberships=0, num_blocks=1),
                     engine, None)
 
     def pending() -> RunReport:
-        got = observed.get.get("report")  # the task always writes a row: a missing report is a bug
+        got = by_task.get("report") or observed.get.get("report")  # always a row: a missing report is a bug
         if got is None:
             raise RuntimeError("the one task's report did not come back with the output write")
         task = json.loads(got)
@@ -442,10 +453,11 @@ def _embed_small_input(spark: SparkSession, cfg: EmbedConfig, source: DataFrame,
             entities=task["entities"], iteration_seconds=task["iteration_seconds"],
             seconds_to_embed=round(time.perf_counter() - t_all, 3),
             one_task_reported={"graph_seconds": g["build_seconds"],
-                               **{k: task[k] for k in ("prepare_seconds", "slice_columns") if k in task}})
+                               **{k: task[k] for k in ("prepare_seconds", "slice_columns", "write_seconds")
+                                  if k in task}})
         return RunReport(environment, graph, engine, iterations)
 
-    return EmbedResult(emb, run, pending=pending)
+    return EmbedResult(emb, run, pending=pending, write_parquet=_written_by_task(done, by_task))
 
 
 def _prepare_graph(spark: SparkSession, cfg: EmbedConfig, source: DataFrame, work: _Work, timer: _Timer,
@@ -519,9 +531,11 @@ def _choose_engine_stage(spark: SparkSession, cfg: EmbedConfig, graph: _Graph, w
 
 def _iterate_one_task(spark: SparkSession, cfg: EmbedConfig, graph: _Graph, work: _Work, entities: _Entities,
                       given_table: tuple[DataFrame, int] | None, *, start: int, threads: int, slice_columns: int,
-                      t_all: float, timer: _Timer) -> tuple[DataFrame, Callable[[dict[str, Any]], IterationsReport]]:
-    """Stage 3 on the one-task engine: the computation (rows plus the task's JSON report in ``_report``)
-    and the function that turns the task's report into the :class:`IterationsReport`."""
+                      t_all: float, timer: _Timer
+                      ) -> tuple[Callable[[TaskParquetTarget | None], DataFrame], Callable[[dict[str, Any]], IterationsReport]]:
+    """Stage 3 on the one-task engine: the computation (rows plus the task's JSON report in ``_report``;
+    given a Parquet target, the task writes the rows there and returns the report alone) and the
+    function that turns the task's report into the :class:`IterationsReport`."""
     start_vectors = None
     init_report = None
     if start > 0:
@@ -530,11 +544,13 @@ def _iterate_one_task(spark: SparkSession, cfg: EmbedConfig, graph: _Graph, work
     elif given_table is not None:  # node features replace the hash init where given
         given, init_report = given_start_vectors(*given_table, entities.get(False), dim=cfg.dim)
         start_vectors = given.select("id", F.col("given").alias("vec"))
-    done = embed_in_one_task(
-        graph.blocks, columns=cfg.column_spec, dim=cfg.dim, markov=cfg.markov, init=cfg.init, seed=cfg.seed,
-        first=start + 1, last=cfg.iterations, multiscale=cfg.multiscale, whiten=cfg.whiten,
-        residual=cfg.residual, start_vectors=start_vectors, threads=threads, slice_columns=slice_columns,
-    )
+
+    def done(parquet: TaskParquetTarget | None) -> DataFrame:
+        return embed_in_one_task(
+            graph.blocks, columns=cfg.column_spec, dim=cfg.dim, markov=cfg.markov, init=cfg.init, seed=cfg.seed,
+            first=start + 1, last=cfg.iterations, multiscale=cfg.multiscale, whiten=cfg.whiten,
+            residual=cfg.residual, start_vectors=start_vectors, threads=threads, slice_columns=slice_columns,
+            parquet=parquet)
 
     def finish(task: dict[str, Any]) -> IterationsReport:
         log.info("%s entities, iterations %d-%d in one task: %s s (%.1fs with reading and writing)",
@@ -542,9 +558,26 @@ def _iterate_one_task(spark: SparkSession, cfg: EmbedConfig, graph: _Graph, work
         return IterationsReport(
             entities=task["entities"], iteration_seconds=task["iteration_seconds"],
             seconds_to_embed=round(time.perf_counter() - t_all, 3), init_vectors=init_report,
-            one_task_reported={k: task[k] for k in ("read_seconds", "prepare_seconds", "slice_columns") if k in task})
+            one_task_reported={k: task[k] for k in ("read_seconds", "prepare_seconds", "slice_columns", "write_seconds")
+                               if k in task})
 
     return done, finish
+
+
+def _written_by_task(make: Callable[[TaskParquetTarget | None], DataFrame],
+                     by_task: dict[str, Any]) -> Callable[[TaskParquetTarget], int]:
+    """:attr:`EmbedResult.write_parquet` for the one-task computation ``make``: run it with the task
+    writing the Parquet file, keep its report in ``by_task["report"]`` (for ``pending``), return the rows
+    written."""
+
+    def write(target: TaskParquetTarget) -> int:
+        rows = make(target).filter(F.col("_report").isNotNull()).select("_report").collect()  # one row
+        if len(rows) != 1:
+            raise RuntimeError(f"the one task returned {len(rows)} reports instead of one")
+        by_task["report"] = rows[0]["_report"]
+        return int(json.loads(by_task["report"]).get("written", 0))
+
+    return write
 
 
 def _iterate_shuffle(spark: SparkSession, cfg: EmbedConfig, graph: _Graph, work: _Work, entities: _Entities,

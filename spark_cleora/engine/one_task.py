@@ -46,6 +46,7 @@ from .start_vectors import init_for_names
 from .propagate import SLICE_COLUMNS, _maybe_inject_failure, block_product, load_plan, merge_plans, normalize_rows
 from .vectors import to_list_array, unpack
 from .whiten import whiten_array
+from ..storage.task_parquet import TaskParquetTarget, write_task_parquet
 
 #: the result: the embed output's rows, and the task's report (JSON) on the first row
 ONE_TASK_SCHEMA = ("entity string, column string, degree double, occurrences double, embedding array<float>, "
@@ -64,6 +65,8 @@ SMALL_INPUT_ROWS = 2_000_000
 _ONE_TASK_ARROW = pa.schema([("entity", pa.string()), ("column", pa.string()), ("degree", pa.float64()),
                              ("occurrences", pa.float64()), ("embedding", pa.list_(pa.float32())),
                              ("_report", pa.string())])
+#: the output rows without the report: the file the task writes itself (``parquet=``)
+_OUTPUT_ARROW = pa.schema([f for f in _ONE_TASK_ARROW if f.name != "_report"])
 _OUT_ROWS = 1 << 14  # rows per output batch (Arrow list offsets are int32: keep batches small)
 
 _NORM_ROWS = 1 << 15  # rows per piece of the row normalisation handed to a thread
@@ -153,17 +156,20 @@ def embed_in_one_task(
     start_vectors: DataFrame | None = None,
     threads: int = 1,
     slice_columns: int = SLICE_COLUMNS,
+    parquet: TaskParquetTarget | None = None,
 ) -> DataFrame:
     """The embed output (``ONE_TASK_SCHEMA``) from ``graph/blocks``, lazily, in one task.
 
     Iterations ``first..last`` run from the hash start vectors (``first = 1``), with ``start_vectors``
     (``id``, ``vec`` packed) in their place where given: iteration ``first - 1`` of a resumed run, or
     ``--init-vectors``. ``multiscale``, ``whiten`` and ``residual`` as in :class:`~spark_cleora.config.EmbedConfig`
-    (``multiscale`` iterations must all be >= ``first``).
+    (``multiscale`` iterations must all be >= ``first``). With ``parquet`` the task writes the output
+    rows there itself (:mod:`spark_cleora.storage.task_parquet`) and returns one row, its report
+    (``written``: the rows in the file).
     """
     params = _task_params(columns=columns, dim=dim, markov=markov, init=init, seed=seed, first=first, last=last,
                           multiscale=multiscale, whiten=whiten, residual=residual, threads=threads,
-                          slice_columns=slice_columns)
+                          slice_columns=slice_columns, parquet=parquet)
     graph = blocks.filter(F.col("kind").isin(ENTITY_PART, PLAN)).select(
         "kind", "id", "entity", "col", "occurrences", "degree", "plan", F.lit(None).cast("binary").alias("vec"))
     if start_vectors is not None:
@@ -180,7 +186,7 @@ def embed_in_one_task(
 
 def _task_params(*, columns: tuple[Column, ...], dim: int, markov: str, init: str, seed: int, first: int, last: int,
                  multiscale: tuple[int, ...], whiten: str, residual: float, threads: int,
-                 slice_columns: int) -> dict:
+                 slice_columns: int, parquet: TaskParquetTarget | None) -> dict:
     """:func:`_embed`'s keyword arguments (what the task is sent)."""
     if any(s < first for s in multiscale):
         raise ValueError(f"multiscale {multiscale}: iterations before {first} are not in this task")
@@ -188,7 +194,7 @@ def _task_params(*, columns: tuple[Column, ...], dim: int, markov: str, init: st
         "col_names": [c.name for c in columns], "outputs": [not c.transient for c in columns], "dim": dim,
         "markov": markov, "init": init, "seed": seed, "first": first, "last": last,
         "keep": tuple(multiscale) or (last,), "residual": residual, "threads": threads,
-        "slice_columns": slice_columns,
+        "slice_columns": slice_columns, "parquet": parquet,
         "whiten_after": frozenset(k for k in range(first, last + 1)
                                   if whiten == "every" or (whiten == "final" and k == last)),
         # --whiten final with --multiscale: each earlier part is whitened on its own, as pycleora does
@@ -210,6 +216,7 @@ def embed_events_in_one_task(
     residual: float = 0.0,
     threads: int = 1,
     slice_columns: int = SLICE_COLUMNS,
+    parquet: TaskParquetTarget | None = None,
 ) -> DataFrame:
     """The embed output (``ONE_TASK_SCHEMA``) of a small input, lazily, in one task that builds the graph too.
 
@@ -219,11 +226,12 @@ def embed_events_in_one_task(
     steps on it: no shuffle, no ``graph/blocks`` written and read back, one Spark job for the whole run.
     The report (first row) adds ``graph``: the input rows per rule (``[rule or null, rows]`` pairs),
     the memberships and the hyperedges. A graph with no membership
-    (every row rejected) gives one row with a null ``entity`` that carries the report only.
+    (every row rejected) gives one row with a null ``entity`` that carries the report only (and, with
+    ``parquet``, no file). ``parquet`` as in :func:`embed_in_one_task`.
     """
     params = _task_params(columns=columns, dim=dim, markov=markov, init=init, seed=seed, first=1, last=last,
                           multiscale=multiscale, whiten=whiten, residual=residual, threads=threads,
-                          slice_columns=slice_columns)
+                          slice_columns=slice_columns, parquet=parquet)
     reflexive = len(columns) == 1
 
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
@@ -235,10 +243,7 @@ def embed_events_in_one_task(
         if graph["memberships"]:
             yield from _embed(iter(rows), **params, graph=graph)
         else:  # nothing accepted: the report alone (the caller drops the row, then fails with the counts)
-            yield pa.RecordBatch.from_pydict(
-                {"entity": [None], "column": [None], "degree": [None], "occurrences": [None],
-                 "embedding": pa.nulls(1, pa.list_(pa.float32())), "_report": [json.dumps({"graph": graph})]},
-                schema=_ONE_TASK_ARROW)
+            yield _report_row({"graph": graph})
 
     return keyed_memberships(raw, None).mapInArrow(run, ONE_TASK_SCHEMA)
 
@@ -279,10 +284,14 @@ def _entities(shares: pa.Table, outputs: list[bool]):
 
 
 def _embed(batches, *, col_names, outputs, dim, markov, init, seed, first, last, keep, residual, threads, slice_columns,
-           whiten_after, whiten_part, graph: dict | None = None) -> Iterator[pa.RecordBatch]:
+           whiten_after, whiten_part, parquet: TaskParquetTarget | None, graph: dict | None = None
+           ) -> Iterator[pa.RecordBatch]:
     t_start = time.perf_counter()
     batches = [b for b in batches if b.num_rows]
     if not batches:
+        if parquet is not None:  # no graph: an empty output, as Spark's writer would leave it
+            written = write_task_parquet(parquet, iter(()), _OUTPUT_ARROW)
+            yield _report_row({"entities": None, "iteration_seconds": [], "written": written})
         return
     t_read = time.perf_counter()
     t = pa.Table.from_batches(batches)
@@ -327,18 +336,35 @@ def _embed(batches, *, col_names, outputs, dim, markov, init, seed, first, last,
     out = np.flatnonzero(ent["output"])
     names = ent["names"].take(pa.array(out))
     column = pa.array(np.asarray(col_names, dtype=object)[ent["col"][out]], pa.string())
-    report = json.dumps({"entities": n, "iteration_seconds": seconds, "slice_columns": width,
-                         "read_seconds": round(t_read - t_start, 3), "prepare_seconds": round(t_ready - t_read, 3),
-                         "threads": threads, **({"graph": graph} if graph is not None else {})})
-    for lo in range(0, len(out), _OUT_ROWS):
-        rows = out[lo:lo + _OUT_ROWS]
-        m = len(rows)
+    report = {"entities": n, "iteration_seconds": seconds, "slice_columns": width,
+              "read_seconds": round(t_read - t_start, 3), "prepare_seconds": round(t_ready - t_read, 3),
+              "threads": threads, **({"graph": graph} if graph is not None else {})}
+    def output_rows() -> Iterator[pa.RecordBatch]:
+        for lo in range(0, len(out), _OUT_ROWS):
+            rows = out[lo:lo + _OUT_ROWS]
+            m = len(rows)
+            yield pa.RecordBatch.from_arrays(
+                [names.slice(lo, m), column.slice(lo, m), pa.array(ent["degree"][rows]),
+                 pa.array(ent["occurrences"][rows]), to_list_array(emb[rows])], schema=_OUTPUT_ARROW)
+
+    if parquet is not None:  # the task writes the file; Spark gets the report
+        t_write = time.perf_counter()
+        written = write_task_parquet(parquet, output_rows(), _OUTPUT_ARROW)
+        yield _report_row({**report, "written": written, "write_seconds": round(time.perf_counter() - t_write, 3)})
+        return
+    for i, batch in enumerate(output_rows()):  # the report rides on the first row
+        m = batch.num_rows
         yield pa.RecordBatch.from_arrays(
-            [names.slice(lo, m), column.slice(lo, m), pa.array(ent["degree"][rows]),
-             pa.array(ent["occurrences"][rows]), to_list_array(emb[rows]),
-             pa.array([report if lo == 0 else None] + [None] * (m - 1), pa.string())],
-            names=["entity", "column", "degree", "occurrences", "embedding", "_report"],
-        )
+            [*batch.columns, pa.array([json.dumps(report) if i == 0 else None] + [None] * (m - 1), pa.string())],
+            schema=_ONE_TASK_ARROW)
+
+
+def _report_row(report: dict) -> pa.RecordBatch:
+    """A row with a null ``entity`` that carries the task's report only."""
+    return pa.RecordBatch.from_pydict(
+        {"entity": [None], "column": [None], "degree": [None], "occurrences": [None],
+         "embedding": pa.nulls(1, pa.list_(pa.float32())), "_report": [json.dumps(report)]},
+        schema=_ONE_TASK_ARROW)
 
 
 def _iterate(x, plans, pre, post, *, dim, first, last, keep, residual, whiten_after, threads,

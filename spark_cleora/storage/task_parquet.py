@@ -1,0 +1,130 @@
+"""Parquet output written by the task that computes the rows, not by Spark's writer.
+
+The one-task engine holds the whole output in one Python worker. Handing those rows to Spark's Parquet
+writer costs a conversion from Arrow to Spark rows and a writer that takes ``array<float>`` value by
+value: ~9 s of a 10M-event run for its 386k x 256 output on 2 cores, where pyarrow writes the same
+file in under a second. So when the workers see the output directory as the driver does, the task
+writes the file itself with pyarrow and returns its report only.
+
+That is the case for a Parquet output at a local path (written to a staging directory that the job
+renames into place once the run's checks pass) on a local Spark whose JVM spark_cleora started: the
+workers are processes of this machine. Anything else (a cluster, Spark Connect, a notebook's session, a
+table, Delta, partitioned output, a Parquet setting this module does not reproduce) keeps Spark's
+writer.
+
+Driver side: :func:`task_parquet_target` (whether, and how). Executor side: :func:`write_task_parquet`.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+
+#: Spark's ``spark.sql.parquet.compression.codec`` values that pyarrow writes the same way, and the
+#: file name part Spark gives them
+_CODECS = {"snappy": ("snappy", ".snappy"), "zstd": ("zstd", ".zstd"), "gzip": ("gzip", ".gz"),
+           "none": ("none", ""), "uncompressed": ("none", "")}
+#: ``false`` keeps Spark's writer everywhere (a switch for comparisons and for a reader that needs
+#: Spark's own footer metadata)
+ENABLED_CONF = "spark.cleora.taskParquet.enabled"
+#: a row group's size: Spark's (``parquet.block.size``, 128 MiB), so readers split the file as they
+#: would split Spark's
+ROW_GROUP_BYTES = 128 * 2**20
+#: columns written with a dictionary: the names (Spark's writer tries one on every column; float
+#: vectors never repeat, see ``tables.NO_DICTIONARY_FOR_EMBEDDINGS``)
+_DICTIONARY_COLUMNS = ("entity", "column")
+
+
+@dataclass(frozen=True)
+class TaskParquetTarget:
+    """Where and how a task writes its rows: a local directory (the job's staging directory, created
+    if missing) and a pyarrow codec (one of ``snappy``, ``zstd``, ``gzip``, ``none``)."""
+
+    directory: str
+    compression: str = "snappy"
+
+    def __post_init__(self) -> None:
+        if not os.path.isabs(self.directory):
+            raise ValueError(f"TaskParquetTarget.directory must be absolute, got {self.directory!r}")
+        if self.compression not in {codec for codec, _ in _CODECS.values()}:
+            raise ValueError(f"TaskParquetTarget.compression: unknown codec {self.compression!r}")
+
+
+def task_parquet_target(spark: Any, *, output_format: str, partition_by: tuple[str, ...] | list[str],
+                        table: bool, target: str) -> TaskParquetTarget | None:
+    """The target a task may write ``target``'s Parquet to itself, or None for Spark's writer.
+
+    Yes only for an unpartitioned Parquet directory at a local path, on a session whose JVM spark_cleora
+    started for a local master (its workers share this machine's filesystem; see
+    :data:`~spark_cleora.runtime.session.EMBEDDED_LOCAL_CONF`), with a compression codec pyarrow writes,
+    without ``spark.sql.parquet.writeLegacyFormat`` and unless :data:`ENABLED_CONF` is ``false``.
+    """
+    from ..runtime.session import EMBEDDED_LOCAL_CONF, is_remote
+    from .paths import local_path
+
+    lp = local_path(target)
+    if table or output_format != "parquet" or partition_by or lp is None:
+        return None
+    if is_remote(spark) or _conf(spark, EMBEDDED_LOCAL_CONF) != "true":
+        return None
+    if (_conf(spark, ENABLED_CONF) or "true").lower() == "false":
+        return None
+    if (_conf(spark, "spark.sql.parquet.writeLegacyFormat") or "false").lower() == "true":
+        return None
+    codec = _CODECS.get((_conf(spark, "spark.sql.parquet.compression.codec") or "snappy").lower())
+    if codec is None:  # lz4, brotli, lzo: Hadoop's framings, not pyarrow's
+        return None
+    return TaskParquetTarget(os.path.abspath(lp), codec[0])
+
+
+def _conf(spark: Any, key: str) -> str | None:
+    try:
+        return spark.conf.get(key, None)
+    except Exception:  # noqa: BLE001 - a conf that cannot be read is a conf not set
+        return None
+
+
+def write_task_parquet(target: TaskParquetTarget, batches: Iterable[pa.RecordBatch], schema: pa.Schema) -> int:
+    """Write ``batches`` (``schema``) as one Parquet file in ``target.directory``, named as Spark names
+    its part files; return the rows written. Runs in the task.
+
+    The file is written under a hidden name (readers skip names starting with ``.``) and renamed when
+    complete, so a task attempt that dies leaves no partial part file, and a retry writes a file of its
+    own.
+    """
+    import pyarrow.parquet as pq
+
+    ext = next(e for codec, e in _CODECS.values() if codec == target.compression)
+    os.makedirs(target.directory, exist_ok=True)  # (as Spark's writer does: the staging directory is new)
+    name = f"part-00000-{uuid.uuid4()}-c000{ext}.parquet"
+    final = os.path.join(target.directory, name)
+    partial = os.path.join(target.directory, f".{name}.inprogress")
+    written = 0
+    group: list[pa.RecordBatch] = []
+    rows_in_group = 0
+    rows_per_group = 0
+    try:
+        with pq.ParquetWriter(partial, schema, compression=target.compression,
+                              use_dictionary=[c for c in _DICTIONARY_COLUMNS if c in schema.names]) as writer:
+            for batch in batches:
+                if not rows_per_group and batch.num_rows:  # sized from the first rows (the vectors dominate)
+                    rows_per_group = max(1, ROW_GROUP_BYTES * batch.num_rows // max(1, batch.nbytes))
+                group.append(batch)
+                rows_in_group += batch.num_rows
+                if rows_in_group >= rows_per_group:
+                    writer.write_table(pa.Table.from_batches(group, schema), row_group_size=rows_in_group)
+                    written += rows_in_group
+                    group, rows_in_group = [], 0
+            if group or not written:  # (an empty output is still a file with the schema)
+                writer.write_table(pa.Table.from_batches(group, schema), row_group_size=max(1, rows_in_group))
+                written += rows_in_group
+        os.replace(partial, final)
+    finally:
+        if os.path.exists(partial):
+            os.remove(partial)
+    return written
