@@ -38,7 +38,7 @@ from .graph import (
     observed_counts,
     plans_of,
 )
-from .hyperedges import Rejections, cleora_text_to_memberships, events_to_memberships
+from .hyperedges import Rejections, cleora_text_to_memberships, constant_columns, events_to_memberships
 from .start_vectors import given_start_vectors, init_for_names, override_start_vectors, read_start_vectors
 from ..storage.paths import local_path, parquet_footer_rows
 from ..storage.task_parquet import TaskParquetTarget
@@ -420,7 +420,8 @@ def _embed_small_input(spark: SparkSession, cfg: EmbedConfig, source: DataFrame,
         return embed_events_in_one_task(
             raw, columns=cfg.column_spec, dim=cfg.dim, markov=cfg.markov, init=cfg.init, seed=cfg.seed,
             last=cfg.iterations, multiscale=cfg.multiscale, whiten=cfg.whiten, residual=cfg.residual,
-            threads=estimate["threads"], slice_columns=estimate["slice_columns"], parquet=parquet)
+            threads=estimate["threads"], slice_columns=estimate["slice_columns"], parquet=parquet,
+            constant=constant_columns(cfg))
 
     observed = Observation("spark_cleora_one_task")
     emb = done(None).observe(observed, F.max("_report").alias("report")).filter(
@@ -475,7 +476,7 @@ def _prepare_graph(spark: SparkSession, cfg: EmbedConfig, source: DataFrame, wor
         num_blocks = g["num_blocks"]
         log.info("resuming with the prepared graph in %s", store.uri)
     else:
-        validation = None
+        validation, constant = None, ()
         if cfg.input_format == "cleora-tsv":
             with job_description(spark, "spark_cleora: validate input"):
                 raw, rej = cleora_text_to_memberships(source, cfg)  # counted up front (sizes the blocks)
@@ -485,12 +486,13 @@ def _prepare_graph(spark: SparkSession, cfg: EmbedConfig, source: DataFrame, wor
                 raise BadInputError("no input rows left after validation")
         else:  # events: the rules are counted inside the graph build (no pass of their own)
             raw, validation = events_to_memberships(source, cfg)
+            constant = constant_columns(cfg)
             units, from_footers = units or _event_rows(spark, cfg, source)
             if units == 0:
                 raise BadInputError("events: the input is empty (no rows were read)")
         num_blocks = cfg.num_blocks or blocks_for(units, dim=cfg.dim, block_memberships=cfg.block_memberships,
                                                   memory_gb=memory_gb, parallelism=shuffle_partitions(spark))
-        built = build_blocks(raw, reflexive=len(cfg.column_spec) == 1, num_blocks=num_blocks)
+        built = build_blocks(raw, reflexive=len(cfg.column_spec) == 1, num_blocks=num_blocks, constant=constant)
         with job_description(spark, "spark_cleora: build graph"):
             if store is not None and not store.is_complete("graph/blocks"):
                 # the counts are observed while the blocks are written: no job of their own

@@ -218,6 +218,13 @@ def events_to_memberships(events: DataFrame, cfg: EmbedConfig) -> tuple[DataFram
     return raw, validation
 
 
+def constant_columns(cfg: EmbedConfig) -> tuple[str, ...]:
+    """The columns of :func:`events_to_memberships`' rows that hold the same value on every row (see
+    :data:`spark_cleora.engine.graph.RAW_DEFAULTS`): side and column (one of each), the weight without a
+    weight column, the input rows per row without ``dedupe``."""
+    return ("side", "col", *(() if cfg.weight else ("weight",)), *(() if cfg.dedupe else (ROWS,)))
+
+
 # --------------------------------------------------------------------------------------------
 # Cleora text: one hyperedge per line
 # --------------------------------------------------------------------------------------------

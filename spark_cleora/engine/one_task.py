@@ -217,6 +217,7 @@ def embed_events_in_one_task(
     threads: int = 1,
     slice_columns: int = SLICE_COLUMNS,
     parquet: TaskParquetTarget | None = None,
+    constant: tuple[str, ...] = (),
 ) -> DataFrame:
     """The embed output (``ONE_TASK_SCHEMA``) of a small input, lazily, in one task that builds the graph too.
 
@@ -227,7 +228,8 @@ def embed_events_in_one_task(
     The report (first row) adds ``graph``: the input rows per rule (``[rule or null, rows]`` pairs),
     the memberships and the hyperedges. A graph with no membership
     (every row rejected) gives one row with a null ``entity`` that carries the report only (and, with
-    ``parquet``, no file). ``parquet`` as in :func:`embed_in_one_task`.
+    ``parquet``, no file). ``parquet`` as in :func:`embed_in_one_task`; ``constant`` as in
+    :func:`~spark_cleora.engine.graph.keyed_memberships`.
     """
     params = _task_params(columns=columns, dim=dim, markov=markov, init=init, seed=seed, first=1, last=last,
                           multiscale=multiscale, whiten=whiten, residual=residual, threads=threads,
@@ -245,7 +247,7 @@ def embed_events_in_one_task(
         else:  # nothing accepted: the report alone (the caller drops the row, then fails with the counts)
             yield _report_row({"graph": graph})
 
-    return keyed_memberships(raw, None).mapInArrow(run, ONE_TASK_SCHEMA)
+    return keyed_memberships(raw, None, constant).mapInArrow(run, ONE_TASK_SCHEMA)
 
 
 def _graph_report(rows: list[pa.RecordBatch]) -> dict:
