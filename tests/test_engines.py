@@ -205,3 +205,32 @@ def test_shuffle_engine_groups_blocks_and_gives_the_same_numbers(spark, shuffle_
     assert rep["block_groups"] == 6
     _assert_same(one, grouped)
     _assert_same(one, alone)
+
+
+@pytest.mark.parametrize("opts", [{}, {"weight": "w", "dedupe": True}, {"dedupe": True}], ids=["plain", "weights-dedupe", "dedupe"])
+def test_constant_columns_left_out_of_the_graph_build_give_the_same_blocks(spark, opts):
+    """The event table's constant raw columns (side, column, and weight / rows per row when unused)
+    are not sent to the build's Python tasks; the blocks are the same rows as with every column sent."""
+    from spark_cleora.engine.graph import RAW_DEFAULTS, build_blocks, keyed_memberships
+    from spark_cleora.engine.hyperedges import constant_columns, events_to_memberships
+
+    rng = np.random.default_rng(3)
+    rows = [(f"u{u}", f"i{i}", float(1 + w)) for u, i, w in
+            zip(rng.integers(0, 60, 800), np.minimum(rng.zipf(1.3, 800), 90), rng.integers(0, 4, 800))]
+    rows += [(None, "i1", 1.0), ("u1", "", 1.0)]  # rejected rows: still counted
+    cfg = EmbedConfig(input_format="dataframe", hyperedge="user", entity="item", **opts)
+    raw, _ = events_to_memberships(spark.createDataFrame(rows, "user string, item string, w double"), cfg)
+    constant = constant_columns(cfg)
+    assert set(constant) == {"side", "col"} | ({"weight"} if "weight" not in opts else set()) | (
+        {"_rows"} if not opts.get("dedupe") else set())
+    assert not set(constant) & set(keyed_memberships(raw, 3, constant).columns)
+
+    def blocks(constant):
+        df = build_blocks(raw, reflexive=True, num_blocks=3, constant=constant).drop("plan")
+        plans = build_blocks(raw, reflexive=True, num_blocks=3, constant=constant).filter("plan is not null")
+        return sorted(map(tuple, df.collect()), key=repr), sorted(r["plan"] for r in plans.select("plan").collect())
+
+    assert blocks(constant) == blocks(())
+    with pytest.raises(ValueError, match="not in"):
+        keyed_memberships(raw, 3, ("entity",))
+    assert set(RAW_DEFAULTS) >= set(constant)
