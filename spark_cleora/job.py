@@ -177,6 +177,8 @@ def _embed_and_write(spark: SparkSession, cfg: EmbedConfig, store: WorkStore, t0
                 else:
                     export_cleora_text(cached, target, dim=cfg.output_dim, n_rows=n, file_name=cleora_text_file_name(cfg))
         report.update(result.finish())  # the one-task engine ran inside this write: its report is in now
+        if report.get("one_task") is not None and report.get("engine") == "one-task":
+            report["one_task"]["output_written_by_task"] = bool(by_task)
         report["entities_written"] = n
         report["output"] = destination
         report["output_format"] = cfg.output_format

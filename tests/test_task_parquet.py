@@ -156,6 +156,10 @@ def test_the_tasks_file_is_what_spark_writes(spark, conf, tmp_path, events_csv, 
     assert task_report["engine"] == spark_report["engine"] == "one-task"
     assert task_report["one_task"].get("graph_in_task", False) is small
     assert task_report["one_task"]["write_seconds"] >= 0 and "write_seconds" not in spark_report["one_task"]
+    assert task_report["one_task"]["output_written_by_task"] and not spark_report["one_task"]["output_written_by_task"]
+    # the graph stage's blocks (in the local work directory) are read by the task too
+    assert task_report["one_task"].get("blocks_read_by_task", False) is (not small)
+    assert spark_report["one_task"].get("blocks_read_by_task", False) is False
     for key in ("entities_written", "entities", "input_rows", "rejected", "hyperedges", "memberships"):
         assert task_report[key] == spark_report[key], key
     parts = [f for f in os.listdir(by_task) if f.endswith(".parquet")]

@@ -41,7 +41,7 @@ from .graph import (
 from .hyperedges import Rejections, cleora_text_to_memberships, constant_columns, events_to_memberships
 from .start_vectors import given_start_vectors, init_for_names, override_start_vectors, read_start_vectors
 from ..storage.paths import local_path, parquet_footer_rows
-from ..storage.task_parquet import TaskParquetTarget
+from ..storage.task_parquet import TaskParquetTarget, workers_share_local_files
 from .one_task import (
     SLICE_CHOICES,
     SLICE_COLUMNS,
@@ -546,13 +546,17 @@ def _iterate_one_task(spark: SparkSession, cfg: EmbedConfig, graph: _Graph, work
     elif given_table is not None:  # node features replace the hash init where given
         given, init_report = given_start_vectors(*given_table, entities.get(False), dim=cfg.dim)
         start_vectors = given.select("id", F.col("given").alias("vec"))
+    # the blocks on this machine's disk, written by this session's local Spark: the task reads them itself
+    blocks_dir = (os.path.join(work.store.local, "graph/blocks") if start_vectors is None and work.store is not None
+                  and work.store.local and work.store.is_complete("graph/blocks")
+                  and workers_share_local_files(spark) else None)
 
     def done(parquet: TaskParquetTarget | None) -> DataFrame:
         return embed_in_one_task(
             graph.blocks, columns=cfg.column_spec, dim=cfg.dim, markov=cfg.markov, init=cfg.init, seed=cfg.seed,
             first=start + 1, last=cfg.iterations, multiscale=cfg.multiscale, whiten=cfg.whiten,
             residual=cfg.residual, start_vectors=start_vectors, threads=threads, slice_columns=slice_columns,
-            parquet=parquet)
+            parquet=parquet, blocks_dir=blocks_dir)
 
     def finish(task: dict[str, Any]) -> IterationsReport:
         log.info("%s entities, iterations %d-%d in one task: %s s (%.1fs with reading and writing)",
@@ -560,8 +564,9 @@ def _iterate_one_task(spark: SparkSession, cfg: EmbedConfig, graph: _Graph, work
         return IterationsReport(
             entities=task["entities"], iteration_seconds=task["iteration_seconds"],
             seconds_to_embed=round(time.perf_counter() - t_all, 3), init_vectors=init_report,
-            one_task_reported={k: task[k] for k in ("read_seconds", "prepare_seconds", "slice_columns", "write_seconds")
-                               if k in task})
+            one_task_reported={"blocks_read_by_task": blocks_dir is not None,
+                               **{k: task[k] for k in ("read_seconds", "prepare_seconds", "slice_columns",
+                                                       "write_seconds") if k in task}})
 
     return done, finish
 

@@ -46,7 +46,7 @@ from .start_vectors import init_for_names
 from .propagate import SLICE_COLUMNS, _maybe_inject_failure, block_product, load_plan, merge_plans, normalize_rows
 from .vectors import to_list_array, unpack
 from .whiten import whiten_array
-from ..storage.task_parquet import TaskParquetTarget, write_task_parquet
+from ..storage.task_parquet import TaskParquetTarget, read_task_parquet, write_task_parquet
 
 #: the result: the embed output's rows, and the task's report (JSON) on the first row
 ONE_TASK_SCHEMA = ("entity string, column string, degree double, occurrences double, embedding array<float>, "
@@ -157,6 +157,7 @@ def embed_in_one_task(
     threads: int = 1,
     slice_columns: int = SLICE_COLUMNS,
     parquet: TaskParquetTarget | None = None,
+    blocks_dir: str | None = None,
 ) -> DataFrame:
     """The embed output (``ONE_TASK_SCHEMA``) from ``graph/blocks``, lazily, in one task.
 
@@ -165,13 +166,30 @@ def embed_in_one_task(
     ``--init-vectors``. ``multiscale``, ``whiten`` and ``residual`` as in :class:`~spark_cleora.config.EmbedConfig`
     (``multiscale`` iterations must all be >= ``first``). With ``parquet`` the task writes the output
     rows there itself (:mod:`spark_cleora.storage.task_parquet`) and returns one row, its report
-    (``written``: the rows in the file).
+    (``written``: the rows in the file). With ``blocks_dir`` (the local directory ``blocks`` was read
+    from, and no ``start_vectors``) the task reads the blocks there itself
+    (:func:`~spark_cleora.storage.task_parquet.read_task_parquet`).
     """
     params = _task_params(columns=columns, dim=dim, markov=markov, init=init, seed=seed, first=first, last=last,
                           multiscale=multiscale, whiten=whiten, residual=residual, threads=threads,
                           slice_columns=slice_columns, parquet=parquet)
+    columns_read = ["kind", "block", "id", "entity", "col", "occurrences", "degree", "plan"]
+    if blocks_dir is not None:
+        if start_vectors is not None:
+            raise ValueError("blocks_dir: the task reads no start vectors")
+        import pyarrow.dataset as ds
+
+        def run_on_files(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+            for _ in batches:  # the one placeholder row that gives the task its place
+                pass
+            _maybe_inject_failure("one-task engine")
+            t0 = time.perf_counter()
+            graph = read_task_parquet(blocks_dir, columns_read, where=ds.field("kind").isin([ENTITY_PART, PLAN]))
+            yield from _embed(iter(graph.to_batches()), **params, read_seconds=time.perf_counter() - t0)
+
+        return blocks.sparkSession.range(1, numPartitions=1).mapInArrow(run_on_files, ONE_TASK_SCHEMA)
     graph = blocks.filter(F.col("kind").isin(ENTITY_PART, PLAN)).select(
-        "kind", "id", "entity", "col", "occurrences", "degree", "plan", F.lit(None).cast("binary").alias("vec"))
+        *columns_read, F.lit(None).cast("binary").alias("vec"))
     if start_vectors is not None:
         graph = graph.unionByName(start_vectors.select(F.lit(START_VECTORS).alias("kind"), "id", "vec"),
                                   allowMissingColumns=True)
@@ -262,8 +280,10 @@ def _graph_report(rows: list[pa.RecordBatch]) -> dict:
 
 
 def _entities(shares: pa.Table, outputs: list[bool]):
-    """The entity aggregate of :func:`spark_cleora.engine.graph.build_entities`, sorted by id."""
-    order = pc.sort_indices(shares, sort_keys=[("id", "ascending"), ("entity", "ascending")])
+    """The entity aggregate of :func:`spark_cleora.engine.graph.build_entities`, sorted by id (an
+    entity's shares summed block after block, whatever order the rows came in)."""
+    order = pc.sort_indices(shares, sort_keys=[("id", "ascending"), ("entity", "ascending"), ("block", "ascending"),
+                                               ("col", "ascending")])
     ids = shares.column("id").to_numpy()[order]
     starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]])
     ends = np.r_[starts[1:], len(ids)] - 1
@@ -286,9 +306,9 @@ def _entities(shares: pa.Table, outputs: list[bool]):
 
 
 def _embed(batches, *, col_names, outputs, dim, markov, init, seed, first, last, keep, residual, threads, slice_columns,
-           whiten_after, whiten_part, parquet: TaskParquetTarget | None, graph: dict | None = None
-           ) -> Iterator[pa.RecordBatch]:
-    t_start = time.perf_counter()
+           whiten_after, whiten_part, parquet: TaskParquetTarget | None, graph: dict | None = None,
+           read_seconds: float = 0.0) -> Iterator[pa.RecordBatch]:
+    t_start = time.perf_counter() - read_seconds  # (blocks read by the task itself: before this call)
     batches = [b for b in batches if b.num_rows]
     if not batches:
         if parquet is not None:  # no graph: an empty output, as Spark's writer would leave it
@@ -302,7 +322,9 @@ def _embed(batches, *, col_names, outputs, dim, markov, init, seed, first, last,
     ent = _entities(t.filter(pc.equal(kind, ENTITY_PART)), outputs)
     ids, n = ent["ids"], len(ent["ids"])
     plans = []
-    for blob in t.filter(pc.equal(kind, PLAN)).column("plan"):
+    plan_rows = t.filter(pc.equal(kind, PLAN))
+    # block by block, whatever order the rows came in: the hyperedges' order is the order of the sums
+    for blob in plan_rows.take(pc.sort_indices(plan_rows, sort_keys=[("block", "ascending")])).column("plan"):
         p = load_plan(blob.as_py())
         g = np.searchsorted(ids, p["ids"])
         if len(p["ids"]) and (g.max() >= n or not np.array_equal(ids[g], p["ids"])):

@@ -1,18 +1,21 @@
-"""Parquet output written by the task that computes the rows, not by Spark's writer.
+"""Parquet read and written by the one task that uses it, not through Spark's reader and writer.
 
-The one-task engine holds the whole output in one Python worker. Handing those rows to Spark's Parquet
-writer costs a conversion from Arrow to Spark rows and a writer that takes ``array<float>`` value by
-value: ~9 s of a 10M-event run for its 386k x 256 output on 2 cores, where pyarrow writes the same
-file in under a second. So when the workers see the output directory as the driver does, the task
-writes the file itself with pyarrow and returns its report only.
+The one-task engine holds the whole graph and output in one Python worker. Handing the output rows to
+Spark's Parquet writer costs a conversion from Arrow to Spark rows and a writer that takes
+``array<float>`` value by value: ~9 s of a 10M-event run for its 386k x 256 output on 2 cores, where
+pyarrow writes the same file in under a second. Reading the graph's blocks through Spark costs the way
+back (Parquet to rows to Arrow), ~2 s there. So when the workers see the files as the driver does, the
+task reads the blocks and writes the output itself with pyarrow.
 
-That is the case for a Parquet output at a local path (written to a staging directory that the job
-renames into place once the run's checks pass) on a local Spark whose JVM spark_cleora started: the
-workers are processes of this machine. Anything else (a cluster, Spark Connect, a notebook's session, a
-table, Delta, partitioned output, a Parquet setting this module does not reproduce) keeps Spark's
-writer.
+That is the case on a local Spark whose JVM spark_cleora started (:func:`workers_share_local_files`):
+the workers are processes of this machine. The output must be a Parquet directory at a local path
+(written to a staging directory that the job renames into place once the run's checks pass); the
+blocks, a local work directory. Anything else (a cluster, Spark Connect, a notebook's session, a table,
+Delta, partitioned output, a Parquet setting this module does not reproduce) keeps Spark's reader and
+writer, as does ``spark.cleora.taskParquet.enabled=false``.
 
-Driver side: :func:`task_parquet_target` (whether, and how). Executor side: :func:`write_task_parquet`.
+Driver side: :func:`workers_share_local_files`, :func:`task_parquet_target`. Executor side:
+:func:`write_task_parquet`, :func:`read_task_parquet`.
 """
 
 from __future__ import annotations
@@ -55,24 +58,32 @@ class TaskParquetTarget:
             raise ValueError(f"TaskParquetTarget.compression: unknown codec {self.compression!r}")
 
 
+def workers_share_local_files(spark: Any) -> bool:
+    """Whether a task may read and write this machine's local files as the driver does: a session
+    whose JVM spark_cleora started for a local master
+    (:data:`~spark_cleora.runtime.session.EMBEDDED_LOCAL_CONF`; not Connect, not a notebook's or
+    ``spark-submit``'s session), unless :data:`ENABLED_CONF` is ``false``."""
+    from ..runtime.session import EMBEDDED_LOCAL_CONF, is_remote
+
+    if is_remote(spark) or _conf(spark, EMBEDDED_LOCAL_CONF) != "true":
+        return False
+    return (_conf(spark, ENABLED_CONF) or "true").lower() != "false"
+
+
 def task_parquet_target(spark: Any, *, output_format: str, partition_by: tuple[str, ...] | list[str],
                         table: bool, target: str) -> TaskParquetTarget | None:
     """The target a task may write ``target``'s Parquet to itself, or None for Spark's writer.
 
-    Yes only for an unpartitioned Parquet directory at a local path, on a session whose JVM spark_cleora
-    started for a local master (its workers share this machine's filesystem; see
-    :data:`~spark_cleora.runtime.session.EMBEDDED_LOCAL_CONF`), with a compression codec pyarrow writes,
-    without ``spark.sql.parquet.writeLegacyFormat`` and unless :data:`ENABLED_CONF` is ``false``.
+    Yes only for an unpartitioned Parquet directory at a local path, when
+    :func:`workers_share_local_files`, with a compression codec pyarrow writes and without
+    ``spark.sql.parquet.writeLegacyFormat``.
     """
-    from ..runtime.session import EMBEDDED_LOCAL_CONF, is_remote
     from .paths import local_path
 
     lp = local_path(target)
     if table or output_format != "parquet" or partition_by or lp is None:
         return None
-    if is_remote(spark) or _conf(spark, EMBEDDED_LOCAL_CONF) != "true":
-        return None
-    if (_conf(spark, ENABLED_CONF) or "true").lower() == "false":
+    if not workers_share_local_files(spark):
         return None
     if (_conf(spark, "spark.sql.parquet.writeLegacyFormat") or "false").lower() == "true":
         return None
@@ -128,3 +139,11 @@ def write_task_parquet(target: TaskParquetTarget, batches: Iterable[pa.RecordBat
         if os.path.exists(partial):
             os.remove(partial)
     return written
+
+
+def read_task_parquet(directory: str, columns: list[str], *, where: Any = None) -> pa.Table:
+    """A Parquet directory written by Spark (part files; ``_SUCCESS`` and hidden checksums skipped),
+    ``columns`` only, the rows matching the ``pyarrow.dataset`` expression ``where``. Runs in the task."""
+    import pyarrow.dataset as ds
+
+    return ds.dataset(directory, format="parquet").to_table(columns=columns, filter=where)
