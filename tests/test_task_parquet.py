@@ -48,8 +48,10 @@ def _target(spark, tmp_path, **kw):
 
 def test_the_task_writes_only_a_local_unpartitioned_parquet_output_of_an_embedded_local_session(spark, conf, tmp_path):
     got = _target(spark, tmp_path)
-    assert got == TaskParquetTarget(str(tmp_path / "o"), "snappy")
-    assert _target(spark, tmp_path, target=f"file://{tmp_path}/o") == got
+    assert (got.directory, got.compression) == (str(tmp_path / "o"), "snappy")
+    again = _target(spark, tmp_path, target=f"file://{tmp_path}/o")
+    assert (again.directory, again.compression) == (got.directory, got.compression)
+    assert again.write_id != got.write_id  # each write names its part file anew
     assert _target(spark, tmp_path, partition_by=("column",)) is None
     assert _target(spark, tmp_path, output_format="delta") is None
     assert _target(spark, tmp_path, table=True) is None
@@ -74,6 +76,17 @@ def test_a_target_is_validated_on_creation():
         TaskParquetTarget("relative/dir")
     with pytest.raises(ValueError, match="codec"):
         TaskParquetTarget("/abs", "lz4")
+    with pytest.raises(ValueError, match="write_id"):
+        TaskParquetTarget("/abs", write_id="../x")
+
+
+def test_a_retried_task_replaces_its_part_file_instead_of_adding_one(tmp_path):
+    target = TaskParquetTarget(str(tmp_path / "staging"), "zstd")
+    assert write_task_parquet(target, _batches(50, 4, 10), _SCHEMA) == 50
+    assert write_task_parquet(target, _batches(30, 4, 10), _SCHEMA) == 30  # the second attempt
+    assert os.listdir(target.directory) == [target.file_name]
+    assert target.file_name.endswith("-c000.zstd.parquet")
+    assert pq.read_table(target.directory).num_rows == 30
 
 
 _SCHEMA = pa.schema([("entity", pa.string()), ("embedding", pa.list_(pa.float32()))])

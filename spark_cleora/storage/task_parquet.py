@@ -23,7 +23,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
@@ -46,16 +46,26 @@ _DICTIONARY_COLUMNS = ("entity", "column")
 @dataclass(frozen=True)
 class TaskParquetTarget:
     """Where and how a task writes its rows: a local directory (the job's staging directory, created
-    if missing) and a pyarrow codec (one of ``snappy``, ``zstd``, ``gzip``, ``none``)."""
+    if missing), a pyarrow codec (one of ``snappy``, ``zstd``, ``gzip``, ``none``) and the write's id,
+    chosen on the driver, that names the part file (a retried task replaces its attempt's file)."""
 
     directory: str
     compression: str = "snappy"
+    write_id: str = field(default_factory=lambda: str(uuid.uuid4()))
 
     def __post_init__(self) -> None:
         if not os.path.isabs(self.directory):
             raise ValueError(f"TaskParquetTarget.directory must be absolute, got {self.directory!r}")
         if self.compression not in {codec for codec, _ in _CODECS.values()}:
             raise ValueError(f"TaskParquetTarget.compression: unknown codec {self.compression!r}")
+        if not self.write_id or "/" in self.write_id or self.write_id.startswith("."):
+            raise ValueError(f"TaskParquetTarget.write_id: not a file name part: {self.write_id!r}")
+
+    @property
+    def file_name(self) -> str:
+        """The part file, named as Spark names its own."""
+        ext = next(e for codec, e in _CODECS.values() if codec == self.compression)
+        return f"part-00000-{self.write_id}-c000{ext}.parquet"
 
 
 def workers_share_local_files(spark: Any) -> bool:
@@ -87,10 +97,15 @@ def task_parquet_target(spark: Any, *, output_format: str, partition_by: tuple[s
         return None
     if (_conf(spark, "spark.sql.parquet.writeLegacyFormat") or "false").lower() == "true":
         return None
+    codec = spark_parquet_codec(spark)
+    return None if codec is None else TaskParquetTarget(os.path.abspath(lp), codec)
+
+
+def spark_parquet_codec(spark: Any) -> str | None:
+    """The session's Parquet codec (``spark.sql.parquet.compression.codec``) as pyarrow names it, or
+    None for one this module leaves to Spark (lz4, brotli, lzo: Hadoop's framings and libraries)."""
     codec = _CODECS.get((_conf(spark, "spark.sql.parquet.compression.codec") or "snappy").lower())
-    if codec is None:  # lz4, brotli, lzo: Hadoop's framings, not pyarrow's
-        return None
-    return TaskParquetTarget(os.path.abspath(lp), codec[0])
+    return None if codec is None else codec[0]
 
 
 def _conf(spark: Any, key: str) -> str | None:
@@ -104,17 +119,16 @@ def write_task_parquet(target: TaskParquetTarget, batches: Iterable[pa.RecordBat
     """Write ``batches`` (``schema``) as one Parquet file in ``target.directory``, named as Spark names
     its part files; return the rows written. Runs in the task.
 
-    The file is written under a hidden name (readers skip names starting with ``.``) and renamed when
-    complete, so a task attempt that dies leaves no partial part file, and a retry writes a file of its
-    own.
+    The file is written under a hidden name of this attempt's own (readers skip names starting with
+    ``.``) and renamed to ``target.file_name`` when complete: an attempt that dies leaves no partial
+    part file, and a retried task replaces the file of an attempt that completed it (one file, never
+    two copies of the rows).
     """
     import pyarrow.parquet as pq
 
-    ext = next(e for codec, e in _CODECS.values() if codec == target.compression)
     os.makedirs(target.directory, exist_ok=True)  # (as Spark's writer does: the staging directory is new)
-    name = f"part-00000-{uuid.uuid4()}-c000{ext}.parquet"
-    final = os.path.join(target.directory, name)
-    partial = os.path.join(target.directory, f".{name}.inprogress")
+    final = os.path.join(target.directory, target.file_name)
+    partial = os.path.join(target.directory, f".{target.file_name}.{uuid.uuid4().hex[:8]}.inprogress")
     written = 0
     group: list[pa.RecordBatch] = []
     rows_in_group = 0
