@@ -233,4 +233,6 @@ def test_constant_columns_left_out_of_the_graph_build_give_the_same_blocks(spark
     assert blocks(constant) == blocks(())
     with pytest.raises(ValueError, match="not in"):
         keyed_memberships(raw, 3, ("entity",))
-    assert set(RAW_DEFAULTS) >= set(constant)
+    with pytest.raises(ValueError, match="weight"):  # a column left out must be declared constant
+        keyed_memberships(raw.drop("weight"), 3, ("side", "col"))
+    assert RAW_DEFAULTS["weight"] == 1.0 and RAW_DEFAULTS["side"] == RAW_DEFAULTS["col"] == 0

@@ -16,7 +16,8 @@ from spark_cleora.cli import main
 from spark_cleora.engine.one_task import SMALL_INPUT_CONF
 from spark_cleora.runtime.session import EMBEDDED_LOCAL_CONF
 from spark_cleora.storage import task_parquet
-from spark_cleora.storage.task_parquet import ENABLED_CONF, TaskParquetTarget, task_parquet_target, write_task_parquet
+from spark_cleora.storage.task_parquet import (ENABLED_CONF, TaskParquetTarget, check_task_parquet, readable_by_task,
+                                               task_parquet_target, write_task_parquet)
 
 
 @pytest.fixture
@@ -134,6 +135,33 @@ def test_an_empty_output_is_a_file_with_the_schema_and_a_failed_write_leaves_non
     with pytest.raises(RuntimeError, match="died"):
         write_task_parquet(failed, broken(), _SCHEMA)
     assert os.listdir(failed.directory) == []  # no part file, no hidden partial one
+
+
+def test_the_driver_keeps_only_the_tasks_file_and_checks_its_rows(tmp_path):
+    target = TaskParquetTarget(str(tmp_path / "staging"))
+    assert write_task_parquet(target, _batches(20, 4, 10), _SCHEMA) == 20
+    killed = os.path.join(target.directory, f".{target.file_name}.0badf00d.inprogress")  # an attempt killed mid-write
+    open(killed, "wb").write(b"partial")
+    check_task_parquet(target, 20)
+    assert os.listdir(target.directory) == [target.file_name]
+    with pytest.raises(RuntimeError, match="holds 20"):
+        check_task_parquet(target, 21)
+    pq.write_table(pa.table({"entity": ["x"]}), os.path.join(target.directory, "part-00001-other.parquet"))
+    with pytest.raises(RuntimeError, match="not its one part file"):
+        check_task_parquet(target, 20)
+
+
+def test_blocks_are_read_by_the_task_only_from_complete_files_in_a_codec_it_reads(tmp_path):
+    d = tmp_path / "blocks"
+    d.mkdir()
+    assert not readable_by_task(str(d))  # no part file
+    (d / "part-00000-x.snappy.parquet").write_bytes(b"not parquet")
+    assert not readable_by_task(str(d))
+    (d / "part-00000-x.snappy.parquet").unlink()
+    pq.write_table(pa.table({"kind": [0, 1]}), str(d / "part-00000-x.zstd.parquet"), compression="zstd")
+    (d / "_SUCCESS").write_text("")
+    assert readable_by_task(str(d))
+    assert not readable_by_task(str(tmp_path / "missing"))
 
 
 def _embed(tmp_path, name, data, *extra):

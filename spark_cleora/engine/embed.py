@@ -41,7 +41,7 @@ from .graph import (
 from .hyperedges import Rejections, cleora_text_to_memberships, constant_columns, events_to_memberships
 from .start_vectors import given_start_vectors, init_for_names, override_start_vectors, read_start_vectors
 from ..storage.paths import local_path, parquet_footer_rows
-from ..storage.task_parquet import TaskParquetTarget, spark_parquet_codec, workers_share_local_files
+from ..storage.task_parquet import TaskParquetTarget, check_task_parquet, readable_by_task, workers_share_local_files
 from .one_task import (
     SLICE_CHOICES,
     SLICE_COLUMNS,
@@ -546,11 +546,12 @@ def _iterate_one_task(spark: SparkSession, cfg: EmbedConfig, graph: _Graph, work
     elif given_table is not None:  # node features replace the hash init where given
         given, init_report = given_start_vectors(*given_table, entities.get(False), dim=cfg.dim)
         start_vectors = given.select("id", F.col("given").alias("vec"))
-    # the blocks on this machine's disk, written by this session's local Spark in a codec pyarrow reads:
-    # the task reads them itself
+    # the blocks on this machine's disk, complete, in a codec pyarrow reads: the task reads them itself
     blocks_dir = (os.path.join(work.store.local, "graph/blocks") if start_vectors is None and work.store is not None
                   and work.store.local and work.store.is_complete("graph/blocks")
-                  and workers_share_local_files(spark) and spark_parquet_codec(spark) else None)
+                  and workers_share_local_files(spark) else None)
+    if blocks_dir is not None and not readable_by_task(blocks_dir):
+        blocks_dir = None
 
     def done(parquet: TaskParquetTarget | None) -> DataFrame:
         return embed_in_one_task(
@@ -583,7 +584,10 @@ def _written_by_task(make: Callable[[TaskParquetTarget | None], DataFrame],
         if len(rows) != 1:
             raise RuntimeError(f"the one task returned {len(rows)} reports instead of one")
         by_task["report"] = rows[0]["_report"]
-        return int(json.loads(by_task["report"]).get("written", 0))
+        written = int(json.loads(by_task["report"]).get("written", 0))
+        if "written" in json.loads(by_task["report"]):  # (no file when every input row was rejected)
+            check_task_parquet(target, written)
+        return written
 
     return write
 

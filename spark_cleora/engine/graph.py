@@ -169,6 +169,9 @@ def keyed_memberships(raw: DataFrame, num_blocks: int | None, constant: tuple[st
     if set(constant) - RAW_DEFAULTS.keys():
         raise ValueError(f"constant columns {sorted(set(constant) - RAW_DEFAULTS.keys())}: not in {list(RAW_DEFAULTS)}")
     present = set(raw.columns)
+    missing = [c for c in ("h", "side", "col", "entity", "weight") if c not in present and c not in constant]
+    if missing:
+        raise ValueError(f"raw memberships without {missing} (and not declared constant)")
     # the deferred validation's flags (_reject, _rows) are counted in the build
     send = [c for c in ("h", "side", "col", "entity", "weight", _REJECT, _ROWS) if c in present and c not in constant]
     rows = raw.select(*send)
@@ -195,7 +198,10 @@ def blocks_of_partition(batches, *, reflexive: bool, keys: np.ndarray | None = N
         from pyspark import TaskContext
 
         ctx = TaskContext.get()
-        t = t.append_column("block", pa.array(np.full(t.num_rows, ctx.partitionId() if ctx else 0, np.int32)))
+        if ctx is None:
+            raise RuntimeError("blocks_of_partition runs in a Spark task (its partition is the block) or "
+                               "is given a block column")
+        t = t.append_column("block", pa.array(np.full(t.num_rows, ctx.partitionId(), np.int32)))
     if _REJECT in t.column_names:
         t, counts = _count_input_rows(t)
         yield pa.RecordBatch.from_pydict({

@@ -8,14 +8,18 @@ back (Parquet to rows to Arrow), ~2 s there. So when the workers see the files a
 task reads the blocks and writes the output itself with pyarrow.
 
 That is the case on a local Spark whose JVM spark_cleora started (:func:`workers_share_local_files`):
-the workers are processes of this machine. The output must be a Parquet directory at a local path
-(written to a staging directory that the job renames into place once the run's checks pass); the
-blocks, a local work directory. Anything else (a cluster, Spark Connect, a notebook's session, a table,
-Delta, partitioned output, a Parquet setting this module does not reproduce) keeps Spark's reader and
-writer, as does ``spark.cleora.taskParquet.enabled=false``.
+the workers are processes of this machine. The output must be an unpartitioned Parquet directory at a
+local path (written to a staging directory that the job renames into place once the run's checks
+pass), in a codec pyarrow writes as Spark does (snappy, zstd, gzip or none) and without
+``spark.sql.parquet.writeLegacyFormat``; the blocks, a complete Spark output in a local work directory
+whose codec pyarrow reads. Anything else (a cluster, Spark Connect, a notebook's session, a table,
+Delta, partitioned output) keeps Spark's reader and writer, as does
+``spark.cleora.taskParquet.enabled=false``. The file holds the same values and schema as Spark's;
+Spark's writer settings that shape files rather than values (``maxRecordsPerFile``, the row group size,
+dictionaries) are not reproduced: one file, row groups of ~128 MiB, dictionaries for the names only.
 
-Driver side: :func:`workers_share_local_files`, :func:`task_parquet_target`. Executor side:
-:func:`write_task_parquet`, :func:`read_task_parquet`.
+Driver side: :func:`workers_share_local_files`, :func:`task_parquet_target`, :func:`readable_by_task`,
+:func:`check_task_parquet`. Executor side: :func:`write_task_parquet`, :func:`read_task_parquet`.
 """
 
 from __future__ import annotations
@@ -161,3 +165,40 @@ def read_task_parquet(directory: str, columns: list[str], *, where: Any = None) 
     import pyarrow.dataset as ds
 
     return ds.dataset(directory, format="parquet").to_table(columns=columns, filter=where)
+
+
+#: Parquet codecs pyarrow reads (footer names); Spark may also write LZO, which it does not
+_READABLE_CODECS = {"UNCOMPRESSED", "SNAPPY", "GZIP", "ZSTD", "LZ4", "LZ4_RAW", "BROTLI"}
+
+
+def readable_by_task(directory: str) -> bool:
+    """Whether :func:`read_task_parquet` can read this complete local Spark output: its part files'
+    codecs, from the first file's footer (a run writes every file of a directory with one codec)."""
+    import pyarrow.parquet as pq
+
+    try:
+        names = sorted(n for n in os.listdir(directory) if n.endswith(".parquet") and not n.startswith((".", "_")))
+        if not names:
+            return False
+        meta = pq.ParquetFile(os.path.join(directory, names[0])).metadata
+        return all(meta.row_group(g).column(c).compression in _READABLE_CODECS
+                   for g in range(meta.num_row_groups) for c in range(meta.num_columns))
+    except (OSError, pa.ArrowException):
+        return False
+
+
+def check_task_parquet(target: TaskParquetTarget, written: int) -> None:
+    """On the driver, after the task reported ``written`` rows: leave exactly the task's part file in
+    the directory (partial files of attempts that were killed before they could remove theirs are
+    deleted) and check that its footer counts ``written`` rows; a RuntimeError otherwise."""
+    import pyarrow.parquet as pq
+
+    for name in os.listdir(target.directory):
+        if name.startswith(f".{target.file_name}.") and name.endswith(".inprogress"):
+            os.remove(os.path.join(target.directory, name))
+    parts = sorted(n for n in os.listdir(target.directory) if n.endswith(".parquet"))
+    if parts != [target.file_name]:
+        raise RuntimeError(f"the one task's output directory holds {parts}, not its one part file")
+    rows = pq.ParquetFile(os.path.join(target.directory, target.file_name)).metadata.num_rows
+    if rows != written:
+        raise RuntimeError(f"the one task reported {written} rows written, its file holds {rows}")
