@@ -584,10 +584,11 @@ def _written_by_task(make: Callable[[TaskParquetTarget | None], DataFrame],
         if len(rows) != 1:
             raise RuntimeError(f"the one task returned {len(rows)} reports instead of one")
         by_task["report"] = rows[0]["_report"]
-        written = int(json.loads(by_task["report"]).get("written", 0))
-        if "written" in json.loads(by_task["report"]):  # (no file when every input row was rejected)
-            check_task_parquet(target, written)
-        return written
+        task = json.loads(by_task["report"])
+        if "written" not in task:  # every input row rejected: no file (pending() then fails the run)
+            return 0
+        check_task_parquet(target, int(task["written"]))
+        return int(task["written"])
 
     return write
 
