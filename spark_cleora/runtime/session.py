@@ -227,6 +227,21 @@ EMBEDDED_LOCAL_CONF = "spark.cleora.embeddedLocal"
 WORKER_DAEMON = "spark_cleora.runtime.worker_daemon"
 
 
+def conf_value(spark, key: str) -> str | None:
+    """A Spark conf value, or None when it is not set (or cannot be read)."""
+    try:
+        return spark.conf.get(key, None)
+    except Exception:  # noqa: BLE001 - a conf that cannot be read is a conf not set
+        return None
+
+
+def is_embedded_local(spark) -> bool:
+    """Whether ``spark`` is a session whose JVM this process started for a ``local`` master
+    (``EMBEDDED_LOCAL_CONF``): its workers are processes of this machine. Not Connect, not a notebook's or
+    ``spark-submit``'s session."""
+    return not is_remote(spark) and conf_value(spark, EMBEDDED_LOCAL_CONF) == "true"
+
+
 def embedded_local_conf() -> dict[str, str]:
     """Settings of a ``local`` session whose JVM this process starts: the marker
     (``EMBEDDED_LOCAL_CONF``), and, when the workers run this interpreter (``PYSPARK_PYTHON``, by default

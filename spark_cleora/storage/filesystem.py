@@ -32,6 +32,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 from urllib.parse import urlparse
 
+from ..runtime.session import conf_value
 from .paths import local_path
 
 #: name of the (non-existent) path whose qualified form reveals the default filesystem
@@ -66,7 +67,7 @@ def default_fs(spark: Any) -> tuple[str, str]:
     Returns ``(root, working_dir)``, e.g. ``("viewfs://lake", "viewfs://lake/user/me")`` or
     ``("file:", "file:/home/me")``. Cached per session and value of the ``fs.defaultFS`` settings.
     """
-    key = (id(spark), _conf(spark, "fs.defaultFS"), _conf(spark, "spark.hadoop.fs.defaultFS"))
+    key = (id(spark), conf_value(spark, "fs.defaultFS"), conf_value(spark, "spark.hadoop.fs.defaultFS"))
     if key not in _cache and key[1:] == (None, None) and _hadoop_defaults_only(spark):
         _cache[key] = ("file:", "file:" + os.getcwd())
     if key not in _cache:
@@ -96,11 +97,11 @@ def _hadoop_defaults_only(spark: Any) -> bool:
     ``spark-submit``, not Connect) with no Hadoop configuration where the driver would find one
     (:func:`_no_hadoop_configuration`) and no extra class path or jars that could bring a
     ``core-site.xml``. The caller has checked that neither ``fs.defaultFS`` setting is set."""
-    from ..runtime.session import EMBEDDED_LOCAL_CONF, is_remote
+    from ..runtime.session import is_embedded_local
 
-    if is_remote(spark) or _conf(spark, EMBEDDED_LOCAL_CONF) != "true":
+    if not is_embedded_local(spark):
         return False
-    if any(_conf(spark, k) for k in ("spark.driver.extraClassPath", "spark.jars", "spark.jars.packages",
+    if any(conf_value(spark, k) for k in ("spark.driver.extraClassPath", "spark.jars", "spark.jars.packages",
                                      "fs.default.name", "spark.hadoop.fs.default.name")):
         return False
     return _no_hadoop_configuration()
@@ -126,13 +127,6 @@ def _no_hadoop_configuration() -> bool:
     except OSError:
         return True
     return "fs.defaultFS" not in text and "fs.default.name" not in text
-
-
-def _conf(spark: Any, key: str) -> str | None:
-    try:
-        return spark.conf.get(key, None)
-    except Exception:
-        return None
 
 
 def qualify(spark: Any, path: str | None) -> str | None:

@@ -77,11 +77,9 @@ def workers_share_local_files(spark: Any) -> bool:
     whose JVM spark_cleora started for a local master
     (:data:`~spark_cleora.runtime.session.EMBEDDED_LOCAL_CONF`; not Connect, not a notebook's or
     ``spark-submit``'s session), unless :data:`ENABLED_CONF` is ``false``."""
-    from ..runtime.session import EMBEDDED_LOCAL_CONF, is_remote
+    from ..runtime.session import conf_value, is_embedded_local
 
-    if is_remote(spark) or _conf(spark, EMBEDDED_LOCAL_CONF) != "true":
-        return False
-    return (_conf(spark, ENABLED_CONF) or "true").lower() != "false"
+    return is_embedded_local(spark) and (conf_value(spark, ENABLED_CONF) or "true").lower() != "false"
 
 
 def task_parquet_target(spark: Any, *, output_format: str, partition_by: tuple[str, ...] | list[str],
@@ -99,7 +97,9 @@ def task_parquet_target(spark: Any, *, output_format: str, partition_by: tuple[s
         return None
     if not workers_share_local_files(spark):
         return None
-    if (_conf(spark, "spark.sql.parquet.writeLegacyFormat") or "false").lower() == "true":
+    from ..runtime.session import conf_value
+
+    if (conf_value(spark, "spark.sql.parquet.writeLegacyFormat") or "false").lower() == "true":
         return None
     codec = spark_parquet_codec(spark)
     return None if codec is None else TaskParquetTarget(os.path.abspath(lp), codec)
@@ -108,15 +108,10 @@ def task_parquet_target(spark: Any, *, output_format: str, partition_by: tuple[s
 def spark_parquet_codec(spark: Any) -> str | None:
     """The session's Parquet codec (``spark.sql.parquet.compression.codec``) as pyarrow names it, or
     None for one this module leaves to Spark (lz4, brotli, lzo: Hadoop's framings and libraries)."""
-    codec = _CODECS.get((_conf(spark, "spark.sql.parquet.compression.codec") or "snappy").lower())
+    from ..runtime.session import conf_value
+
+    codec = _CODECS.get((conf_value(spark, "spark.sql.parquet.compression.codec") or "snappy").lower())
     return None if codec is None else codec[0]
-
-
-def _conf(spark: Any, key: str) -> str | None:
-    try:
-        return spark.conf.get(key, None)
-    except Exception:  # noqa: BLE001 - a conf that cannot be read is a conf not set
-        return None
 
 
 def write_task_parquet(target: TaskParquetTarget, batches: Iterable[pa.RecordBatch], schema: pa.Schema) -> int:
