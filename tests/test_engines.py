@@ -236,3 +236,24 @@ def test_constant_columns_left_out_of_the_graph_build_give_the_same_blocks(spark
     with pytest.raises(ValueError, match="weight"):  # a column left out must be declared constant
         keyed_memberships(raw.drop("weight"), 3, ("side", "col"))
     assert RAW_DEFAULTS["weight"] == 1.0 and RAW_DEFAULTS["side"] == RAW_DEFAULTS["col"] == 0
+
+
+def test_narrow_row_batches_lifts_the_byte_check_and_puts_the_session_back(spark):
+    """Inside: batches cut by row count only (maxBytesPerBatch = Int.MaxValue). After: an unset conf is
+    unset again, a set one has its value back, also when the block raised."""
+    from spark_cleora.runtime.session import UNCHECKED_BATCH_BYTES, narrow_row_batches
+
+    (key, lifted), = UNCHECKED_BATCH_BYTES.items()
+    assert lifted == str(2**31 - 1)
+    spark.conf.unset(key)
+    with narrow_row_batches(spark):
+        assert spark.conf.get(key) == lifted
+    assert spark.conf.get(key, None) is None
+    spark.conf.set(key, "1048576")
+    try:
+        with pytest.raises(ZeroDivisionError), narrow_row_batches(spark):
+            assert spark.conf.get(key) == lifted
+            1 / 0
+        assert spark.conf.get(key) in ("1048576", "1048576b")
+    finally:
+        spark.conf.unset(key)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -54,7 +55,7 @@ from .one_task import (
 from ..runtime.machine import group_parallelism, one_task_memory_gb, shuffle_partitions, worker_memory_gb
 from .propagate import X_SCHEMA_COLUMNS, BlockGroups, propagate, route_scalings, unpacked
 from ..runtime.compat import observes_writes
-from ..runtime.session import job_description, warm_remaining_workers
+from ..runtime.session import job_description, narrow_row_batches, warm_remaining_workers
 from .work_store import WorkStore
 from .vectors import pack
 from .whiten import whiten
@@ -458,7 +459,7 @@ def _embed_small_input(spark: SparkSession, cfg: EmbedConfig, source: DataFrame,
                                   if k in task}})
         return RunReport(environment, graph, engine, iterations)
 
-    return EmbedResult(emb, run, pending=pending, write_parquet=_written_by_task(done, by_task))
+    return EmbedResult(emb, run, pending=pending, write_parquet=_written_by_task(done, by_task, narrow_rows=True))
 
 
 def _prepare_graph(spark: SparkSession, cfg: EmbedConfig, source: DataFrame, work: _Work, timer: _Timer,
@@ -493,7 +494,7 @@ def _prepare_graph(spark: SparkSession, cfg: EmbedConfig, source: DataFrame, wor
         num_blocks = cfg.num_blocks or blocks_for(units, dim=cfg.dim, block_memberships=cfg.block_memberships,
                                                   memory_gb=memory_gb, parallelism=shuffle_partitions(spark))
         built = build_blocks(raw, reflexive=len(cfg.column_spec) == 1, num_blocks=num_blocks, constant=constant)
-        with job_description(spark, "spark_cleora: build graph"):
+        with job_description(spark, "spark_cleora: build graph"), narrow_row_batches(spark):
             if store is not None and not store.is_complete("graph/blocks"):
                 # the counts are observed while the blocks are written: no job of their own
                 observed = Observation()
@@ -573,14 +574,16 @@ def _iterate_one_task(spark: SparkSession, cfg: EmbedConfig, graph: _Graph, work
     return done, finish
 
 
-def _written_by_task(make: Callable[[TaskParquetTarget | None], DataFrame],
-                     by_task: dict[str, Any]) -> Callable[[TaskParquetTarget], int]:
+def _written_by_task(make: Callable[[TaskParquetTarget | None], DataFrame], by_task: dict[str, Any], *,
+                     narrow_rows: bool = False) -> Callable[[TaskParquetTarget], int]:
     """:attr:`EmbedResult.write_parquet` for the one-task computation ``make``: run it with the task
     writing the Parquet file, keep its report in ``by_task["report"]`` (for ``pending``), return the rows
-    written."""
+    written. ``narrow_rows``: the task reads the input's memberships (:func:`narrow_row_batches`)."""
 
     def write(target: TaskParquetTarget) -> int:
-        rows = make(target).filter(F.col("_report").isNotNull()).select("_report").collect()  # one row
+        df = make(target).filter(F.col("_report").isNotNull()).select("_report")
+        with narrow_row_batches(df.sparkSession) if narrow_rows else contextlib.nullcontext():
+            rows = df.collect()  # one row
         if len(rows) != 1:
             raise RuntimeError(f"the one task returned {len(rows)} reports instead of one")
         by_task["report"] = rows[0]["_report"]
