@@ -311,7 +311,7 @@ def test_blocks_are_grouped_into_the_fewest_tasks_that_fit():
 
     sizes = np.array([[1000, 100, 200]] * 6)  # memberships, hyperedges, entities per block
     one = group_bytes(entities=200, hyperedges=100, memberships=1000, dim=64)
-    assert one == 200 * 64 * 12 + 64 * (200 * 28 + 100 * 16) + 1000 * 64
+    assert one == 200 * 64 * 12 + 64 * (200 * 28 + 100 * 20) + 1000 * 96
     gib = 2**30
 
     def groups(budget, parallelism=1, entities=None):
@@ -329,3 +329,77 @@ def test_blocks_are_grouped_into_the_fewest_tasks_that_fit():
     big = np.array([[50_000_000, 1, 1]] * 4)
     assert group_blocks(big, entities=None, dim=8, memory_gb=1000, parallelism=1).tolist() == [0, 1, 2, 3]
     assert group_blocks(big // 2, entities=None, dim=8, memory_gb=1000, parallelism=1).tolist() == [0, 0, 1, 1]
+
+
+def _runs_matrix():
+    """Rows (hyperedges) of 0, 1, 64, 65 and 3000 members over 5000 entities, the popular ones in up to
+    all of the rows (30 copies of each size): long rows and long columns, cut into several runs of F32_TERMS."""
+    from scipy import sparse
+
+    rng = np.random.default_rng(11)
+    rows = []
+    for size in [0, 1, 64, 65, 3000] * 30:
+        rows.append(np.unique(np.r_[np.arange(min(size, 40)), rng.integers(0, 5000, size)])[:size])
+    indptr = np.r_[0, np.cumsum([len(r) for r in rows])]
+    indices = np.concatenate(rows).astype(np.int32)
+    data = rng.integers(1, 4, len(indices)).astype(np.float64)  # multiplicities
+    return sparse.csr_matrix((data, indices, indptr), shape=(len(rows), 5000))
+
+
+def test_products_sum_runs_of_at_most_f32_terms_in_float32_and_the_runs_in_float64():
+    from spark_cleora.engine.propagate import F32_TERMS, _column_runs, _row_runs, _run_sums
+
+    m = _runs_matrix()
+    rows, cols = _row_runs(m, F32_TERMS), _column_runs(m, F32_TERMS)
+    assert np.diff(rows.m32.indptr).max() == F32_TERMS and np.bincount(cols.m32.indices).max() == F32_TERMS
+    assert rows.m32.shape[0] == sum(max(1, -(-k // F32_TERMS)) for k in np.diff(m.indptr))
+    assert cols.m32.shape[1] == sum(max(1, -(-k // F32_TERMS)) for k in np.bincount(m.indices, minlength=5000))
+    x = np.random.default_rng(2).uniform(-1, 1, (5000, 3)).astype(np.float32)
+    s = np.random.default_rng(3).uniform(-1, 1, (m.shape[0], 3)).astype(np.float32)
+    for got, exact, terms in ((_run_sums(rows, x), m @ x.astype(np.float64), abs(m) @ abs(x.astype(np.float64))),
+                              (_run_sums(cols, s, transpose=True), m.T @ s.astype(np.float64),
+                               abs(m.T) @ abs(s.astype(np.float64)))):
+        assert got.dtype == np.float64
+        # each sum within (F32_TERMS + 1) float32 roundings of the sum of its terms' magnitudes
+        assert np.all(np.abs(got - exact) <= (F32_TERMS + 1) * 2.0**-24 * terms)
+
+
+def test_runs_keep_a_huge_sum_exact_where_one_float32_sum_drifts():
+    """200k members of value 0.1 (a hyperedge's sum) and an entity in 200k hyperedges (its sum over them):
+    one float32 sum over the whole row is off by more than the runs' bound; the runs are within it."""
+    from scipy import sparse
+
+    from spark_cleora.engine.propagate import F32_TERMS, _column_runs, _row_runs, _run_sums
+
+    n = 200_000
+    row = sparse.csr_matrix((np.ones(n), np.arange(n), [0, n]), shape=(1, n))
+    x = np.full((n, 1), 0.1, dtype=np.float32)
+    exact = float(np.float64(np.float32(0.1)) * n)
+    bound = (F32_TERMS + 1) * 2.0**-24 * exact
+    whole = np.float32(0)
+    for v in np.cumsum(x[:, 0], dtype=np.float32)[-1:]:  # numpy's float32 running sum: one float32 accumulator
+        whole = v
+    assert abs(float(whole) - exact) > bound
+    assert abs(_run_sums(_row_runs(row, F32_TERMS), x)[0, 0] - exact) <= bound
+    column = sparse.csr_matrix(row.T)  # one entity (column) in n hyperedges (rows)
+    assert abs(_run_sums(_column_runs(column, F32_TERMS), x, transpose=True)[0, 0] - exact) <= bound
+
+
+@pytest.mark.parametrize("reflexive", [True, False])
+def test_block_product_gives_each_column_the_same_bits_in_any_slice(reflexive):
+    """Runs beyond the first (long rows and columns) included: slices of 1, 7 and 64 columns and the whole
+    rows give the same bits, so the one-task engine's threads and the shuffle engine's slices agree."""
+    from spark_cleora.engine.propagate import prepare_plan
+
+    m = _runs_matrix()
+    plan = {"a": m, "scale": 1.0 / np.maximum(np.asarray(m.sum(axis=1)).ravel(), 1) ** 2, "ids": np.arange(5000)}
+    if not reflexive:
+        plan["b"] = _runs_matrix()[::-1].tocsr()
+    prepare_plan(plan)
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((5000, 70)).astype(np.float32)
+    pre, post = rng.random(5000) + 0.5, rng.random(5000) + 0.5
+    whole = block_product(plan, x, pre, post)
+    for width in (1, 7, 64):
+        sliced = np.hstack([block_product(plan, x[:, lo:lo + width], pre, post) for lo in range(0, 70, width)])
+        assert sliced.tobytes() == whole.tobytes(), width

@@ -74,9 +74,9 @@ def test_memory_estimate_grows_with_entities_dim_and_memberships():
     for more in ({"entities": 2000}, {"dim": 128}, {"kept": 3}, {"memberships": 20_000}, {"shares": 4000},
                  {"hyperedges": 900}, {"residual": True}):
         assert one_task_bytes(**{**base, **more}) > b
-    # one thread, two sides: the rows and their products (12), slices of 64 columns in flight (float64
-    # temporaries of entities and hyperedges)
-    assert b == 1000 * 64 * 12 + 1000 * 64 * 16 + 10_000 * 72 + 2000 * 160 + 500 * 64 * 16
+    # one thread, two sides: the rows and their products (12), slices of 64 columns in flight (float32 runs
+    # and float64 temporaries of entities and hyperedges), the compiled graph and its runs (96 a membership)
+    assert b == 1000 * 64 * 12 + 1000 * 64 * 20 + 10_000 * 96 + 2000 * 160 + 500 * 64 * 20
     # whitening beside the products; K multiscale parts: 4 per earlier part, or the parts and their
     # concatenation (8 K) once that is more
     assert one_task_bytes(**{**base, "whiten": True}) - b == 1000 * 64 * 16
@@ -86,7 +86,7 @@ def test_memory_estimate_grows_with_entities_dim_and_memberships():
     assert b - one_task_bytes(**{**base, "reflexive": True}) == 1000 * 64 * 8 + 500 * 64 * 8
     # every thread has a slice in flight, and no more slices than columns
     assert one_task_bytes(**{**base, "threads": 2, "dim": 256}) - one_task_bytes(**{**base, "dim": 256}) == (
-        1000 * 64 * 16 + 500 * 64 * 16)
+        1000 * 64 * 20 + 500 * 64 * 20)
     assert one_task_bytes(**{**base, "threads": 8}) == b  # dim 64: eight slices of 8 columns, as one of 64
     assert slice_width(256, 2) == 64 and slice_width(48, 2) == 24 and slice_width(5, 8) == 1
 

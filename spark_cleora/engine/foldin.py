@@ -57,8 +57,8 @@ from .hyperedges import cleora_text_to_memberships, events_to_memberships
 from ..storage.paths import local_path, parquet_footer_rows
 from .one_task import BYTES_PER_MEMBERSHIP, BYTES_PER_SHARE
 from ..runtime.machine import group_parallelism, shuffle_partitions, worker_memory_gb
-from .propagate import (SLICE_COLUMNS, X_SCHEMA, X_SCHEMA_COLUMNS, block_product, load_plan, normalize_rows, propagate,
-                        route_scalings, unpacked)
+from .propagate import (SLICE_COLUMNS, X_SCHEMA, X_SCHEMA_COLUMNS, block_product, load_plan, normalize_rows,
+                        prepare_plan, propagate, route_scalings, unpacked)
 from ..runtime.session import job_description
 from .vectors import from_list_array, pack, to_list_array, unpack
 
@@ -241,6 +241,7 @@ def _one_pass(batches, *, reflexive, col_names, outputs, markov, dim, iterations
     report["hyperedges"] = int(plan_rows.column("hyperedges")[0].as_py())
     ent = _entities(graph.filter(pc.equal(kind, ENTITY_PART)), outputs)
     plan = load_plan(plan_rows.column("plan")[0].as_py())
+    prepare_plan(plan, drop=True)
     del graph
     ids, n = ent["ids"], len(ent["ids"])
     x = np.zeros((n, dim), dtype=np.float64)

@@ -9,16 +9,17 @@ would share, see :func:`~spark_cleora.runtime.machine.one_task_memory_gb` and :f
 the graph's blocks (the entities' per-block shares and the compiled plans) once into a single task and
 does the rest there, with the same arithmetic as the other path: the entity aggregate of
 :func:`~spark_cleora.engine.graph.build_entities`, the hash start vectors of :mod:`spark_cleora.engine.start_vectors`, the
-product of :func:`~spark_cleora.engine.propagate.block_product` in float64 (over the blocks' plans merged
+product of :func:`~spark_cleora.engine.propagate.block_product` (over the blocks' plans merged
 into one plan, so no vector is copied per block), :func:`~spark_cleora.engine.propagate.normalize_rows`,
 and the same whitening. The product, the row normalisation and the start vectors run on a thread pool,
 slices of the dimensions (or ranges of the rows, or of the entities) handed to the threads in turn
 (numpy and scipy release the GIL), so the task uses the worker's cores: while it runs it is the only
 task of the job.
 
-The product stays float64: float32 (pycleora's precision) would halve an iteration's time (measured
-at 1M and 10M events), but a 200k-entity hyperedge's float32 sum is off by 1e-3, and this engine
-promises exact results without trimming hyperedges.
+The product's sums are float32 runs of at most ``F32_TERMS`` terms added in float64
+(:func:`~spark_cleora.engine.propagate.prepare_plan`): float32 products over whole rows (pycleora's) are
+~2x faster than float64, but a 200k-entity hyperedge's float32 sum is off by 1e-3; cut into runs, a
+sum's error stays that of a 64-term float32 sum whatever the hyperedge's size.
 
 Nothing reaches the driver: the task writes the output rows (``ONE_TASK_SCHEMA``), and its report
 (entity count, per-iteration seconds) rides as JSON on the first row.
@@ -43,7 +44,8 @@ from ..config import Column
 from ..errors import EntityHashCollisionError
 from .graph import BLOCK_ARROW, ENTITY_PART, INPUT_ROWS, PLAN, blocks_of_partition, keyed_memberships
 from .start_vectors import init_for_names
-from .propagate import SLICE_COLUMNS, _maybe_inject_failure, block_product, load_plan, merge_plans, normalize_rows
+from .propagate import (SLICE_COLUMNS, _maybe_inject_failure, block_product, load_plan, merge_plans, normalize_rows,
+                        prepare_plan)
 from .vectors import to_list_array, unpack
 from .whiten import whiten_array
 from ..storage.task_parquet import TaskParquetTarget, read_task_parquet, write_task_parquet
@@ -78,15 +80,19 @@ BYTES_PER_ENTITY_DIM = 12
 #: more bytes per entity x dimension while rows are whitened beside the products: the float64 copy,
 #: the centred rows and the float32 result
 BYTES_PER_ENTITY_DIM_WHITEN = 16
-#: bytes per entity or hyperedge x slice column x thread: a thread's float64 temporaries of one slice
-#: (:func:`~spark_cleora.engine.propagate.block_product`). One side (a reflexive column): the scaled rows,
-#: then the product (8), and the hyperedges' sums (8). Two sides: the product and a second one being
-#: added (16), both sides' sums (16). The residual's scaled rows add 12 per entity.
-BYTES_PER_SLICE = {"one side": (8, 8), "two sides": (16, 16)}
+#: bytes per entity or hyperedge x slice column x thread: a thread's temporaries of one slice
+#: (:func:`~spark_cleora.engine.propagate.block_product`). One side (a reflexive column): the scaled float32
+#: rows (12 while they are scaled), then the float32 runs' sums and the float64 product (12); the
+#: hyperedges' float64 sums beside their float32 runs' sums or copy (12). Two sides: the product, the runs
+#: and a second product being added (20), both sides' sums and one side's runs (20). The residual's scaled
+#: rows add 12 per entity.
+BYTES_PER_SLICE = {"one side": (12, 12), "two sides": (20, 20)}
 BYTES_PER_ENTITY_SLICE_RESIDUAL = 12
 #: bytes of the compiled graph per membership: CSR indices and float64 data of both sides (24), held as
-#: the plans' Arrow blobs, the loaded plans and the merged matrices
-BYTES_PER_MEMBERSHIP = 72
+#: the plans' Arrow blobs, the loaded plans and the merged matrices (72), then the float32 runs (12) and
+#: what making them needs beyond the matrices they replace (12;
+#: :func:`~spark_cleora.engine.propagate.prepare_plan`)
+BYTES_PER_MEMBERSHIP = 96
 #: bytes of one entity's share row of a block (ids, counts, its name) while the entities are summed
 BYTES_PER_SHARE = 160
 #: the widest slice of the product is the shuffle engine's (``SLICE_COLUMNS``): on the 10M-event bench
@@ -406,6 +412,7 @@ def _iterate(x, plans, pre, post, *, dim, first, last, keep, residual, whiten_af
     n = len(x)
     merged = merge_plans(plans, n)
     plans.clear()  # consumed: the merged plan replaces them
+    prepare_plan(merged, drop=True)  # its float32 runs, once, before the threads share it
     threads = max(1, min(threads, dim, os.cpu_count() or 1))
     width = slice_width(dim, threads, slice_columns)
     columns = [(lo, min(lo + width, dim)) for lo in range(0, dim, width)]
