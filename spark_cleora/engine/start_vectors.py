@@ -49,12 +49,22 @@ def _rotl_inplace(x: np.ndarray, b: int, tmp: np.ndarray) -> None:
     np.bitwise_or(x, tmp, out=x)
 
 
-def _sipround(v0: np.ndarray, v1: np.ndarray, v2: np.ndarray, v3: np.ndarray, tmp: np.ndarray) -> None:
-    """One SipRound, in place (no temporaries beyond ``tmp``)."""
+def _rotl32(x: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """``x`` rotated by 32 bits into ``out`` (returned): its two 32-bit halves swapped, two half-width
+    copies instead of three full passes."""
+    x32, out32 = x.view(np.uint32), out.view(np.uint32)
+    out32[0::2] = x32[1::2]
+    out32[1::2] = x32[0::2]
+    return out
+
+
+def _sipround(v0, v1, v2, v3, tmp, spare):
+    """One SipRound (``tmp`` and ``spare``: scratch arrays); returns the new (v0, v1, v2, v3, tmp, spare),
+    since the rotations by 32 write into a spare buffer instead of in place."""
     v0 += v1
     _rotl_inplace(v1, 13, tmp)
     v1 ^= v0
-    _rotl_inplace(v0, 32, tmp)
+    v0, spare = _rotl32(v0, spare), v0
     v2 += v3
     _rotl_inplace(v3, 16, tmp)
     v3 ^= v2
@@ -64,7 +74,20 @@ def _sipround(v0: np.ndarray, v1: np.ndarray, v2: np.ndarray, v3: np.ndarray, tm
     v2 += v1
     _rotl_inplace(v1, 17, tmp)
     v1 ^= v2
-    _rotl_inplace(v2, 32, tmp)
+    v2, spare = _rotl32(v2, spare), v2
+    return v0, v1, v2, v3, tmp, spare
+
+
+def _rotl_int(x: int, b: int) -> int:
+    return ((x << b) | (x >> (64 - b))) & _MASK64
+
+
+_K0, _K1, _K2, _K3 = 0x736F6D6570736575, 0x646F72616E646F6D, 0x6C7967656E657261, 0x7465646279746573
+# the first SipRound's steps that do not depend on the message (v0, v1, v2 start as constants)
+_R1_A = (_K0 + _K1) & _MASK64                       # v0 += v1
+_R1_C = _rotl_int(_K1, 13) ^ _R1_A                  # v1 = rotl(v1, 13) ^ v0
+_R1_D = _rotl_int(_R1_A, 32)                        # v0 = rotl(v0, 32)
+_R1_E = _rotl_int(_R1_C, 17)                        # v1 = rotl(v1, 17), before v1 ^= v2
 
 
 def siphash13_u64(m: np.ndarray) -> np.ndarray:
@@ -75,20 +98,26 @@ def siphash13_u64(m: np.ndarray) -> np.ndarray:
     b = np.uint64(8 << 56)  # message length 8 in the top byte, no tail bytes
     for lo in range(0, len(flat), _CHUNK):
         w = flat[lo:lo + _CHUNK]
-        v0 = np.full_like(w, 0x736F6D6570736575)
-        v1 = np.full_like(w, 0x646F72616E646F6D)
-        v2 = np.full_like(w, 0x6C7967656E657261)
-        v3 = np.full_like(w, 0x7465646279746573)
-        tmp = np.empty_like(w)
-        v3 ^= w
-        _sipround(v0, v1, v2, v3, tmp)
+        tmp, spare = np.empty_like(w), np.empty_like(w)
+        # compression of the word: the first SipRound with its constant steps folded (_R1_*)
+        v3 = w ^ np.uint64(_K3)
+        v2 = v3 + np.uint64(_K2)
+        _rotl_inplace(v3, 16, tmp)
+        v3 ^= v2
+        v0 = v3 + np.uint64(_R1_D)
+        _rotl_inplace(v3, 21, tmp)
+        v3 ^= v0
+        v2 += np.uint64(_R1_C)
+        v1 = v2 ^ np.uint64(_R1_E)
+        v2, spare = _rotl32(v2, spare), v2
         v0 ^= w
+        # the length block, then finalisation
         v3 ^= b
-        _sipround(v0, v1, v2, v3, tmp)
+        v0, v1, v2, v3, tmp, spare = _sipround(v0, v1, v2, v3, tmp, spare)
         v0 ^= b
         v2 ^= np.uint64(0xFF)
         for _ in range(3):
-            _sipround(v0, v1, v2, v3, tmp)
+            v0, v1, v2, v3, tmp, spare = _sipround(v0, v1, v2, v3, tmp, spare)
         v0 ^= v1
         v2 ^= v3
         np.bitwise_xor(v0, v2, out=out[lo:lo + _CHUNK])
