@@ -428,10 +428,9 @@ def _iterate(x, plans, pre, post, *, dim, first, last, keep, residual, whiten_af
             def multiply(cols, x=x, y=y):
                 """One slice of post ⊙ (W · (pre ⊙ x)) (+ the residual rows), float64, into ``y``."""
                 lo, hi = cols
-                part = block_product(merged, x[:, lo:hi], pre, post)
+                part = block_product(merged, x[:, lo:hi], pre, post, out=y[:, lo:hi])  # (no new n x slice array)
                 if factor:  # residual mixing: the shuffle engine's residual rows are float32 partials
                     part += (x[:, lo:hi].astype(np.float64) * factor).astype(np.float32)
-                y[:, lo:hi] = part
 
             list(pool.map(multiply, columns))
             # the next rows go into the old ones' buffer unless an earlier iteration is kept in it

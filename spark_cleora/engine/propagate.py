@@ -281,10 +281,12 @@ def split_block_rows(batches) -> tuple[pa.Table | None, pa.Table]:
 F32_TERMS = 64
 
 
-def block_product(plan: dict[str, Any], x: np.ndarray, pre: np.ndarray, post: np.ndarray) -> np.ndarray:
+def block_product(plan: dict[str, Any], x: np.ndarray, pre: np.ndarray, post: np.ndarray,
+                  out: np.ndarray | None = None) -> np.ndarray:
     """One block's contribution ``post ⊙ (W_block · (pre ⊙ x))`` in float64, rows in the plan's id order
     (``x``: the block's entity vectors in that order). Shared by both engines (the one-task engine passes
-    all blocks merged into one plan, and a slice of the dimensions per thread).
+    all blocks merged into one plan, and a slice of the dimensions per thread). ``out``: a float64 array
+    of the result's shape to write it into (returned), instead of a new one.
 
     The sums are float32 runs of at most ``F32_TERMS`` terms added in float64 (:func:`prepare_plan`, done
     here once per plan unless done before); the scalings and the per-hyperedge factors are applied in
@@ -300,12 +302,12 @@ def block_product(plan: dict[str, Any], x: np.ndarray, pre: np.ndarray, post: np
         s_b = _run_sums(runs["b_rows"], x)
         s_b *= scale
         del x
-        y = _run_sums(runs["a_cols"], s_b.astype(np.float32), transpose=True)
+        y = _run_sums(runs["a_cols"], s_b.astype(np.float32), transpose=True, out=out)
         del s_b
         y += _run_sums(runs["b_cols"], s_a.astype(np.float32), transpose=True)
     else:
         del x
-        y = _run_sums(runs["a_cols"], s_a.astype(np.float32), transpose=True)
+        y = _run_sums(runs["a_cols"], s_a.astype(np.float32), transpose=True, out=out)
     y *= post[:, None]
     return y
 
@@ -344,11 +346,19 @@ class _Runs:
     adder: sparse.csr_matrix
 
 
-def _run_sums(runs: _Runs, x: np.ndarray, *, transpose: bool = False) -> np.ndarray:
+def _run_sums(runs: _Runs, x: np.ndarray, *, transpose: bool = False, out: np.ndarray | None = None) -> np.ndarray:
     """``M x`` (``Mᵀ x``) in float64 from M's float32 runs: each row's first run, plus the float64 sum of
-    its other runs (a float64 copy of the few extra runs only, not of every run)."""
+    its other runs (a float64 copy of the few extra runs only, not of every run); into ``out`` if given.
+
+    The first runs are the leading rows of the runs' product, so they are copied once, into the result
+    (a new float64 array's first touch costs page faults: reusing ``out`` spares them)."""
     part = (runs.m32.T if transpose else runs.m32) @ x
-    y = part[runs.first].astype(np.float64)
+    first = part[runs.first]
+    if out is None:
+        y = first.astype(np.float64)
+    else:
+        np.copyto(out, first)
+        y = out
     if len(runs.extra):
         y[runs.owners] += runs.adder @ part[runs.extra].astype(np.float64)
     return y
@@ -365,19 +375,26 @@ def _extra_runs(pieces: np.ndarray, first: np.ndarray | slice, extra: np.ndarray
 
 
 def _row_runs(m: sparse.csr_matrix, terms: int) -> _Runs:
-    """Each row of ``m`` cut into consecutive sub-rows of at most ``terms`` entries (an empty row: one
-    empty sub-row), float32. For ``m32 @ x``."""
+    """Each row of ``m`` cut into consecutive sub-rows of at most ``terms`` entries, float32: every row's
+    first sub-row first (row i's is sub-row i; an empty row's is empty), then the others, grouped by row
+    and in order. For ``m32 @ x``."""
+    n_rows, nnz = m.shape[0], m.nnz
     indptr = m.indptr.astype(np.int64)
     counts = np.diff(indptr)
-    pieces = np.maximum(1, -(-counts // terms))
-    first = np.r_[0, np.cumsum(pieces)]  # a row's first sub-row
-    n_sub = int(first[-1])
-    row = np.repeat(np.arange(len(counts)), pieces)
-    sub_indptr = np.r_[indptr[row] + (np.arange(n_sub) - first[row]) * terms, indptr[-1]]
-    m32 = sparse.csr_matrix((m.data.astype(np.float32), m.indices, _index(sub_indptr)), shape=(n_sub, m.shape[1]))
-    is_first = np.zeros(n_sub, dtype=bool)
-    is_first[first[:-1]] = True
-    return _extra_runs(pieces, _index(first[:-1]), np.flatnonzero(~is_first), m32)
+    head = np.minimum(counts, terms)
+    rest = counts - head
+    pieces = 1 + -(-rest // terms)
+    # the entries of the first sub-rows, then the rest, each in the original order
+    within = np.arange(nnz) - np.repeat(indptr[:-1], counts)
+    order = np.r_[np.flatnonzero(within < terms), np.flatnonzero(within >= terms)]
+    n_sub = int(pieces.sum())
+    row = np.repeat(np.arange(n_rows), pieces - 1)  # the row of each extra sub-row
+    rest_start = int(head.sum()) + np.r_[0, np.cumsum(rest)][:n_rows]  # where a row's rest begins
+    k = np.arange(n_sub - n_rows) - np.repeat(np.r_[0, np.cumsum(pieces - 1)][:n_rows], pieces - 1)
+    sub_indptr = np.r_[np.r_[0, np.cumsum(head)][:n_rows], rest_start[row] + k * terms, nnz]
+    m32 = sparse.csr_matrix((m.data.astype(np.float32)[order], _index(m.indices[order]), _index(sub_indptr)),
+                            shape=(n_sub, m.shape[1]))
+    return _extra_runs(pieces, slice(0, n_rows), np.arange(n_rows, n_sub), m32)
 
 
 def _column_runs(m: sparse.csr_matrix, terms: int) -> _Runs:
