@@ -311,7 +311,7 @@ def test_blocks_are_grouped_into_the_fewest_tasks_that_fit():
 
     sizes = np.array([[1000, 100, 200]] * 6)  # memberships, hyperedges, entities per block
     one = group_bytes(entities=200, hyperedges=100, memberships=1000, dim=64)
-    assert one == 200 * 64 * 12 + 64 * (200 * 28 + 100 * 20) + 1000 * 96
+    assert one == 200 * 64 * 12 + 64 * (200 * 28 + 100 * 20) + 1000 * 108
     gib = 2**30
 
     def groups(budget, parallelism=1, entities=None):
@@ -332,8 +332,9 @@ def test_blocks_are_grouped_into_the_fewest_tasks_that_fit():
 
 
 def _runs_matrix():
-    """Rows (hyperedges) of 0, 1, 64, 65 and 3000 members over 5000 entities, the popular ones in up to
-    all of the rows (30 copies of each size): long rows and long columns, cut into several runs of F32_TERMS."""
+    """Rows (hyperedges) of 0, 1, 64, 65 and ~2,300 members (3,040 draws, repeats dropped) over 5000
+    entities, the first 40 in every non-empty row (30 copies of each size): long rows and long columns,
+    cut into several runs of F32_TERMS."""
     from scipy import sparse
 
     rng = np.random.default_rng(11)
@@ -398,8 +399,31 @@ def test_block_product_gives_each_column_the_same_bits_in_any_slice(reflexive):
     prepare_plan(plan)
     rng = np.random.default_rng(4)
     x = rng.standard_normal((5000, 70)).astype(np.float32)
-    pre, post = rng.random(5000) + 0.5, rng.random(5000) + 0.5
-    whole = block_product(plan, x, pre, post)
-    for width in (1, 7, 64):
-        sliced = np.hstack([block_product(plan, x[:, lo:lo + width], pre, post) for lo in range(0, 70, width)])
-        assert sliced.tobytes() == whole.tobytes(), width
+    post = rng.random(5000) + 0.5
+    for pre in (rng.random(5000) + 0.5, np.ones(5000)):  # symmetric-like scalings; left Markov (x as it is)
+        whole = block_product(plan, x, pre, post)
+        for width in (1, 7, 64):
+            sliced = np.hstack([block_product(plan, x[:, lo:lo + width], pre, post) for lo in range(0, 70, width)])
+            assert sliced.tobytes() == whole.tobytes(), width
+            into = np.full((5000, 70), np.nan)  # the one task's way: into views of its float64 buffer
+            for lo in range(0, 70, width):
+                got = block_product(plan, x[:, lo:lo + width], pre, post, out=into[:, lo:lo + width])
+                assert np.shares_memory(got, into)
+            assert into.tobytes() == whole.tobytes(), width
+
+
+def test_prepare_plan_drops_the_float64_matrices_only_when_asked():
+    """``drop``: the matrices and the arrays load_plan built them on leave the plan; the runs stay, and
+    the products are the same."""
+    from spark_cleora.engine.propagate import prepare_plan
+
+    members = pa.table({"h": pa.array([0, 0, 1, 1, 1], pa.int64()), "side": pa.array([0] * 5, pa.int32()),
+                        "id": pa.array([1, 2, 1, 2, 3], pa.int64()), "weight": pa.array([1.0] * 5)})
+    x = np.random.default_rng(0).standard_normal((3, 4)).astype(np.float32)
+    kept, dropped = (load_plan(build_plan(members, reflexive=True)) for _ in range(2))
+    prepare_plan(kept)
+    prepare_plan(dropped, drop=True)
+    assert {"a", "a_data", "a_indices", "a_indptr"} <= kept.keys()
+    assert not {"a", "a_data", "a_indices", "a_indptr"} & dropped.keys() and {"runs", "ids", "scale"} <= dropped.keys()
+    ones = np.ones(3)
+    assert block_product(kept, x, ones, ones).tobytes() == block_product(dropped, x, ones, ones).tobytes()

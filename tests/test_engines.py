@@ -75,8 +75,8 @@ def test_memory_estimate_grows_with_entities_dim_and_memberships():
                  {"hyperedges": 900}, {"residual": True}):
         assert one_task_bytes(**{**base, **more}) > b
     # one thread, two sides: the rows and their products (12), slices of 64 columns in flight (float32 runs
-    # and float64 temporaries of entities and hyperedges), the compiled graph and its runs (96 a membership)
-    assert b == 1000 * 64 * 12 + 1000 * 64 * 20 + 10_000 * 96 + 2000 * 160 + 500 * 64 * 20
+    # and float64 temporaries of entities and hyperedges), the compiled graph and its runs (108 a membership)
+    assert b == 1000 * 64 * 12 + 1000 * 64 * 20 + 10_000 * 108 + 2000 * 160 + 500 * 64 * 20
     # whitening beside the products; K multiscale parts: 4 per earlier part, or the parts and their
     # concatenation (8 K) once that is more
     assert one_task_bytes(**{**base, "whiten": True}) - b == 1000 * 64 * 16

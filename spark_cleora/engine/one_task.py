@@ -88,11 +88,11 @@ BYTES_PER_ENTITY_DIM_WHITEN = 16
 #: rows add 12 per entity.
 BYTES_PER_SLICE = {"one side": (12, 12), "two sides": (20, 20)}
 BYTES_PER_ENTITY_SLICE_RESIDUAL = 12
-#: bytes of the compiled graph per membership: CSR indices and float64 data of both sides (24), held as
-#: the plans' Arrow blobs, the loaded plans and the merged matrices (72), then the float32 runs (12) and
-#: what making them needs beyond the matrices they replace (12;
-#: :func:`~spark_cleora.engine.propagate.prepare_plan`)
-BYTES_PER_MEMBERSHIP = 96
+#: bytes of the compiled graph per membership, at the most while its float32 runs are cut
+#: (:func:`~spark_cleora.engine.propagate.prepare_plan`): CSR indices and float64 data of both sides (24)
+#: held as the plans' Arrow blobs and the merged matrices (the loaded plans are gone by then), the runs
+#: (16) and the cutting's own temporaries (44)
+BYTES_PER_MEMBERSHIP = 108
 #: bytes of one entity's share row of a block (ids, counts, its name) while the entities are summed
 BYTES_PER_SHARE = 160
 #: the widest slice of the product is the shuffle engine's (``SLICE_COLUMNS``): on the 10M-event bench

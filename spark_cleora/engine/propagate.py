@@ -67,10 +67,12 @@ def block_bytes_per_row_dim(dim: int) -> int:
     return math.ceil(max(12 + 44 * share, 20 + 20 * share))
 
 
-#: a multiply task's plan bytes per membership: the plan's Arrow value, its Python bytes, the loaded
-#: CSR arrays (8-byte weight + 4-byte index per membership) and, for a group, its merged copy (64); then
-#: the float32 runs (12) and what making them needs beyond the matrices they replace (20; :func:`prepare_plan`)
-PLAN_BYTES_PER_MEMBERSHIP = 96
+#: a multiply task's plan bytes per membership, at the most while the float32 runs are cut
+#: (:func:`prepare_plan`): the plan's Arrow value and its Python bytes (12 + 12), the loaded CSR arrays
+#: (8-byte weight + 4-byte index) or, for a group, their merged copy (24 while both exist), the runs (a
+#: float32 value and an int32 index in the row runs and in the column runs: 16) and the cutting's own
+#: temporaries (the column-major positions, ranks, pieces and new indices: 44)
+PLAN_BYTES_PER_MEMBERSHIP = 108
 #: a serialised plan's bytes per membership (8-byte weight, 4-byte entity index), and the most a group's
 #: plans may hold together (they share the partition's Arrow batches with the vectors)
 PLAN_BLOB_BYTES_PER_MEMBERSHIP, MAX_GROUP_PLAN_BYTES = 12, 2**30
@@ -327,17 +329,19 @@ def prepare_plan(plan: dict[str, Any], *, drop: bool = False) -> dict[str, Any]:
                 runs[f"{name}_rows"] = _row_runs(m, F32_TERMS)
                 runs[f"{name}_cols"] = _column_runs(m, F32_TERMS)
         plan["runs"] = runs
-    if drop:
+    if drop:  # the matrices and the arrays load_plan built them on (they share memory)
         for name in ("a", "b"):
-            plan.pop(name, None)
+            for key in (name, f"{name}_data", f"{name}_indices", f"{name}_indptr"):
+                plan.pop(key, None)
     return plan["runs"]
 
 
 @dataclass(frozen=True)
 class _Runs:
-    """A matrix M as float32 runs: ``m32`` holds M's rows (or columns) cut into runs; ``first[i]`` is row
-    i's first run, ``extra`` its other runs (those of ``owners``, grouped by owner), added to it in
-    float64 by ``adder`` (``owners`` x ``extra``, ones)."""
+    """A matrix M as float32 runs: ``m32`` holds M's rows (or columns) cut into runs, every row's first run
+    leading (``first``: the slice of them, row i's is run i), then the other runs (``extra``) of the rows
+    that have more (``owners``, grouped by owner), added to their row in float64 by ``adder`` (``owners``
+    x ``extra``, ones)."""
 
     m32: sparse.csr_matrix
     first: np.ndarray | slice
