@@ -73,7 +73,10 @@ def test_graph_built_in_the_task_equals_the_graph_stage(spark, events, small_inp
     small_input_rows(0)  # turned off: the graph stage in several blocks, the same numbers
     staged, rep0 = _single_pass(spark, events, block_memberships=800, **opts)
     assert "graph_in_task" not in rep0["one_task"] and rep0["num_blocks"] >= 2
-    assert max(float(np.abs(small[k][0] - staged[k][0]).max()) for k in small) <= 1e-6
+    # several blocks stack the hyperedges in another order, so an entity's float32 runs group other terms
+    # (a float32 rounding apart); whitening divides by each component's spread, which magnifies that
+    tol = 1e-5 if opts.get("whiten") else 1e-6
+    assert max(float(np.abs(small[k][0] - staged[k][0]).max()) for k in small) <= tol
 
 
 def test_only_inputs_up_to_the_limit_build_their_graph_in_the_task(spark, events, small_input_rows):
