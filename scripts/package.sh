@@ -81,8 +81,8 @@ for line in lines:
         if with_pyspark and "local" in req:
             print(req.split(";")[0].strip())
         continue
-    if "extra ==" in req:
-        continue  # optional extras (test, ...) are not runtime dependencies
+    if "extra ==" in req and 'extra == "fast"' not in req:
+        continue  # optional extras (test, ...) are not runtime dependencies; "fast" (numba) is packed
     print(req.split(";")[0].strip())
 EOF
 )"

@@ -386,10 +386,9 @@ def test_runs_keep_a_huge_sum_exact_where_one_float32_sum_drifts():
     assert abs(_run_sums(_column_runs(column, F32_TERMS), x, transpose=True)[0, 0] - exact) <= bound
 
 
-@pytest.mark.parametrize("reflexive", [True, False])
-def test_block_product_gives_each_column_the_same_bits_in_any_slice(reflexive):
-    """Runs beyond the first (long rows and columns) included: slices of 1, 7 and 64 columns and the whole
-    rows give the same bits, so the one-task engine's threads and the shuffle engine's slices agree."""
+def _runs_plan(reflexive: bool) -> dict:
+    """A prepared plan over :func:`_runs_matrix` (5000 entities; long rows and columns), two-sided unless
+    ``reflexive``."""
     from spark_cleora.engine.propagate import prepare_plan
 
     m = _runs_matrix()
@@ -397,6 +396,14 @@ def test_block_product_gives_each_column_the_same_bits_in_any_slice(reflexive):
     if not reflexive:
         plan["b"] = _runs_matrix()[::-1].tocsr()
     prepare_plan(plan)
+    return plan
+
+
+@pytest.mark.parametrize("reflexive", [True, False])
+def test_block_product_gives_each_column_the_same_bits_in_any_slice(reflexive):
+    """Runs beyond the first (long rows and columns) included: slices of 1, 7 and 64 columns and the whole
+    rows give the same bits, so the one-task engine's threads and the shuffle engine's slices agree."""
+    plan = _runs_plan(reflexive)
     rng = np.random.default_rng(4)
     x = rng.standard_normal((5000, 70)).astype(np.float32)
     post = rng.random(5000) + 0.5
@@ -427,3 +434,29 @@ def test_prepare_plan_drops_the_float64_matrices_only_when_asked():
     assert not {"a", "a_data", "a_indices", "a_indptr"} & dropped.keys() and {"runs", "ids", "scale"} <= dropped.keys()
     ones = np.ones(3)
     assert block_product(kept, x, ones, ones).tobytes() == block_product(dropped, x, ones, ones).tobytes()
+
+
+@pytest.mark.parametrize("reflexive", [True, False])
+def test_a_reused_scratch_and_scipys_own_product_give_the_same_bits(reflexive, monkeypatch):
+    """The products with one thread's Scratch reused slice after slice (slices of different widths, so its
+    arrays are cut to new shapes) equal fresh temporaries, and equal scipy's public ``m @ x`` in place of
+    its kernel (the fallback where ``_sparsetools`` is not found); the Scratch's arrays are made once."""
+    from spark_cleora.engine import propagate
+    from spark_cleora.engine.propagate import Scratch
+
+    plan = _runs_plan(reflexive)
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((5000, 70)).astype(np.float32)
+    pre, post = rng.random(5000) + 0.5, rng.random(5000) + 0.5
+    slices = [(0, 64), (64, 70), (10, 17), (0, 64)]
+    fresh = [block_product(plan, x[:, lo:hi], pre, post) for lo, hi in slices]
+    scratch = Scratch()
+    block_product(plan, x[:, 0:64], pre, post, scratch=scratch)
+    arrays = dict(scratch._arrays)
+    for (lo, hi), want in zip(slices, fresh):
+        got = block_product(plan, x[:, lo:hi], pre, post, scratch=scratch)
+        assert got.tobytes() == want.tobytes(), (lo, hi)
+    assert all(scratch._arrays[name] is a for name, a in arrays.items())  # reused, never made again
+    monkeypatch.setattr(propagate, "_sparsetools", None)
+    for (lo, hi), want in zip(slices, fresh):
+        assert block_product(plan, x[:, lo:hi], pre, post).tobytes() == want.tobytes(), (lo, hi)

@@ -7,6 +7,7 @@ import pycleora
 import pytest
 from oracle import PYCLEORA2_PYTHON
 
+from spark_cleora.engine import start_vectors
 from spark_cleora.engine.start_vectors import init_for_names, siphash13_u64
 from spark_cleora.engine.vectors import from_list_array, pack, to_list_array, unpack
 
@@ -32,7 +33,18 @@ def test_fx_init_is_bit_exact_with_pycleora3(seed, dim):
     np.testing.assert_array_equal(ours, ref)
 
 
-def test_siphash_init_matches_pycleora2_fixture():
+@pytest.fixture(params=["compiled", "numpy"])
+def siphash_path(request, monkeypatch):
+    """Each SipHash test runs on both paths: numba's compiled loops and the numpy rounds."""
+    if request.param == "compiled":
+        pytest.importorskip("numba")
+        assert start_vectors.compiled_siphash() is not None
+    else:
+        monkeypatch.setattr(start_vectors, "compiled_siphash", lambda: None)
+    return request.param
+
+
+def test_siphash_init_matches_pycleora2_fixture(siphash_path):
     ours = init_for_names(list("abcde"), 4, seed=0, method="siphash")
     # the spec prints 8 significant digits; bit-exactness is checked against the wheel below
     np.testing.assert_allclose(ours, SIPHASH_FIXTURE_A, rtol=0, atol=1e-8)
@@ -41,7 +53,7 @@ def test_siphash_init_matches_pycleora2_fixture():
 
 
 @pytest.mark.skipif(not PYCLEORA2_PYTHON, reason="no pycleora 2.0.0 interpreter (SPARK_CLEORA_PYCLEORA2_PYTHON)")
-def test_siphash_init_is_bit_exact_with_pycleora2():
+def test_siphash_init_is_bit_exact_with_pycleora2(siphash_path):
     import json
     import subprocess
 
@@ -61,7 +73,7 @@ def test_siphash_init_is_bit_exact_with_pycleora2():
         np.testing.assert_array_equal(init_for_names(out["ids"], 64, seed=s, method="siphash"), ref)
 
 
-def test_siphash13_matches_scalar_reference():
+def test_siphash13_matches_scalar_reference(siphash_path):
     """The vectorised SipHash-1-3 equals a plain scalar transcription of the algorithm."""
     mask = (1 << 64) - 1
 
@@ -89,7 +101,7 @@ def test_siphash13_matches_scalar_reference():
             v = list(rnd(*v))
         return v[0] ^ v[1] ^ v[2] ^ v[3]
 
-    ms = [0, 1, 2, mask, 1 << 63, 0x0123456789ABCDEF]
+    ms = [0, 1, 2, mask, 1 << 63, 0x0123456789ABCDEF, *range(3, 200, 7), *(mask - k for k in range(0, 300, 11))]
     got = siphash13_u64(np.array(ms, dtype=np.uint64))
     assert [int(x) for x in got] == [sip13(m) for m in ms]
 
@@ -116,6 +128,21 @@ def test_vector_encodings_round_trip():
     assert pack(m).type == pa.binary() and len(pack(m)[0].as_py()) == 12
     with pytest.raises(ValueError, match="expected 4"):
         unpack(pack(m), 4)
+
+
+def test_compiled_and_numpy_siphash_give_the_same_start_vectors(monkeypatch):
+    """numba's loops and the numpy rounds: the same bits over many entities, dimensions and seeds (both
+    signs of the hash, the remainder's edge), on threads and into a given array."""
+    pytest.importorskip("numba")
+    names = [f"n{i}" for i in range(3000)] + NAMES
+    words = np.random.default_rng(2).integers(0, 2**64 - 1, size=50_000, dtype=np.uint64, endpoint=True)
+    compiled = [init_for_names(names, d, seed=s, threads=t) for d, s, t in ((256, 0, 2), (33, -9, 1), (1, 2**40, 3))]
+    hashed = siphash13_u64(words)
+    monkeypatch.setattr(start_vectors, "compiled_siphash", lambda: None)
+    numpy = [init_for_names(names, d, seed=s, threads=t) for d, s, t in ((256, 0, 2), (33, -9, 1), (1, 2**40, 3))]
+    for a, b in zip(compiled, numpy):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(hashed, siphash13_u64(words))
 
 
 def test_threads_give_the_same_start_vectors():

@@ -57,7 +57,7 @@ from .hyperedges import cleora_text_to_memberships, events_to_memberships
 from ..storage.paths import local_path, parquet_footer_rows
 from .one_task import BYTES_PER_MEMBERSHIP, BYTES_PER_SHARE
 from ..runtime.machine import group_parallelism, shuffle_partitions, worker_memory_gb
-from .propagate import (SLICE_COLUMNS, X_SCHEMA, X_SCHEMA_COLUMNS, block_product, load_plan, normalize_rows,
+from .propagate import (SLICE_COLUMNS, X_SCHEMA, X_SCHEMA_COLUMNS, Scratch, block_product, load_plan, normalize_rows,
                         prepare_plan, propagate, route_scalings, unpacked)
 from ..runtime.session import job_description
 from .vectors import from_list_array, pack, to_list_array, unpack
@@ -309,10 +309,12 @@ def _iterate_new_rows(x: np.ndarray, known: np.ndarray, plan: dict[str, Any], wh
     Returns per row the iteration that first gave it a non-zero vector (0: none)."""
     made = np.zeros(len(x), dtype=np.int32)
     factor = residual / (1.0 - residual) if residual else 0.0
+    scratch = Scratch()  # the products' temporaries, reused slice after slice
     for k in range(1, iterations + 1):
         y = np.zeros_like(x)
         for lo in range(0, dim, SLICE_COLUMNS):
-            y[where, lo:lo + SLICE_COLUMNS] += block_product(plan, x[where, lo:lo + SLICE_COLUMNS], pre, post)
+            y[where, lo:lo + SLICE_COLUMNS] += block_product(plan, x[where, lo:lo + SLICE_COLUMNS], pre, post,
+                                                             scratch=scratch)
         if factor:
             y += factor * x
         normalize_rows(y)

@@ -30,6 +30,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -43,9 +44,9 @@ from pyspark.sql import functions as F
 from ..config import Column
 from ..errors import EntityHashCollisionError
 from .graph import BLOCK_ARROW, ENTITY_PART, INPUT_ROWS, PLAN, blocks_of_partition, keyed_memberships
-from .start_vectors import init_for_names
-from .propagate import (SLICE_COLUMNS, _maybe_inject_failure, block_product, load_plan, merge_plans, normalize_rows,
-                        prepare_plan)
+from .start_vectors import init_for_names, preload
+from .propagate import (SLICE_COLUMNS, Scratch, _maybe_inject_failure, block_product, load_plan, merge_plans,
+                        normalize_rows, prepare_plan)
 from .vectors import to_list_array, unpack
 from .whiten import whiten_array
 from ..storage.task_parquet import TaskParquetTarget, read_task_parquet, write_task_parquet
@@ -81,11 +82,13 @@ BYTES_PER_ENTITY_DIM = 12
 #: the centred rows and the float32 result
 BYTES_PER_ENTITY_DIM_WHITEN = 16
 #: bytes per entity or hyperedge x slice column x thread: a thread's temporaries of one slice
-#: (:func:`~spark_cleora.engine.propagate.block_product`). One side (a reflexive column): the scaled float32
-#: rows (12 while they are scaled), then the float32 runs' sums and the float64 product (12); the
-#: hyperedges' float64 sums beside their float32 runs' sums or copy (12). Two sides: the product, the runs
-#: and a second product being added (20), both sides' sums and one side's runs (20). The residual's scaled
-#: rows add 12 per entity.
+#: (:func:`~spark_cleora.engine.propagate.block_product`, kept in the thread's ``Scratch`` from slice to
+#: slice). One side (a reflexive column): the slice's contiguous float32 copy and the runs' float32
+#: products (8 of the 12 per entity); the runs' products and the scaled float32 sums per hyperedge (8 of
+#: the 12). Two sides: the second float64 product per entity as well (16 of 20), the other side's
+#: float32 sums per hyperedge (12 of 20). The rest of each figure is for the float64 sums of the rows
+#: and columns that have several runs (on the 10M-event bench graph 2% of the hyperedges, and extra runs
+#: for a quarter of the entities' count). The residual's scaled rows add 12 per entity.
 BYTES_PER_SLICE = {"one side": (12, 12), "two sides": (20, 20)}
 BYTES_PER_ENTITY_SLICE_RESIDUAL = 12
 #: bytes of the compiled graph per membership, at the most while its float32 runs are cut
@@ -315,6 +318,10 @@ def _embed(batches, *, col_names, outputs, dim, markov, init, seed, first, last,
            whiten_after, whiten_part, parquet: TaskParquetTarget | None, graph: dict | None = None,
            read_seconds: float = 0.0) -> Iterator[pa.RecordBatch]:
     t_start = time.perf_counter() - read_seconds  # (blocks read by the task itself: before this call)
+    # the start vectors' compiled loops load while the graph is read and merged
+    loading = threading.Thread(target=preload, args=(init,), daemon=True) if first == 1 else None
+    if loading is not None:
+        loading.start()
     batches = [b for b in batches if b.num_rows]
     if not batches:
         if parquet is not None:  # no graph: an empty output, as Spark's writer would leave it
@@ -336,6 +343,8 @@ def _embed(batches, *, col_names, outputs, dim, markov, init, seed, first, last,
         if len(p["ids"]) and (g.max() >= n or not np.array_equal(ids[g], p["ids"])):
             raise RuntimeError("one-task engine: a block plan names entities that have no share row")
         plans.append((p, g))
+    if loading is not None:
+        loading.join()
     x = init_for_names(ent["names"].to_pylist(), dim, seed=seed, method=init, threads=threads) if first == 1 else None
     given = t.filter(pc.equal(kind, START_VECTORS))
     if given.num_rows:
@@ -421,6 +430,7 @@ def _iterate(x, plans, pre, post, *, dim, first, last, keep, residual, whiten_af
     seconds: list[float] = []
     kept: dict[int, np.ndarray] = {first - 1: x} if first - 1 in keep else {}  # --iterations 0
     y = np.empty((n, dim))  # float64 products, one buffer for every iteration
+    local = threading.local()  # each thread's Scratch: its temporaries, reused slice after slice
     with ThreadPoolExecutor(threads) as pool:
         for k in range(first, last + 1):
             t0 = time.perf_counter()
@@ -428,7 +438,9 @@ def _iterate(x, plans, pre, post, *, dim, first, last, keep, residual, whiten_af
             def multiply(cols, x=x, y=y):
                 """One slice of post ⊙ (W · (pre ⊙ x)) (+ the residual rows), float64, into ``y``."""
                 lo, hi = cols
-                part = block_product(merged, x[:, lo:hi], pre, post, out=y[:, lo:hi])  # (no new n x slice array)
+                if not hasattr(local, "scratch"):
+                    local.scratch = Scratch()
+                part = block_product(merged, x[:, lo:hi], pre, post, out=y[:, lo:hi], scratch=local.scratch)
                 if factor:  # residual mixing: the shuffle engine's residual rows are float32 partials
                     part += (x[:, lo:hi].astype(np.float64) * factor).astype(np.float32)
 

@@ -38,6 +38,11 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from scipy import sparse
 
+try:  # scipy's compiled sparse kernels (see _sparse_product)
+    from scipy.sparse import _sparsetools
+except ImportError:  # pragma: no cover - a scipy that moved them: the public product
+    _sparsetools = None
+
 from .vectors import PACKED, pack, to_list_array, unpack
 
 log = logging.getLogger(__name__)
@@ -82,8 +87,11 @@ def group_bytes(*, entities: Any, hyperedges: Any, memberships: Any, dim: int, t
     """Bound on the working set of a multiply task that holds these entities, hyperedges and memberships
     (one block, or a group of blocks merged): the routed float32 vectors as Arrow batches, combined, and
     the float32 product (12 bytes per entity and dimension); per slice of ``SLICE_COLUMNS`` the gathered
-    rows and the products of :func:`block_product` (28 per entity with two sides, 20 with one) beside the
-    per-hyperedge sums and runs (20 with two sides, 12 with one); and the plans
+    rows and the products of :func:`block_product` (28 per entity with two sides, 20 with one: the
+    gathered rows, the runs' products and one or two float64 products, 24 and 16, and the float64 sums
+    of the columns with several runs) beside the per-hyperedge sums and runs (20 with two sides, 12 with
+    one: the runs' products and each side's float32 sums, 12 and 8, and the rows with several runs);
+    and the plans
     (``PLAN_BYTES_PER_MEMBERSHIP``). Ints or numpy arrays."""
     width = min(dim, SLICE_COLUMNS)
     per_slice = entities * (28 if two_sided else 20) + hyperedges * (20 if two_sided else 12)
@@ -234,8 +242,9 @@ def multiply_block(routed: pa.Table, plan: pa.Table, *, dim: int) -> pa.Table:
     pre, post = routed.column("pre").to_numpy()[order], routed.column("post").to_numpy()[order]
     prepare_plan(p, drop=True)
     y = np.empty((len(order), dim), dtype=np.float32)
-    for lo in range(0, dim, SLICE_COLUMNS):  # float64 temporaries for a slice of the dimensions at a time
-        y[:, lo:lo + SLICE_COLUMNS] = block_product(p, x[order, lo:lo + SLICE_COLUMNS], pre, post)
+    scratch = Scratch()  # float64 temporaries for a slice of the dimensions at a time, reused
+    for lo in range(0, dim, SLICE_COLUMNS):
+        y[:, lo:lo + SLICE_COLUMNS] = block_product(p, x[order, lo:lo + SLICE_COLUMNS], pre, post, scratch=scratch)
     keep = [n for n in routed.column_names if n not in _NOT_ROUTE]
     return routed.select(keep).take(pa.array(order)).append_column("vec", pack(y))
 
@@ -284,34 +293,65 @@ F32_TERMS = 64
 
 
 def block_product(plan: dict[str, Any], x: np.ndarray, pre: np.ndarray, post: np.ndarray,
-                  out: np.ndarray | None = None) -> np.ndarray:
+                  out: np.ndarray | None = None, scratch: Scratch | None = None) -> np.ndarray:
     """One block's contribution ``post ⊙ (W_block · (pre ⊙ x))`` in float64, rows in the plan's id order
     (``x``: the block's entity vectors in that order). Shared by both engines (the one-task engine passes
     all blocks merged into one plan, and a slice of the dimensions per thread). ``out``: a float64 array
-    of the result's shape to write it into (returned), instead of a new one.
+    of the result's shape to write it into (returned), instead of a new one; ``scratch``: the calling
+    thread's :class:`Scratch`, whose arrays then hold the temporaries, reused from call to call (and,
+    without ``out``, the result: use it before the next call).
 
     The sums are float32 runs of at most ``F32_TERMS`` terms added in float64 (:func:`prepare_plan`, done
     here once per plan unless done before); the scalings and the per-hyperedge factors are applied in
     float64, and each column's arithmetic does not depend on the slice it is in."""
     runs = prepare_plan(plan)
+    scratch = scratch if scratch is not None else Scratch()
     x = np.asarray(x, dtype=np.float32)
-    if not np.all(pre == 1.0):  # (left Markov: pre is 1)
-        x = (x * pre[:, None]).astype(np.float32)
-    scale = plan["scale"][:, None]
-    s_a = _run_sums(runs["a_rows"], x)  # per-hyperedge sums, float64, scaled in place
-    s_a *= scale
-    if "b_rows" in runs:
-        s_b = _run_sums(runs["b_rows"], x)
-        s_b *= scale
-        del x
-        y = _run_sums(runs["a_cols"], s_b.astype(np.float32), transpose=True, out=out)
-        del s_b
-        y += _run_sums(runs["b_cols"], s_a.astype(np.float32), transpose=True)
+    if not np.all(pre == 1.0):  # (left Markov: pre is 1); float64 products rounded to float32
+        x32 = np.multiply(x, pre[:, None], out=scratch.array("x", x.shape, np.float32), casting="same_kind")
+    elif not x.flags.c_contiguous:  # (a slice of wider rows) the sparse kernel reads whole rows of it
+        x32 = scratch.array("x", x.shape, np.float32)
+        np.copyto(x32, x)
     else:
-        del x
-        y = _run_sums(runs["a_cols"], s_a.astype(np.float32), transpose=True, out=out)
+        x32 = x
+    scale = plan["scale"][:, None]
+    # per-hyperedge sums, scaled in float64 and rounded to float32 for the second product
+    s_a = _scaled_sums(runs["a_rows"], x32, scale, scratch.array("s_a", (len(scale), x.shape[1]), np.float32),
+                       scratch)
+    if "b_rows" in runs:
+        s_b = _scaled_sums(runs["b_rows"], x32, scale, scratch.array("s_b", s_a.shape, np.float32), scratch)
+        y = _run_sums(runs["a_cols"], s_b, transpose=True, out=out, scratch=scratch, name="y")
+        y += _run_sums(runs["b_cols"], s_a, transpose=True, scratch=scratch, name="y_b")
+    else:
+        y = _run_sums(runs["a_cols"], s_a, transpose=True, out=out, scratch=scratch, name="y")
     y *= post[:, None]
     return y
+
+
+class Scratch:
+    """One thread's reusable temporaries: an array per name, grown when a call needs more, handed out as
+    views. A product's temporaries are as large as the vectors; allocated fresh for every slice, each
+    costs page faults on its first touch (on this machine's VM up to a third of the product's time went
+    to the kernel); reused, they cost nothing after the first slice."""
+
+    def __init__(self) -> None:
+        self._arrays: dict[str, np.ndarray] = {}
+
+    def array(self, name: str, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+        """An uninitialised ``shape`` array of ``dtype`` under ``name`` (the previous one's memory: one
+        array per name is live at a time)."""
+        size = math.prod(shape)
+        dtype = np.dtype(dtype)
+        have = self._arrays.get(name)
+        if have is None or have.dtype != dtype or have.size < size:
+            self._arrays.pop(name, None)  # (freed before the larger one is made)
+            have = self._arrays[name] = np.empty(size, dtype=dtype)
+        return have[:size].reshape(shape)
+
+    def zeros(self, name: str, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+        a = self.array(name, shape, dtype)
+        a.fill(0)
+        return a
 
 
 def prepare_plan(plan: dict[str, Any], *, drop: bool = False) -> dict[str, Any]:
@@ -350,22 +390,50 @@ class _Runs:
     adder: sparse.csr_matrix
 
 
-def _run_sums(runs: _Runs, x: np.ndarray, *, transpose: bool = False, out: np.ndarray | None = None) -> np.ndarray:
+def _run_sums(runs: _Runs, x: np.ndarray, *, transpose: bool = False, out: np.ndarray | None = None,
+              scratch: Scratch | None = None, name: str = "sums") -> np.ndarray:
     """``M x`` (``Mᵀ x``) in float64 from M's float32 runs: each row's first run, plus the float64 sum of
-    its other runs (a float64 copy of the few extra runs only, not of every run); into ``out`` if given.
+    its other runs (a float64 copy of the few extra runs only, not of every run); into ``out`` if given,
+    else into ``scratch``'s array ``name`` (or a new array).
 
-    The first runs are the leading rows of the runs' product, so they are copied once, into the result
-    (a new float64 array's first touch costs page faults: reusing ``out`` spares them)."""
-    part = (runs.m32.T if transpose else runs.m32) @ x
+    The first runs are the leading rows of the runs' product, so they are copied once, into the result."""
+    scratch = scratch if scratch is not None else Scratch()
+    part = _sparse_product(runs.m32.T if transpose else runs.m32, x, scratch)
     first = part[runs.first]
-    if out is None:
-        y = first.astype(np.float64)
-    else:
-        np.copyto(out, first)
-        y = out
+    y = out if out is not None else scratch.array(name, first.shape, np.float64)
+    np.copyto(y, first)
     if len(runs.extra):
         y[runs.owners] += runs.adder @ part[runs.extra].astype(np.float64)
     return y
+
+
+def _scaled_sums(runs: _Runs, x: np.ndarray, scale: np.ndarray, out: np.ndarray, scratch: Scratch) -> np.ndarray:
+    """``scale ⊙ (M x)`` rounded to float32, into ``out``: :func:`_run_sums`' float64 sums times ``scale``
+    (float64, a column), each rounded once, without a float64 array of them all (only the rows with
+    several runs are summed in float64 apart)."""
+    part = _sparse_product(runs.m32, x, scratch)
+    first = part[runs.first]
+    np.multiply(first, scale, out=out, casting="same_kind")  # (float64 products, rounded to float32)
+    if len(runs.extra):
+        rows = first[runs.owners].astype(np.float64)
+        rows += runs.adder @ part[runs.extra].astype(np.float64)
+        rows *= scale[runs.owners]
+        out[runs.owners] = rows
+    return out
+
+
+def _sparse_product(m: sparse.csr_matrix | sparse.csc_matrix, x: np.ndarray, scratch: Scratch) -> np.ndarray:
+    """``m @ x`` (float32, ``x`` C-contiguous) into ``scratch``'s array ``"part"``: scipy's own kernel
+    (``csr_matvecs`` / ``csc_matvecs``, what ``m @ x`` runs) given a reused, zeroed output instead of the
+    new one ``@`` allocates. Where that kernel is not found, ``m @ x`` copied in: the same sums."""
+    rows, cols = m.shape
+    part = scratch.zeros("part", (rows, x.shape[1]), np.float32)
+    kernel = getattr(_sparsetools, f"{m.format}_matvecs", None) if _sparsetools is not None else None
+    if kernel is None or m.dtype != np.float32 or x.dtype != np.float32 or not x.flags.c_contiguous:
+        np.copyto(part, m @ x)
+        return part
+    kernel(rows, cols, x.shape[1], m.indptr, m.indices, m.data, x.ravel(), part.ravel())
+    return part
 
 
 def _extra_runs(pieces: np.ndarray, first: np.ndarray | slice, extra: np.ndarray, m32: sparse.csr_matrix) -> _Runs:

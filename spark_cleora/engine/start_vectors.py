@@ -8,14 +8,17 @@ Every value is a pure function of ``(entity, dimension, seed)``::
         = u * 0x517cc1b727220a95 mod 2**64                # init="fx"       (pycleora 3.x)
     x   = f32(trunc_rem(i64(H), 2**23)) / 2**23           # uniform on (-1, 1)
 
-so the init parallelises over entities with no coordination. The per-dimension hashes are computed
-for a whole batch at once with numpy ``uint64`` arithmetic (which wraps, like Rust's release build);
-only the one XXH64 per entity name is a Python call.
+so the init parallelises over entities with no coordination. SipHash runs as compiled loops where
+numba is installed (the ``fast`` extra, :mod:`spark_cleora.engine.siphash`: ~20x faster), else, like
+FxHash, for a whole batch at once with numpy ``uint64`` arithmetic (which wraps, like Rust's release
+build): the same bits either way. Only the one XXH64 per entity name is a Python call.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Iterator, Sequence
+from types import ModuleType
 
 import numpy as np
 import pyarrow as pa
@@ -90,11 +93,35 @@ _R1_D = _rotl_int(_R1_A, 32)                        # v0 = rotl(v0, 32)
 _R1_E = _rotl_int(_R1_C, 17)                        # v1 = rotl(v1, 17), before v1 ^= v2
 
 
+@functools.cache
+def compiled_siphash() -> ModuleType | None:
+    """:mod:`spark_cleora.engine.siphash` (numba's compiled loops), or None without numba (the numpy
+    rounds below then give the same numbers)."""
+    try:
+        from . import siphash
+    except ImportError:
+        return None
+    return siphash
+
+
+def preload(method: str = "siphash") -> None:
+    """Import numba and load (or compile) the loops :func:`init_vectors` will run for ``method``, now:
+    a task calls this on a thread of its own while it reads its input (numba's import alone is ~0.4 s)."""
+    compiled = compiled_siphash() if method == "siphash" else None
+    if compiled is not None:
+        word = np.zeros(1, dtype=np.uint64)
+        compiled.siphash_rows_into(word, word, np.empty((1, 1), dtype=np.float32))
+
+
 def siphash13_u64(m: np.ndarray) -> np.ndarray:
     """SipHash-1-3 with a zero key of one little-endian u64 word (Rust's ``DefaultHasher.write_i64``)."""
     m = np.ascontiguousarray(m, dtype=np.uint64)
     flat = m.reshape(-1)
     out = np.empty_like(flat)
+    compiled = compiled_siphash()
+    if compiled is not None:
+        compiled.siphash13_into(flat, out)
+        return out.reshape(m.shape)
     b = np.uint64(8 << 56)  # message length 8 in the top byte, no tail bytes
     for lo in range(0, len(flat), _CHUNK):
         w = flat[lo:lo + _CHUNK]
@@ -124,17 +151,23 @@ def siphash13_u64(m: np.ndarray) -> np.ndarray:
     return out.reshape(m.shape)
 
 
-def init_vectors(hashes: np.ndarray, dim: int, *, seed: int = 0, method: str = "siphash") -> np.ndarray:
-    """Start vectors ``float32[n, dim]`` for entities with XXH64 ``hashes`` (``uint64[n]``).
+def init_vectors(hashes: np.ndarray, dim: int, *, seed: int = 0, method: str = "siphash",
+                 out: np.ndarray | None = None) -> np.ndarray:
+    """Start vectors ``float32[n, dim]`` for entities with XXH64 ``hashes`` (``uint64[n]``), into ``out``
+    (returned) if given.
 
     Works through the entities in chunks of rows, so the uint64 temporaries stay in cache (at 386k
     entities x 256 the whole-matrix temporaries were 0.8 GB each and the init took 4 s; chunked, a
     fraction of that)."""
     if method not in INIT_METHODS:
         raise ConfigError(f"init must be one of {INIT_METHODS}, got {method!r}")
-    hashes = np.asarray(hashes, dtype=np.uint64)
+    hashes = np.ascontiguousarray(hashes, dtype=np.uint64)
     offsets = np.arange(dim, dtype=np.uint64) + np.uint64(seed & _MASK64)
-    out = np.empty((len(hashes), dim), dtype=np.float32)
+    out = np.empty((len(hashes), dim), dtype=np.float32) if out is None else out
+    compiled = compiled_siphash() if method == "siphash" else None
+    if compiled is not None:
+        compiled.siphash_rows_into(hashes, offsets, out)
+        return out
     rows = max(1, _CHUNK // max(dim, 1))
     with np.errstate(over="ignore"):
         for lo in range(0, len(hashes), rows):
@@ -168,7 +201,7 @@ def init_for_names(names: Sequence[str], dim: int, *, seed: int = 0, method: str
 
     def part(bounds: tuple[int, int]) -> None:
         lo, hi = bounds
-        x[lo:hi] = init_vectors(hashes[lo:hi], dim, seed=seed, method=method)
+        init_vectors(hashes[lo:hi], dim, seed=seed, method=method, out=x[lo:hi])
 
     edges = np.linspace(0, len(hashes), threads + 1).astype(int)
     with ThreadPoolExecutor(threads) as pool:
