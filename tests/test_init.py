@@ -39,6 +39,7 @@ def siphash_path(request, monkeypatch):
     if request.param == "compiled":
         pytest.importorskip("numba")
         assert start_vectors.compiled_siphash() is not None
+        monkeypatch.setattr(start_vectors, "COMPILED_MIN_VALUES", 0)  # even for a handful of values
     else:
         monkeypatch.setattr(start_vectors, "compiled_siphash", lambda: None)
     return request.param
@@ -134,6 +135,7 @@ def test_compiled_and_numpy_siphash_give_the_same_start_vectors(monkeypatch):
     """numba's loops and the numpy rounds: the same bits over many entities, dimensions and seeds (both
     signs of the hash, the remainder's edge), on threads and into a given array."""
     pytest.importorskip("numba")
+    monkeypatch.setattr(start_vectors, "COMPILED_MIN_VALUES", 0)
     names = [f"n{i}" for i in range(3000)] + NAMES
     words = np.random.default_rng(2).integers(0, 2**64 - 1, size=50_000, dtype=np.uint64, endpoint=True)
     compiled = [init_for_names(names, d, seed=s, threads=t) for d, s, t in ((256, 0, 2), (33, -9, 1), (1, 2**40, 3))]
@@ -143,6 +145,16 @@ def test_compiled_and_numpy_siphash_give_the_same_start_vectors(monkeypatch):
     for a, b in zip(compiled, numpy):
         np.testing.assert_array_equal(a, b)
     np.testing.assert_array_equal(hashed, siphash13_u64(words))
+
+
+def test_numba_only_where_it_repays_its_import(monkeypatch):
+    """numba's loops run from COMPILED_MIN_VALUES start values of SipHash (not for FxHash, nor without numba)."""
+    pytest.importorskip("numba")
+    big = start_vectors.COMPILED_MIN_VALUES
+    assert start_vectors.use_compiled("siphash", big) and not start_vectors.use_compiled("siphash", big - 1)
+    assert not start_vectors.use_compiled("fx", big)
+    monkeypatch.setattr(start_vectors, "compiled_siphash", lambda: None)
+    assert not start_vectors.use_compiled("siphash", big)
 
 
 def test_threads_give_the_same_start_vectors():

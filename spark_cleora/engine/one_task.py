@@ -318,10 +318,6 @@ def _embed(batches, *, col_names, outputs, dim, markov, init, seed, first, last,
            whiten_after, whiten_part, parquet: TaskParquetTarget | None, graph: dict | None = None,
            read_seconds: float = 0.0) -> Iterator[pa.RecordBatch]:
     t_start = time.perf_counter() - read_seconds  # (blocks read by the task itself: before this call)
-    # the start vectors' compiled loops load while the graph is read and merged
-    loading = threading.Thread(target=preload, args=(init,), daemon=True) if first == 1 else None
-    if loading is not None:
-        loading.start()
     batches = [b for b in batches if b.num_rows]
     if not batches:
         if parquet is not None:  # no graph: an empty output, as Spark's writer would leave it
@@ -334,6 +330,10 @@ def _embed(batches, *, col_names, outputs, dim, markov, init, seed, first, last,
     kind = t.column("kind")
     ent = _entities(t.filter(pc.equal(kind, ENTITY_PART)), outputs)
     ids, n = ent["ids"], len(ent["ids"])
+    # the start vectors' compiled loops (if they will run) load while the plans are read and merged
+    loading = threading.Thread(target=preload, args=(init, n * dim), daemon=True) if first == 1 else None
+    if loading is not None:
+        loading.start()
     plans = []
     plan_rows = t.filter(pc.equal(kind, PLAN))
     # block by block, whatever order the rows came in: the hyperedges' order is the order of the sums

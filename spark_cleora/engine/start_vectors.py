@@ -104,11 +104,12 @@ def compiled_siphash() -> ModuleType | None:
     return siphash
 
 
-def preload(method: str = "siphash") -> None:
-    """Import numba and load (or compile) the loops :func:`init_vectors` will run for ``method``, now:
-    a task calls this on a thread of its own while it reads its input (numba's import alone is ~0.4 s)."""
-    compiled = compiled_siphash() if method == "siphash" else None
-    if compiled is not None:
+def preload(method: str, values: int) -> None:
+    """Import numba and load (or compile) the loops :func:`init_vectors` will run for ``values`` start
+    values of ``method``, if it will: a task calls this on a thread of its own while it reads its
+    input (numba's import alone is ~0.4 s)."""
+    if use_compiled(method, values):
+        compiled = compiled_siphash()
         word = np.zeros(1, dtype=np.uint64)
         compiled.siphash_rows_into(word, word, np.empty((1, 1), dtype=np.float32))
 
@@ -151,10 +152,21 @@ def siphash13_u64(m: np.ndarray) -> np.ndarray:
     return out.reshape(m.shape)
 
 
+#: start values (entities x dimensions) from which SipHash runs as numba's compiled loops: importing
+#: numba and loading them takes ~0.5 s, what numpy's rounds take for ~10M values on 2 threads
+COMPILED_MIN_VALUES = 1 << 24
+
+
+def use_compiled(method: str, values: int) -> bool:
+    """Whether ``values`` start values of ``method`` are computed by numba's loops (installed, SipHash,
+    enough of them to repay the import): the same numbers either way."""
+    return method == "siphash" and values >= COMPILED_MIN_VALUES and compiled_siphash() is not None
+
+
 def init_vectors(hashes: np.ndarray, dim: int, *, seed: int = 0, method: str = "siphash",
-                 out: np.ndarray | None = None) -> np.ndarray:
+                 out: np.ndarray | None = None, compiled: bool | None = None) -> np.ndarray:
     """Start vectors ``float32[n, dim]`` for entities with XXH64 ``hashes`` (``uint64[n]``), into ``out``
-    (returned) if given.
+    (returned) if given; ``compiled``: numba's loops or numpy's rounds (default: :func:`use_compiled`).
 
     Works through the entities in chunks of rows, so the uint64 temporaries stay in cache (at 386k
     entities x 256 the whole-matrix temporaries were 0.8 GB each and the init took 4 s; chunked, a
@@ -164,9 +176,8 @@ def init_vectors(hashes: np.ndarray, dim: int, *, seed: int = 0, method: str = "
     hashes = np.ascontiguousarray(hashes, dtype=np.uint64)
     offsets = np.arange(dim, dtype=np.uint64) + np.uint64(seed & _MASK64)
     out = np.empty((len(hashes), dim), dtype=np.float32) if out is None else out
-    compiled = compiled_siphash() if method == "siphash" else None
-    if compiled is not None:
-        compiled.siphash_rows_into(hashes, offsets, out)
+    if use_compiled(method, len(hashes) * dim) if compiled is None else (compiled and method == "siphash"):
+        compiled_siphash().siphash_rows_into(hashes, offsets, out)
         return out
     rows = max(1, _CHUNK // max(dim, 1))
     with np.errstate(over="ignore"):
@@ -193,15 +204,16 @@ def init_for_names(names: Sequence[str], dim: int, *, seed: int = 0, method: str
     ``threads`` > 1 splits the entities over a thread pool (the vectorised hash rounds release the GIL;
     the one XXH64 per name stays a quick Python loop): the same numbers, on more cores."""
     hashes = entity_hashes(names)
+    compiled = use_compiled(method, len(hashes) * dim)
     if threads <= 1 or len(hashes) < 2:
-        return init_vectors(hashes, dim, seed=seed, method=method)
+        return init_vectors(hashes, dim, seed=seed, method=method, compiled=compiled)
     from concurrent.futures import ThreadPoolExecutor
 
     x = np.empty((len(hashes), dim), dtype=np.float32)
 
     def part(bounds: tuple[int, int]) -> None:
         lo, hi = bounds
-        init_vectors(hashes[lo:hi], dim, seed=seed, method=method, out=x[lo:hi])
+        init_vectors(hashes[lo:hi], dim, seed=seed, method=method, out=x[lo:hi], compiled=compiled)
 
     edges = np.linspace(0, len(hashes), threads + 1).astype(int)
     with ThreadPoolExecutor(threads) as pool:
