@@ -186,7 +186,7 @@ def test_iterations_are_the_same_bits_for_every_slice_width(monkeypatch, threads
         want = normalize_rows(block_product(plan, want, pre, post)).astype(np.float32)
     monkeypatch.setattr(one_task, "_NORM_ROWS", 7)
     for width in (1, 8, 64):
-        kept, _, used = one_task._iterate(x0.copy(), [(plan, np.arange(n))], pre, post, dim=dim, first=1, last=3, keep=(3,),
+        kept, _, used = one_task._iterate(x0.copy(), np.full((n, dim), np.nan), [(plan, np.arange(n))], pre, post, dim=dim, first=1, last=3, keep=(3,),
                                     residual=0.0, whiten_after=frozenset(), threads=threads, slice_columns=width)
         # (slices of 64 are narrowed so that every thread gets one)
         assert (used == width if width < 64 else used <= 64) and kept[3].tobytes() == want.tobytes(), width

@@ -334,6 +334,11 @@ def _embed(batches, *, col_names, outputs, dim, markov, init, seed, first, last,
     loading = threading.Thread(target=preload, args=(init, n * dim), daemon=True) if first == 1 else None
     if loading is not None:
         loading.start()
+    # the products' float64 buffer, its pages first touched on a thread of its own while the plans load: a
+    # fresh array's page faults (0.8 GB at 10M events: 0.1-2.6 s on this VM) fall on no thread's path
+    y = np.empty((n, dim))
+    touching = threading.Thread(target=y.fill, args=(0.0,), daemon=True)
+    touching.start()
     plans = []
     plan_rows = t.filter(pc.equal(kind, PLAN))
     # block by block, whatever order the rows came in: the hyperedges' order is the order of the sums
@@ -365,8 +370,9 @@ def _embed(batches, *, col_names, outputs, dim, markov, init, seed, first, last,
         pre, post = np.ones(n), 1.0 / degree
     else:
         pre = post = 1.0 / np.sqrt(degree)
+    touching.join()
     t_ready = time.perf_counter()
-    parts, seconds, width = _iterate(x, plans, pre, post, dim=dim, first=first, last=last, keep=keep, residual=residual,
+    parts, seconds, width = _iterate(x, y, plans, pre, post, dim=dim, first=first, last=last, keep=keep, residual=residual,
                               whiten_after=whiten_after, threads=threads, slice_columns=slice_columns)
     if whiten_part:
         parts = {k: (v if k == last else whiten_array(v).astype(np.float32)) for k, v in parts.items()}
@@ -406,10 +412,11 @@ def _report_row(report: dict) -> pa.RecordBatch:
         schema=_ONE_TASK_ARROW)
 
 
-def _iterate(x, plans, pre, post, *, dim, first, last, keep, residual, whiten_after, threads,
+def _iterate(x, y, plans, pre, post, *, dim, first, last, keep, residual, whiten_after, threads,
              slice_columns=SLICE_COLUMNS):
     """Iterations ``first..last`` from ``x`` (float32 [n, dim]): ({kept iteration: float32 rows}, seconds,
-    the slices' width); ``plans`` ((plan, entity indices) per block) is consumed.
+    the slices' width); ``y`` (float64 [n, dim]) holds every iteration's products; ``plans`` ((plan,
+    entity indices) per block) is consumed.
 
     One :func:`~spark_cleora.engine.propagate.block_product` per slice of the dimensions over the merged plan,
     the slices (:func:`slice_width`) handed to the threads in turn: each column's sums are those
@@ -429,7 +436,6 @@ def _iterate(x, plans, pre, post, *, dim, first, last, keep, residual, whiten_af
     factor = residual / (1.0 - residual) if residual else 0.0
     seconds: list[float] = []
     kept: dict[int, np.ndarray] = {first - 1: x} if first - 1 in keep else {}  # --iterations 0
-    y = np.empty((n, dim))  # float64 products, one buffer for every iteration
     local = threading.local()  # each thread's Scratch: its temporaries, reused slice after slice
     with ThreadPoolExecutor(threads) as pool:
         for k in range(first, last + 1):
