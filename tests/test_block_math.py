@@ -460,3 +460,17 @@ def test_a_reused_scratch_and_scipys_own_product_give_the_same_bits(reflexive, m
     monkeypatch.setattr(propagate, "_sparsetools", None)
     for (lo, hi), want in zip(slices, fresh):
         assert block_product(plan, x[:, lo:hi], pre, post).tobytes() == want.tobytes(), (lo, hi)
+
+
+def test_block_counts_fill_the_last_wave_of_tasks():
+    """The graph build's block count is rounded up to a multiple of the tasks that run at once when that
+    adds at most a quarter more blocks (11 -> 12 on 2 cores), and left alone otherwise."""
+    from spark_cleora.engine.graph import blocks_for
+
+    assert blocks_for(10_000_000, dim=256, block_memberships=909_091, memory_gb=4, parallelism=2) == 12  # 11
+    assert blocks_for(10_000_000, dim=256, block_memberships=1_000_000, memory_gb=4, parallelism=2) == 10
+    assert blocks_for(10_000_000, dim=256, block_memberships=1_000_000, memory_gb=4, parallelism=4) == 12  # 10
+    assert blocks_for(10_000_000, dim=256, block_memberships=1_000_000, memory_gb=4, parallelism=8) == 10  # not 16
+    assert blocks_for(10_000_000, dim=256, block_memberships=800_000, memory_gb=4, parallelism=10) == 13  # not 20
+    assert blocks_for(30_000, dim=256, block_memberships=1_000_000, memory_gb=4, parallelism=2) == 2  # 30k/20k
+    assert blocks_for(10_000, dim=256, block_memberships=1_000_000, memory_gb=4, parallelism=2) == 1

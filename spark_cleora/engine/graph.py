@@ -86,10 +86,16 @@ PARTITION_ROWS = 4_000_000
 def blocks_for(n_rows: int, *, dim: int, block_memberships: int | None, memory_gb: float, parallelism: int) -> int:
     """Blocks for ``n_rows`` raw rows: sized by memory (``block_memberships``, by default what fits
     ``memory_gb``), at least one per core, and no block above ``PARTITION_ROWS`` raw rows (each is sorted
-    in one task). Fewer, larger blocks copy a popular entity's vector to fewer blocks per iteration."""
+    in one task), rounded up to a multiple of ``parallelism`` where that costs few blocks. Fewer, larger
+    blocks copy a popular entity's vector to fewer blocks per iteration."""
     by_memory = choose_num_blocks(n_rows, block_memberships or default_block_memberships(dim, memory_gb),
                                   parallelism)
-    return max(by_memory, math.ceil(n_rows / PARTITION_ROWS))
+    n = max(by_memory, math.ceil(n_rows / PARTITION_ROWS))
+    # the build runs ``parallelism`` tasks at a time: a multiple of it leaves no core idle in the last
+    # wave (10M events on 2 cores: 11 blocks are 6 waves, the last of one task; 12 are 6 full waves of
+    # smaller tasks), taken when it adds at most a quarter more blocks (each copies popular vectors)
+    whole = math.ceil(n / parallelism) * parallelism
+    return whole if n > parallelism and whole * 4 <= n * 5 else n
 
 
 def _spark_hash_int(k: np.ndarray) -> np.ndarray:
