@@ -474,3 +474,24 @@ def test_block_counts_fill_the_last_wave_of_tasks():
     assert blocks_for(10_000_000, dim=256, block_memberships=800_000, memory_gb=4, parallelism=10) == 13  # not 20
     assert blocks_for(30_000, dim=256, block_memberships=1_000_000, memory_gb=4, parallelism=2) == 2  # 30k/20k
     assert blocks_for(10_000, dim=256, block_memberships=1_000_000, memory_gb=4, parallelism=2) == 1
+
+
+def test_a_kernel_that_refuses_its_arguments_falls_back_to_scipys_product(monkeypatch):
+    """scipy's private kernel is only an allocation saved: one that raises on its arguments (another scipy
+    release) gives way to the public ``m @ x``, with the same bits."""
+    from spark_cleora.engine import propagate
+
+    plan = _runs_plan(True)
+    x = np.random.default_rng(6).standard_normal((5000, 9)).astype(np.float32)
+    ones = np.ones(5000)
+    want = block_product(plan, x, ones, ones)
+
+    class Refusing:
+        @staticmethod
+        def csr_matvecs(*args):
+            raise TypeError("other arguments")
+
+        csc_matvecs = csr_matvecs
+
+    monkeypatch.setattr(propagate, "_sparsetools", Refusing)
+    assert block_product(plan, x, ones, ones).tobytes() == want.tobytes()

@@ -182,3 +182,24 @@ def test_rust_remainder_without_a_division():
                      dtype=np.int64)
     x = np.concatenate([edges, np.random.default_rng(3).integers(-(2**63), 2**63 - 1, size=200_000, dtype=np.int64)])
     np.testing.assert_array_equal(_rust_rem(x), np.fmod(x, 2**23))
+
+
+def test_a_numba_that_cannot_compile_leaves_the_numpy_rounds(monkeypatch):
+    """numba present but failing to compile (an unsupported machine or release): a warning, then numpy's
+    rounds, the same numbers; the run does not fail."""
+    pytest.importorskip("numba")
+    from spark_cleora.engine import siphash
+
+    want = init_for_names(["a", "b"], 8, seed=1)
+
+    def broken(*args):
+        raise RuntimeError("cannot compile here")
+
+    monkeypatch.setattr(siphash, "siphash_rows_into", broken)
+    start_vectors.compiled_siphash.cache_clear()
+    try:
+        assert start_vectors.compiled_siphash() is None
+        assert not start_vectors.use_compiled("siphash", start_vectors.COMPILED_MIN_VALUES)
+        np.testing.assert_array_equal(init_for_names(["a", "b"], 8, seed=1), want)
+    finally:
+        start_vectors.compiled_siphash.cache_clear()

@@ -349,6 +349,7 @@ class Scratch:
         return have[:size].reshape(shape)
 
     def zeros(self, name: str, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+        """:meth:`array`, filled with zeros."""
         a = self.array(name, shape, dtype)
         a.fill(0)
         return a
@@ -427,12 +428,16 @@ def _sparse_product(m: sparse.csr_matrix | sparse.csc_matrix, x: np.ndarray, scr
     (``csr_matvecs`` / ``csc_matvecs``, what ``m @ x`` runs) given a reused, zeroed output instead of the
     new one ``@`` allocates. Where that kernel is not found, ``m @ x`` copied in: the same sums."""
     rows, cols = m.shape
-    part = scratch.zeros("part", (rows, x.shape[1]), np.float32)
     kernel = getattr(_sparsetools, f"{m.format}_matvecs", None) if _sparsetools is not None else None
-    if kernel is None or m.dtype != np.float32 or x.dtype != np.float32 or not x.flags.c_contiguous:
-        np.copyto(part, m @ x)
-        return part
-    kernel(rows, cols, x.shape[1], m.indptr, m.indices, m.data, x.ravel(), part.ravel())
+    if kernel is not None and m.dtype == np.float32 and x.dtype == np.float32 and x.flags.c_contiguous:
+        part = scratch.zeros("part", (rows, x.shape[1]), np.float32)  # (the kernel adds into it)
+        try:
+            kernel(rows, cols, x.shape[1], m.indptr, m.indices, m.data, x.ravel(), part.ravel())
+            return part
+        except (TypeError, ValueError):  # a scipy whose private kernel takes other arguments
+            pass
+    part = scratch.array("part", (rows, x.shape[1]), np.float32)
+    np.copyto(part, m @ x)
     return part
 
 

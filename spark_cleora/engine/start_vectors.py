@@ -17,6 +17,7 @@ build): the same bits either way. Only the one XXH64 per entity name is a Python
 from __future__ import annotations
 
 import functools
+import logging
 from collections.abc import Iterable, Iterator, Sequence
 from types import ModuleType
 
@@ -28,6 +29,8 @@ from pyspark.sql import DataFrame
 from ..errors import ConfigError, InitVectorsError
 from ..config import INIT_METHODS
 from .vectors import pack
+
+log = logging.getLogger(__name__)
 
 _MAX_HASH = 1 << 23
 _FX_K = np.uint64(0x517CC1B727220A95)
@@ -95,11 +98,18 @@ _R1_E = _rotl_int(_R1_C, 17)                        # v1 = rotl(v1, 17), before 
 
 @functools.cache
 def compiled_siphash() -> ModuleType | None:
-    """:mod:`spark_cleora.engine.siphash` (numba's compiled loops), or None without numba (the numpy
+    """:mod:`spark_cleora.engine.siphash` (numba's compiled loops), its start-vector loop loaded (or
+    compiled) here; None without numba, or with one that cannot compile on this machine (the numpy
     rounds below then give the same numbers)."""
     try:
         from . import siphash
+
+        word = np.zeros(1, dtype=np.uint64)
+        siphash.siphash_rows_into(word, word, np.empty((1, 1), dtype=np.float32))
     except ImportError:
+        return None
+    except Exception:  # numba present but unusable here: not a reason to fail a run
+        log.warning("numba could not compile the SipHash start vectors; numpy computes them", exc_info=True)
         return None
     return siphash
 
@@ -108,10 +118,7 @@ def preload(method: str, values: int) -> None:
     """Import numba and load (or compile) the loops :func:`init_vectors` will run for ``values`` start
     values of ``method``, if it will: a task calls this on a thread of its own while it reads its
     input (numba's import alone is ~0.4 s)."""
-    if use_compiled(method, values):
-        compiled = compiled_siphash()
-        word = np.zeros(1, dtype=np.uint64)
-        compiled.siphash_rows_into(word, word, np.empty((1, 1), dtype=np.float32))
+    use_compiled(method, values)
 
 
 def siphash13_u64(m: np.ndarray) -> np.ndarray:
