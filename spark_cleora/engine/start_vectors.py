@@ -183,7 +183,9 @@ def init_vectors(hashes: np.ndarray, dim: int, *, seed: int = 0, method: str = "
     hashes = np.ascontiguousarray(hashes, dtype=np.uint64)
     offsets = np.arange(dim, dtype=np.uint64) + np.uint64(seed & _MASK64)
     out = np.empty((len(hashes), dim), dtype=np.float32) if out is None else out
-    if use_compiled(method, len(hashes) * dim) if compiled is None else (compiled and method == "siphash"):
+    if compiled is None:
+        compiled = use_compiled(method, len(hashes) * dim)
+    if compiled and method == "siphash":
         compiled_siphash().siphash_rows_into(hashes, offsets, out)
         return out
     rows = max(1, _CHUNK // max(dim, 1))
