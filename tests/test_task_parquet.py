@@ -222,3 +222,35 @@ def test_rejected_rows_still_fail_the_run_before_the_tasks_file_is_published(spa
         code, out = _embed(tmp_path, f"out{small}", data)
         assert code == 3 and "null_entity" in capsys.readouterr().err
         assert sorted(os.listdir(tmp_path)) == ["bad.csv"]  # no output, no staging directory left
+
+
+@pytest.mark.parametrize("extra", [(), ("--weight", "w", "--on-bad-rows", "skip")], ids=["plain", "weighted"])
+def test_the_graph_blocks_written_by_the_tasks_are_what_spark_writes(spark, conf, tmp_path, events_csv, extra):
+    """On a local Spark the graph build's tasks write ``graph/blocks`` themselves: the same rows (every
+    value, plans byte for byte) as Spark's writer, one part file per block, complete only with its
+    ``_SUCCESS``, and the same counts and embeddings."""
+    data = tmp_path / "ev2.csv"
+    data.write_text(events_csv.read_text() + "u1,,1\nu2,i1,x\n")  # rejected rows: counted from the tasks' rows
+    runs = {}
+    for mode in ("true", "false"):
+        conf(**{ENABLED_CONF.replace(".", "__"): mode})
+        work = tmp_path / f"work-{mode}"
+        code, out = _embed(tmp_path, f"out-{mode}", data, "--keep-work", "--work-dir", str(work), "--num-blocks", "3",
+                           *(extra or ("--on-bad-rows", "skip")))
+        assert code == 0
+        runs[mode] = (json.loads((out / "_run.json").read_text()), work / "graph" / "blocks", out)
+    (by_tasks, blocks_t, out_t), (by_spark, blocks_s, out_s) = runs["true"], runs["false"]
+    for key in ("entities_written", "input_rows", "rejected", "hyperedges", "memberships", "num_blocks"):
+        assert by_tasks[key] == by_spark[key], key
+    assert by_tasks["rejected"] and by_tasks["one_task"]["blocks_read_by_task"]
+    names = sorted(os.listdir(blocks_t))
+    assert names[0] == "_SUCCESS" and len([n for n in names if n.endswith(".parquet")]) == 3
+    assert not [n for n in names if n.startswith(".")]  # no attempt's partial file left
+    cols = ["kind", "block", "id", "entity", "col", "occurrences", "degree", "plan", "memberships", "hyperedges",
+            "largest", "rows", "entities"]
+    a, b = spark.read.parquet(str(blocks_t)), spark.read.parquet(str(blocks_s))
+    assert a.schema == b.schema
+    key = lambda r: (r["kind"], r["block"], r["id"] or 0, r["entity"] or "")  # noqa: E731
+    assert sorted(a.select(cols).collect(), key=key) == sorted(b.select(cols).collect(), key=key)
+    rows_t = sorted(spark.read.parquet(str(out_t)).collect(), key=lambda r: r["entity"])
+    assert rows_t == sorted(spark.read.parquet(str(out_s)).collect(), key=lambda r: r["entity"])

@@ -30,9 +30,11 @@ from .graph import (
     block_groups,
     blocks_for,
     build_blocks,
+    build_blocks_in_tasks,
     build_entities,
     check_hyperedge_fits,
     count_entities,
+    counts_of_rows,
     estimate_entities,
     graph_count_metrics,
     graph_counts,
@@ -42,7 +44,8 @@ from .graph import (
 from .hyperedges import Rejections, cleora_text_to_memberships, constant_columns, events_to_memberships
 from .start_vectors import given_start_vectors, init_for_names, override_start_vectors, read_start_vectors
 from ..storage.paths import local_path, parquet_footer_rows
-from ..storage.task_parquet import TaskParquetTarget, check_task_parquet, readable_by_task, workers_share_local_files
+from ..storage.task_parquet import (TaskParquetTarget, check_task_parquet, readable_by_task, spark_parquet_codec,
+                                    workers_share_local_files)
 from .one_task import (
     SLICE_CHOICES,
     SLICE_COLUMNS,
@@ -494,8 +497,17 @@ def _prepare_graph(spark: SparkSession, cfg: EmbedConfig, source: DataFrame, wor
         num_blocks = cfg.num_blocks or blocks_for(units, dim=cfg.dim, block_memberships=cfg.block_memberships,
                                                   memory_gb=memory_gb, parallelism=shuffle_partitions(spark))
         built = build_blocks(raw, reflexive=len(cfg.column_spec) == 1, num_blocks=num_blocks, constant=constant)
+        codec = spark_parquet_codec(spark)
         with job_description(spark, "spark_cleora: build graph"), narrow_row_batches(spark):
-            if store is not None and not store.is_complete("graph/blocks"):
+            if store is not None and store.local is not None and codec is not None and workers_share_local_files(spark):
+                # the tasks write the blocks themselves; the job returns the counts' rows
+                target = TaskParquetTarget(os.path.abspath(store.task_directory("graph/blocks")), codec)
+                counted = build_blocks_in_tasks(raw, reflexive=len(cfg.column_spec) == 1, num_blocks=num_blocks,
+                                                target=target, constant=constant).collect()
+                store.mark_complete("graph/blocks")
+                blocks = store.read("graph/blocks")
+                counts = counts_of_rows([r.asDict() for r in counted])
+            elif store is not None and not store.is_complete("graph/blocks"):
                 # the counts are observed while the blocks are written: no job of their own
                 observed = Observation()
                 blocks = store.write(built.observe(observed, *graph_count_metrics()), "graph/blocks")

@@ -240,7 +240,7 @@ def _one_pass(batches, *, reflexive, col_names, outputs, markov, dim, iterations
     report["memberships"] = int(plan_rows.column("memberships")[0].as_py())
     report["hyperedges"] = int(plan_rows.column("hyperedges")[0].as_py())
     ent = _entities(graph.filter(pc.equal(kind, ENTITY_PART)), outputs)
-    plan = load_plan(plan_rows.column("plan")[0].as_py())
+    plan = load_plan(plan_rows.column("plan")[0].as_buffer())
     prepare_plan(plan, drop=True)
     del graph
     ids, n = ent["ids"], len(ent["ids"])

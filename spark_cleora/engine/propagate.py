@@ -203,8 +203,10 @@ def compile_plan(h_idx: np.ndarray, e_idx: np.ndarray, *, ids: np.ndarray, n_h: 
     return buf.getvalue()
 
 
-def load_plan(blob: bytes) -> dict[str, Any]:
-    with np.load(io.BytesIO(blob)) as z:
+def load_plan(blob: bytes | pa.Buffer) -> dict[str, Any]:
+    """A compiled plan's arrays (and its matrices) from its bytes, or from the Arrow buffer of its value
+    in a binary column (``scalar.as_buffer()``: read where it lies, not copied into a ``bytes`` first)."""
+    with np.load(pa.BufferReader(blob)) as z:
         arrays = {k: z[k] for k in z.files}
     n_e, n_h = len(arrays["ids"]), len(arrays["scale"])
     for name in ("a", "b"):
@@ -225,13 +227,13 @@ def multiply_block(routed: pa.Table, plan: pa.Table, *, dim: int) -> pa.Table:
     order = np.argsort(ids, kind="stable")
     ids = ids[order]
     if plan.num_rows == 1:
-        p = load_plan(plan.column("plan")[0].as_py())
+        p = load_plan(plan.column("plan")[0].as_buffer())
         known = p["ids"]
     else:  # the blocks' hyperedges stacked in block order, over the group's entities
         blobs = plan.column("plan")
         ranks = (pc.sort_indices(plan, sort_keys=[("part", "ascending")]).to_pylist() if "part" in plan.column_names
                  else range(plan.num_rows))  # (an index: the blobs are not copied)
-        loaded = [load_plan(blobs[int(i)].as_py()) for i in ranks]
+        loaded = [load_plan(blobs[int(i)].as_buffer()) for i in ranks]
         known = np.unique(np.concatenate([q["ids"] for q in loaded]))
         if np.array_equal(ids, known):
             p = merge_plans([(q, np.searchsorted(ids, q["ids"])) for q in loaded], len(ids))

@@ -61,6 +61,23 @@ class WorkStore:
     def read(self, name: str) -> DataFrame:
         return self.spark.read.parquet(self.path(name))
 
+    # -- written by tasks (local stores) ------------------------------------------------------------
+    def task_directory(self, name: str) -> str:
+        """An empty local directory for ``name`` whose files tasks write themselves (what was there, an
+        unfinished earlier attempt, is removed, as Spark's overwrite would); :meth:`mark_complete` once
+        the job that wrote them succeeded."""
+        if self.local is None:
+            raise ValueError("tasks write only into a local work directory")
+        path = os.path.join(self.local, name)
+        shutil.rmtree(path, ignore_errors=True)
+        os.makedirs(path)
+        return path
+
+    def mark_complete(self, name: str) -> None:
+        """Spark's ``_SUCCESS`` marker for a directory written by tasks (:meth:`task_directory`)."""
+        with open(os.path.join(self.local or "", name, "_SUCCESS"), "w", encoding="utf-8"):
+            pass
+
     def last_iteration(self, upto: int) -> int | None:
         """Highest finished iteration <= ``upto``, or None."""
         for k in range(upto, -1, -1):
