@@ -11,8 +11,10 @@ That is the case on a local Spark whose JVM spark_cleora started (:func:`workers
 the workers are processes of this machine. The output must be an unpartitioned Parquet directory at a
 local path (written to a staging directory that the job renames into place once the run's checks
 pass), in a codec pyarrow writes as Spark does (snappy, zstd, gzip or none) and without
-``spark.sql.parquet.writeLegacyFormat``; the blocks, a complete Spark output in a local work directory
-whose codec pyarrow reads. Anything else (a cluster, Spark Connect, a notebook's session, a table,
+``spark.sql.parquet.writeLegacyFormat``; the blocks, a complete output in a local work directory
+whose codec pyarrow reads. The graph build's tasks write those blocks themselves too, one file per
+block (:func:`spark_cleora.engine.graph.build_blocks_in_tasks`): the share rows and plans of 10M events
+through Spark's writer cost ~2 s more in a fresh JVM. Anything else (a cluster, Spark Connect, a notebook's session, a table,
 Delta, partitioned output) keeps Spark's reader and writer, as does
 ``spark.cleora.taskParquet.enabled=false``. The file holds the same values and schema as Spark's;
 Spark's writer settings that shape files rather than values (``maxRecordsPerFile``, the row group size,
