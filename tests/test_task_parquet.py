@@ -144,11 +144,33 @@ def test_the_driver_keeps_only_the_tasks_file_and_checks_its_rows(tmp_path):
     open(killed, "wb").write(b"partial")
     check_task_parquet(target, 20)
     assert os.listdir(target.directory) == [target.file_name]
-    with pytest.raises(RuntimeError, match="holds 20"):
+    with pytest.raises(RuntimeError, match="the file holds 20"):
         check_task_parquet(target, 21)
     pq.write_table(pa.table({"entity": ["x"]}), os.path.join(target.directory, "part-00001-other.parquet"))
-    with pytest.raises(RuntimeError, match="not its one part file"):
+    with pytest.raises(RuntimeError, match="not the ones its tasks wrote"):
         check_task_parquet(target, 20)
+
+
+def test_the_driver_checks_every_file_the_tasks_wrote_and_nothing_else(tmp_path):
+    """The graph build's tasks each write a file: the directory must hold exactly those, with the rows
+    each task reported; a lost file, a stray one or a wrong count is an error, a killed attempt's partial
+    file is removed."""
+    from spark_cleora.storage.task_parquet import check_task_files
+
+    directory = str(tmp_path / "blocks")
+    targets = [TaskParquetTarget(directory, write_id=f"w-{p:05d}") for p in range(2)]
+    written = {t.file_name: write_task_parquet(t, _batches(n, 4, 10), _SCHEMA) for t, n in zip(targets, (20, 30))}
+    killed = os.path.join(directory, f".{targets[1].file_name}.0badf00d.inprogress")
+    open(killed, "wb").write(b"partial")
+    check_task_files(directory, written)
+    assert sorted(os.listdir(directory)) == sorted(written)
+    with pytest.raises(RuntimeError, match="the file holds 30"):
+        check_task_files(directory, {**written, targets[1].file_name: 31})
+    with pytest.raises(RuntimeError, match="not the ones its tasks wrote"):  # a file the job did not report
+        check_task_files(directory, {targets[0].file_name: 20})
+    os.remove(os.path.join(directory, targets[0].file_name))
+    with pytest.raises(RuntimeError, match="not the ones its tasks wrote"):  # a reported file lost
+        check_task_files(directory, written)
 
 
 def test_blocks_are_read_by_the_task_only_from_complete_files_in_a_codec_it_reads(tmp_path):

@@ -26,6 +26,7 @@ from ..errors import BadInputError, ConfigError
 from .._version import __version__
 from .graph import (
     ENTITIES_RSD,
+    WRITTEN,
     GraphCounts,
     block_groups,
     blocks_for,
@@ -44,8 +45,8 @@ from .graph import (
 from .hyperedges import Rejections, cleora_text_to_memberships, constant_columns, events_to_memberships
 from .start_vectors import given_start_vectors, init_for_names, override_start_vectors, read_start_vectors
 from ..storage.paths import local_path, parquet_footer_rows
-from ..storage.task_parquet import (TaskParquetTarget, check_task_parquet, readable_by_task, spark_parquet_codec,
-                                    workers_share_local_files)
+from ..storage.task_parquet import (TaskParquetTarget, check_task_files, check_task_parquet, readable_by_task,
+                                    spark_parquet_codec, workers_share_local_files)
 from .one_task import (
     SLICE_CHOICES,
     SLICE_COLUMNS,
@@ -496,23 +497,25 @@ def _prepare_graph(spark: SparkSession, cfg: EmbedConfig, source: DataFrame, wor
                 raise BadInputError("events: the input is empty (no rows were read)")
         num_blocks = cfg.num_blocks or blocks_for(units, dim=cfg.dim, block_memberships=cfg.block_memberships,
                                                   memory_gb=memory_gb, parallelism=shuffle_partitions(spark))
-        built = build_blocks(raw, reflexive=len(cfg.column_spec) == 1, num_blocks=num_blocks, constant=constant)
-        codec = spark_parquet_codec(spark)
+        reflexive, codec = len(cfg.column_spec) == 1, spark_parquet_codec(spark)
         with job_description(spark, "spark_cleora: build graph"), narrow_row_batches(spark):
             if store is not None and store.local is not None and codec is not None and workers_share_local_files(spark):
-                # the tasks write the blocks themselves; the job returns the counts' rows
+                # the tasks write the blocks themselves; the job returns the counts' rows and the files'
                 target = TaskParquetTarget(os.path.abspath(store.task_directory("graph/blocks")), codec)
-                counted = build_blocks_in_tasks(raw, reflexive=len(cfg.column_spec) == 1, num_blocks=num_blocks,
-                                                target=target, constant=constant).collect()
+                rows = [r.asDict() for r in build_blocks_in_tasks(raw, reflexive=reflexive, num_blocks=num_blocks,
+                                                                  target=target, constant=constant).collect()]
+                check_task_files(target.directory, {r["entity"]: r["rows"] for r in rows if r["kind"] == WRITTEN})
                 store.mark_complete("graph/blocks")
                 blocks = store.read("graph/blocks")
-                counts = counts_of_rows([r.asDict() for r in counted])
+                counts = counts_of_rows(rows)
             elif store is not None and not store.is_complete("graph/blocks"):
                 # the counts are observed while the blocks are written: no job of their own
+                built = build_blocks(raw, reflexive=reflexive, num_blocks=num_blocks, constant=constant)
                 observed = Observation()
                 blocks = store.write(built.observe(observed, *graph_count_metrics()), "graph/blocks")
                 counts = observed_counts(observed.get)
             else:
+                built = build_blocks(raw, reflexive=reflexive, num_blocks=num_blocks, constant=constant)
                 blocks = work.materialise(built, "graph/blocks")
                 counts = graph_counts(blocks)
         if validation is not None:

@@ -41,7 +41,7 @@ from ..errors import EntityHashCollisionError, HyperedgeTooLargeError
 from ..storage.task_parquet import TaskParquetTarget, write_task_parquet
 from .hyperedges import REJECT as _REJECT
 from .hyperedges import ROWS as _ROWS
-from .propagate import BlockGroups, block_bytes_per_row_dim, group_blocks
+from .propagate import BlockGroups, _maybe_inject_failure, block_bytes_per_row_dim, group_blocks
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +72,9 @@ BLOCK_SCHEMA = (
     "plan binary, memberships long, hyperedges long, largest long, rows long, entities long"
 )
 ENTITY_PART, PLAN, INPUT_ROWS = 0, 1, 2
+#: kind of a row :func:`build_blocks_in_tasks` returns and never writes: a part file its task wrote
+#: (``entity`` = the file's name, ``rows`` = its rows)
+WRITTEN = 3
 BLOCK_ARROW = pa.schema([
     ("kind", pa.int32()), ("block", pa.int32()), ("id", pa.int64()), ("entity", pa.string()), ("col", pa.int32()),
     ("occurrences", pa.float64()), ("degree", pa.float64()), ("plan", pa.binary()), ("memberships", pa.int64()),
@@ -171,7 +174,8 @@ def build_blocks_in_tasks(raw: DataFrame, *, reflexive: bool, num_blocks: int, t
     """:func:`build_blocks` with each task writing its ``graph/blocks`` rows itself, one Parquet file per
     partition in ``target.directory`` (:func:`~spark_cleora.storage.task_parquet.write_task_parquet`;
     a retried task replaces its partition's file), returning only the rows that are not entity shares,
-    the plans without their blob: what :func:`counts_of_rows` needs, bounded by the blocks.
+    the plans without their blob (what :func:`counts_of_rows` needs, bounded by the blocks), and a
+    ``WRITTEN`` row per file for :func:`~spark_cleora.storage.task_parquet.check_task_files`.
 
     For workers that see the driver's files (a local Spark): the 1.2M share rows and the plans of 10M
     events no longer go from Arrow to Spark rows to Spark's Parquet writer, whose code a fresh JVM
@@ -186,12 +190,16 @@ def build_blocks_in_tasks(raw: DataFrame, *, reflexive: bool, num_blocks: int, t
         if not rows:
             return
         part = dataclasses.replace(target, write_id=f"{target.write_id}-{TaskContext.get().partitionId():05d}")
-        write_task_parquet(part, iter(rows), BLOCK_ARROW)
+        written = write_task_parquet(part, iter(rows), BLOCK_ARROW)
+        _maybe_inject_failure("graph build")  # (tests: after the file, which the retry then replaces)
         plan = BLOCK_ARROW.get_field_index("plan")
         for b in rows:
             counted = b.filter(pc.not_equal(b.column("kind"), ENTITY_PART))
             if counted.num_rows:
                 yield counted.set_column(plan, "plan", pa.nulls(counted.num_rows, pa.binary()))
+        yield pa.RecordBatch.from_pydict({**_nulls(1), "kind": pa.array([WRITTEN], pa.int32()),
+                                          "entity": pa.array([part.file_name]), "rows": pa.array([written], pa.int64())},
+                                         schema=BLOCK_ARROW)
 
     return keyed_memberships(raw, num_blocks, constant).mapInArrow(build, BLOCK_SCHEMA)
 

@@ -75,7 +75,9 @@ class WorkStore:
 
     def mark_complete(self, name: str) -> None:
         """Spark's ``_SUCCESS`` marker for a directory written by tasks (:meth:`task_directory`)."""
-        with open(os.path.join(self.local or "", name, "_SUCCESS"), "w", encoding="utf-8"):
+        if self.local is None:
+            raise ValueError("tasks write only into a local work directory")
+        with open(os.path.join(self.local, name, "_SUCCESS"), "w", encoding="utf-8"):
             pass
 
     def last_iteration(self, upto: int) -> int | None:

@@ -21,7 +21,7 @@ Spark's writer settings that shape files rather than values (``maxRecordsPerFile
 dictionaries) are not reproduced: one file, row groups of ~128 MiB, dictionaries for the names only.
 
 Driver side: :func:`workers_share_local_files`, :func:`task_parquet_target`, :func:`readable_by_task`,
-:func:`check_task_parquet`. Executor side: :func:`write_task_parquet`, :func:`read_task_parquet`.
+:func:`check_task_parquet`, :func:`check_task_files`. Executor side: :func:`write_task_parquet`, :func:`read_task_parquet`.
 """
 
 from __future__ import annotations
@@ -185,17 +185,25 @@ def readable_by_task(directory: str) -> bool:
 
 
 def check_task_parquet(target: TaskParquetTarget, written: int) -> None:
-    """On the driver, after the task reported ``written`` rows: leave exactly the task's part file in
-    the directory (partial files of attempts that were killed before they could remove theirs are
-    deleted) and check that its footer counts ``written`` rows; a RuntimeError otherwise."""
+    """On the driver, after the task reported ``written`` rows: :func:`check_task_files` for its one
+    part file."""
+    check_task_files(target.directory, {target.file_name: written})
+
+
+def check_task_files(directory: str, written: dict[str, int]) -> None:
+    """On the driver, after the tasks reported the part files they wrote (``written``: name -> rows):
+    leave exactly those part files in ``directory`` (partial files of attempts that were killed before
+    they could remove theirs are deleted) and check that each file's footer counts its rows; a
+    RuntimeError otherwise (a file lost or left over: the directory is not the job's result)."""
     import pyarrow.parquet as pq
 
-    for name in os.listdir(target.directory):
-        if name.startswith(f".{target.file_name}.") and name.endswith(".inprogress"):
-            os.remove(os.path.join(target.directory, name))
-    parts = sorted(n for n in os.listdir(target.directory) if n.endswith(".parquet"))
-    if parts != [target.file_name]:
-        raise RuntimeError(f"the one task's output directory holds {parts}, not its one part file")
-    rows = pq.ParquetFile(os.path.join(target.directory, target.file_name)).metadata.num_rows
-    if rows != written:
-        raise RuntimeError(f"the one task reported {written} rows written, its file holds {rows}")
+    for name in os.listdir(directory):
+        if name.startswith(".") and name.endswith(".inprogress") and any(name.startswith(f".{f}.") for f in written):
+            os.remove(os.path.join(directory, name))
+    parts = sorted(n for n in os.listdir(directory) if n.endswith(".parquet"))
+    if parts != sorted(written):
+        raise RuntimeError(f"{directory} holds the part files {parts}, not the ones its tasks wrote {sorted(written)}")
+    for name, want in written.items():
+        rows = pq.ParquetFile(os.path.join(directory, name)).metadata.num_rows
+        if rows != want:
+            raise RuntimeError(f"a task reported {want} rows written to {name}, the file holds {rows}")
