@@ -508,16 +508,16 @@ def _prepare_graph(spark: SparkSession, cfg: EmbedConfig, source: DataFrame, wor
                 store.mark_complete("graph/blocks")
                 blocks = store.read("graph/blocks")
                 counts = counts_of_rows(rows)
-            elif store is not None and not store.is_complete("graph/blocks"):
-                # the counts are observed while the blocks are written: no job of their own
-                built = build_blocks(raw, reflexive=reflexive, num_blocks=num_blocks, constant=constant)
-                observed = Observation()
-                blocks = store.write(built.observe(observed, *graph_count_metrics()), "graph/blocks")
-                counts = observed_counts(observed.get)
             else:
                 built = build_blocks(raw, reflexive=reflexive, num_blocks=num_blocks, constant=constant)
-                blocks = work.materialise(built, "graph/blocks")
-                counts = graph_counts(blocks)
+                if store is not None and not store.is_complete("graph/blocks"):
+                    # the counts are observed while the blocks are written: no job of their own
+                    observed = Observation()
+                    blocks = store.write(built.observe(observed, *graph_count_metrics()), "graph/blocks")
+                    counts = observed_counts(observed.get)
+                else:
+                    blocks = work.materialise(built, "graph/blocks")
+                    counts = graph_counts(blocks)
         if validation is not None:
             rej = validation.settle(counts.input_rows, units=counts.input_rows.get(None, 0))
             _check_input_rows(spark, source, rej.input_rows, units, from_footers)
