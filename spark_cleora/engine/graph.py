@@ -192,11 +192,12 @@ def build_blocks_in_tasks(raw: DataFrame, *, reflexive: bool, num_blocks: int, t
         part = dataclasses.replace(target, write_id=f"{target.write_id}-{TaskContext.get().partitionId():05d}")
         written = write_task_parquet(part, iter(rows), BLOCK_ARROW)
         _maybe_inject_failure("graph build")  # (tests: after the file, which the retry then replaces)
-        plan = BLOCK_ARROW.get_field_index("plan")
         for b in rows:
             counted = b.filter(pc.not_equal(b.column("kind"), ENTITY_PART))
-            if counted.num_rows:
-                yield counted.set_column(plan, "plan", pa.nulls(counted.num_rows, pa.binary()))
+            if counted.num_rows:  # (RecordBatch.set_column is pyarrow 15+)
+                yield pa.RecordBatch.from_arrays(
+                    [pa.nulls(counted.num_rows, pa.binary()) if f.name == "plan" else counted.column(f.name)
+                     for f in BLOCK_ARROW], schema=BLOCK_ARROW)
         yield pa.RecordBatch.from_pydict({**_nulls(1), "kind": pa.array([WRITTEN], pa.int32()),
                                           "entity": pa.array([part.file_name]), "rows": pa.array([written], pa.int64())},
                                          schema=BLOCK_ARROW)
