@@ -199,8 +199,8 @@ def build_blocks_in_tasks(raw: DataFrame, *, reflexive: bool, num_blocks: int, t
                     [pa.nulls(counted.num_rows, pa.binary()) if f.name == "plan" else counted.column(f.name)
                      for f in BLOCK_ARROW], schema=BLOCK_ARROW)
         yield pa.RecordBatch.from_pydict({**_nulls(1), "kind": pa.array([WRITTEN], pa.int32()),
-                                          "entity": pa.array([part.file_name]), "rows": pa.array([written], pa.int64())},
-                                         schema=BLOCK_ARROW)
+                                          "entity": pa.array([part.file_name]),
+                                          "rows": pa.array([written], pa.int64())}, schema=BLOCK_ARROW)
 
     return keyed_memberships(raw, num_blocks, constant).mapInArrow(build, BLOCK_SCHEMA)
 

@@ -66,19 +66,20 @@ class WorkStore:
         """An empty local directory for ``name`` whose files tasks write themselves (what was there, an
         unfinished earlier attempt, is removed, as Spark's overwrite would); :meth:`mark_complete` once
         the job that wrote them succeeded."""
-        if self.local is None:
-            raise ValueError("tasks write only into a local work directory")
-        path = os.path.join(self.local, name)
+        path = self._local_path(name)
         shutil.rmtree(path, ignore_errors=True)
         os.makedirs(path)
         return path
 
     def mark_complete(self, name: str) -> None:
         """Spark's ``_SUCCESS`` marker for a directory written by tasks (:meth:`task_directory`)."""
+        with open(os.path.join(self._local_path(name), "_SUCCESS"), "w", encoding="utf-8"):
+            pass
+
+    def _local_path(self, name: str) -> str:
         if self.local is None:
             raise ValueError("tasks write only into a local work directory")
-        with open(os.path.join(self.local, name, "_SUCCESS"), "w", encoding="utf-8"):
-            pass
+        return os.path.join(self.local, name)
 
     def last_iteration(self, upto: int) -> int | None:
         """Highest finished iteration <= ``upto``, or None."""

@@ -14,14 +14,15 @@ pass), in a codec pyarrow writes as Spark does (snappy, zstd, gzip or none) and 
 ``spark.sql.parquet.writeLegacyFormat``; the blocks, a complete output in a local work directory
 whose codec pyarrow reads. The graph build's tasks write those blocks themselves too, one file per
 block (:func:`spark_cleora.engine.graph.build_blocks_in_tasks`): the share rows and plans of 10M events
-through Spark's writer cost ~2 s more in a fresh JVM. Anything else (a cluster, Spark Connect, a notebook's session, a table,
-Delta, partitioned output) keeps Spark's reader and writer, as does
+through Spark's writer cost ~2 s more in a fresh JVM. Anything else (a cluster, Spark Connect, a
+notebook's session, a table, Delta, partitioned output) keeps Spark's reader and writer, as does
 ``spark.cleora.taskParquet.enabled=false``. The file holds the same values and schema as Spark's;
 Spark's writer settings that shape files rather than values (``maxRecordsPerFile``, the row group size,
 dictionaries) are not reproduced: one file, row groups of ~128 MiB, dictionaries for the names only.
 
 Driver side: :func:`workers_share_local_files`, :func:`task_parquet_target`, :func:`readable_by_task`,
-:func:`check_task_parquet`, :func:`check_task_files`. Executor side: :func:`write_task_parquet`, :func:`read_task_parquet`.
+:func:`check_task_parquet`, :func:`check_task_files`. Executor side: :func:`write_task_parquet`,
+:func:`read_task_parquet`.
 """
 
 from __future__ import annotations
