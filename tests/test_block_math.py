@@ -386,16 +386,16 @@ def test_runs_keep_a_huge_sum_exact_where_one_float32_sum_drifts():
     assert abs(_run_sums(_column_runs(column, F32_TERMS), x, transpose=True)[0, 0] - exact) <= bound
 
 
-def _runs_plan(reflexive: bool) -> dict:
+def _runs_plan(reflexive: bool, compiled: bool | None = None) -> dict:
     """A prepared plan over :func:`_runs_matrix` (5000 entities; long rows and columns), two-sided unless
-    ``reflexive``."""
+    ``reflexive``; ``compiled`` as in ``prepare_plan``."""
     from spark_cleora.engine.propagate import prepare_plan
 
     m = _runs_matrix()
     plan = {"a": m, "scale": 1.0 / np.maximum(np.asarray(m.sum(axis=1)).ravel(), 1) ** 2, "ids": np.arange(5000)}
     if not reflexive:
         plan["b"] = _runs_matrix()[::-1].tocsr()
-    prepare_plan(plan)
+    prepare_plan(plan, compiled=compiled)
     return plan
 
 
@@ -495,3 +495,55 @@ def test_a_kernel_that_refuses_its_arguments_falls_back_to_scipys_product(monkey
 
     monkeypatch.setattr(propagate, "_sparsetools", Refusing)
     assert block_product(plan, x, ones, ones).tobytes() == want.tobytes()
+
+
+@pytest.mark.parametrize("reflexive", [True, False])
+def test_numbas_loops_give_scipys_bits(reflexive):
+    """The products by numba's compiled loops equal scipy's runs bit for bit (runs beyond the first
+    included): whole rows and slices, in one thread and in ranges of rows on three, into views of a wider
+    float64 buffer, with and without the ``pre`` scaling."""
+    pytest.importorskip("numba")
+    from concurrent.futures import ThreadPoolExecutor
+
+    from spark_cleora.engine.propagate import compiled_products
+
+    assert compiled_products() is not None
+    scipy_plan, loops_plan = _runs_plan(reflexive), _runs_plan(reflexive, compiled=True)
+    assert "runs" in scipy_plan and "kernels" in loops_plan and "runs" not in loops_plan
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((5000, 70)).astype(np.float32)
+    post = rng.random(5000) + 0.5
+    with ThreadPoolExecutor(3) as pool:
+        for pre in (rng.random(5000) + 0.5, np.ones(5000)):
+            want = block_product(scipy_plan, x, pre, post)
+            for threads in ({}, {"pool": pool, "threads": 3}):
+                assert block_product(loops_plan, x, pre, post, **threads).tobytes() == want.tobytes()
+                into = np.full((5000, 90), np.nan)
+                for lo, hi in ((0, 7), (7, 64), (64, 70)):
+                    got = block_product(loops_plan, x[:, lo:hi], pre, post, out=into[:, lo + 10:hi + 10], **threads)
+                    assert np.shares_memory(got, into)
+                assert into[:, 10:80].tobytes() == want.tobytes()
+                assert np.isnan(into[:, :10]).all() and np.isnan(into[:, 80:]).all()
+
+
+def test_without_numba_a_plan_takes_scipys_path(monkeypatch):
+    """No compiled loops (numba missing or unusable here): a plan asked for them gets scipy's runs and the
+    same products."""
+    from spark_cleora.engine import propagate
+
+    want = block_product(_runs_plan(True), np.ones((5000, 3), dtype=np.float32), np.ones(5000), np.ones(5000))
+    monkeypatch.setattr(propagate, "compiled_products", lambda: None)
+    plan = _runs_plan(True, compiled=True)
+    assert "runs" in plan and "kernels" not in plan
+    got = block_product(plan, np.ones((5000, 3), dtype=np.float32), np.ones(5000), np.ones(5000))
+    assert got.tobytes() == want.tobytes()
+
+
+def test_large_plans_take_the_compiled_loops_by_default(monkeypatch):
+    pytest.importorskip("numba")
+    from spark_cleora.engine import propagate
+
+    assert _runs_matrix().nnz < propagate.COMPILED_MIN_MEMBERSHIPS
+    assert "runs" in _runs_plan(True)
+    monkeypatch.setattr(propagate, "COMPILED_MIN_MEMBERSHIPS", _runs_matrix().nnz)
+    assert "kernels" in _runs_plan(True)

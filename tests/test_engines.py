@@ -3,6 +3,8 @@ across engines."""
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 from helpers import spark_lines
@@ -163,15 +165,21 @@ def test_one_task_narrows_its_slices_to_fit_before_giving_up(spark):
     _assert_same(narrow, wide, atol=0)
 
 
+@pytest.mark.parametrize("compiled", [False, True], ids=["scipy", "numba"])
 @pytest.mark.parametrize("threads", [1, 3])
-def test_iterations_are_the_same_bits_for_every_slice_width(monkeypatch, threads):
-    """The one task's iterations against whole-row products and the shuffle engine's row normalisation:
-    bit for bit, with slices of 1, 8 and 64 columns (dim 70: a partial last slice), several threads, and
-    row ranges of 7 rows for the normalisation (many ranges, a partial last one), over two sides."""
+def test_iterations_are_the_same_bits_for_every_slice_width(monkeypatch, threads, compiled):
+    """The one task's iterations against whole-row products (scipy's) and the shuffle engine's row
+    normalisation: bit for bit, with slices of 1, 8, 64 and 70 columns (dim 70: a partial last slice),
+    several threads, and row ranges of 7 rows for the normalisation (many ranges, a partial last one),
+    over two sides; with scipy's path (a slice per thread) and numba's loops (the threads on ranges of
+    rows of each slice)."""
     from scipy import sparse
 
-    from spark_cleora.engine import one_task
+    from spark_cleora.engine import one_task, propagate
     from spark_cleora.engine.propagate import block_product, normalize_rows
+
+    if compiled:
+        pytest.importorskip("numba")
 
     rng = np.random.default_rng(5)
     n_h, n, dim = 40, 53, 70
@@ -185,11 +193,16 @@ def test_iterations_are_the_same_bits_for_every_slice_width(monkeypatch, threads
     for _ in range(3):
         want = normalize_rows(block_product(plan, want, pre, post)).astype(np.float32)
     monkeypatch.setattr(one_task, "_NORM_ROWS", 7)
-    for width in (1, 8, 64):
+    monkeypatch.setattr(propagate, "COMPILED_MIN_MEMBERSHIPS", 0 if compiled else 1 << 40)
+    for width in (1, 8, 64, 70):
+        merged = []
+        monkeypatch.setattr(one_task, "merge_plans", lambda *a: merged.append(propagate.merge_plans(*a)) or merged[-1])
         kept, _, used = one_task._iterate(x0.copy(), np.full((n, dim), np.nan), [(plan, np.arange(n))], pre, post, dim=dim, first=1, last=3, keep=(3,),
                                     residual=0.0, whiten_after=frozenset(), threads=threads, slice_columns=width)
-        # (slices of 64 are narrowed so that every thread gets one)
-        assert (used == width if width < 64 else used <= 64) and kept[3].tobytes() == want.tobytes(), width
+        assert ("kernels" in merged[0]) == compiled
+        # (scipy's slices are at most 64 wide and narrowed so that every thread gets one)
+        assert used == (width if compiled else one_task.slice_width(dim, min(threads, os.cpu_count()), min(width, 64)))
+        assert kept[3].tobytes() == want.tobytes(), width
 
 
 def test_shuffle_engine_groups_blocks_and_gives_the_same_numbers(spark, shuffle_partitions):

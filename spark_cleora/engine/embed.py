@@ -48,11 +48,10 @@ from ..storage.paths import local_path, parquet_footer_rows
 from ..storage.task_parquet import (TaskParquetTarget, check_task_files, check_task_parquet, readable_by_task,
                                     spark_parquet_codec, workers_share_local_files)
 from .one_task import (
-    SLICE_CHOICES,
-    SLICE_COLUMNS,
     embed_events_in_one_task,
     embed_in_one_task,
     one_task_bytes,
+    slice_choices,
     small_input_rows,
     worker_threads,
 )
@@ -400,10 +399,10 @@ def _small_input_engine(spark: SparkSession, cfg: EmbedConfig, units: int) -> di
     memory_gb = cfg.block_memory_gb or one_task_memory_gb(spark)
     need = one_task_bytes(entities=units, dim=cfg.dim, kept=max(1, len(cfg.multiscale)), memberships=units,
                           hyperedges=units, shares=units, threads=threads, reflexive=True,
-                          residual=bool(cfg.residual), whiten=cfg.whiten != "none")
+                          residual=bool(cfg.residual), whiten=cfg.whiten != "none", slice_columns=cfg.dim)
     if need > memory_gb * 2**30:
         return None
-    return {"estimated_bytes": int(need), "threads": threads, "memory_gb": memory_gb, "slice_columns": SLICE_COLUMNS,
+    return {"estimated_bytes": int(need), "threads": threads, "memory_gb": memory_gb, "slice_columns": cfg.dim,
             "graph_in_task": True}
 
 
@@ -700,16 +699,17 @@ def choose_engine(spark: SparkSession, cfg: EmbedConfig, counts: GraphCounts, n_
 
     def widest_fitting(entities: int) -> tuple[int, int]:
         """(slice columns, estimate): the widest slices that fit the budget, else the narrowest."""
-        for width in SLICE_CHOICES:
+        choices = slice_choices(cfg.dim)
+        for width in choices:
             if need(entities, width) <= budget:
                 return width, need(entities, width)
-        return SLICE_CHOICES[-1], need(entities, SLICE_CHOICES[-1])
+        return choices[-1], need(entities, choices[-1])
 
     width, estimate = widest_fitting(n_entities or counts.shares)
     engine = cfg.engine
     # the share rows bound the entities loosely (a popular entity has a share in every block): when the
     # widest slices do not fit that bound, the estimated count may still let them (or the engine) fit
-    if engine != "shuffle" and width < SLICE_CHOICES[0] and not n_entities:
+    if engine != "shuffle" and width < cfg.dim and not n_entities:
         with job_description(spark, "spark_cleora: estimate entities"):
             width, estimate = widest_fitting(
                 min(counts.shares, int(estimate_entities(blocks) * (1 + 3 * ENTITIES_RSD)) + 1))

@@ -44,9 +44,9 @@ from pyspark.sql import functions as F
 from ..config import Column
 from ..errors import EntityHashCollisionError
 from .graph import BLOCK_ARROW, ENTITY_PART, INPUT_ROWS, PLAN, blocks_of_partition, keyed_memberships
-from .start_vectors import init_for_names, preload
-from .propagate import (SLICE_COLUMNS, Scratch, _maybe_inject_failure, block_product, load_plan, merge_plans,
-                        normalize_rows, prepare_plan)
+from .start_vectors import COMPILED_MIN_VALUES, init_for_names, preload
+from .propagate import (SLICE_COLUMNS, Scratch, _maybe_inject_failure, block_product, compiled_products, load_plan,
+                        merge_plans, normalize_rows, prepare_plan)
 from .vectors import to_list_array, unpack
 from .whiten import whiten_array
 from ..storage.task_parquet import TaskParquetTarget, read_task_parquet, write_task_parquet
@@ -91,6 +91,11 @@ BYTES_PER_ENTITY_DIM_WHITEN = 16
 #: for a quarter of the entities' count). The residual's scaled rows add 12 per entity.
 BYTES_PER_SLICE = {"one side": (12, 12), "two sides": (20, 20)}
 BYTES_PER_ENTITY_SLICE_RESIDUAL = 12
+#: the same with numba's loops (:mod:`~spark_cleora.engine.product_kernels`), per column of the slice that
+#: all threads work on: an entity's float32 copy of its slice of the rows (scaled, or not whole rows), a
+#: hyperedge's scaled float32 sums of each side (their float64 and float32 run sums are a row's, per thread)
+BYTES_PER_ENTITY_SLICE_COMPILED = 4
+BYTES_PER_HYPEREDGE_SLICE_COMPILED = {"one side": 4, "two sides": 8}
 #: bytes of the compiled graph per membership, at the most while its float32 runs are cut
 #: (:func:`~spark_cleora.engine.propagate.prepare_plan`): CSR indices and float64 data of both sides (24)
 #: held as the plans' Arrow blobs and the merged matrices (the loaded plans are gone by then), the runs
@@ -128,6 +133,12 @@ def small_input_rows(spark: SparkSession) -> int:
         return SMALL_INPUT_ROWS
 
 
+def slice_choices(dim: int) -> tuple[int, ...]:
+    """The product's slice widths the driver tries, widest first: whole rows (numba's loops run every thread
+    on each slice), then ``SLICE_CHOICES``."""
+    return tuple(dict.fromkeys((dim, *(w for w in SLICE_CHOICES if w < dim))))
+
+
 def one_task_bytes(*, entities: int, dim: int, kept: int, memberships: int, hyperedges: int, shares: int = 0,
                    threads: int = 1, reflexive: bool = False, residual: bool = False, whiten: bool = False,
                    slice_columns: int = SLICE_COLUMNS) -> int:
@@ -135,17 +146,22 @@ def one_task_bytes(*, entities: int, dim: int, kept: int, memberships: int, hype
     threads; ``entities`` may be an upper bound (the sum of the blocks' entity counts, ``shares``, before
     the entities are known). ``reflexive``: the graph has one side (else the two-sided bound);
     ``kept``: the iterations in the output (``--multiscale``); ``whiten``: rows are whitened;
-    ``slice_columns``: the widest slice of the product."""
-    in_flight = slice_width(dim, threads, slice_columns) * max(1, threads)  # columns multiplied at once
+    ``slice_columns``: the widest slice of the product. The products' temporaries are those of the path
+    that needs more (the task may or may not have numba): numba's loops hold a slice of ``slice_columns``
+    columns at once, scipy's one of at most ``SLICE_COLUMNS`` per thread."""
+    in_flight = slice_width(dim, threads, min(slice_columns, SLICE_COLUMNS)) * max(1, threads)  # scipy's
     per_entity, per_hyperedge = BYTES_PER_SLICE["one side" if reflexive else "two sides"]
     per_entity += BYTES_PER_ENTITY_SLICE_RESIDUAL if residual else 0
+    loops = min(slice_columns, dim)  # numba's: the rows' float32 copy (and the residual's), the sums
+    per_entity_loops = BYTES_PER_ENTITY_SLICE_COMPILED + (BYTES_PER_ENTITY_SLICE_RESIDUAL if residual else 0)
+    per_hyperedge_loops = BYTES_PER_HYPEREDGE_SLICE_COMPILED["one side" if reflexive else "two sides"]
     return (
         entities * dim * max(BYTES_PER_ENTITY_DIM + 4 * (kept - 1) + (BYTES_PER_ENTITY_DIM_WHITEN if whiten else 0),
                              8 * kept if kept > 1 else 0)
-        + entities * in_flight * per_entity
+        + max(entities * in_flight * per_entity + hyperedges * in_flight * per_hyperedge,
+              entities * loops * per_entity_loops + hyperedges * loops * per_hyperedge_loops)
         + memberships * BYTES_PER_MEMBERSHIP
         + shares * BYTES_PER_SHARE
-        + hyperedges * in_flight * per_hyperedge
     )
 
 
@@ -330,8 +346,8 @@ def _embed(batches, *, col_names, outputs, dim, markov, init, seed, first, last,
     kind = t.column("kind")
     ent = _entities(t.filter(pc.equal(kind, ENTITY_PART)), outputs)
     ids, n = ent["ids"], len(ent["ids"])
-    # the start vectors' compiled loops (if they will run) load while the plans are read and merged
-    loading = threading.Thread(target=preload, args=(init, n * dim), daemon=True) if first == 1 else None
+    # the start vectors' and the products' compiled loops (if they will run) load while the plans are read
+    loading = threading.Thread(target=_preload, args=(init, n * dim), daemon=True) if first == 1 else None
     if loading is not None:
         loading.start()
     # the products' float64 buffer, its pages first touched on a thread of its own while the plans load: a
@@ -407,6 +423,14 @@ def _embed(batches, *, col_names, outputs, dim, markov, init, seed, first, last,
             schema=_ONE_TASK_ARROW)
 
 
+def _preload(init: str, values: int) -> None:
+    """Load numba's loops the task will run: the start vectors' (:func:`preload`) and, on a graph large
+    enough that they will run, the products' (:func:`~spark_cleora.engine.propagate.compiled_products`)."""
+    preload(init, values)
+    if values >= COMPILED_MIN_VALUES:
+        compiled_products()
+
+
 def _report_row(report: dict) -> pa.RecordBatch:
     """A row with a null ``entity`` that carries the task's report only."""
     return pa.RecordBatch.from_pydict(
@@ -421,19 +445,23 @@ def _iterate(x, y, plans, pre, post, *, dim, first, last, keep, residual, whiten
     the slices' width); ``y`` (float64 [n, dim]) holds every iteration's products; ``plans`` ((plan,
     entity indices) per block) is consumed.
 
-    One :func:`~spark_cleora.engine.propagate.block_product` per slice of the dimensions over the merged plan,
-    the slices (:func:`slice_width`) handed to the threads in turn: each column's sums are those
-    of a whole-row product, and a thread's float64 temporaries are one slice, which stays in cache and keeps
-    the task's memory to the float64 products (n x dim) beside the float32 rows. The products' rows are then
+    One :func:`~spark_cleora.engine.propagate.block_product` per slice of the dimensions over the merged plan:
+    with numba's loops the slices (``slice_columns`` wide; whole rows unless memory is short) one after the
+    other, the threads taking ranges of rows of each; with scipy's, the slices (:func:`slice_width`) handed
+    to the threads in turn, a thread's float64 temporaries one slice, which stays in cache. Each column's
+    sums are those of a whole-row product either way. The products' rows are then
     divided by max(‖row‖, 1e-10) with :func:`~spark_cleora.engine.propagate.normalize_rows`, the threads
     taking ranges of rows: the shuffle engine's arithmetic, row for row.
     """
     n = len(x)
     merged = merge_plans(plans, n)
     plans.clear()  # consumed: the merged plan replaces them
-    prepare_plan(merged, drop=True)  # its float32 runs, once, before the threads share it
+    prepare_plan(merged, drop=True)  # its form (numba's loops or scipy's runs), once, before the threads share it
     threads = max(1, min(threads, dim, os.cpu_count() or 1))
-    width = slice_width(dim, threads, slice_columns)
+    # numba's loops: every thread on each slice, ranges of rows each (whole rows read once per slice);
+    # scipy's: a slice per thread
+    compiled = "kernels" in merged
+    width = min(slice_columns, dim) if compiled else slice_width(dim, threads, min(slice_columns, SLICE_COLUMNS))
     columns = [(lo, min(lo + width, dim)) for lo in range(0, dim, width)]
     rows = [(lo, min(lo + _NORM_ROWS, n)) for lo in range(0, n, _NORM_ROWS)]
     factor = residual / (1.0 - residual) if residual else 0.0
@@ -444,16 +472,21 @@ def _iterate(x, y, plans, pre, post, *, dim, first, last, keep, residual, whiten
         for k in range(first, last + 1):
             t0 = time.perf_counter()
 
-            def multiply(cols, x=x, y=y):
+            def multiply(cols, x=x, y=y, pool=None):
                 """One slice of post ⊙ (W · (pre ⊙ x)) (+ the residual rows), float64, into ``y``."""
                 lo, hi = cols
                 if not hasattr(local, "scratch"):
                     local.scratch = Scratch()
-                part = block_product(merged, x[:, lo:hi], pre, post, out=y[:, lo:hi], scratch=local.scratch)
+                part = block_product(merged, x[:, lo:hi], pre, post, out=y[:, lo:hi], scratch=local.scratch,
+                                     pool=pool, threads=threads)
                 if factor:  # residual mixing: the shuffle engine's residual rows are float32 partials
                     part += (x[:, lo:hi].astype(np.float64) * factor).astype(np.float32)
 
-            list(pool.map(multiply, columns))
+            if compiled:
+                for cols in columns:
+                    multiply(cols, pool=pool)
+            else:
+                list(pool.map(multiply, columns))
             # the next rows go into the old ones' buffer unless an earlier iteration is kept in it
             nxt = x if not any(v is x for v in kept.values()) else np.empty((n, dim), dtype=np.float32)
 

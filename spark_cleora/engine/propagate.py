@@ -24,11 +24,14 @@ a routing table, and the table an iteration writes is the next one's input as it
 
 from __future__ import annotations
 
+import functools
 import io
 import logging
 import math
 import os
+from concurrent.futures import Executor
 from dataclasses import dataclass
+from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -43,6 +46,7 @@ try:  # scipy's compiled sparse kernels (see _sparse_product)
 except ImportError:  # pragma: no cover - a scipy that moved them: the public product
     _sparsetools = None
 
+from .compiled import load_compiled
 from .vectors import PACKED, pack, to_list_array, unpack
 
 log = logging.getLogger(__name__)
@@ -295,18 +299,20 @@ F32_TERMS = 64
 
 
 def block_product(plan: dict[str, Any], x: np.ndarray, pre: np.ndarray, post: np.ndarray,
-                  out: np.ndarray | None = None, scratch: Scratch | None = None) -> np.ndarray:
+                  out: np.ndarray | None = None, scratch: Scratch | None = None,
+                  pool: Executor | None = None, threads: int = 1) -> np.ndarray:
     """One block's contribution ``post ⊙ (W_block · (pre ⊙ x))`` in float64, rows in the plan's id order
     (``x``: the block's entity vectors in that order). Shared by both engines (the one-task engine passes
-    all blocks merged into one plan, and a slice of the dimensions per thread). ``out``: a float64 array
-    of the result's shape to write it into (returned), instead of a new one; ``scratch``: the calling
-    thread's :class:`Scratch`, whose arrays then hold the temporaries, reused from call to call (and,
-    without ``out``, the result: use it before the next call).
+    all blocks merged into one plan). ``out``: a float64 array of the result's shape to write it into
+    (returned), instead of a new one; ``scratch``: the calling thread's :class:`Scratch`, whose arrays
+    then hold the temporaries, reused from call to call (and, without ``out``, the result: use it before
+    the next call). ``pool`` (with ``threads`` threads): where the compiled loops' ranges of rows run side
+    by side (scipy's path runs in the calling thread: its callers hand slices of the dimensions to threads).
 
     The sums are float32 runs of at most ``F32_TERMS`` terms added in float64 (:func:`prepare_plan`, done
     here once per plan unless done before); the scalings and the per-hyperedge factors are applied in
-    float64, and each column's arithmetic does not depend on the slice it is in."""
-    runs = prepare_plan(plan)
+    float64, and each column's arithmetic does not depend on the slice it is in nor on the path."""
+    form = prepare_plan(plan)
     scratch = scratch if scratch is not None else Scratch()
     x = np.asarray(x, dtype=np.float32)
     if not np.all(pre == 1.0):  # (left Markov: pre is 1); float64 products rounded to float32
@@ -316,18 +322,60 @@ def block_product(plan: dict[str, Any], x: np.ndarray, pre: np.ndarray, post: np
         np.copyto(x32, x)
     else:
         x32 = x
+    if "kernels" in plan:
+        return _compiled_product(form, plan["scale"], x32, post, out, scratch, pool, threads)
     scale = plan["scale"][:, None]
     # per-hyperedge sums, scaled in float64 and rounded to float32 for the second product
-    s_a = _scaled_sums(runs["a_rows"], x32, scale, scratch.array("s_a", (len(scale), x.shape[1]), np.float32),
+    s_a = _scaled_sums(form["a_rows"], x32, scale, scratch.array("s_a", (len(scale), x.shape[1]), np.float32),
                        scratch)
-    if "b_rows" in runs:
-        s_b = _scaled_sums(runs["b_rows"], x32, scale, scratch.array("s_b", s_a.shape, np.float32), scratch)
-        y = _run_sums(runs["a_cols"], s_b, transpose=True, out=out, scratch=scratch, name="y")
-        y += _run_sums(runs["b_cols"], s_a, transpose=True, scratch=scratch, name="y_b")
+    if "b_rows" in form:
+        s_b = _scaled_sums(form["b_rows"], x32, scale, scratch.array("s_b", s_a.shape, np.float32), scratch)
+        y = _run_sums(form["a_cols"], s_b, transpose=True, out=out, scratch=scratch, name="y")
+        y += _run_sums(form["b_cols"], s_a, transpose=True, scratch=scratch, name="y_b")
     else:
-        y = _run_sums(runs["a_cols"], s_a, transpose=True, out=out, scratch=scratch, name="y")
+        y = _run_sums(form["a_cols"], s_a, transpose=True, out=out, scratch=scratch, name="y")
     y *= post[:, None]
     return y
+
+
+def _compiled_product(kernels: dict, scale: np.ndarray, x32: np.ndarray, post: np.ndarray, out: np.ndarray | None,
+                      scratch: Scratch, pool: Executor | None, threads: int) -> np.ndarray:
+    """:func:`block_product` by numba's loops (:mod:`~spark_cleora.engine.product_kernels`): the hyperedges'
+    scaled float32 sums, then the entities' float64 sums over them, each over ranges of rows (of about
+    equal memberships, a few per thread) run on ``pool``'s threads."""
+    k = compiled_products()
+    width = x32.shape[1]
+    rows = [kernels[side]["rows"] for side in ("a", "b") if side in kernels]
+    columns = [kernels[side]["columns"] for side in ("a", "b") if side in kernels]
+    sums = [scratch.array(f"s_{side}", (len(scale), width), np.float32) for side in ("a", "b") if side in kernels]
+    y = out if out is not None else scratch.array("y", (len(x32), width), np.float64)
+    pieces = 1 if pool is None else 4 * max(1, threads)
+
+    def run(task, indptr: np.ndarray) -> None:
+        spans = _spans(indptr, pieces)
+        if pool is None or len(spans) == 1:
+            for lo, hi in spans:
+                task(lo, hi)
+        else:
+            list(pool.map(lambda span: task(*span), spans))
+
+    for m, s in zip(rows, sums):
+        run(lambda lo, hi, m=m, s=s: k.scaled_run_sums(lo, hi, F32_TERMS, *m, x32, 0, width, scale, s), m[0])
+    if len(columns) == 1:
+        run(lambda lo, hi: k.scaled_run_sums(lo, hi, F32_TERMS, *columns[0], sums[0], 0, width, post, y),
+            columns[0][0])
+    else:  # each entity gets A's sums over B's side and B's over A's
+        run(lambda lo, hi: k.two_sided_column_sums(lo, hi, F32_TERMS, *columns[0], sums[1], *columns[1], sums[0],
+                                                   post, y), columns[0][0] + columns[1][0])
+    return y
+
+
+def _spans(indptr: np.ndarray, pieces: int) -> list[tuple[int, int]]:
+    """At most ``pieces`` ranges of rows that cover a CSR matrix's rows, of about equal entries each."""
+    n = len(indptr) - 1
+    cuts = np.searchsorted(indptr, np.linspace(0, indptr[-1], pieces + 1)[1:-1])
+    bounds = np.unique(np.r_[0, np.clip(cuts, 0, n), n])
+    return [(int(lo), int(hi)) for lo, hi in zip(bounds[:-1], bounds[1:])] or [(0, n)]
 
 
 class Scratch:
@@ -357,26 +405,75 @@ class Scratch:
         return a
 
 
-def prepare_plan(plan: dict[str, Any], *, drop: bool = False) -> dict[str, Any]:
-    """The float32 runs of ``plan``'s incidence matrices (see ``F32_TERMS``), computed once and kept in the
-    plan (key ``"runs"``); ``drop``: then remove the float64 matrices from the plan (its owner's memory).
+def prepare_plan(plan: dict[str, Any], *, drop: bool = False, compiled: bool | None = None) -> dict[str, Any]:
+    """The form ``plan``'s products run on, computed once and kept in the plan; ``drop``: then remove the
+    float64 matrices from the plan (its owner's memory). ``compiled``: numba's loops
+    (:mod:`~spark_cleora.engine.product_kernels`, key ``"kernels"``) or scipy's (key ``"runs"``); by default
+    the loops where numba is installed and the plan has at least ``COMPILED_MIN_MEMBERSHIPS``
+    memberships. The same sums either way.
 
-    For ``M x`` (a hyperedge's sum over its members) each row of M is cut into consecutive sub-rows of at
-    most ``F32_TERMS`` entries; for ``Mᵀ s`` (an entity's sum over its hyperedges) each column is cut, in
-    hyperedge order, into sub-columns (:class:`_Runs`)."""
-    if "runs" not in plan:
-        runs = {}
-        for name in ("a", "b"):
-            if name in plan:
-                m = plan[name].tocsr()
-                runs[f"{name}_rows"] = _row_runs(m, F32_TERMS)
-                runs[f"{name}_cols"] = _column_runs(m, F32_TERMS)
-        plan["runs"] = runs
+    scipy's form: for ``M x`` (a hyperedge's sum over its members) each row of M cut into consecutive
+    sub-rows of at most ``F32_TERMS`` entries; for ``Mᵀ s`` (an entity's sum over its hyperedges) each
+    column cut, in hyperedge order, into sub-columns (:class:`_Runs`). The loops' form: M with float32
+    values and its transpose (each entity's hyperedges in order), cut into runs as they go."""
+    if "runs" not in plan and "kernels" not in plan:
+        if compiled is None:
+            compiled = _memberships(plan) >= COMPILED_MIN_MEMBERSHIPS
+        if compiled and compiled_products() is not None:
+            plan["kernels"] = {side: _kernel_matrices(plan[name].tocsr())
+                               for side, name in (("a", "a"), ("b", "b")) if name in plan}
+        else:
+            runs = {}
+            for name in ("a", "b"):
+                if name in plan:
+                    m = plan[name].tocsr()
+                    runs[f"{name}_rows"] = _row_runs(m, F32_TERMS)
+                    runs[f"{name}_cols"] = _column_runs(m, F32_TERMS)
+            plan["runs"] = runs
     if drop:  # the matrices and the arrays load_plan built them on (they share memory)
         for name in ("a", "b"):
             for key in (name, f"{name}_data", f"{name}_indices", f"{name}_indptr"):
                 plan.pop(key, None)
-    return plan["runs"]
+    return plan["kernels"] if "kernels" in plan else plan["runs"]
+
+
+#: memberships from which a plan's products run as numba's loops (:func:`prepare_plan`): importing numba
+#: and loading the loops takes ~0.5 s when nothing else has, what scipy's path loses on ~1M memberships
+#: over a few iterations
+COMPILED_MIN_MEMBERSHIPS = 1 << 18
+
+
+def _memberships(plan: dict[str, Any]) -> int:
+    return sum(plan[name].nnz for name in ("a", "b") if name in plan)
+
+
+@functools.cache
+def compiled_products() -> ModuleType | None:
+    """:mod:`spark_cleora.engine.product_kernels` (numba's compiled loops), loaded (or compiled) here; None
+    without numba, or with one that cannot compile on this machine (scipy's path then gives the same
+    numbers)."""
+    def warm(k: ModuleType) -> None:
+        m = _kernel_matrices(sparse.csr_matrix(np.ones((1, 1))))
+        x, one = np.zeros((1, 1), dtype=np.float32), np.ones(1)
+        s, y = np.empty((1, 1), dtype=np.float32), np.empty((1, 1))
+        k.scaled_run_sums(0, 1, F32_TERMS, *m["rows"], x, 0, 1, one, s)  # (float32 out: the hyperedges')
+        k.scaled_run_sums(0, 1, F32_TERMS, *m["columns"], s, 0, 1, one, y)  # (float64 out: the entities')
+        k.two_sided_column_sums(0, 1, F32_TERMS, *m["columns"], s, *m["columns"], s, one, y)
+
+    return load_compiled("product_kernels", warm, "the products' loops")
+
+
+def _kernel_matrices(m: sparse.csr_matrix) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """The loops' form of one incidence matrix: (indptr, indices, float32 values) of M, rows in their stored
+    order, and of Mᵀ, each entity's hyperedges in increasing order (scipy's CSR -> CSC conversion keeps
+    them so: an entity's runs are the sub-columns :func:`_column_runs` cuts)."""
+    m32 = sparse.csr_matrix((m.data.astype(np.float32), m.indices, m.indptr), shape=m.shape)
+    t = m32.tocsc()  # (entity columns, hyperedges in order within each)
+
+    def arrays(indptr, indices, data):
+        return indptr.astype(np.int64), _index(indices), data
+
+    return {"rows": arrays(m32.indptr, m32.indices, m32.data), "columns": arrays(t.indptr, t.indices, t.data)}
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,6 @@ build): the same bits either way. Only the one XXH64 per entity name is a Python
 from __future__ import annotations
 
 import functools
-import logging
 from collections.abc import Iterable, Iterator, Sequence
 from types import ModuleType
 
@@ -28,9 +27,8 @@ from pyspark.sql import DataFrame
 
 from ..errors import ConfigError, InitVectorsError
 from ..config import INIT_METHODS
+from .compiled import load_compiled
 from .vectors import pack
-
-log = logging.getLogger(__name__)
 
 _MAX_HASH = 1 << 23
 _FX_K = np.uint64(0x517CC1B727220A95)
@@ -101,17 +99,11 @@ def compiled_siphash() -> ModuleType | None:
     """:mod:`spark_cleora.engine.siphash` (numba's compiled loops), its start-vector loop loaded (or
     compiled) here; None without numba, or with one that cannot compile on this machine (the numpy
     rounds below then give the same numbers)."""
-    try:
-        from . import siphash
-
+    def warm(siphash: ModuleType) -> None:
         word = np.zeros(1, dtype=np.uint64)
         siphash.siphash_rows_into(word, word, np.empty((1, 1), dtype=np.float32))
-    except ImportError:
-        return None
-    except Exception:  # numba present but unusable here: not a reason to fail a run
-        log.warning("numba could not compile the SipHash start vectors; numpy computes them", exc_info=True)
-        return None
-    return siphash
+
+    return load_compiled("siphash", warm, "the SipHash start vectors")
 
 
 def preload(method: str, values: int) -> None:
