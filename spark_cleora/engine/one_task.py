@@ -12,8 +12,9 @@ does the rest there, with the same arithmetic as the other path: the entity aggr
 product of :func:`~spark_cleora.engine.propagate.block_product` (over the blocks' plans merged
 into one plan, so no vector is copied per block), :func:`~spark_cleora.engine.propagate.normalize_rows`,
 and the same whitening. The product, the row normalisation and the start vectors run on a thread pool,
-slices of the dimensions (or ranges of the rows, or of the entities) handed to the threads in turn
-(numpy and scipy release the GIL), so the task uses the worker's cores: while it runs it is the only
+ranges of the rows (numba's compiled products, the row normalisation), of the entities (the start
+vectors) or slices of the dimensions (scipy's products) handed to the threads in turn (numba's loops,
+numpy and scipy release the GIL), so the task uses the worker's cores: while it runs it is the only
 task of the job.
 
 The product's sums are float32 runs of at most ``F32_TERMS`` terms added in float64

@@ -597,7 +597,7 @@ def _column_runs(m: sparse.csr_matrix, terms: int) -> _Runs:
 
 def _index(a: np.ndarray) -> np.ndarray:
     """int32 indices where they fit (scipy's own choice for such a matrix; half the bytes of int64)."""
-    return a.astype(np.int32) if a.size == 0 or a.max() < 2**31 - 1 else a
+    return a.astype(np.int32, copy=False) if a.size == 0 or a.max() < 2**31 - 1 else a
 
 
 def normalize_rows(total: np.ndarray) -> np.ndarray:
