@@ -547,3 +547,37 @@ def test_large_plans_take_the_compiled_loops_by_default(monkeypatch):
     assert "runs" in _runs_plan(True)
     monkeypatch.setattr(propagate, "COMPILED_MIN_MEMBERSHIPS", _runs_matrix().nnz)
     assert "kernels" in _runs_plan(True)
+
+
+@pytest.mark.parametrize("reflexive", [True, False])
+def test_product_by_rows_hands_over_the_rows_of_block_product(reflexive, monkeypatch):
+    """Range by range (ranges smaller than a thread's span, so a thread sums several), one thread and three:
+    every entity's float64 row is handed over once, with block_product's bits; a plan on scipy's path is
+    refused."""
+    pytest.importorskip("numba")
+    from concurrent.futures import ThreadPoolExecutor
+
+    from spark_cleora.engine import propagate
+    from spark_cleora.engine.propagate import product_by_rows
+
+    monkeypatch.setattr(propagate, "ROWS_AT_ONCE", 97)
+    plan = _runs_plan(reflexive, compiled=True)
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((5000, 70)).astype(np.float32)
+    pre, post = rng.random(5000) + 0.5, rng.random(5000) + 0.5
+    want = block_product(plan, x, pre, post)
+    with ThreadPoolExecutor(3) as pool:
+        for threads in ({}, {"pool": pool, "threads": 3}):
+            got = np.full((5000, 70), np.nan)
+            seen = []
+
+            def consume(lo, hi, rows):
+                assert hi - lo <= 97 and rows.shape == (hi - lo, 70)
+                got[lo:hi] = rows
+                seen.append((lo, hi))
+
+            product_by_rows(plan, x, pre, post, consume, **threads)
+            assert got.tobytes() == want.tobytes()
+            assert sorted(seen)[0][0] == 0 and all(a[1] == b[0] for a, b in zip(sorted(seen), sorted(seen)[1:]))
+    with pytest.raises(ValueError, match="not prepared"):
+        product_by_rows(_runs_plan(reflexive), x, pre, post, consume)

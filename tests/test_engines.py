@@ -193,6 +193,7 @@ def test_iterations_are_the_same_bits_for_every_slice_width(monkeypatch, threads
     for _ in range(3):
         want = normalize_rows(block_product(plan, want, pre, post)).astype(np.float32)
     monkeypatch.setattr(one_task, "_NORM_ROWS", 7)
+    monkeypatch.setattr(propagate, "ROWS_AT_ONCE", 7)  # (numba's whole rows: normalised 7 rows at a time)
     monkeypatch.setattr(propagate, "COMPILED_MIN_MEMBERSHIPS", 0 if compiled else 1 << 40)
     for width in (1, 8, 64, 70):
         merged = []
@@ -203,6 +204,32 @@ def test_iterations_are_the_same_bits_for_every_slice_width(monkeypatch, threads
         # (scipy's slices are at most 64 wide and narrowed so that every thread gets one)
         assert used == (width if compiled else one_task.slice_width(dim, min(threads, os.cpu_count()), min(width, 64)))
         assert kept[3].tobytes() == want.tobytes(), width
+
+
+def test_whole_rows_by_numba_keep_every_options_bits(monkeypatch):
+    """Residual mixing, whitening and kept iterations (the start vectors among them, so each iteration's
+    rows go into a new array) on numba's whole-row path: the bits of scipy's path."""
+    pytest.importorskip("numba")
+    from scipy import sparse
+
+    from spark_cleora.engine import one_task, propagate
+
+    rng = np.random.default_rng(6)
+    n_h, n, dim = 60, 80, 24
+    a = sparse.random(n_h, n, density=0.1, random_state=3, format="csr", data_rvs=lambda k: np.ones(k))
+    pre, post = np.ones(n), rng.random(n) + 0.5
+    x0 = rng.standard_normal((n, dim)).astype(np.float32)
+    monkeypatch.setattr(propagate, "ROWS_AT_ONCE", 9)
+    runs = {}
+    for compiled in (False, True):
+        monkeypatch.setattr(propagate, "COMPILED_MIN_MEMBERSHIPS", 0 if compiled else 1 << 40)
+        plan = {"a": a, "scale": 1.0 / np.maximum(np.asarray(a.sum(axis=1)).ravel(), 1) ** 2, "ids": np.arange(n)}
+        runs[compiled] = one_task._iterate(x0.copy(), None, [(plan, np.arange(n))], pre, post, dim=dim, first=1,
+                                           last=3, keep=(0, 2, 3), residual=0.4, whiten_after=frozenset({2}),
+                                           threads=2, slice_columns=dim)[0]
+    assert runs[True].keys() == runs[False].keys() == {0, 2, 3}
+    assert all(runs[True][k].tobytes() == runs[False][k].tobytes() for k in (0, 2, 3))
+    assert runs[True][0].tobytes() == x0.tobytes()
 
 
 def test_shuffle_engine_groups_blocks_and_gives_the_same_numbers(spark, shuffle_partitions):

@@ -5,6 +5,7 @@ the same numbers."""
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import logging
 from collections.abc import Callable
 from types import ModuleType
@@ -24,3 +25,8 @@ def load_compiled(module: str, warm: Callable[[ModuleType], object], what: str) 
         log.warning("numba could not compile %s; the uncompiled path computes them", what, exc_info=True)
         return None
     return loops
+
+
+def numba_installed() -> bool:
+    """Whether numba can be imported here (found, not imported: its import takes ~0.4 s)."""
+    return importlib.util.find_spec("numba") is not None

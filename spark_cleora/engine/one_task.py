@@ -46,8 +46,9 @@ from ..config import Column
 from ..errors import EntityHashCollisionError
 from .graph import BLOCK_ARROW, ENTITY_PART, INPUT_ROWS, PLAN, blocks_of_partition, keyed_memberships
 from .start_vectors import COMPILED_MIN_VALUES, init_for_names, preload
-from .propagate import (SLICE_COLUMNS, Scratch, _maybe_inject_failure, block_product, compiled_products, load_plan,
-                        merge_plans, normalize_rows, prepare_plan)
+from .compiled import numba_installed
+from .propagate import (COMPILED_MIN_MEMBERSHIPS, SLICE_COLUMNS, Scratch, _maybe_inject_failure, block_product,
+                        compiled_products, load_plan, merge_plans, normalize_rows, prepare_plan, product_by_rows)
 from .vectors import to_list_array, unpack
 from .whiten import whiten_array
 from ..storage.task_parquet import TaskParquetTarget, read_task_parquet, write_task_parquet
@@ -199,7 +200,7 @@ def embed_in_one_task(
     params = _task_params(columns=columns, dim=dim, markov=markov, init=init, seed=seed, first=first, last=last,
                           multiscale=multiscale, whiten=whiten, residual=residual, threads=threads,
                           slice_columns=slice_columns, parquet=parquet)
-    columns_read = ["kind", "block", "id", "entity", "col", "occurrences", "degree", "plan"]
+    columns_read = ["kind", "block", "id", "entity", "col", "occurrences", "degree", "plan", "memberships"]
     if blocks_dir is not None:
         if start_vectors is not None:
             raise ValueError("blocks_dir: the task reads no start vectors")
@@ -351,11 +352,15 @@ def _embed(batches, *, col_names, outputs, dim, markov, init, seed, first, last,
     loading = threading.Thread(target=_preload, args=(init, n * dim), daemon=True) if first == 1 else None
     if loading is not None:
         loading.start()
-    # the products' float64 buffer, its pages first touched on a thread of its own while the plans load: a
-    # fresh array's page faults (0.8 GB at 10M events: 0.1-2.6 s on this VM) fall on no thread's path
-    y = np.empty((n, dim))
-    touching = threading.Thread(target=y.fill, args=(0.0,), daemon=True)
-    touching.start()
+    # numba's loops over whole rows normalise each range of entities as soon as it is summed (see _iterate);
+    # else the products' float64 buffer, its pages first touched on a thread of its own while the plans load:
+    # a fresh array's page faults (0.8 GB at 10M events: 0.1-2.6 s on this VM) fall on no thread's path
+    memberships = pc.sum(t.column("memberships")).as_py() if "memberships" in t.column_names else None
+    y = touching = None
+    if not (slice_columns >= dim and (memberships or 0) >= COMPILED_MIN_MEMBERSHIPS and numba_installed()):
+        y = np.empty((n, dim))
+        touching = threading.Thread(target=y.fill, args=(0.0,), daemon=True)
+        touching.start()
     plans = []
     # block by block, whatever order the rows came in: the hyperedges' order is the order of the sums. Each
     # blob is read where it lies: a filter, a take and bytes of each would copy the plans three times
@@ -390,7 +395,8 @@ def _embed(batches, *, col_names, outputs, dim, markov, init, seed, first, last,
         pre, post = np.ones(n), 1.0 / degree
     else:
         pre = post = 1.0 / np.sqrt(degree)
-    touching.join()
+    if touching is not None:
+        touching.join()
     t_ready = time.perf_counter()
     parts, seconds, width = _iterate(x, y, plans, pre, post, dim=dim, first=first, last=last, keep=keep, residual=residual,
                               whiten_after=whiten_after, threads=threads, slice_columns=slice_columns)
@@ -443,16 +449,20 @@ def _report_row(report: dict) -> pa.RecordBatch:
 def _iterate(x, y, plans, pre, post, *, dim, first, last, keep, residual, whiten_after, threads,
              slice_columns=SLICE_COLUMNS):
     """Iterations ``first..last`` from ``x`` (float32 [n, dim]): ({kept iteration: float32 rows}, seconds,
-    the slices' width); ``y`` (float64 [n, dim]) holds every iteration's products; ``plans`` ((plan,
-    entity indices) per block) is consumed.
+    the slices' width); ``y`` (float64 [n, dim], or None to make it when needed) holds every iteration's
+    products; ``plans`` ((plan, entity indices) per block) is consumed.
 
-    One :func:`~spark_cleora.engine.propagate.block_product` per slice of the dimensions over the merged plan:
-    with numba's loops the slices (``slice_columns`` wide; whole rows unless memory is short) one after the
-    other, the threads taking ranges of rows of each; with scipy's, the slices (:func:`slice_width`) handed
-    to the threads in turn, a thread's float64 temporaries one slice, which stays in cache. Each column's
-    sums are those of a whole-row product either way. The products' rows are then
-    divided by max(‖row‖, 1e-10) with :func:`~spark_cleora.engine.propagate.normalize_rows`, the threads
-    taking ranges of rows: the shuffle engine's arithmetic, row for row.
+    With numba's loops over whole rows (``slice_columns`` >= ``dim``), one
+    :func:`~spark_cleora.engine.propagate.product_by_rows` per iteration: the threads take ranges of
+    entities, and each range's float64 rows are divided by max(‖row‖, 1e-10)
+    (:func:`~spark_cleora.engine.propagate.normalize_rows`) into the float32 rows as soon as they are
+    summed, so ``y`` is not used. Otherwise one :func:`~spark_cleora.engine.propagate.block_product` per
+    slice of the dimensions into ``y``: with numba's loops the slices (``slice_columns`` wide, narrower
+    than whole rows when memory is short) one after the other, the threads taking ranges of rows of each;
+    with scipy's, the slices (:func:`slice_width`) handed to the threads in turn, a thread's float64
+    temporaries one slice, which stays in cache; then the rows of ``y`` are normalised, the threads taking
+    ranges of rows. Each column's sums are those of a whole-row product, and each row's normalisation the
+    shuffle engine's: the same bits on every path.
     """
     n = len(x)
     merged = merge_plans(plans, n)
@@ -468,10 +478,15 @@ def _iterate(x, y, plans, pre, post, *, dim, first, last, keep, residual, whiten
     factor = residual / (1.0 - residual) if residual else 0.0
     seconds: list[float] = []
     kept: dict[int, np.ndarray] = {first - 1: x} if first - 1 in keep else {}  # --iterations 0
+    by_rows = compiled and width >= dim
+    if y is None and not by_rows:
+        y = np.empty((n, dim))
     local = threading.local()  # each thread's Scratch: its temporaries, reused slice after slice
     with ThreadPoolExecutor(threads) as pool:
         for k in range(first, last + 1):
             t0 = time.perf_counter()
+            # the next rows go into the old ones' buffer unless an earlier iteration is kept in it
+            nxt = x if not any(v is x for v in kept.values()) else np.empty((n, dim), dtype=np.float32)
 
             def multiply(cols, x=x, y=y, pool=None):
                 """One slice of post ⊙ (W · (pre ⊙ x)) (+ the residual rows), float64, into ``y``."""
@@ -483,19 +498,27 @@ def _iterate(x, y, plans, pre, post, *, dim, first, last, keep, residual, whiten
                 if factor:  # residual mixing: the shuffle engine's residual rows are float32 partials
                     part += (x[:, lo:hi].astype(np.float64) * factor).astype(np.float32)
 
-            if compiled:
-                for cols in columns:
-                    multiply(cols, pool=pool)
-            else:
-                list(pool.map(multiply, columns))
-            # the next rows go into the old ones' buffer unless an earlier iteration is kept in it
-            nxt = x if not any(v is x for v in kept.values()) else np.empty((n, dim), dtype=np.float32)
+            def normalized(lo, hi, part, x=x, nxt=nxt):
+                """Rows lo..hi of the products (+ the residual rows), normalised into ``nxt``."""
+                if factor:  # (x's rows lo..hi are read before nxt's, which may be the same, are written)
+                    part += (x[lo:hi].astype(np.float64) * factor).astype(np.float32)
+                nxt[lo:hi] = normalize_rows(part)
 
             def scale(span, y=y, nxt=nxt):
                 lo, hi = span
                 nxt[lo:hi] = normalize_rows(y[lo:hi])
 
-            list(pool.map(scale, rows))
+            if by_rows:
+                if not hasattr(local, "scratch"):
+                    local.scratch = Scratch()
+                product_by_rows(merged, x, pre, post, normalized, pool=pool, threads=threads, scratch=local.scratch)
+            else:
+                if compiled:
+                    for cols in columns:
+                        multiply(cols, pool=pool)
+                else:
+                    list(pool.map(multiply, columns))
+                list(pool.map(scale, rows))
             x = nxt
             if k in whiten_after:
                 x = whiten_array(x).astype(np.float32)

@@ -58,8 +58,8 @@ def _row_runs(p0, p1, terms, indices, data, src, c0, c1, first, run, rest):
 
 
 @numba.njit(nogil=True, cache=True)
-def scaled_run_sums(lo, hi, terms, indptr, indices, data, src, c0, c1, scale, out):
-    """Rows ``lo..hi`` of ``scale ⊙ (M src[:, c0:c1])`` into ``out`` (M's rows x ``c1 - c0``): M in CSR
+def scaled_run_sums(lo, hi, terms, indptr, indices, data, src, c0, c1, scale, out, base):
+    """Rows ``lo..hi`` of ``scale ⊙ (M src[:, c0:c1])`` into ``out`` (row r into ``out[r - base]``): M in CSR
     (``indptr``, ``indices``, float32 ``data``), each row in its stored order; each sum rounded once to
     ``out``'s type. The hyperedges' sums: M = A (or B), ``src`` the rows, ``scale`` the hyperedges'
     factors, ``out`` float32; the entities': M = Aᵀ (each entity's hyperedges in increasing order), ``src``
@@ -70,7 +70,7 @@ def scaled_run_sums(lo, hi, terms, indptr, indices, data, src, c0, c1, scale, ou
     rest = np.empty(width, np.float64)
     for r in range(lo, hi):
         sc = scale[r]
-        dst = out[r]
+        dst = out[r - base]
         if _row_runs(indptr[r], indptr[r + 1], terms, indices, data, src, c0, c1, first, run, rest):
             for k in range(width):
                 dst[k] = (np.float64(first[k]) + rest[k]) * sc
@@ -81,9 +81,10 @@ def scaled_run_sums(lo, hi, terms, indptr, indices, data, src, c0, c1, scale, ou
 
 @numba.njit(nogil=True, cache=True)
 def two_sided_column_sums(lo, hi, terms, a_indptr, a_indices, a_data, s_b, b_indptr, b_indices, b_data, s_a, post,
-                          out):
-    """Rows ``lo..hi`` of ``post ⊙ (Aᵀ s_b + Bᵀ s_a)`` in float64, into ``out``: each product's float64
-    sums first, then their sum (scipy's path: ``y = Aᵀ s_b; y += Bᵀ s_a; y *= post``)."""
+                          out, base):
+    """Rows ``lo..hi`` of ``post ⊙ (Aᵀ s_b + Bᵀ s_a)`` in float64, into ``out`` (row r into
+    ``out[r - base]``): each product's float64 sums first, then their sum (scipy's path:
+    ``y = Aᵀ s_b; y += Bᵀ s_a; y *= post``)."""
     width = s_a.shape[1]
     first = np.empty(width, np.float32)
     run = np.empty(width, np.float32)
@@ -97,7 +98,7 @@ def two_sided_column_sums(lo, hi, terms, a_indptr, a_indices, a_data, s_b, b_ind
             for k in range(width):
                 y[k] = np.float64(first[k])
         p = post[r]
-        dst = out[r]
+        dst = out[r - base]
         if _row_runs(b_indptr[r], b_indptr[r + 1], terms, b_indices, b_data, s_a, 0, width, first, run, rest):
             for k in range(width):
                 dst[k] = (y[k] + (np.float64(first[k]) + rest[k])) * p

@@ -29,6 +29,8 @@ import io
 import logging
 import math
 import os
+import threading
+from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from types import ModuleType
@@ -314,19 +316,12 @@ def block_product(plan: dict[str, Any], x: np.ndarray, pre: np.ndarray, post: np
     float64, and each column's arithmetic does not depend on the slice it is in nor on the path."""
     form = prepare_plan(plan)
     scratch = scratch if scratch is not None else Scratch()
-    x = np.asarray(x, dtype=np.float32)
-    if not np.all(pre == 1.0):  # (left Markov: pre is 1); float64 products rounded to float32
-        x32 = np.multiply(x, pre[:, None], out=scratch.array("x", x.shape, np.float32), casting="same_kind")
-    elif not x.flags.c_contiguous:  # (a slice of wider rows) the sparse kernel reads whole rows of it
-        x32 = scratch.array("x", x.shape, np.float32)
-        np.copyto(x32, x)
-    else:
-        x32 = x
+    x32 = _scaled_rows(x, pre, scratch)
     if "kernels" in plan:
         return _compiled_product(form, plan["scale"], x32, post, out, scratch, pool, threads)
     scale = plan["scale"][:, None]
     # per-hyperedge sums, scaled in float64 and rounded to float32 for the second product
-    s_a = _scaled_sums(form["a_rows"], x32, scale, scratch.array("s_a", (len(scale), x.shape[1]), np.float32),
+    s_a = _scaled_sums(form["a_rows"], x32, scale, scratch.array("s_a", (len(scale), x32.shape[1]), np.float32),
                        scratch)
     if "b_rows" in form:
         s_b = _scaled_sums(form["b_rows"], x32, scale, scratch.array("s_b", s_a.shape, np.float32), scratch)
@@ -343,31 +338,97 @@ def _compiled_product(kernels: dict, scale: np.ndarray, x32: np.ndarray, post: n
     """:func:`block_product` by numba's loops (:mod:`~spark_cleora.engine.product_kernels`): the hyperedges'
     scaled float32 sums, then the entities' float64 sums over them, each over ranges of rows (of about
     equal memberships, a few per thread) run on ``pool``'s threads."""
-    k = compiled_products()
-    width = x32.shape[1]
-    rows = [kernels[side]["rows"] for side in ("a", "b") if side in kernels]
-    columns = [kernels[side]["columns"] for side in ("a", "b") if side in kernels]
-    sums = [scratch.array(f"s_{side}", (len(scale), width), np.float32) for side in ("a", "b") if side in kernels]
-    y = out if out is not None else scratch.array("y", (len(x32), width), np.float64)
-    pieces = 1 if pool is None else 4 * max(1, threads)
-
-    def run(task, indptr: np.ndarray) -> None:
-        spans = _spans(indptr, pieces)
-        if pool is None or len(spans) == 1:
-            for lo, hi in spans:
-                task(lo, hi)
-        else:
-            list(pool.map(lambda span: task(*span), spans))
-
-    for m, s in zip(rows, sums):
-        run(lambda lo, hi, m=m, s=s: k.scaled_run_sums(lo, hi, F32_TERMS, *m, x32, 0, width, scale, s), m[0])
-    if len(columns) == 1:
-        run(lambda lo, hi: k.scaled_run_sums(lo, hi, F32_TERMS, *columns[0], sums[0], 0, width, post, y),
-            columns[0][0])
-    else:  # each entity gets A's sums over B's side and B's over A's
-        run(lambda lo, hi: k.two_sided_column_sums(lo, hi, F32_TERMS, *columns[0], sums[1], *columns[1], sums[0],
-                                                   post, y), columns[0][0] + columns[1][0])
+    y = out if out is not None else scratch.array("y", (len(x32), x32.shape[1]), np.float64)
+    sums = _hyperedge_sums(kernels, scale, x32, scratch, pool, threads)
+    _on_spans(lambda lo, hi: _entity_sums(kernels, sums, post, lo, hi, y[lo:hi]), _entity_indptr(kernels), pool,
+              threads)
     return y
+
+
+def product_by_rows(plan: dict[str, Any], x: np.ndarray, pre: np.ndarray, post: np.ndarray,
+                    consume: Callable[[int, int, np.ndarray], None], *, pool: Executor | None = None,
+                    threads: int = 1, scratch: Scratch | None = None) -> None:
+    """:func:`block_product`'s float64 rows (whole rows of ``x``), handed to ``consume(lo, hi, rows)`` a range
+    of at most ``ROWS_AT_ONCE`` entities at a time as soon as they are summed, instead of kept: ``rows``
+    is a buffer of the calling thread's, valid during the call (the one-task engine normalises each range
+    into its float32 rows there, with no float64 array as large as the vectors). Numba's loops only: a
+    plan prepared with them (:func:`prepare_plan`). The ranges run on ``pool``'s threads; ``x`` may be
+    overwritten row by row in ``consume`` (the entities' sums read the hyperedges' sums only)."""
+    if "kernels" not in plan:
+        raise ValueError("product_by_rows: the plan is not prepared for the compiled loops")
+    kernels, scratch = plan["kernels"], scratch if scratch is not None else Scratch()
+    sums = _hyperedge_sums(kernels, plan["scale"], _scaled_rows(x, pre, scratch), scratch, pool, threads)
+    local = threading.local()  # each thread's buffer of ROWS_AT_ONCE float64 rows
+
+    def entity_rows(lo: int, hi: int) -> None:
+        if not hasattr(local, "rows"):
+            local.rows = np.empty((ROWS_AT_ONCE, x.shape[1]))
+        for a in range(lo, hi, ROWS_AT_ONCE):
+            b = min(hi, a + ROWS_AT_ONCE)
+            consume(a, b, _entity_sums(kernels, sums, post, a, b, local.rows[:b - a]))
+
+    _on_spans(entity_rows, _entity_indptr(kernels), pool, threads)
+
+
+#: entities summed into a thread's float64 buffer at a time by :func:`product_by_rows` (2 MB at dim 256)
+ROWS_AT_ONCE = 1024
+
+
+def _scaled_rows(x: np.ndarray, pre: np.ndarray, scratch: Scratch) -> np.ndarray:
+    """``pre ⊙ x`` as float32 C-contiguous rows for the products (``x`` as it is when it is such and ``pre``
+    is 1, the left Markov case); float64 products rounded to float32."""
+    x = np.asarray(x, dtype=np.float32)
+    if not np.all(pre == 1.0):
+        return np.multiply(x, pre[:, None], out=scratch.array("x", x.shape, np.float32), casting="same_kind")
+    if not x.flags.c_contiguous:  # (a slice of wider rows) the sparse kernels read whole rows of it
+        x32 = scratch.array("x", x.shape, np.float32)
+        np.copyto(x32, x)
+        return x32
+    return x
+
+
+def _hyperedge_sums(kernels: dict, scale: np.ndarray, x32: np.ndarray, scratch: Scratch, pool: Executor | None,
+                    threads: int) -> list[np.ndarray]:
+    """Each side's ``scale ⊙ (M x32)`` rounded to float32 (numba's loops), in ``scratch``."""
+    k = compiled_products()
+    sums = []
+    for side in ("a", "b"):
+        if side in kernels:
+            m, s = kernels[side]["rows"], scratch.array(f"s_{side}", (len(scale), x32.shape[1]), np.float32)
+            _on_spans(lambda lo, hi, m=m, s=s: k.scaled_run_sums(lo, hi, F32_TERMS, *m, x32, 0, x32.shape[1],
+                                                                   scale, s, 0), m[0], pool, threads)
+            sums.append(s)
+    return sums
+
+
+def _entity_indptr(kernels: dict) -> np.ndarray:
+    """The entities' memberships as one CSR index (both sides'), to cut their ranges by."""
+    columns = [kernels[side]["columns"][0] for side in ("a", "b") if side in kernels]
+    return columns[0] if len(columns) == 1 else columns[0] + columns[1]
+
+
+def _entity_sums(kernels: dict, sums: list[np.ndarray], post: np.ndarray, lo: int, hi: int,
+                 out: np.ndarray) -> np.ndarray:
+    """Entities ``lo..hi`` of ``post ⊙ (Aᵀ s_a)`` (one side) or ``post ⊙ (Aᵀ s_b + Bᵀ s_a)`` in float64,
+    into ``out`` (their rows; returned)."""
+    k = compiled_products()
+    if "b" not in kernels:
+        k.scaled_run_sums(lo, hi, F32_TERMS, *kernels["a"]["columns"], sums[0], 0, sums[0].shape[1], post, out, lo)
+    else:  # each entity gets A's sums over B's side and B's over A's
+        k.two_sided_column_sums(lo, hi, F32_TERMS, *kernels["a"]["columns"], sums[1], *kernels["b"]["columns"],
+                                sums[0], post, out, lo)
+    return out
+
+
+def _on_spans(task: Callable[[int, int], None], indptr: np.ndarray, pool: Executor | None, threads: int) -> None:
+    """``task(lo, hi)`` over ranges of rows of a CSR index of about equal entries, a few per thread on
+    ``pool`` (one range without it)."""
+    spans = _spans(indptr, 1 if pool is None else 4 * max(1, threads))
+    if pool is None or len(spans) == 1:
+        for lo, hi in spans:
+            task(lo, hi)
+    else:
+        list(pool.map(lambda span: task(*span), spans))
 
 
 def _spans(indptr: np.ndarray, pieces: int) -> list[tuple[int, int]]:
@@ -456,9 +517,9 @@ def compiled_products() -> ModuleType | None:
         m = _kernel_matrices(sparse.csr_matrix(np.ones((1, 1))))
         x, one = np.zeros((1, 1), dtype=np.float32), np.ones(1)
         s, y = np.empty((1, 1), dtype=np.float32), np.empty((1, 1))
-        k.scaled_run_sums(0, 1, F32_TERMS, *m["rows"], x, 0, 1, one, s)  # (float32 out: the hyperedges')
-        k.scaled_run_sums(0, 1, F32_TERMS, *m["columns"], s, 0, 1, one, y)  # (float64 out: the entities')
-        k.two_sided_column_sums(0, 1, F32_TERMS, *m["columns"], s, *m["columns"], s, one, y)
+        k.scaled_run_sums(0, 1, F32_TERMS, *m["rows"], x, 0, 1, one, s, 0)  # (float32 out: the hyperedges')
+        k.scaled_run_sums(0, 1, F32_TERMS, *m["columns"], s, 0, 1, one, y, 0)  # (float64 out: the entities')
+        k.two_sided_column_sums(0, 1, F32_TERMS, *m["columns"], s, *m["columns"], s, one, y, 0)
 
     return load_compiled("product_kernels", warm, "the products' loops")
 
