@@ -581,3 +581,17 @@ def test_product_by_rows_hands_over_the_rows_of_block_product(reflexive, monkeyp
             assert sorted(seen)[0][0] == 0 and all(a[1] == b[0] for a, b in zip(sorted(seen), sorted(seen)[1:]))
     with pytest.raises(ValueError, match="not prepared"):
         product_by_rows(_runs_plan(reflexive), x, pre, post, consume)
+
+
+def test_stable_order_is_numpys_stable_argsort():
+    """Ties (many equal keys) keep their positions; keys near the bound; the fallback where a key and its
+    position do not fit one int64 together; no keys."""
+    from spark_cleora.engine.graph import stable_order
+
+    rng = np.random.default_rng(9)
+    for n, bound in ((1, 1), (2, 1), (1000, 3), (100_000, 50_000), (5000, 2**40), (5000, 2**62)):
+        key = rng.integers(0, bound, n)
+        key[: n // 10] = bound - 1
+        got = stable_order(key, bound)
+        assert got.dtype.kind == "i" and np.array_equal(got, np.argsort(key, kind="stable")), (n, bound)
+    assert len(stable_order(np.zeros(0, dtype=np.int64), 10)) == 0

@@ -319,7 +319,7 @@ def _one_column_block(t: pa.Table, block: int, h: np.ndarray, side: np.ndarray, 
         return None
     h_u, h_rank = np.unique(h, return_inverse=True)
     key = h_rank.astype(np.int64) * len(ids_u) + e_rank
-    order = np.argsort(key, kind="stable")  # stable: a group's rows keep their order, as in lexsort
+    order = stable_order(key, len(h_u) * len(ids_u))  # stable: a group's rows keep their order, as in lexsort
     key = key[order]
     starts = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
     weight = np.add.reduceat(t.column("weight").to_numpy()[order], starts)  # multiplicity (or summed weight)
@@ -334,7 +334,7 @@ def _one_column_block(t: pa.Table, block: int, h: np.ndarray, side: np.ndarray, 
     plan = compile_plan(h_idx, e_idx, ids=ids_u, n_h=n_h, weight=weight, side=np.zeros(len(rows), np.int32),
                         reflexive=True)
     # each entity's share of this block: its memberships in the order the general path sums them
-    e_order = np.argsort(e_idx, kind="stable")
+    e_order = stable_order(e_idx, n_e)
     e_starts = np.flatnonzero(np.r_[True, np.diff(e_idx[e_order]) != 0])
     shares = _share_rows(t, block, ids=ids_u, name_rows=rows[e_order[e_starts]],
                          col=np.full(n_e, col[0], dtype=np.int32),
@@ -342,6 +342,20 @@ def _one_column_block(t: pa.Table, block: int, h: np.ndarray, side: np.ndarray, 
                          degree=np.add.reduceat(d[e_order], e_starts))
     return [*shares.to_batches(max_chunksize=_OUT_BATCH),
             _plan_row(block, plan, memberships=len(rows), hyperedges=n_h, largest=int(h_rows.max()), entities=n_e)]
+
+
+def stable_order(key: np.ndarray, bound: int) -> np.ndarray:
+    """``np.argsort(key, kind="stable")`` for integer keys in ``0..bound - 1``: where each key and its
+    position fit one int64 together, one sort of those (ties go by position, as a stable sort keeps them;
+    numpy's plain sort of int64 is vectorised, its stable argsort is not: 5 ms against 69 ms for the 821k
+    memberships of a 10M-event graph's block), else numpy's stable argsort."""
+    n = len(key)
+    shift = max(1, (n - 1).bit_length())
+    if n == 0 or (max(1, bound) - 1).bit_length() + shift > 62:
+        return np.argsort(key, kind="stable")
+    packed = (key.astype(np.int64) << shift) | np.arange(n, dtype=np.int64)
+    packed.sort()
+    return packed & ((1 << shift) - 1)
 
 
 def _share_rows(t: pa.Table, block: int, *, ids, name_rows, col, occurrences, degree) -> pa.Table:
