@@ -5,8 +5,9 @@ compiled once into a *plan* (its sparse incidence matrices, one binary row per b
 shuffles the vectors and a handful of plan rows, never the memberships. An iteration's multiply tasks
 each take a *group* of neighbouring blocks (:func:`group_blocks`: as few as fit a worker, at least as
 many as the task slots or shuffle partitions, whichever is fewer), and each entity vector is sent once to every group that has one of its hyperedges (not
-once per membership). A Python worker then multiplies its group, the plans merged into one, with scipy
-sparse matrices:
+once per membership). A Python worker then multiplies its group, the plans merged into one, as sparse
+products (numba's compiled loops of :mod:`~spark_cleora.engine.product_kernels` where numba is installed,
+else scipy's kernels; the same sums):
 
     S_A = A X,  S_B = B X               per-hyperedge sums of member vectors (A, B: h x e counts)
     Y   = Aᵀ (w ⊙ S_B) + Bᵀ (w ⊙ S_A)    each member gets w_h times the other side's sum
@@ -345,6 +346,10 @@ def _compiled_product(kernels: dict, scale: np.ndarray, x32: np.ndarray, post: n
     return y
 
 
+#: entities summed into a thread's float64 buffer at a time by :func:`product_by_rows` (2 MB at dim 256)
+ROWS_AT_ONCE = 1024
+
+
 def product_by_rows(plan: dict[str, Any], x: np.ndarray, pre: np.ndarray, post: np.ndarray,
                     consume: Callable[[int, int, np.ndarray], None], *, pool: Executor | None = None,
                     threads: int = 1, scratch: Scratch | None = None) -> None:
@@ -369,9 +374,6 @@ def product_by_rows(plan: dict[str, Any], x: np.ndarray, pre: np.ndarray, post: 
 
     _on_spans(entity_rows, _entity_indptr(kernels), pool, threads)
 
-
-#: entities summed into a thread's float64 buffer at a time by :func:`product_by_rows` (2 MB at dim 256)
-ROWS_AT_ONCE = 1024
 
 
 def _scaled_rows(x: np.ndarray, pre: np.ndarray, scratch: Scratch) -> np.ndarray:
@@ -481,8 +483,7 @@ def prepare_plan(plan: dict[str, Any], *, drop: bool = False, compiled: bool | N
         if compiled is None:
             compiled = _memberships(plan) >= COMPILED_MIN_MEMBERSHIPS
         if compiled and compiled_products() is not None:
-            plan["kernels"] = {side: _kernel_matrices(plan[name].tocsr())
-                               for side, name in (("a", "a"), ("b", "b")) if name in plan}
+            plan["kernels"] = {name: _kernel_matrices(plan[name].tocsr()) for name in ("a", "b") if name in plan}
         else:
             runs = {}
             for name in ("a", "b"):
@@ -498,9 +499,9 @@ def prepare_plan(plan: dict[str, Any], *, drop: bool = False, compiled: bool | N
     return plan["kernels"] if "kernels" in plan else plan["runs"]
 
 
-#: memberships from which a plan's products run as numba's loops (:func:`prepare_plan`): importing numba
-#: and loading the loops takes ~0.5 s when nothing else has, what scipy's path loses on ~1M memberships
-#: over a few iterations
+#: memberships from which a plan's products run as numba's loops (:func:`prepare_plan`): importing numba and
+#: loading them (~0.3 s where nothing else has) is repaid from about here (at 1M events, 0.78M memberships,
+#: both paths took the same time end to end on 2026-11-30)
 COMPILED_MIN_MEMBERSHIPS = 1 << 18
 
 
