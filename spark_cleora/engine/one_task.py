@@ -438,6 +438,12 @@ def _preload(init: str, values: int) -> None:
         compiled_products()
 
 
+def _residual_rows(x: np.ndarray, factor: float) -> np.ndarray:
+    """Residual mixing's share of float32 rows ``x``: ``factor`` x each value in float64, rounded to float32
+    (the shuffle engine's residual rows are float32 partials), to add to their float64 products."""
+    return (x.astype(np.float64) * factor).astype(np.float32)
+
+
 def _report_row(report: dict) -> pa.RecordBatch:
     """A row with a null ``entity`` that carries the task's report only."""
     return pa.RecordBatch.from_pydict(
@@ -482,6 +488,12 @@ def _iterate(x, y, plans, pre, post, *, dim, first, last, keep, residual, whiten
     if y is None and not by_rows:
         y = np.empty((n, dim))
     local = threading.local()  # each thread's Scratch: its temporaries, reused slice after slice
+
+    def thread_scratch() -> Scratch:
+        if not hasattr(local, "scratch"):
+            local.scratch = Scratch()
+        return local.scratch
+
     with ThreadPoolExecutor(threads) as pool:
         for k in range(first, last + 1):
             t0 = time.perf_counter()
@@ -491,17 +503,15 @@ def _iterate(x, y, plans, pre, post, *, dim, first, last, keep, residual, whiten
             def multiply(cols, x=x, y=y, pool=None):
                 """One slice of post ⊙ (W · (pre ⊙ x)) (+ the residual rows), float64, into ``y``."""
                 lo, hi = cols
-                if not hasattr(local, "scratch"):
-                    local.scratch = Scratch()
-                part = block_product(merged, x[:, lo:hi], pre, post, out=y[:, lo:hi], scratch=local.scratch,
+                part = block_product(merged, x[:, lo:hi], pre, post, out=y[:, lo:hi], scratch=thread_scratch(),
                                      pool=pool, threads=threads)
-                if factor:  # residual mixing: the shuffle engine's residual rows are float32 partials
-                    part += (x[:, lo:hi].astype(np.float64) * factor).astype(np.float32)
+                if factor:
+                    part += _residual_rows(x[:, lo:hi], factor)
 
             def normalized(lo, hi, part, x=x, nxt=nxt):
                 """Rows lo..hi of the products (+ the residual rows), normalised into ``nxt``."""
                 if factor:  # (x's rows lo..hi are read before nxt's, which may be the same, are written)
-                    part += (x[lo:hi].astype(np.float64) * factor).astype(np.float32)
+                    part += _residual_rows(x[lo:hi], factor)
                 nxt[lo:hi] = normalize_rows(part)
 
             def scale(span, y=y, nxt=nxt):
@@ -509,9 +519,8 @@ def _iterate(x, y, plans, pre, post, *, dim, first, last, keep, residual, whiten
                 nxt[lo:hi] = normalize_rows(y[lo:hi])
 
             if by_rows:
-                if not hasattr(local, "scratch"):
-                    local.scratch = Scratch()
-                product_by_rows(merged, x, pre, post, normalized, pool=pool, threads=threads, scratch=local.scratch)
+                product_by_rows(merged, x, pre, post, normalized, pool=pool, threads=threads,
+                                scratch=thread_scratch())
             else:
                 if compiled:
                     for cols in columns:
